@@ -1,0 +1,553 @@
+"""CreditAccount: one per user; every rule about credits, holds and guard rails lives here.
+
+Money is integer micro-USD. Each public command validates against the current state and
+rules, then triggers exactly one past-tense event whose apply step (the decorated private
+method) only changes state, so old events always replay even after rules change.
+
+Invariants, enforced on every command:
+- available (balance minus outstanding holds) never goes below minus the overage cap;
+- a hold is captured at most up to its amount, never after release or expiry;
+- no enabled guard-rail window (spend plus outstanding holds) goes over its limit;
+- a money command with an idempotency key already seen is one effect: it is not applied
+  again (same parameters) or is refused (different parameters).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from domain import guardrails
+from domain.errors import (
+    HoldConflictError,
+    HoldNotFoundError,
+    IdempotencyConflictError,
+    InsufficientCreditsError,
+    InvalidAmountError,
+    InvalidArgumentError,
+    SpendingLimitExceededError,
+)
+from domain.guardrails import GuardrailPolicy, minute_of
+from domain.money import MAX_MICROS
+
+ACCOUNT_NAMESPACE = UUID("6f0b8f3e-6f2e-4f5e-9d51-6a1c2b7d9e01")
+IDEMPOTENCY_RETENTION_MINUTES = guardrails.LONGEST_WINDOW_MINUTES
+MAX_TEXT = 500
+
+GRANT_SOURCES = frozenset({"admin", "payment", "auto_renew", "promotion"})
+DEBIT_KINDS = frozenset({"refund", "dispute", "adjustment"})
+
+
+def account_id_for(user_id: str) -> UUID:
+    """The account id is derived from the user id, so each user has exactly one account."""
+    return uuid5(ACCOUNT_NAMESPACE, f"credit-account:{user_id}")
+
+
+def _positive(amount: int, field: str = "amount") -> int:
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise InvalidAmountError(field, "must be an integer number of micro-USD")
+    if amount <= 0:
+        raise InvalidAmountError(field, "must be greater than zero")
+    if amount > MAX_MICROS:
+        raise InvalidAmountError(field, "is too large")
+    return amount
+
+
+def _text(value: str, field: str, *, required: bool = False) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{field} must be a string", field=field)
+    if required and not value.strip():
+        raise InvalidArgumentError(f"{field} is required", field=field)
+    if len(value) > MAX_TEXT:
+        raise InvalidArgumentError(f"{field} is longer than {MAX_TEXT} characters", field=field)
+    return value
+
+
+class CreditAccount(Aggregate):
+    """A user's prepaid credit balance, holds, overage cap, auto-renew and guard-rail state."""
+
+    @staticmethod
+    def create_id(user_id: str, **_: Any) -> UUID:
+        return account_id_for(user_id)
+
+    @event("Opened")
+    def __init__(self, user_id: str, at: datetime) -> None:
+        self.user_id = user_id
+        self.opened_at = at
+        self.balance = 0
+        self.total_granted = 0
+        self.total_charged = 0
+        self.total_debited = 0
+        self.cap = 0
+        self.held = 0
+        self.holds: dict[str, dict[str, Any]] = {}
+        self.buckets: list[list[int]] = []
+        self.resets: dict[str, list[int]] = {}
+        self.limits: dict[str, int] = {}
+        self.auto_renew: dict[str, Any] = {
+            "enabled": False,
+            "threshold": 0,
+            "amount": 0,
+            "payment_method": "",
+        }
+        self.auto_renew_armed = True
+        self.keys: dict[str, list[Any]] = {}
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def available(self) -> int:
+        """Balance minus outstanding holds (holds past expiry included until expired)."""
+        return self.balance - self.held
+
+    def available_at(self, now: datetime) -> int:
+        """Available credit as of ``now``: holds past their expiry no longer count."""
+        live = sum(
+            h["amount"] - h["captured"] for h in self.holds.values() if h["expires_at"] > now
+        )
+        return self.balance - live
+
+    @property
+    def overage(self) -> int:
+        return max(0, -self.balance)
+
+    def window_spend(self, now: datetime) -> dict[str, int]:
+        """Captured and charged spend per guard-rail window at ``now`` (holds excluded)."""
+        return guardrails.window_spend(self.buckets, minute_of(now), self.resets)
+
+    def check_spend(self, amount: int, now: datetime, policy: GuardrailPolicy) -> None:
+        """Raise if spending ``amount`` now would break the funds or a guard-rail window."""
+        if self.available - amount < -self.cap:
+            raise InsufficientCreditsError(
+                "Insufficient credits",
+                available=self.available,
+                cap=self.cap,
+                requested=amount,
+            )
+        limits = policy.effective_limits(self.limits)
+        if not limits:
+            return
+        spent = guardrails.window_spend(self.buckets, minute_of(now), self.resets, tuple(limits))
+        violations = [
+            {
+                "window": name,
+                "limit": limit,
+                "spent": spent[name],
+                "held": self.held,
+                "requested": amount,
+            }
+            for name, limit in limits.items()
+            if spent[name] + self.held + amount > limit
+        ]
+        if violations:
+            raise SpendingLimitExceededError(violations, spent)
+
+    def seen(self, key: str, fingerprint: str) -> bool:
+        """True if this key was already applied with these parameters; raise if with others."""
+        _text(key, "idempotency_key", required=True)
+        previous = self.keys.get(key)
+        if previous is None:
+            return False
+        if previous[0] != fingerprint:
+            raise IdempotencyConflictError(
+                "Idempotency key was already used with different parameters", key=key
+            )
+        return True
+
+    # ----------------------------------------------------------------- commands
+
+    def grant(
+        self,
+        amount: int,
+        *,
+        key: str,
+        now: datetime,
+        source: str = "admin",
+        reason: str = "",
+        reference: str = "",
+        actor: str = "",
+    ) -> bool:
+        """Add credits (settled payment, admin grant, auto-renew). Returns False if replayed."""
+        _positive(amount)
+        if source not in GRANT_SOURCES:
+            raise InvalidArgumentError(f"unknown grant source {source!r}", field="source")
+        if self.seen(key, f"grant:{amount}:{source}:{reference}"):
+            return False
+        self._expire_due(now)
+        self._granted(
+            amount=amount,
+            source=source,
+            reason=_text(reason, "reason"),
+            reference=_text(reference, "reference"),
+            actor=_text(actor, "actor"),
+            key=key,
+            at=now,
+        )
+        return True
+
+    def charge(
+        self,
+        amount: int,
+        *,
+        key: str,
+        now: datetime,
+        policy: GuardrailPolicy,
+        reason: str = "",
+        reference: str = "",
+        actor: str = "",
+    ) -> bool:
+        """Spend credits directly (per-request fee, one-off charge). Returns False if replayed."""
+        _positive(amount)
+        if self.seen(key, f"charge:{amount}:{reference}"):
+            return False
+        self._expire_due(now)
+        self.check_spend(amount, now, policy)
+        self._charged(
+            amount=amount,
+            reason=_text(reason, "reason"),
+            reference=_text(reference, "reference"),
+            actor=_text(actor, "actor"),
+            key=key,
+            at=now,
+        )
+        self._maybe_auto_renew(now)
+        return True
+
+    def place_hold(
+        self,
+        hold_id: str,
+        amount: int,
+        *,
+        expires_at: datetime,
+        key: str,
+        now: datetime,
+        policy: GuardrailPolicy,
+        reason: str = "",
+        reference: str = "",
+        actor: str = "",
+    ) -> bool:
+        """Reserve funds until ``expires_at``; they count as spend for the guard rails."""
+        _positive(amount)
+        _text(hold_id, "hold_id", required=True)
+        if self.seen(key, f"hold:{hold_id}:{amount}:{expires_at.isoformat()}"):
+            return False
+        if hold_id in self.holds:
+            raise HoldConflictError("A hold with this id already exists", hold_id=hold_id)
+        if expires_at <= now:
+            raise InvalidArgumentError("expires_at must be in the future", field="expires_at")
+        self._expire_due(now)
+        self.check_spend(amount, now, policy)
+        self._hold_placed(
+            hold_id=hold_id,
+            amount=amount,
+            expires_at=expires_at,
+            reason=_text(reason, "reason"),
+            reference=_text(reference, "reference"),
+            actor=_text(actor, "actor"),
+            key=key,
+            at=now,
+        )
+        self._maybe_auto_renew(now)
+        return True
+
+    def capture(
+        self,
+        hold_id: str,
+        amount: int,
+        *,
+        key: str,
+        now: datetime,
+        reason: str = "",
+        actor: str = "",
+    ) -> bool:
+        """Turn part of a hold into a charge. Pre-approved: no new funds or window check."""
+        _positive(amount)
+        if self.seen(key, f"capture:{hold_id}:{amount}"):
+            return False
+        self._expire_due(now)
+        hold = self._active_hold(hold_id)
+        remaining = hold["amount"] - hold["captured"]
+        if amount > remaining:
+            raise HoldConflictError(
+                "Capture exceeds what remains of the hold",
+                hold_id=hold_id,
+                remaining=remaining,
+                requested=amount,
+            )
+        self._hold_captured(
+            hold_id=hold_id, amount=amount, reason=_text(reason, "reason"),
+            actor=_text(actor, "actor"), key=key, at=now,
+        )
+        return True
+
+    def release(self, hold_id: str, *, key: str, now: datetime, actor: str = "") -> bool:
+        """Free what remains of a hold."""
+        if self.seen(key, f"release:{hold_id}"):
+            return False
+        self._expire_due(now)
+        hold = self._active_hold(hold_id)
+        self._hold_released(
+            hold_id=hold_id,
+            amount=hold["amount"] - hold["captured"],
+            actor=_text(actor, "actor"),
+            key=key,
+            at=now,
+        )
+        return True
+
+    def expire_holds(self, now: datetime) -> int:
+        """Expire every hold whose deadline has passed; returns how many."""
+        return self._expire_due(now)
+
+    def debit(
+        self,
+        amount: int,
+        *,
+        key: str,
+        now: datetime,
+        kind: str = "refund",
+        reason: str = "",
+        reference: str = "",
+        actor: str = "",
+    ) -> bool:
+        """Take back credits (refund, dispute, adjustment); not spend, so no window counts it."""
+        _positive(amount)
+        if kind not in DEBIT_KINDS:
+            raise InvalidArgumentError(f"unknown debit kind {kind!r}", field="kind")
+        if self.seen(key, f"debit:{amount}:{kind}:{reference}"):
+            return False
+        self._expire_due(now)
+        if self.available - amount < -self.cap:
+            raise InsufficientCreditsError(
+                "Insufficient credits", available=self.available, cap=self.cap, requested=amount
+            )
+        self._debited(
+            amount=amount, kind=kind, reason=_text(reason, "reason"),
+            reference=_text(reference, "reference"), actor=_text(actor, "actor"), key=key, at=now,
+        )
+        self._maybe_auto_renew(now)
+        return True
+
+    def set_cap(self, cap: int, *, now: datetime, actor: str, reason: str = "") -> None:
+        """Set the maximum overage (how far below zero the balance may go)."""
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0 or cap > MAX_MICROS:
+            raise InvalidAmountError("cap", "must be a non-negative integer number of micro-USD")
+        self._cap_set(cap=cap, actor=_text(actor, "actor"), reason=_text(reason, "reason"), at=now)
+
+    def configure_auto_renew(
+        self,
+        *,
+        enabled: bool,
+        threshold: int,
+        amount: int,
+        payment_method: str,
+        now: datetime,
+        actor: str,
+    ) -> None:
+        """Save auto-renew settings: below ``threshold`` available, buy ``amount`` once."""
+        if enabled:
+            _positive(amount)
+            _positive(threshold, "threshold")
+            _text(payment_method, "payment_method", required=True)
+        self._auto_renew_configured(
+            enabled=bool(enabled), threshold=threshold, amount=amount,
+            payment_method=_text(payment_method, "payment_method"),
+            actor=_text(actor, "actor"), at=now,
+        )
+
+    def set_limits(
+        self, changes: dict[str, int | None], *, now: datetime, actor: str, reason: str = ""
+    ) -> None:
+        """Override guard-rail limits for this user (micro-USD; 0 = off; None = back to default)."""
+        normalised: dict[str, int | None] = {}
+        for name, limit in changes.items():
+            try:
+                window = guardrails.normalise_window(name)
+            except ValueError as exc:
+                raise InvalidArgumentError(str(exc), field="window") from None
+            if limit is not None and (
+                isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+            ):
+                raise InvalidAmountError(window, "limit must be a non-negative integer or null")
+            normalised[window] = limit
+        if not normalised:
+            raise InvalidArgumentError("no limits given", field="limits")
+        self._limits_set(
+            changes=normalised, actor=_text(actor, "actor"),
+            reason=_text(reason, "reason"), at=now,
+        )
+
+    def reset_windows(
+        self, windows: list[str] | None, *, now: datetime, actor: str, reason: str
+    ) -> list[str]:
+        """Admin only: forget spend so far in the given windows (all if none); reason required."""
+        _text(reason, "reason", required=True)
+        _text(actor, "actor", required=True)
+        try:
+            names = [guardrails.normalise_window(w) for w in windows] if windows else list(
+                guardrails.WINDOW_NAMES
+            )
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc), field="window") from None
+        minute = minute_of(now)
+        self._windows_reset(
+            windows=names,
+            minute=minute,
+            bucket_amount=guardrails.bucket_amount(self.buckets, minute),
+            actor=actor,
+            reason=reason,
+            at=now,
+        )
+        return names
+
+    # ------------------------------------------------------------------ helpers
+
+    def _active_hold(self, hold_id: str) -> dict[str, Any]:
+        hold = self.holds.get(hold_id)
+        if hold is None:
+            raise HoldNotFoundError("No active hold with this id", hold_id=hold_id)
+        return hold
+
+    def _expire_due(self, now: datetime) -> int:
+        due = [hid for hid, h in self.holds.items() if h["expires_at"] <= now]
+        for hold_id in due:
+            hold = self.holds[hold_id]
+            self._hold_expired(hold_id=hold_id, amount=hold["amount"] - hold["captured"], at=now)
+        return len(due)
+
+    def _maybe_auto_renew(self, now: datetime) -> None:
+        settings = self.auto_renew
+        if (
+            settings["enabled"]
+            and self.auto_renew_armed
+            and self.available < settings["threshold"]
+        ):
+            self._auto_renew_triggered(
+                amount=settings["amount"],
+                threshold=settings["threshold"],
+                payment_method=settings["payment_method"],
+                available=self.available,
+                at=now,
+            )
+
+    def _remember(self, key: str, fingerprint: str, at: datetime) -> None:
+        minute = minute_of(at)
+        self.keys[key] = [fingerprint, minute]
+        cutoff = minute - IDEMPOTENCY_RETENTION_MINUTES
+        while self.keys:
+            oldest = next(iter(self.keys))
+            if self.keys[oldest][1] > cutoff:
+                break
+            del self.keys[oldest]
+
+    def _spend(self, amount: int, at: datetime) -> None:
+        minute = minute_of(at)
+        guardrails.add_spend(self.buckets, minute, amount)
+        guardrails.prune(self.buckets, minute)
+        self.total_charged += amount
+
+    # ------------------------------------------------------------ apply (events)
+
+    @event("Granted")
+    def _granted(
+        self, amount: int, source: str, reason: str, reference: str, actor: str, key: str,
+        at: datetime,
+    ) -> None:
+        self.balance += amount
+        self.total_granted += amount
+        self._remember(key, f"grant:{amount}:{source}:{reference}", at)
+        if self.available >= self.auto_renew["threshold"]:
+            self.auto_renew_armed = True
+
+    @event("Charged")
+    def _charged(
+        self, amount: int, reason: str, reference: str, actor: str, key: str, at: datetime
+    ) -> None:
+        self.balance -= amount
+        self._spend(amount, at)
+        self._remember(key, f"charge:{amount}:{reference}", at)
+
+    @event("HoldPlaced")
+    def _hold_placed(
+        self, hold_id: str, amount: int, expires_at: datetime, reason: str, reference: str,
+        actor: str, key: str, at: datetime,
+    ) -> None:
+        self.holds[hold_id] = {"amount": amount, "captured": 0, "expires_at": expires_at}
+        self.held += amount
+        self._remember(key, f"hold:{hold_id}:{amount}:{expires_at.isoformat()}", at)
+
+    @event("HoldCaptured")
+    def _hold_captured(
+        self, hold_id: str, amount: int, reason: str, actor: str, key: str, at: datetime
+    ) -> None:
+        self.holds[hold_id]["captured"] += amount
+        self.held -= amount
+        self.balance -= amount
+        self._spend(amount, at)
+        self._remember(key, f"capture:{hold_id}:{amount}", at)
+
+    @event("HoldReleased")
+    def _hold_released(
+        self, hold_id: str, amount: int, actor: str, key: str, at: datetime
+    ) -> None:
+        del self.holds[hold_id]
+        self.held -= amount
+        self._remember(key, f"release:{hold_id}", at)
+
+    @event("HoldExpired")
+    def _hold_expired(self, hold_id: str, amount: int, at: datetime) -> None:
+        del self.holds[hold_id]
+        self.held -= amount
+
+    @event("Debited")
+    def _debited(
+        self, amount: int, kind: str, reason: str, reference: str, actor: str, key: str,
+        at: datetime,
+    ) -> None:
+        self.balance -= amount
+        self.total_debited += amount
+        self._remember(key, f"debit:{amount}:{kind}:{reference}", at)
+
+    @event("CapSet")
+    def _cap_set(self, cap: int, actor: str, reason: str, at: datetime) -> None:
+        self.cap = cap
+
+    @event("AutoRenewConfigured")
+    def _auto_renew_configured(
+        self, enabled: bool, threshold: int, amount: int, payment_method: str, actor: str,
+        at: datetime,
+    ) -> None:
+        self.auto_renew = {
+            "enabled": enabled,
+            "threshold": threshold,
+            "amount": amount,
+            "payment_method": payment_method,
+        }
+        self.auto_renew_armed = True
+
+    @event("AutoRenewTriggered")
+    def _auto_renew_triggered(
+        self, amount: int, threshold: int, payment_method: str, available: int, at: datetime
+    ) -> None:
+        self.auto_renew_armed = False
+
+    @event("LimitsSet")
+    def _limits_set(
+        self, changes: dict[str, int | None], actor: str, reason: str, at: datetime
+    ) -> None:
+        for window, limit in changes.items():
+            if limit is None:
+                self.limits.pop(window, None)
+            else:
+                self.limits[window] = limit
+
+    @event("WindowsReset")
+    def _windows_reset(
+        self, windows: list[str], minute: int, bucket_amount: int, actor: str, reason: str,
+        at: datetime,
+    ) -> None:
+        for window in windows:
+            self.resets[window] = [minute, bucket_amount]

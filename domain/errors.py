@@ -1,0 +1,89 @@
+"""Domain errors: each carries what an interface needs to answer clearly (HTTP status, fields)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DomainError(Exception):
+    """Base of every rule violation the domain reports."""
+
+    status = 400
+    title = "Bad request"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidAmountError(DomainError):
+    """An amount is not a positive, exact, finite micro-USD value."""
+
+    status = 422
+    title = "Invalid amount"
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field} {problem}", field=field)
+
+
+class InvalidArgumentError(DomainError):
+    """A command argument is out of range or malformed."""
+
+    status = 422
+    title = "Invalid argument"
+
+
+class InsufficientCreditsError(DomainError):
+    """The command would take available credit below minus the overage cap."""
+
+    status = 402
+    title = "Insufficient credits"
+
+
+class SpendingLimitExceededError(DomainError):
+    """The command would push one or more guard-rail windows over their limit."""
+
+    status = 402
+    title = "Spending limit exceeded"
+
+    def __init__(self, violations: list[dict[str, Any]], spent: dict[str, int]) -> None:
+        names = ", ".join(v["window"] for v in violations)
+        super().__init__(f"Spending limit exceeded ({names})", violations=violations, spent=spent)
+        self.violations = violations
+        self.spent = spent
+
+
+class HoldNotFoundError(DomainError):
+    """No active hold with this id."""
+
+    status = 404
+    title = "Hold not found"
+
+
+class HoldConflictError(DomainError):
+    """The hold exists but cannot take this command (expired, over-capture, id reused)."""
+
+    status = 409
+    title = "Hold conflict"
+
+
+class IdempotencyConflictError(DomainError):
+    """An idempotency key was reused with different parameters."""
+
+    status = 409
+    title = "Idempotency key reused"
+
+
+class AccountNotFoundError(DomainError):
+    """No credit account for this user yet."""
+
+    status = 404
+    title = "Account not found"
+
+
+class ConcurrencyError(DomainError):
+    """Too many concurrent writers: the command was retried and still conflicted."""
+
+    status = 503
+    title = "Busy, retry"

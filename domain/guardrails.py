@@ -1,0 +1,146 @@
+"""Guard-rail windows and the pure arithmetic of sliding-window spend.
+
+Spend is kept in one-minute buckets ``[[minute, micros], ...]`` sorted by minute, where
+``minute`` is whole minutes since the Unix epoch (UTC). A window of W minutes at ``now``
+covers the buckets with ``minute > now_minute - W``: it is exact to within one minute.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right, insort
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+WINDOWS: tuple[tuple[str, int], ...] = (
+    ("5MIN", 5),
+    ("15MIN", 15),
+    ("30MIN", 30),
+    ("60MIN", 60),
+    ("90MIN", 90),
+    ("120MIN", 120),
+    ("240MIN", 240),
+    ("300MIN", 300),
+    ("360MIN", 360),
+    ("400MIN", 400),
+    ("460MIN", 460),
+    ("520MIN", 520),
+    ("640MIN", 640),
+    ("700MIN", 700),
+    ("1440MIN", 1440),
+    ("48H", 2880),
+    ("72H", 4320),
+)
+WINDOW_MINUTES: dict[str, int] = dict(WINDOWS)
+WINDOW_NAMES: tuple[str, ...] = tuple(name for name, _ in WINDOWS)
+LONGEST_WINDOW_MINUTES = WINDOWS[-1][1]
+
+
+def minute_of(at: datetime) -> int:
+    """Whole minutes since the epoch for an aware datetime."""
+    return int(at.timestamp()) // 60
+
+
+def env_name(window: str) -> str:
+    """The environment variable holding a window's default limit."""
+    return f"GUARDRAILS_MAX_{window}_RATE"
+
+
+def normalise_window(name: str) -> str:
+    """Accept '60min', '60MIN', '48h' and return the canonical name or raise ValueError."""
+    canonical = name.strip().upper()
+    if canonical not in WINDOW_MINUTES:
+        raise ValueError(f"unknown window {name!r}; expected one of {', '.join(WINDOW_NAMES)}")
+    return canonical
+
+
+@dataclass(frozen=True)
+class GuardrailPolicy:
+    """Service-wide defaults: the master switch and each window's limit in micro-USD (0 = off)."""
+
+    enabled: bool = False
+    limits: Mapping[str, int] = field(default_factory=dict)
+
+    def effective_limits(self, overrides: Mapping[str, int]) -> dict[str, int]:
+        """Limits in force for one account: per-user overrides win over the defaults."""
+        if not self.enabled:
+            return {}
+        merged = {name: self.limits.get(name, 0) for name in WINDOW_NAMES}
+        merged.update(overrides)
+        return {name: limit for name, limit in merged.items() if limit > 0}
+
+
+def add_spend(buckets: list[list[int]], minute: int, amount: int) -> None:
+    """Add ``amount`` to the bucket for ``minute``, keeping buckets sorted."""
+    if buckets and buckets[-1][0] == minute:
+        buckets[-1][1] += amount
+    elif not buckets or buckets[-1][0] < minute:
+        buckets.append([minute, amount])
+    else:
+        index = bisect_right(buckets, [minute, 2**63])
+        if index and buckets[index - 1][0] == minute:
+            buckets[index - 1][1] += amount
+        else:
+            insort(buckets, [minute, amount])
+
+
+def prune(buckets: list[list[int]], now_minute: int) -> None:
+    """Drop buckets older than the longest window (they can no longer count)."""
+    cutoff = now_minute - LONGEST_WINDOW_MINUTES
+    drop = 0
+    while drop < len(buckets) and buckets[drop][0] <= cutoff:
+        drop += 1
+    if drop:
+        del buckets[:drop]
+
+
+def window_spend(
+    buckets: Sequence[Sequence[int]],
+    now_minute: int,
+    resets: Mapping[str, Sequence[int]] | None = None,
+    windows: Sequence[str] = WINDOW_NAMES,
+) -> dict[str, int]:
+    """Spend per window at ``now_minute``, in one pass from the newest bucket back.
+
+    ``resets`` maps a window to ``[reset_minute, bucket_amount_at_reset]``: spend recorded up
+    to the reset no longer counts in that window.
+    """
+    resets = resets or {}
+    ordered = sorted(windows, key=WINDOW_MINUTES.__getitem__)
+    totals: dict[str, int] = {}
+    running = 0
+    pointer = 0
+    for index in range(len(buckets) - 1, -1, -1):
+        minute, amount = buckets[index][0], buckets[index][1]
+        age = now_minute - minute
+        while pointer < len(ordered) and age >= WINDOW_MINUTES[ordered[pointer]]:
+            totals[ordered[pointer]] = running
+            pointer += 1
+        if pointer == len(ordered):
+            break
+        running += amount
+    for name in ordered[pointer:]:
+        totals[name] = running
+    for name, (reset_minute, amount_at_reset) in resets.items():
+        if name in totals and now_minute - reset_minute < WINDOW_MINUTES[name]:
+            totals[name] = _spend_since(buckets, reset_minute, amount_at_reset)
+    return {name: totals[name] for name in windows}
+
+
+def _spend_since(buckets: Sequence[Sequence[int]], reset_minute: int, amount_at_reset: int) -> int:
+    """Spend recorded after a reset that happened inside ``reset_minute``."""
+    total = 0
+    for index in range(len(buckets) - 1, -1, -1):
+        minute, amount = buckets[index][0], buckets[index][1]
+        if minute < reset_minute:
+            break
+        total += amount - amount_at_reset if minute == reset_minute else amount
+    return total
+
+
+def bucket_amount(buckets: Sequence[Sequence[int]], minute: int) -> int:
+    """The amount recorded in one minute's bucket (0 if none)."""
+    index = bisect_right(buckets, [minute, 2**63])  # type: ignore[arg-type]
+    if index and buckets[index - 1][0] == minute:
+        return buckets[index - 1][1]
+    return 0

@@ -1,0 +1,38 @@
+"""Money as integer micro-USD (1 USD = 1,000,000), converted exactly from decimals."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+from domain.errors import InvalidAmountError
+
+MICROS_PER_USD = 1_000_000
+MAX_MICROS = 10**15  # one billion USD: anything above is a typo, not a payment
+
+
+def usd_to_micros(value: str | int | Decimal, *, field: str = "amount") -> int:
+    """Parse a USD decimal ("50.00", 50, Decimal) into micro-USD, refusing floats and excess precision."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise InvalidAmountError(field, "must be a decimal string or integer, not a float")
+    try:
+        amount = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        raise InvalidAmountError(field, f"{value!r} is not a decimal number") from None
+    if not amount.is_finite():
+        raise InvalidAmountError(field, "must be finite")
+    micros = amount * MICROS_PER_USD
+    if micros != micros.to_integral_value():
+        raise InvalidAmountError(field, "has more than 6 decimal places")
+    result = int(micros)
+    if abs(result) > MAX_MICROS:
+        raise InvalidAmountError(field, "is too large")
+    return result
+
+
+def micros_to_usd(micros: int) -> str:
+    """Format micro-USD as a USD decimal string with at least two decimals ("50.00", "0.000125")."""
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), MICROS_PER_USD)
+    digits = f"{frac:06d}".rstrip("0")
+    digits = digits.ljust(2, "0")
+    return f"{sign}{whole}.{digits}"

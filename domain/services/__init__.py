@@ -1,0 +1,1 @@
+"""Application services: thin use cases over the aggregates (get, call, save)."""

@@ -1,0 +1,278 @@
+"""The ledger: credit accounts as an event-sourced application, and its use cases.
+
+Use cases are thin: run the aggregate's command through the group committer (load, call,
+save) and return a small record. Reads of money state come from the aggregate, never from a
+read model; reporting reads come from the projections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
+
+from domain.credits import CreditAccount, account_id_for
+from domain.errors import AccountNotFoundError
+from domain.guardrails import GuardrailPolicy
+from domain.ports import Clock, system_clock
+from domain.services.committer import GroupCommitter
+
+SNAPSHOT_INTERVAL = 100
+
+
+class LedgerApp(Application[UUID]):
+    """Event store for the money ledger (tables ``ledger_events`` / ``ledger_snapshots``)."""
+
+    name = "ledger"
+    snapshotting_intervals: ClassVar[dict[type[Aggregate], int]] = {
+        CreditAccount: SNAPSHOT_INTERVAL
+    }
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a money command did: applied (False = idempotent replay) and its log position."""
+
+    applied: bool
+    position: int | None
+
+
+@dataclass(frozen=True)
+class HoldView:
+    hold_id: str
+    amount: int
+    captured: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class AccountView:
+    """A consistent picture of one account at one instant (all amounts micro-USD)."""
+
+    user_id: str
+    account_id: UUID
+    version: int
+    as_of: datetime
+    balance: int
+    available: int
+    held: int
+    total_granted: int
+    total_charged: int
+    total_debited: int
+    overage: int
+    cap: int
+    auto_renew: dict[str, Any]
+    limits: dict[str, int]
+    effective_limits: dict[str, int]
+    window_spend: dict[str, int]
+    holds: tuple[HoldView, ...]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One recorded event of an account, for audit output."""
+
+    version: int
+    name: str
+    at: datetime
+    recorded_at: datetime
+    data: dict[str, Any]
+
+
+class LedgerService:
+    """Money use cases over CreditAccount aggregates."""
+
+    def __init__(
+        self,
+        app: LedgerApp,
+        *,
+        policy: GuardrailPolicy,
+        clock: Clock = system_clock,
+        on_saved: Callable[[int], None] | None = None,
+        max_batch: int = 512,
+    ) -> None:
+        self.app = app
+        self.policy = policy
+        self.clock = clock
+        self.committer: GroupCommitter[CreditAccount] = GroupCommitter(
+            app, clock, on_saved=on_saved, max_batch=max_batch
+        )
+
+    def close(self) -> None:
+        self.committer.close()
+
+    # --------------------------------------------------------------- commands
+
+    def _run(self, user_id: str, command: Callable[[CreditAccount, datetime], Any]) -> Outcome:
+        def create(now: datetime) -> CreditAccount:
+            return CreditAccount(user_id=user_id, at=now)
+
+        result, position = self.committer.execute(account_id_for(user_id), command, create)
+        return Outcome(applied=result is not False, position=position)
+
+    def open_account(self, user_id: str) -> Outcome:
+        return self._run(user_id, lambda account, now: None)
+
+    def grant(self, user_id: str, amount: int, *, key: str, **audit: str) -> Outcome:
+        return self._run(user_id, lambda a, now: a.grant(amount, key=key, now=now, **audit))
+
+    def charge(self, user_id: str, amount: int, *, key: str, **audit: str) -> Outcome:
+        policy = self.policy
+        return self._run(
+            user_id, lambda a, now: a.charge(amount, key=key, now=now, policy=policy, **audit)
+        )
+
+    def place_hold(
+        self, user_id: str, hold_id: str, amount: int, *, expires_at: datetime, key: str,
+        **audit: str,
+    ) -> Outcome:
+        policy = self.policy
+        return self._run(
+            user_id,
+            lambda a, now: a.place_hold(
+                hold_id, amount, expires_at=expires_at, key=key, now=now, policy=policy, **audit
+            ),
+        )
+
+    def capture(self, user_id: str, hold_id: str, amount: int, *, key: str, **audit: str) -> Outcome:
+        return self._run(
+            user_id, lambda a, now: a.capture(hold_id, amount, key=key, now=now, **audit)
+        )
+
+    def release(self, user_id: str, hold_id: str, *, key: str, actor: str = "") -> Outcome:
+        return self._run(user_id, lambda a, now: a.release(hold_id, key=key, now=now, actor=actor))
+
+    def expire_holds(self, user_id: str) -> Outcome:
+        return self._run(user_id, lambda a, now: a.expire_holds(now) > 0)
+
+    def debit(self, user_id: str, amount: int, *, key: str, **audit: str) -> Outcome:
+        return self._run(user_id, lambda a, now: a.debit(amount, key=key, now=now, **audit))
+
+    def set_cap(self, user_id: str, cap: int, *, actor: str, reason: str = "") -> Outcome:
+        return self._run(
+            user_id, lambda a, now: a.set_cap(cap, now=now, actor=actor, reason=reason)
+        )
+
+    def configure_auto_renew(
+        self, user_id: str, *, enabled: bool, threshold: int, amount: int, payment_method: str,
+        actor: str,
+    ) -> Outcome:
+        return self._run(
+            user_id,
+            lambda a, now: a.configure_auto_renew(
+                enabled=enabled, threshold=threshold, amount=amount,
+                payment_method=payment_method, now=now, actor=actor,
+            ),
+        )
+
+    def set_limits(
+        self, user_id: str, changes: dict[str, int | None], *, actor: str, reason: str = ""
+    ) -> Outcome:
+        return self._run(
+            user_id, lambda a, now: a.set_limits(changes, now=now, actor=actor, reason=reason)
+        )
+
+    def reset_windows(
+        self, user_id: str, windows: list[str] | None, *, actor: str, reason: str
+    ) -> Outcome:
+        return self._run(
+            user_id,
+            lambda a, now: a.reset_windows(windows, now=now, actor=actor, reason=reason),
+        )
+
+    # ----------------------------------------------------------------- queries
+
+    def _get(self, user_id: str) -> CreditAccount:
+        try:
+            account: CreditAccount = self.app.repository.get(account_id_for(user_id))
+        except AggregateNotFoundError:
+            raise AccountNotFoundError("No credit account for this user", user_id=user_id) from None
+        return account
+
+    def account(self, user_id: str) -> AccountView:
+        """The account as it is now (read from the event store, not a projection)."""
+        return self._view(self._get(user_id), self.clock())
+
+    def check_spend(self, user_id: str, amount: int) -> AccountView:
+        """Raise the 402 errors a charge of ``amount`` would get now; change nothing."""
+        account = self._get(user_id)
+        now = self.clock()
+        account.check_spend(amount, now, self.policy)
+        return self._view(account, now)
+
+    def account_at(self, user_id: str, at: datetime) -> AccountView:
+        """Time travel: the account folded from its events recorded up to ``at``."""
+        account: CreditAccount | None = None
+        for domain_event in self._events(user_id):
+            if getattr(domain_event, "at", domain_event.timestamp) > at:
+                break
+            account = domain_event.mutate(account)  # type: ignore[attr-defined]
+        if account is None:
+            raise AccountNotFoundError("The account did not exist at that time", user_id=user_id)
+        return self._view(account, at)
+
+    def history(
+        self, user_id: str, since: datetime | None = None, until: datetime | None = None
+    ) -> list[AuditEntry]:
+        """The account's events, oldest first, optionally within [since, until]."""
+        entries = []
+        for domain_event in self._events(user_id):
+            at = getattr(domain_event, "at", domain_event.timestamp)
+            if (since and at < since) or (until and at > until):
+                continue
+            data = {
+                k: v
+                for k, v in vars(domain_event).items()
+                if k not in {"originator_id", "originator_version", "timestamp", "at"}
+            }
+            entries.append(
+                AuditEntry(
+                    version=domain_event.originator_version,
+                    name=type(domain_event).__name__,
+                    at=at,
+                    recorded_at=domain_event.timestamp,
+                    data=data,
+                )
+            )
+        return entries
+
+    def _events(self, user_id: str) -> Iterator[Any]:
+        found = False
+        for domain_event in self.app.events.get(account_id_for(user_id)):
+            found = True
+            yield domain_event
+        if not found:
+            raise AccountNotFoundError("No credit account for this user", user_id=user_id)
+
+    def _view(self, account: CreditAccount, now: datetime) -> AccountView:
+        held = sum(
+            h["amount"] - h["captured"] for h in account.holds.values() if h["expires_at"] > now
+        )
+        return AccountView(
+            user_id=account.user_id,
+            account_id=account.id,
+            version=account.version,
+            as_of=now,
+            balance=account.balance,
+            available=account.balance - held,
+            held=held,
+            total_granted=account.total_granted,
+            total_charged=account.total_charged,
+            total_debited=account.total_debited,
+            overage=account.overage,
+            cap=account.cap,
+            auto_renew=dict(account.auto_renew),
+            limits=dict(account.limits),
+            effective_limits=self.policy.effective_limits(account.limits),
+            window_spend=account.window_spend(now),
+            holds=tuple(
+                HoldView(hid, h["amount"], h["captured"], h["expires_at"])
+                for hid, h in account.holds.items()
+                if h["expires_at"] > now
+            ),
+        )

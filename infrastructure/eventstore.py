@@ -1,0 +1,41 @@
+"""Builds the ledger's event store from settings (SQLite embedded, PostgreSQL in production)."""
+
+from __future__ import annotations
+
+from infrastructure.settings import Settings
+
+
+def eventstore_env(settings: Settings) -> dict[str, str]:
+    """The ``eventsourcing`` environment for the configured database.
+
+    ``POSTGRES_ENABLE_DB_FUNCTIONS`` stays off: its insert function lets a later notification
+    id commit before an earlier one, so a tailing projection could skip events for good.
+    """
+    if settings.db_type == "sqlite":
+        settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(settings.sqlite_path),
+            "SQLITE_LOCK_TIMEOUT": "30",
+            "CREATE_TABLE": "y",
+        }
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": settings.db_name,
+        "POSTGRES_HOST": settings.db_host,
+        "POSTGRES_PORT": str(settings.db_port),
+        "POSTGRES_USER": settings.db_user,
+        "POSTGRES_PASSWORD": settings.db_password,
+        "POSTGRES_POOL_SIZE": "2",
+        "POSTGRES_MAX_OVERFLOW": str(max(2, settings.db_max_conns // 2)),
+        "POSTGRES_CONNECT_TIMEOUT": "10",
+        "POSTGRES_LOCK_TIMEOUT": "10",
+        "POSTGRES_PRE_PING": "y",
+        "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
+        "CREATE_TABLE": "y",
+    }
+
+
+def events_channel(app_name: str) -> str:
+    """The PostgreSQL NOTIFY channel the library signals on each save."""
+    return f"{app_name.lower()}_events"

@@ -1,0 +1,88 @@
+"""The composition root: the one place that picks databases, adapters and fakes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from domain.ports import Clock, system_clock
+from domain.services.ledger import LedgerApp, LedgerService
+from infrastructure.event_log import EventLog
+from infrastructure.eventstore import eventstore_env, events_channel
+from infrastructure.identity import UserStore
+from infrastructure.ledger_queries import LedgerQueries
+from infrastructure.migrate import migrate as apply_migrations
+from infrastructure.pg_listen import PgWakeup
+from infrastructure.projection_runner import ProjectionRunner
+from infrastructure.settings import Settings, load_settings
+from infrastructure.sql import Database, PostgresDatabase, SqliteDatabase
+from projections.ledger import ALL
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Container:
+    """Everything a process needs, wired once."""
+
+    settings: Settings
+    db: Database
+    app: LedgerApp
+    ledger: LedgerService
+    events: EventLog
+    runner: ProjectionRunner
+    users: UserStore
+    queries: LedgerQueries
+    _closers: list[Any] = field(default_factory=list)
+
+    def close(self) -> None:
+        self.runner.stop()
+        self.ledger.close()
+        for closer in reversed(self._closers):
+            closer()
+        self.db.close()
+        close_app = getattr(self.app, "close", None)
+        if close_app is not None:
+            close_app()
+
+
+def open_database(settings: Settings) -> Database:
+    if settings.db_type == "postgres":
+        return PostgresDatabase(settings.postgres_conninfo, max_size=max(2, settings.db_max_conns // 2))
+    return SqliteDatabase(settings.sqlite_path)
+
+
+def bootstrap(
+    settings: Settings | None = None,
+    *,
+    clock: Clock = system_clock,
+    run_projections: bool = False,
+    migrate: bool = True,
+) -> Container:
+    """Build the service graph. ``run_projections`` starts the runner (and PG listener)."""
+    settings = settings or load_settings()
+    db = open_database(settings)
+    if migrate:
+        apply_migrations(db)
+    app = LedgerApp(env=eventstore_env(settings))
+    events = EventLog(app)
+    runner = ProjectionRunner(db, events, ALL, poll_interval=settings.projection_poll_interval)
+    ledger = LedgerService(app, policy=settings.guardrails, clock=clock, on_saved=runner.wake)
+    container = Container(
+        settings=settings,
+        db=db,
+        app=app,
+        ledger=ledger,
+        events=events,
+        runner=runner,
+        users=UserStore(db),
+        queries=LedgerQueries(db),
+    )
+    if run_projections:
+        if settings.db_type == "postgres":
+            listener = PgWakeup(settings.postgres_conninfo, events_channel(app.name), runner.wake)
+            listener.start()
+            container._closers.append(listener.stop)
+        runner.start()
+    return container
