@@ -105,7 +105,7 @@ class CreditAccount(Aggregate):
 
     def available_at(self, now: datetime) -> int:
         """Available credit as of ``now``: holds past their expiry no longer count."""
-        live = sum(
+        live: int = sum(
             h["amount"] - h["captured"] for h in self.holds.values() if h["expires_at"] > now
         )
         return self.balance - live
@@ -278,8 +278,12 @@ class CreditAccount(Aggregate):
                 requested=amount,
             )
         self._hold_captured(
-            hold_id=hold_id, amount=amount, reason=_text(reason, "reason"),
-            actor=_text(actor, "actor"), key=key, at=now,
+            hold_id=hold_id,
+            amount=amount,
+            reason=_text(reason, "reason"),
+            actor=_text(actor, "actor"),
+            key=key,
+            at=now,
         )
         return True
 
@@ -325,8 +329,13 @@ class CreditAccount(Aggregate):
                 "Insufficient credits", available=self.available, cap=self.cap, requested=amount
             )
         self._debited(
-            amount=amount, kind=kind, reason=_text(reason, "reason"),
-            reference=_text(reference, "reference"), actor=_text(actor, "actor"), key=key, at=now,
+            amount=amount,
+            kind=kind,
+            reason=_text(reason, "reason"),
+            reference=_text(reference, "reference"),
+            actor=_text(actor, "actor"),
+            key=key,
+            at=now,
         )
         self._maybe_auto_renew(now)
         return True
@@ -353,9 +362,12 @@ class CreditAccount(Aggregate):
             _positive(threshold, "threshold")
             _text(payment_method, "payment_method", required=True)
         self._auto_renew_configured(
-            enabled=bool(enabled), threshold=threshold, amount=amount,
+            enabled=bool(enabled),
+            threshold=threshold,
+            amount=amount,
             payment_method=_text(payment_method, "payment_method"),
-            actor=_text(actor, "actor"), at=now,
+            actor=_text(actor, "actor"),
+            at=now,
         )
 
     def set_limits(
@@ -376,8 +388,10 @@ class CreditAccount(Aggregate):
         if not normalised:
             raise InvalidArgumentError("no limits given", field="limits")
         self._limits_set(
-            changes=normalised, actor=_text(actor, "actor"),
-            reason=_text(reason, "reason"), at=now,
+            changes=normalised,
+            actor=_text(actor, "actor"),
+            reason=_text(reason, "reason"),
+            at=now,
         )
 
     def reset_windows(
@@ -387,8 +401,10 @@ class CreditAccount(Aggregate):
         _text(reason, "reason", required=True)
         _text(actor, "actor", required=True)
         try:
-            names = [guardrails.normalise_window(w) for w in windows] if windows else list(
-                guardrails.WINDOW_NAMES
+            names = (
+                [guardrails.normalise_window(w) for w in windows]
+                if windows
+                else list(guardrails.WINDOW_NAMES)
             )
         except ValueError as exc:
             raise InvalidArgumentError(str(exc), field="window") from None
@@ -420,11 +436,7 @@ class CreditAccount(Aggregate):
 
     def _maybe_auto_renew(self, now: datetime) -> None:
         settings = self.auto_renew
-        if (
-            settings["enabled"]
-            and self.auto_renew_armed
-            and self.available < settings["threshold"]
-        ):
+        if settings["enabled"] and self.auto_renew_armed and self.available < settings["threshold"]:
             self._auto_renew_triggered(
                 amount=settings["amount"],
                 threshold=settings["threshold"],
@@ -453,7 +465,13 @@ class CreditAccount(Aggregate):
 
     @event("Granted")
     def _granted(
-        self, amount: int, source: str, reason: str, reference: str, actor: str, key: str,
+        self,
+        amount: int,
+        source: str,
+        reason: str,
+        reference: str,
+        actor: str,
+        key: str,
         at: datetime,
     ) -> None:
         self.balance += amount
@@ -472,8 +490,15 @@ class CreditAccount(Aggregate):
 
     @event("HoldPlaced")
     def _hold_placed(
-        self, hold_id: str, amount: int, expires_at: datetime, reason: str, reference: str,
-        actor: str, key: str, at: datetime,
+        self,
+        hold_id: str,
+        amount: int,
+        expires_at: datetime,
+        reason: str,
+        reference: str,
+        actor: str,
+        key: str,
+        at: datetime,
     ) -> None:
         self.holds[hold_id] = {"amount": amount, "captured": 0, "expires_at": expires_at}
         self.held += amount
@@ -490,9 +515,7 @@ class CreditAccount(Aggregate):
         self._remember(key, f"capture:{hold_id}:{amount}", at)
 
     @event("HoldReleased")
-    def _hold_released(
-        self, hold_id: str, amount: int, actor: str, key: str, at: datetime
-    ) -> None:
+    def _hold_released(self, hold_id: str, amount: int, actor: str, key: str, at: datetime) -> None:
         del self.holds[hold_id]
         self.held -= amount
         self._remember(key, f"release:{hold_id}", at)
@@ -504,7 +527,13 @@ class CreditAccount(Aggregate):
 
     @event("Debited")
     def _debited(
-        self, amount: int, kind: str, reason: str, reference: str, actor: str, key: str,
+        self,
+        amount: int,
+        kind: str,
+        reason: str,
+        reference: str,
+        actor: str,
+        key: str,
         at: datetime,
     ) -> None:
         self.balance -= amount
@@ -517,7 +546,12 @@ class CreditAccount(Aggregate):
 
     @event("AutoRenewConfigured")
     def _auto_renew_configured(
-        self, enabled: bool, threshold: int, amount: int, payment_method: str, actor: str,
+        self,
+        enabled: bool,
+        threshold: int,
+        amount: int,
+        payment_method: str,
+        actor: str,
         at: datetime,
     ) -> None:
         self.auto_renew = {
@@ -546,7 +580,12 @@ class CreditAccount(Aggregate):
 
     @event("WindowsReset")
     def _windows_reset(
-        self, windows: list[str], minute: int, bucket_amount: int, actor: str, reason: str,
+        self,
+        windows: list[str],
+        minute: int,
+        bucket_amount: int,
+        actor: str,
+        reason: str,
         at: datetime,
     ) -> None:
         for window in windows:

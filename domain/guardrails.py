@@ -140,7 +140,7 @@ def _spend_since(buckets: Sequence[Sequence[int]], reset_minute: int, amount_at_
 
 def bucket_amount(buckets: Sequence[Sequence[int]], minute: int) -> int:
     """The amount recorded in one minute's bucket (0 if none)."""
-    index = bisect_right(buckets, [minute, 2**63])  # type: ignore[arg-type]
+    index = bisect_right([b[0] for b in buckets], minute)
     if index and buckets[index - 1][0] == minute:
         return buckets[index - 1][1]
     return 0

@@ -11,8 +11,11 @@ MAX_MICROS = 10**15  # one billion USD: anything above is a typo, not a payment
 
 
 def usd_to_micros(value: str | int | Decimal, *, field: str = "amount") -> int:
-    """Parse a USD decimal ("50.00", 50, Decimal) into micro-USD, refusing floats and excess precision."""
-    if isinstance(value, bool) or isinstance(value, float):
+    """Parse a USD decimal ("50.00", 50, Decimal) into micro-USD, exactly.
+
+    Floats (binary fractions), non-finite values and more than 6 decimals are refused.
+    """
+    if isinstance(value, bool | float):
         raise InvalidAmountError(field, "must be a decimal string or integer, not a float")
     try:
         amount = Decimal(str(value).strip())

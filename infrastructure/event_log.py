@@ -58,7 +58,8 @@ class EventLog:
             out.append(
                 Recorded(
                     position=n.id,
-                    originator_id=n.originator_id if isinstance(n.originator_id, UUID)
+                    originator_id=n.originator_id
+                    if isinstance(n.originator_id, UUID)
                     else UUID(str(n.originator_id)),
                     version=n.originator_version,
                     name=topic.rpartition(":")[2],

@@ -47,8 +47,15 @@ class LedgerQueries:
             )
         if row is None:
             return None
-        keys = ("balance", "held", "total_granted", "total_charged", "total_debited", "cap",
-                "version")
+        keys = (
+            "balance",
+            "held",
+            "total_granted",
+            "total_charged",
+            "total_debited",
+            "cap",
+            "version",
+        )
         return dict(zip(keys, (int(v) for v in row), strict=True))
 
     def transactions(
@@ -68,13 +75,22 @@ class LedgerQueries:
                 params,
             )
         return [
-            Transaction(int(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]), str(r[5]),
-                        str(r[6]), int(r[7]))
+            Transaction(
+                int(r[0]),
+                str(r[1]),
+                int(r[2]),
+                str(r[3]),
+                str(r[4]),
+                str(r[5]),
+                str(r[6]),
+                int(r[7]),
+            )
             for r in rows
         ]
 
-    def usage(self, user_id: str, since: str | None = None, until: str | None = None
-              ) -> list[UsageDay]:
+    def usage(
+        self, user_id: str, since: str | None = None, until: str | None = None
+    ) -> list[UsageDay]:
         params: list[Any] = [str(account_id_for(user_id))]
         where = "account_id = ?"
         if since:

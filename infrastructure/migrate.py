@@ -22,8 +22,7 @@ class Migration:
 
     def statements(self) -> list[str]:
         text = "\n".join(
-            line for line in self.path.read_text().splitlines()
-            if not line.strip().startswith("--")
+            line for line in self.path.read_text().splitlines() if not line.strip().startswith("--")
         )
         return [s.strip() for s in text.split(";") if s.strip()]
 

@@ -53,7 +53,10 @@ def write_batch(tx: Tx, batch: Batch, suffix: int | str, *, bulk: bool = False) 
     groups: dict[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]], list[Any]] = {}
     for upsert in batch.upserts.values():
         signature = (
-            upsert.table, tuple(upsert.key), tuple(sorted(upsert.put)), tuple(sorted(upsert.add))
+            upsert.table,
+            tuple(upsert.key),
+            tuple(sorted(upsert.put)),
+            tuple(sorted(upsert.add)),
         )
         groups.setdefault(signature, []).append(upsert)
     for (table, keys, puts, adds), upserts in groups.items():

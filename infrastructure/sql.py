@@ -24,7 +24,9 @@ class Tx(Protocol):
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
     def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
-    def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None: ...
+    def copy_rows(
+        self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> None: ...
     def lock_row(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
 
 
@@ -62,9 +64,7 @@ class _SqliteTx:
 
     def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         marks = ", ".join("?" for _ in columns)
-        self.conn.executemany(
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows
-        )
+        self.conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
 
     def lock_row(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         # The transaction was opened with BEGIN IMMEDIATE: it already holds the write lock.
@@ -84,8 +84,9 @@ class SqliteDatabase:
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, timeout=30, check_same_thread=False
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA busy_timeout=30000")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -149,9 +150,10 @@ class _PostgresTx:
         return row
 
     def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-        with self.conn.cursor() as cur, cur.copy(
-            f"COPY {table} ({', '.join(columns)}) FROM STDIN"
-        ) as copy:
+        with (
+            self.conn.cursor() as cur,
+            cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
+        ):
             for row in rows:
                 copy.write_row(row)
 
@@ -168,7 +170,11 @@ class PostgresDatabase:
         from psycopg_pool import ConnectionPool
 
         self.pool = ConnectionPool(
-            conninfo, min_size=1, max_size=max_size, open=True, timeout=30,
+            conninfo,
+            min_size=1,
+            max_size=max_size,
+            open=True,
+            timeout=30,
             kwargs={"autocommit": True},
         )
 

@@ -9,7 +9,7 @@ from typing import Any
 from domain.ports import Clock, system_clock
 from domain.services.ledger import LedgerApp, LedgerService
 from infrastructure.event_log import EventLog
-from infrastructure.eventstore import eventstore_env, events_channel
+from infrastructure.eventstore import events_channel, eventstore_env
 from infrastructure.identity import UserStore
 from infrastructure.ledger_queries import LedgerQueries
 from infrastructure.migrate import migrate as apply_migrations
@@ -49,7 +49,9 @@ class Container:
 
 def open_database(settings: Settings) -> Database:
     if settings.db_type == "postgres":
-        return PostgresDatabase(settings.postgres_conninfo, max_size=max(2, settings.db_max_conns // 2))
+        return PostgresDatabase(
+            settings.postgres_conninfo, max_size=max(2, settings.db_max_conns // 2)
+        )
     return SqliteDatabase(settings.sqlite_path)
 
 

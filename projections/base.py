@@ -82,8 +82,11 @@ Op = Upsert | Insert
 class Projection(Protocol):
     """A named pure fold over recorded events into one or more tables."""
 
-    name: str
-    tables: tuple[str, ...]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def tables(self) -> tuple[str, ...]: ...
 
     def fold(self, event: Recorded) -> Iterable[Op]: ...
 

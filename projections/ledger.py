@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from projections.base import Insert, Op, Recorded, Upsert
+from projections.base import Insert, Op, Projection, Recorded, Upsert
 
 ACCOUNT = "CreditAccount."
 SPEND_EVENTS = {"CreditAccount.Charged", "CreditAccount.HoldCaptured"}
@@ -38,7 +38,7 @@ class BalancesProjection:
         amount = int(event.data.get("amount", 0))
         put: dict[str, object] = {"version": event.version, "updated_at": event.at_micros}
         add: dict[str, int] = {}
-        kind = event.name[len(ACCOUNT):]
+        kind = event.name[len(ACCOUNT) :]
         if kind == "Opened":
             put["user_id"] = event.data["user_id"]
         elif kind == "Granted":
@@ -137,5 +137,10 @@ class UsageProjection:
         return [Upsert("usage_daily", {"account_id": _account(event), "day": event.day}, add=add)]
 
 
-ALL = (BalancesProjection(), TransactionsProjection(), SpendingProjection(), UsageProjection())
-BY_NAME = {p.name: p for p in ALL}
+ALL: tuple[Projection, ...] = (
+    BalancesProjection(),
+    TransactionsProjection(),
+    SpendingProjection(),
+    UsageProjection(),
+)
+BY_NAME: dict[str, Projection] = {p.name: p for p in ALL}

@@ -119,20 +119,7 @@ class GroupCommitter(Generic[A]):
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self._max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
+            batch, stop = self._next_batch()
             items: list[_Item[A]] = []
             for entry in batch:
                 if isinstance(entry, tuple):
@@ -151,6 +138,22 @@ class GroupCommitter(Generic[A]):
                             item.done.set()
             if stop:
                 return
+
+    def _next_batch(self) -> tuple[list[Any], bool]:
+        """Block for one entry, then take whatever else is queued (up to the batch size)."""
+        first = self._queue.get()
+        if first is _STOP:
+            return [], True
+        batch = [first]
+        while len(batch) < self._max_batch:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is _STOP:
+                return batch, True
+            batch.append(nxt)
+        return batch, False
 
     def _process(self, items: list[_Item[A]]) -> None:
         groups: OrderedDict[UUID, list[_Item[A]]] = OrderedDict()

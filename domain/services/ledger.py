@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.domain import Aggregate
 
 from domain.credits import CreditAccount, account_id_for
 from domain.errors import AccountNotFoundError
@@ -29,9 +28,7 @@ class LedgerApp(Application[UUID]):
     """Event store for the money ledger (tables ``ledger_events`` / ``ledger_snapshots``)."""
 
     name = "ledger"
-    snapshotting_intervals: ClassVar[dict[type[Aggregate], int]] = {
-        CreditAccount: SNAPSHOT_INTERVAL
-    }
+    snapshotting_intervals: ClassVar[dict[Any, int]] = {CreditAccount: SNAPSHOT_INTERVAL}
 
 
 @dataclass(frozen=True)
@@ -116,7 +113,7 @@ class LedgerService:
         return Outcome(applied=result is not False, position=position)
 
     def open_account(self, user_id: str) -> Outcome:
-        return self._run(user_id, lambda account, now: None)
+        return self._run(user_id, lambda _account, _now: None)
 
     def grant(self, user_id: str, amount: int, *, key: str, **audit: str) -> Outcome:
         return self._run(user_id, lambda a, now: a.grant(amount, key=key, now=now, **audit))
@@ -128,7 +125,13 @@ class LedgerService:
         )
 
     def place_hold(
-        self, user_id: str, hold_id: str, amount: int, *, expires_at: datetime, key: str,
+        self,
+        user_id: str,
+        hold_id: str,
+        amount: int,
+        *,
+        expires_at: datetime,
+        key: str,
         **audit: str,
     ) -> Outcome:
         policy = self.policy
@@ -139,7 +142,9 @@ class LedgerService:
             ),
         )
 
-    def capture(self, user_id: str, hold_id: str, amount: int, *, key: str, **audit: str) -> Outcome:
+    def capture(
+        self, user_id: str, hold_id: str, amount: int, *, key: str, **audit: str
+    ) -> Outcome:
         return self._run(
             user_id, lambda a, now: a.capture(hold_id, amount, key=key, now=now, **audit)
         )
@@ -159,14 +164,24 @@ class LedgerService:
         )
 
     def configure_auto_renew(
-        self, user_id: str, *, enabled: bool, threshold: int, amount: int, payment_method: str,
+        self,
+        user_id: str,
+        *,
+        enabled: bool,
+        threshold: int,
+        amount: int,
+        payment_method: str,
         actor: str,
     ) -> Outcome:
         return self._run(
             user_id,
             lambda a, now: a.configure_auto_renew(
-                enabled=enabled, threshold=threshold, amount=amount,
-                payment_method=payment_method, now=now, actor=actor,
+                enabled=enabled,
+                threshold=threshold,
+                amount=amount,
+                payment_method=payment_method,
+                now=now,
+                actor=actor,
             ),
         )
 
@@ -211,7 +226,7 @@ class LedgerService:
         for domain_event in self._events(user_id):
             if getattr(domain_event, "at", domain_event.timestamp) > at:
                 break
-            account = domain_event.mutate(account)  # type: ignore[attr-defined]
+            account = domain_event.mutate(account)
         if account is None:
             raise AccountNotFoundError("The account did not exist at that time", user_id=user_id)
         return self._view(account, at)

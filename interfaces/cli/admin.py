@@ -1,0 +1,578 @@
+"""``aiserve-gpuproxy-admin``: the operator CLI (users, credits, audit, replay, projections)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from domain.errors import DomainError
+from domain.guardrails import WINDOW_NAMES, normalise_window
+from domain.money import usd_to_micros
+from domain.services.ledger import AccountView
+from interfaces.cli.common import OneLineParser, fail, parse_time, print_json, usd
+
+console = Console()
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _actor() -> str:
+    try:
+        return f"admin-cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "admin-cli"
+
+
+def _container(args: argparse.Namespace, *, migrate: bool = False) -> Any:
+    from infrastructure.settings import load_settings
+    from interfaces.bootstrap import bootstrap
+
+    settings = load_settings(env_file=args.env_file)
+    if not migrate:
+        from infrastructure.migrate import pending
+        from interfaces.bootstrap import open_database
+
+        db = open_database(settings)
+        try:
+            if pending(db):
+                fail("the database schema is not up to date; run `aiserve-gpuproxy-admin migrate`")
+        finally:
+            db.close()
+    return bootstrap(settings, migrate=migrate)
+
+
+def _settle(c: Any) -> None:
+    """Bring the read models up to date with what this command wrote, then close."""
+    try:
+        c.runner.catch_up()
+    finally:
+        c.close()
+
+
+def _usd(value: str) -> int:
+    try:
+        return usd_to_micros(value)
+    except DomainError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from infrastructure.migrate import migrate
+    from infrastructure.settings import load_settings
+    from interfaces.bootstrap import bootstrap, open_database
+
+    settings = load_settings(env_file=args.env_file)
+    db = open_database(settings)
+    try:
+        applied = migrate(db)
+    finally:
+        db.close()
+    bootstrap(settings, migrate=False).close()  # creates the event store tables
+    if applied:
+        for m in applied:
+            print(f"applied {m.version:04d}_{m.name}")
+    else:
+        print("database is up to date")
+    return 0
+
+
+def cmd_create_user(args: argparse.Namespace) -> int:
+    c = _container(args)
+    try:
+        user = c.users.create(args.email, args.password, args.name, actor=_actor())
+        if args.admin:
+            user = c.users.set_admin(user.email, actor=_actor())
+        c.ledger.open_account(user.id)
+    finally:
+        _settle(c)
+    if args.json:
+        print_json(asdict(user))
+    else:
+        print(f"created user {user.email} ({user.id}){' as admin' if user.is_admin else ''}")
+    return 0
+
+
+def cmd_make_admin(args: argparse.Namespace) -> int:
+    c = _container(args)
+    try:
+        user = c.users.set_admin(args.email, not args.revoke, actor=_actor())
+    finally:
+        c.close()
+    print(f"{user.email} is {'now' if user.is_admin else 'no longer'} an admin")
+    return 0
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    c = _container(args)
+    try:
+        users = c.users.all()
+    finally:
+        c.close()
+    if args.json:
+        print_json([asdict(u) for u in users])
+        return 0
+    table = Table("email", "name", "admin", "id", "created")
+    for u in users:
+        table.add_row(u.email, u.name, "yes" if u.is_admin else "", u.id, u.created_at[:19])
+    console.print(table)
+    return 0
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    c = _container(args)
+    try:
+        user = c.users.by_email(args.email)
+        outcome = c.ledger.grant(
+            user.id,
+            args.amount,
+            key=args.idempotency_key or f"admin-grant:{uuid.uuid4()}",
+            source="admin",
+            reason=args.reason,
+            actor=_actor(),
+        )
+        view = c.ledger.account(user.id)
+    finally:
+        _settle(c)
+    verb = "granted" if outcome.applied else "already granted (same idempotency key)"
+    print(f"{verb} {usd(args.amount)} USD to {user.email}; balance {usd(view.balance)} USD")
+    return 0
+
+
+def _view_dict(view: AccountView) -> dict[str, Any]:
+    return {
+        "user_id": view.user_id,
+        "as_of": view.as_of,
+        "version": view.version,
+        "credits_remaining": usd(view.balance),
+        "credits_available": usd(view.available),
+        "credits_held": usd(view.held),
+        "credits_total": usd(view.total_granted),
+        "credits_charged": usd(view.total_charged),
+        "credits_debited": usd(view.total_debited),
+        "credits_overage": usd(view.overage),
+        "credits_cap": usd(view.cap),
+        "credits_auto_renew": {
+            **view.auto_renew,
+            "threshold": usd(view.auto_renew["threshold"]),
+            "amount": usd(view.auto_renew["amount"]),
+        },
+        "holds": [
+            {
+                "hold_id": h.hold_id,
+                "amount": usd(h.amount),
+                "captured": usd(h.captured),
+                "expires_at": h.expires_at,
+            }
+            for h in view.holds
+        ],
+        "limits": {k: usd(v) for k, v in view.effective_limits.items()},
+        "spent": {k: usd(v) for k, v in view.window_spend.items()},
+    }
+
+
+def cmd_balance(args: argparse.Namespace) -> int:
+    c = _container(args)
+    try:
+        user = c.users.by_email(args.email)
+        view = c.ledger.account_at(user.id, args.at) if args.at else c.ledger.account(user.id)
+    finally:
+        c.close()
+    data = _view_dict(view)
+    if args.json:
+        print_json(data)
+        return 0
+    table = Table(title=f"{user.email} as of {view.as_of.isoformat()} (version {view.version})")
+    table.add_column("field")
+    table.add_column("USD", justify="right")
+    for key in (
+        "credits_remaining",
+        "credits_available",
+        "credits_held",
+        "credits_total",
+        "credits_charged",
+        "credits_debited",
+        "credits_overage",
+        "credits_cap",
+    ):
+        table.add_row(key, str(data[key]))
+    console.print(table)
+    if view.holds:
+        holds = Table("hold", "amount", "captured", "expires")
+        for h in view.holds:
+            holds.add_row(h.hold_id, usd(h.amount), usd(h.captured), h.expires_at.isoformat())
+        console.print(holds)
+    _print_windows(view.window_spend, view.effective_limits)
+    return 0
+
+
+def _print_windows(spent: dict[str, int], limits: dict[str, int]) -> None:
+    table = Table("window", "spent USD", "limit USD", "remaining USD")
+    for name in WINDOW_NAMES:
+        limit = limits.get(name)
+        remaining = "" if limit is None else usd(max(0, limit - spent.get(name, 0)))
+        table.add_row(
+            name, usd(spent.get(name, 0)), "off" if limit is None else usd(limit), remaining
+        )
+    console.print(table)
+
+
+def cmd_spending(args: argparse.Namespace) -> int:
+    c = _container(args)
+    try:
+        user = c.users.by_email(args.email)
+        c.runner.catch_up()
+        now = datetime.now(UTC)
+        spent = c.queries.window_spend(user.id, now)
+        try:
+            limits = c.ledger.account(user.id).effective_limits
+        except DomainError:
+            limits = c.settings.guardrails.effective_limits({})
+    finally:
+        c.close()
+    if args.json:
+        print_json(
+            {
+                "enabled": bool(limits) or c.settings.guardrails.enabled,
+                "spent": {k: usd(v) for k, v in spent.items()},
+                "limits": {k: usd(v) for k, v in limits.items()},
+            }
+        )
+        return 0
+    _print_windows(spent, limits)
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    c = _container(args)
+    try:
+        user = c.users.by_email(args.email)
+        windows = [args.window] if args.window else None
+        c.ledger.reset_windows(user.id, windows, actor=_actor(), reason=args.reason)
+    finally:
+        _settle(c)
+    print(f"reset {args.window or 'all windows'} for {user.email} (reason recorded)")
+    return 0
+
+
+def cmd_set_limits(args: argparse.Namespace) -> int:
+    changes: dict[str, int | None] = {}
+    for item in args.limits:
+        window, sep, value = item.partition("=")
+        if not sep:
+            fail(f"{item!r} is not WINDOW=USD (e.g. 60min=100.00, or 60min=default)", 2)
+        try:
+            name = normalise_window(window)
+        except ValueError as exc:
+            fail(str(exc), 2)
+        changes[name] = None if value.strip().lower() == "default" else _usd(value)
+    c = _container(args)
+    try:
+        user = c.users.by_email(args.email)
+        c.ledger.set_limits(user.id, changes, actor=_actor(), reason=args.reason)
+    finally:
+        _settle(c)
+    print(f"limits updated for {user.email}")
+    return 0
+
+
+def cmd_set_cap(args: argparse.Namespace) -> int:
+    c = _container(args)
+    try:
+        user = c.users.by_email(args.email)
+        c.ledger.set_cap(user.id, args.cap, actor=_actor(), reason=args.reason)
+    finally:
+        _settle(c)
+    print(f"overage cap for {user.email} is now {usd(args.cap)} USD")
+    return 0
+
+
+def _describe(data: dict[str, Any]) -> str:
+    parts = []
+    for key, value in data.items():
+        if key in {"amount", "cap", "threshold", "available", "bucket_amount"} and isinstance(
+            value, int
+        ):
+            parts.append(f"{key}={usd(value)}")
+        elif key == "originator_topic" or value in ("", None):
+            continue
+        elif isinstance(value, datetime):
+            parts.append(f"{key}={value.isoformat()}")
+        else:
+            parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    c = _container(args)
+    try:
+        user = c.users.by_email(args.email)
+        entries = c.ledger.history(user.id, since=args.since, until=args.until)
+        security = c.users.security_events(user.id)
+    finally:
+        c.close()
+    if args.json:
+        print_json(
+            {
+                "user": asdict(user),
+                "events": [asdict(e) for e in entries],
+                "security_events": [
+                    {"at": a, "actor": b, "action": d, "detail": e} for a, b, d, e in security
+                ],
+            }
+        )
+        return 0
+    table = Table("v", "time (UTC)", "event", "details", title=f"ledger events of {user.email}")
+    for e in entries:
+        table.add_row(
+            str(e.version),
+            e.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3],
+            e.name,
+            _describe(e.data),
+        )
+    console.print(table)
+    if security:
+        sec = Table("time (UTC)", "actor", "action", title="security events")
+        for at, actor, action, _detail in security:
+            sec.add_row(at[:23], actor, action)
+        console.print(sec)
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from infrastructure.rebuild import rebuild
+    from projections.ledger import ALL, BY_NAME
+
+    if args.name and args.name not in BY_NAME:
+        fail(f"unknown projection {args.name!r}; expected one of {', '.join(BY_NAME)}", 2)
+    targets = [BY_NAME[args.name]] if args.name else list(ALL)
+    c = _container(args)
+    try:
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>10} ev/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=Console(stderr=True)) as progress:
+            for projection in targets:
+                task = progress.add_task(projection.name, total=max(1, c.events.head()), rate="-")
+                started = datetime.now(UTC)
+
+                def report(
+                    position: int,
+                    head: int,
+                    count: int,
+                    task: Any = task,
+                    started: datetime = started,
+                ) -> None:
+                    elapsed = max((datetime.now(UTC) - started).total_seconds(), 1e-6)
+                    progress.update(
+                        task,
+                        completed=position,
+                        total=max(head, position),
+                        rate=f"{count / elapsed:,.0f}",
+                    )
+
+                result = rebuild(c.db, c.events, projection, progress=report)
+                progress.update(task, completed=result.position, total=max(result.position, 1))
+                console.print(
+                    f"{projection.name}: generation {result.old_generation} -> "
+                    f"{result.new_generation}, {result.events} events, at position "
+                    f"{result.position}"
+                )
+    finally:
+        c.close()
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from infrastructure.rebuild import verify
+    from projections.ledger import ALL, BY_NAME
+
+    if args.name and args.name not in BY_NAME:
+        fail(f"unknown projection {args.name!r}; expected one of {', '.join(BY_NAME)}", 2)
+    targets = [BY_NAME[args.name]] if args.name else list(ALL)
+    c = _container(args)
+    ok = True
+    results = []
+    try:
+        for projection in targets:
+            result = verify(c.db, c.events, projection)
+            ok = ok and result.ok
+            results.append(result)
+    finally:
+        _settle(c)
+    if args.json:
+        print_json([{**asdict(r), "ok": r.ok} for r in results])
+    else:
+        for r in results:
+            status = "OK" if r.ok else "MISMATCH"
+            print(
+                f"{r.name:<13} {status:<8} position {r.position:<10} rows {r.rows:<8} "
+                f"live {r.live[:16]} rebuilt {r.rebuilt[:16]}"
+            )
+    return 0 if ok else 1
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    c = _container(args)
+    try:
+        c.runner.catch_up()
+        totals = c.queries.totals()
+        stats = {
+            "users": c.users.count(),
+            "events": c.events.head(),
+            "accounts": totals["accounts"],
+            "balance_total": usd(totals["balance"]),
+            "held_total": usd(totals["held"]),
+            "granted_total": usd(totals["granted"]),
+            "charged_total": usd(totals["charged"]),
+            "transactions": totals["transactions"],
+            "projections": {
+                name: {"position": pos, "lag": c.events.head() - pos}
+                for name, pos in c.runner.positions().items()
+            },
+        }
+    finally:
+        _settle(c)
+    if args.json:
+        print_json(stats)
+        return 0
+    table = Table("metric", "value", title="GPU Proxy ledger")
+    for key, value in stats.items():
+        if key != "projections":
+            table.add_row(key, str(value))
+    for name, p in stats["projections"].items():
+        table.add_row(f"projection {name}", f"position {p['position']}, lag {p['lag']}")
+    console.print(table)
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
+        prog="aiserve-gpuproxy-admin",
+        description="Operator CLI for GPU Proxy: users, credits, audit, replay, projections.",
+    )
+    parser.add_argument("--env-file", default=".env", help="dotenv file to read (default .env)")
+    parser.add_argument("-dm", "--debug-mode", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    def add(name: str, handler: Handler, help_text: str, *, json: bool = False) -> OneLineParser:
+        p: OneLineParser = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        if json:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    add("migrate", cmd_migrate, "apply database migrations (idempotent)")
+    p = add("create-user", cmd_create_user, "create a user", json=True)
+    p.add_argument("email")
+    p.add_argument("password")
+    p.add_argument("name")
+    p.add_argument("--admin", action="store_true", help="make the user an admin")
+    p = add("make-admin", cmd_make_admin, "give (or --revoke) the admin role")
+    p.add_argument("email")
+    p.add_argument("--revoke", action="store_true")
+    add("users", cmd_users, "list users", json=True)
+    p = add("grant-credits", cmd_grant, "grant credits (USD) to a user")
+    p.add_argument("email")
+    p.add_argument("amount", type=_usd, help="USD, e.g. 50.00")
+    p.add_argument("--reason", default="admin grant")
+    p.add_argument("--idempotency-key", help="retrying with the same key grants once")
+    p = add("audit", cmd_audit, "a user's ledger events, human-readable", json=True)
+    p.add_argument("email")
+    p.add_argument("--since", type=parse_time)
+    p.add_argument("--until", type=parse_time)
+    p = add("balance", cmd_balance, "balance, holds and window spend (now or --at TIME)", json=True)
+    p.add_argument("email")
+    p.add_argument("--at", type=parse_time, help="ISO 8601 instant to replay the account to")
+    p = add("guardrails-spending", cmd_spending, "spend per guard-rail window", json=True)
+    p.add_argument("email")
+    p = add("guardrails-reset", cmd_reset, "reset a user's spending windows (all or one)")
+    p.add_argument("email")
+    p.add_argument("window", nargs="?", type=_window, help="e.g. 60min; all if omitted")
+    p.add_argument("--reason", required=True, help="why (recorded in the ledger)")
+    p = add("set-limits", cmd_set_limits, "per-user guard-rail limits: WINDOW=USD|default")
+    p.add_argument("email")
+    p.add_argument("limits", nargs="+", metavar="WINDOW=USD")
+    p.add_argument("--reason", default="")
+    p = add("set-cap", cmd_set_cap, "set a user's overage cap (USD)")
+    p.add_argument("email")
+    p.add_argument("cap", type=_cap)
+    p.add_argument("--reason", default="")
+    p = add("rebuild-projections", cmd_rebuild, "rebuild read models (all or NAME) and switch")
+    p.add_argument("name", nargs="?")
+    p = add(
+        "verify-projections",
+        cmd_verify,
+        "exit 0 only if live read models equal a rebuild",
+        json=True,
+    )
+    p.add_argument("name", nargs="?")
+    add("stats", cmd_stats, "ledger statistics", json=True)
+    return parser
+
+
+def _window(value: str) -> str:
+    try:
+        return normalise_window(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cap(value: str) -> int:
+    micros = _usd(value)
+    if micros < 0:
+        raise argparse.ArgumentTypeError("cap must not be negative")
+    return micros
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug_mode else logging.WARNING)
+    from infrastructure.settings import ConfigError
+
+    try:
+        code: int = args.handler(args)
+    except ConfigError as exc:
+        fail(f"configuration: {exc}", 2)
+    except DomainError as exc:
+        fail(exc.message, 1)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except Exception as exc:  # one line, never a traceback (use -dm for details)
+        if args.debug_mode:
+            raise
+        fail(f"{type(exc).__name__}: {exc}", 1)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
