@@ -84,25 +84,41 @@ def running_cluster(*, durable: bool = False) -> Iterator[Cluster]:
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
     subprocess.run(
-        _as_postgres([initdb, "-D", str(datadir), "-A", "trust", "-U", "postgres",
-                      "--no-sync", "-E", "UTF8"]),
-        check=True, capture_output=True,
+        _as_postgres(
+            [initdb, "-D", str(datadir), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]
+        ),
+        check=True,
+        capture_output=True,
     )
     port = free_port()
-    options = (
-        f"-p {port} -k {root} -h 127.0.0.1 -c max_connections=200 -c shared_buffers=256MB"
-        + ("" if durable else " -c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+    options = f"-p {port} -k {root} -h 127.0.0.1 -c max_connections=200 -c shared_buffers=256MB" + (
+        "" if durable else " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     )
     subprocess.run(
-        _as_postgres([pg_ctl, "-D", str(datadir), "-o", options, "-l", str(root / "log"),
-                      "-w", "-t", "60", "start"]),
-        check=True, capture_output=True,
+        _as_postgres(
+            [
+                pg_ctl,
+                "-D",
+                str(datadir),
+                "-o",
+                options,
+                "-l",
+                str(root / "log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
     )
     try:
         yield Cluster("127.0.0.1", port, "postgres", datadir)
     finally:
         subprocess.run(
             _as_postgres([pg_ctl, "-D", str(datadir), "-m", "immediate", "-w", "stop"]),
-            check=False, capture_output=True,
+            check=False,
+            capture_output=True,
         )
         shutil.rmtree(root, ignore_errors=True)
