@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from domain.ports import Clock, system_clock
@@ -45,6 +45,25 @@ class Container:
         close_app = getattr(self.app, "close", None)
         if close_app is not None:
             close_app()
+
+
+def ensure_database(settings: Settings) -> bool:
+    """Create the PostgreSQL database if it does not exist yet; True if it was created."""
+    if settings.db_type != "postgres":
+        return False
+    import psycopg
+    from psycopg import sql
+
+    try:
+        psycopg.connect(settings.postgres_conninfo, connect_timeout=10).close()
+    except psycopg.OperationalError as exc:
+        if "does not exist" not in str(exc):
+            raise
+        admin_settings = replace(settings, db_name="postgres")
+        with psycopg.connect(admin_settings.postgres_conninfo, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.db_name)))
+        return True
+    return False
 
 
 def open_database(settings: Settings) -> Database:

@@ -71,9 +71,11 @@ def _usd(value: str) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from infrastructure.migrate import migrate
     from infrastructure.settings import load_settings
-    from interfaces.bootstrap import bootstrap, open_database
+    from interfaces.bootstrap import bootstrap, ensure_database, open_database
 
     settings = load_settings(env_file=args.env_file)
+    if ensure_database(settings):
+        print(f"created database {settings.db_name}")
     db = open_database(settings)
     try:
         applied = migrate(db)

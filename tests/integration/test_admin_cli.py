@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from domain.money import micros_to_usd
-from infrastructure.settings import Settings
-from interfaces.bootstrap import bootstrap
+from infrastructure.migrate import pending
+from infrastructure.settings import Settings, load_settings
+from interfaces.bootstrap import bootstrap, open_database
 from interfaces.cli.admin import main
 from tests.conftest import FixedClock
+from tests.support.pg import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -165,3 +168,20 @@ def test_balance_at_equals_what_the_projection_said_then(
         assert live is not None
         assert replayed["credits_remaining"] == micros_to_usd(live["balance"])
         assert replayed["credits_held"] == micros_to_usd(live["held"])
+
+
+def test_migrate_creates_a_missing_postgres_database(
+    pg_cluster: Cluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    name = f"fresh_{uuid.uuid4().hex[:8]}"
+    for key, value in pg_cluster.env(name).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    assert main(["migrate"]) == 0
+    assert main(["migrate"]) == 0  # idempotent
+    settings = load_settings(env_file=None)
+    db = open_database(settings)
+    try:
+        assert pending(db) == []
+    finally:
+        db.close()
