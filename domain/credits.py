@@ -66,6 +66,11 @@ def _text(value: str, field: str, *, required: bool = False) -> str:
     return value
 
 
+def _fingerprint(command: str, *parameters: object) -> str:
+    """What an idempotency key is bound to: the command and its effective parameters."""
+    return ":".join([command, *map(str, parameters)])
+
+
 class CreditAccount(Aggregate):
     """A user's prepaid credit balance, holds, overage cap, auto-renew and guard-rail state."""
 
@@ -118,15 +123,16 @@ class CreditAccount(Aggregate):
         """Captured and charged spend per guard-rail window at ``now`` (holds excluded)."""
         return guardrails.window_spend(self.buckets, minute_of(now), self.resets)
 
-    def check_spend(self, amount: int, now: datetime, policy: GuardrailPolicy) -> None:
-        """Raise if spending ``amount`` now would break the funds or a guard-rail window."""
+    def check_funds(self, amount: int) -> None:
+        """Raise if taking ``amount`` would put available credit below minus the cap."""
         if self.available - amount < -self.cap:
             raise InsufficientCreditsError(
-                "Insufficient credits",
-                available=self.available,
-                cap=self.cap,
-                requested=amount,
+                "Insufficient credits", available=self.available, cap=self.cap, requested=amount
             )
+
+    def check_spend(self, amount: int, now: datetime, policy: GuardrailPolicy) -> None:
+        """Raise if spending ``amount`` now would break the funds or a guard-rail window."""
+        self.check_funds(amount)
         limits = policy.effective_limits(self.limits)
         if not limits:
             return
@@ -174,7 +180,7 @@ class CreditAccount(Aggregate):
         _positive(amount)
         if source not in GRANT_SOURCES:
             raise InvalidArgumentError(f"unknown grant source {source!r}", field="source")
-        if self.seen(key, f"grant:{amount}:{source}:{reference}"):
+        if self.seen(key, _fingerprint("grant", amount, source, reference)):
             return False
         self._expire_due(now)
         self._granted(
@@ -201,7 +207,7 @@ class CreditAccount(Aggregate):
     ) -> bool:
         """Spend credits directly (per-request fee, one-off charge). Returns False if replayed."""
         _positive(amount)
-        if self.seen(key, f"charge:{amount}:{reference}"):
+        if self.seen(key, _fingerprint("charge", amount, reference)):
             return False
         self._expire_due(now)
         self.check_spend(amount, now, policy)
@@ -232,7 +238,7 @@ class CreditAccount(Aggregate):
         """Reserve funds until ``expires_at``; they count as spend for the guard rails."""
         _positive(amount)
         _text(hold_id, "hold_id", required=True)
-        if self.seen(key, f"hold:{hold_id}:{amount}:{expires_at.isoformat()}"):
+        if self.seen(key, _fingerprint("hold", hold_id, amount, expires_at.isoformat())):
             return False
         if hold_id in self.holds:
             raise HoldConflictError("A hold with this id already exists", hold_id=hold_id)
@@ -265,7 +271,7 @@ class CreditAccount(Aggregate):
     ) -> bool:
         """Turn part of a hold into a charge. Pre-approved: no new funds or window check."""
         _positive(amount)
-        if self.seen(key, f"capture:{hold_id}:{amount}"):
+        if self.seen(key, _fingerprint("capture", hold_id, amount)):
             return False
         self._expire_due(now)
         hold = self._active_hold(hold_id)
@@ -289,7 +295,7 @@ class CreditAccount(Aggregate):
 
     def release(self, hold_id: str, *, key: str, now: datetime, actor: str = "") -> bool:
         """Free what remains of a hold."""
-        if self.seen(key, f"release:{hold_id}"):
+        if self.seen(key, _fingerprint("release", hold_id)):
             return False
         self._expire_due(now)
         hold = self._active_hold(hold_id)
@@ -321,13 +327,10 @@ class CreditAccount(Aggregate):
         _positive(amount)
         if kind not in DEBIT_KINDS:
             raise InvalidArgumentError(f"unknown debit kind {kind!r}", field="kind")
-        if self.seen(key, f"debit:{amount}:{kind}:{reference}"):
+        if self.seen(key, _fingerprint("debit", amount, kind, reference)):
             return False
         self._expire_due(now)
-        if self.available - amount < -self.cap:
-            raise InsufficientCreditsError(
-                "Insufficient credits", available=self.available, cap=self.cap, requested=amount
-            )
+        self.check_funds(amount)
         self._debited(
             amount=amount,
             kind=kind,
@@ -476,7 +479,7 @@ class CreditAccount(Aggregate):
     ) -> None:
         self.balance += amount
         self.total_granted += amount
-        self._remember(key, f"grant:{amount}:{source}:{reference}", at)
+        self._remember(key, _fingerprint("grant", amount, source, reference), at)
         if self.available >= self.auto_renew["threshold"]:
             self.auto_renew_armed = True
 
@@ -486,7 +489,7 @@ class CreditAccount(Aggregate):
     ) -> None:
         self.balance -= amount
         self._spend(amount, at)
-        self._remember(key, f"charge:{amount}:{reference}", at)
+        self._remember(key, _fingerprint("charge", amount, reference), at)
 
     @event("HoldPlaced")
     def _hold_placed(
@@ -502,7 +505,7 @@ class CreditAccount(Aggregate):
     ) -> None:
         self.holds[hold_id] = {"amount": amount, "captured": 0, "expires_at": expires_at}
         self.held += amount
-        self._remember(key, f"hold:{hold_id}:{amount}:{expires_at.isoformat()}", at)
+        self._remember(key, _fingerprint("hold", hold_id, amount, expires_at.isoformat()), at)
 
     @event("HoldCaptured")
     def _hold_captured(
@@ -512,13 +515,13 @@ class CreditAccount(Aggregate):
         self.held -= amount
         self.balance -= amount
         self._spend(amount, at)
-        self._remember(key, f"capture:{hold_id}:{amount}", at)
+        self._remember(key, _fingerprint("capture", hold_id, amount), at)
 
     @event("HoldReleased")
     def _hold_released(self, hold_id: str, amount: int, actor: str, key: str, at: datetime) -> None:
         del self.holds[hold_id]
         self.held -= amount
-        self._remember(key, f"release:{hold_id}", at)
+        self._remember(key, _fingerprint("release", hold_id), at)
 
     @event("HoldExpired")
     def _hold_expired(self, hold_id: str, amount: int, at: datetime) -> None:
@@ -538,7 +541,7 @@ class CreditAccount(Aggregate):
     ) -> None:
         self.balance -= amount
         self.total_debited += amount
-        self._remember(key, f"debit:{amount}:{kind}:{reference}", at)
+        self._remember(key, _fingerprint("debit", amount, kind, reference), at)
 
     @event("CapSet")
     def _cap_set(self, cap: int, actor: str, reason: str, at: datetime) -> None:
