@@ -20,6 +20,7 @@ from infrastructure.sql import Database, PostgresDatabase, SqliteDatabase
 from projections.ledger import ALL
 
 log = logging.getLogger(__name__)
+EVENTSTORE_LOCK_KEY = 7_420_002  # serialises event-store start-up on PostgreSQL
 
 
 @dataclass
@@ -86,7 +87,14 @@ def bootstrap(
     db = open_database(settings)
     if migrate:
         apply_migrations(db)
-    app = LedgerApp(env=eventstore_env(settings))
+    if settings.db_type == "postgres":
+        # The library runs CREATE ... IF NOT EXISTS and CREATE OR REPLACE FUNCTION on every
+        # start; concurrent starts collide ("tuple concurrently updated"): serialise them.
+        with db.transaction() as tx:
+            tx.execute("SELECT pg_advisory_xact_lock(?)", (EVENTSTORE_LOCK_KEY,))
+            app = LedgerApp(env=eventstore_env(settings))
+    else:
+        app = LedgerApp(env=eventstore_env(settings))
     events = EventLog(app)
     runner = ProjectionRunner(db, events, ALL, poll_interval=settings.projection_poll_interval)
     ledger = LedgerService(app, policy=settings.guardrails, clock=clock, on_saved=runner.wake)
