@@ -11,6 +11,20 @@ from domain.credits import account_id_for
 from infrastructure.sql import Database
 
 
+BALANCE_COLUMNS = (
+    "balance",
+    "held",
+    "total_granted",
+    "total_charged",
+    "total_debited",
+    "cap",
+    "auto_renew_enabled",
+    "auto_renew_threshold",
+    "auto_renew_amount",
+    "version",
+)
+
+
 @dataclass(frozen=True)
 class Transaction:
     position: int
@@ -41,21 +55,12 @@ class LedgerQueries:
     def balance(self, user_id: str) -> dict[str, Any] | None:
         with self.db.snapshot() as tx:
             row = tx.fetchone(
-                "SELECT balance, held, total_granted, total_charged, total_debited, cap, version "
-                "FROM balances WHERE account_id = ?",
+                f"SELECT {', '.join(BALANCE_COLUMNS)} FROM balances WHERE account_id = ?",
                 (str(account_id_for(user_id)),),
             )
         if row is None:
             return None
-        keys = (
-            "balance",
-            "held",
-            "total_granted",
-            "total_charged",
-            "total_debited",
-            "cap",
-            "version",
-        )
+        keys = BALANCE_COLUMNS
         return dict(zip(keys, (int(v) for v in row), strict=True))
 
     def transactions(
@@ -126,6 +131,16 @@ class LedgerQueries:
             now_minute,
             {str(w): [int(m), int(a)] for w, m, a in resets},
         )
+
+    def limit_overrides(self, user_id: str) -> dict[str, int]:
+        """Per-user guard-rail overrides as the spending projection sees them."""
+        with self.db.snapshot() as tx:
+            rows = tx.fetchall(
+                "SELECT window_name, amount FROM spending_limits WHERE account_id = ? "
+                "AND amount >= 0",
+                (str(account_id_for(user_id)),),
+            )
+        return {str(w): int(a) for w, a in rows}
 
     def totals(self) -> dict[str, int]:
         with self.db.snapshot() as tx:

@@ -9,12 +9,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from dotenv import dotenv_values
 
 from domain.guardrails import WINDOW_NAMES, GuardrailPolicy, env_name
 from domain.money import usd_to_micros
 
+MIN_JWT_SECRET_BYTES = 32
 TRUE = {"1", "true", "yes", "on", "y", "t"}
 FALSE = {"0", "false", "no", "off", "n", "f", ""}
 
@@ -38,6 +41,20 @@ class Settings:
     guardrails: GuardrailPolicy = field(default_factory=GuardrailPolicy)
     projection_poll_interval: float = 1.0
     log_level: str = "INFO"
+    log_file: str = ""
+    syslog_enabled: bool = False
+    syslog_network: str = "udp"
+    syslog_address: str = "localhost:514"
+    syslog_facility: str = "local0"
+    host: str = "0.0.0.0"  # noqa: S104 - a server binds all interfaces unless told otherwise
+    port: int = 8080
+    jwt_secret: str = field(default="", repr=False)
+    jwt_expiration_seconds: int = 24 * 3600
+    session_mode: str = "sql"
+    redis_url: str = ""
+    rate_limit_per_minute: int = 100
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 1_048_576
 
     @property
     def sqlite_path(self) -> Path:
@@ -130,6 +147,7 @@ def load_settings(
     default_name = "gpuproxy.db" if db_type == "sqlite" else "gpuproxy"
     db_name = env.get("DB_NAME", "").strip() or default_name
     log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    http = _http(env)
     if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigError(f"LOG_LEVEL={log_level!r} is not a log level")
     return Settings(
@@ -144,4 +162,77 @@ def load_settings(
         guardrails=_guardrails(env),
         projection_poll_interval=_float(env, "PROJECTION_POLL_INTERVAL", 1.0, 0.01, 60.0),
         log_level=log_level,
+        **http,
     )
+
+
+def _redis_url(env: Mapping[str, str]) -> str:
+    url = env.get("REDIS_URL", "").strip()
+    if url:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"REDIS_URL={url!r} must start with redis://, rediss:// or unix://")
+        return url
+    host = env.get("REDIS_HOST", "").strip()
+    if not host:
+        return ""
+    port = _int(env, "REDIS_PORT", 6379, 1, 65535)
+    password = env.get("REDIS_PASSWORD", "")
+    db = _int(env, "REDIS_DB", 0, 0, 1024)
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"redis://{auth}{host}:{port}/{db}"
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: set[str]) -> str:
+    value = env.get(name, default).strip().lower() or default
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} must be one of {', '.join(sorted(allowed))}")
+    return value
+
+
+def _http(env: Mapping[str, str]) -> dict[str, Any]:
+    secret = env.get("JWT_SECRET", "")
+    if secret and len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+        raise ConfigError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes long")
+    redis_url = _redis_url(env)
+    session_mode = _choice(env, "SESSION_MODE", "sql", {"sql", "redis", "balanced"})
+    if session_mode != "sql" and not redis_url:
+        raise ConfigError(f"SESSION_MODE={session_mode} needs REDIS_URL or REDIS_HOST")
+    origins = tuple(o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
+    return {
+        "log_file": (env.get("AISERVE_LOG_FILE") or env.get("LOG_FILE") or "").strip(),
+        "syslog_enabled": _bool(env, "SYSLOG_ENABLED", False),
+        "syslog_network": _choice(env, "SYSLOG_NETWORK", "udp", {"udp", "tcp", "unix", "unixgram"}),
+        "syslog_address": env.get("SYSLOG_ADDRESS", "").strip()
+        or ("/dev/log" if env.get("SYSLOG_NETWORK", "").strip() == "unix" else "localhost:514"),
+        "syslog_facility": _choice(
+            env,
+            "SYSLOG_FACILITY",
+            "local0",
+            {"user", "daemon", "auth", *(f"local{i}" for i in range(8))},
+        ),
+        "host": env.get("HOST", "").strip() or "0.0.0.0",  # noqa: S104
+        "port": _int(env, "PORT", 8080, 1, 65535),
+        "jwt_secret": secret,
+        "jwt_expiration_seconds": _duration(env, "JWT_EXPIRATION", 24 * 3600),
+        "session_mode": session_mode,
+        "redis_url": redis_url,
+        "rate_limit_per_minute": _int(env, "RATE_LIMIT_PER_MINUTE", 100, 1, 1_000_000),
+        "cors_origins": origins,
+        "max_body_bytes": _int(env, "MAX_BODY_BYTES", 1_048_576, 1024, 1_073_741_824),
+    }
+
+
+def _duration(env: Mapping[str, str], name: str, default: int) -> int:
+    """Seconds from '3600', '90s', '15m', '24h' or '7d'."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (raw[:-1], units[raw[-1]]) if raw[-1] in units else (raw, 1)
+    try:
+        seconds = int(number) * unit
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a duration (e.g. 3600, 15m, 24h)") from None
+    if not 60 <= seconds <= 90 * 86400:
+        raise ConfigError(f"{name}={raw!r} must be between 1 minute and 90 days")
+    return seconds

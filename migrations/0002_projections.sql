@@ -18,6 +18,9 @@ CREATE TABLE balances_g1 (
     total_charged BIGINT NOT NULL DEFAULT 0,
     total_debited BIGINT NOT NULL DEFAULT 0,
     cap           BIGINT NOT NULL DEFAULT 0,
+    auto_renew_enabled   BIGINT NOT NULL DEFAULT 0,
+    auto_renew_threshold BIGINT NOT NULL DEFAULT 0,
+    auto_renew_amount    BIGINT NOT NULL DEFAULT 0,
     version       BIGINT NOT NULL DEFAULT 0,
     updated_at    BIGINT NOT NULL DEFAULT 0
 );
@@ -54,6 +57,15 @@ CREATE TABLE spending_resets_g1 (
     PRIMARY KEY (account_id, window_name)
 );
 CREATE VIEW spending_resets AS SELECT * FROM spending_resets_g1;
+
+-- Per-user limit overrides (micro-USD; 0 = window off for this user).
+CREATE TABLE spending_limits_g1 (
+    account_id  TEXT NOT NULL,
+    window_name TEXT NOT NULL,
+    amount      BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (account_id, window_name)
+);
+CREATE VIEW spending_limits AS SELECT * FROM spending_limits_g1;
 
 CREATE TABLE usage_daily_g1 (
     account_id  TEXT NOT NULL,

@@ -55,6 +55,10 @@ class BalancesProjection:
             add = {"balance": -amount, "total_debited": amount}
         elif kind == "CapSet":
             put["cap"] = int(event.data["cap"])
+        elif kind == "AutoRenewConfigured":
+            put["auto_renew_enabled"] = int(bool(event.data["enabled"]))
+            put["auto_renew_threshold"] = int(event.data["threshold"])
+            put["auto_renew_amount"] = int(event.data["amount"])
         return [Upsert("balances", {"account_id": _account(event)}, put, add)]
 
 
@@ -89,10 +93,10 @@ class TransactionsProjection:
 
 
 class SpendingProjection:
-    """Per-minute spend buckets and admin resets, for the guard-rail spending report."""
+    """Per-minute spend buckets, admin resets and per-user limits, for spending reports."""
 
     name = "spending"
-    tables = ("spending_buckets", "spending_resets")
+    tables = ("spending_buckets", "spending_resets", "spending_limits")
 
     def fold(self, event: Recorded) -> Iterable[Op]:
         if event.name in SPEND_EVENTS:
@@ -115,7 +119,21 @@ class SpendingProjection:
                 )
                 for window in event.data["windows"]
             ]
+        if event.name == "CreditAccount.LimitsSet":
+            return [
+                _limit(_account(event), window, limit)
+                for window, limit in event.data["changes"].items()
+            ]
         return []
+
+
+def _limit(account_id: str, window: str, limit: int | None) -> Op:
+    """A per-user override; ``None`` (back to the default) is stored as -1."""
+    return Upsert(
+        "spending_limits",
+        {"account_id": account_id, "window_name": window},
+        put={"amount": -1 if limit is None else int(limit)},
+    )
 
 
 class UsageProjection:
