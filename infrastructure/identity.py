@@ -81,7 +81,7 @@ class UserStore:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (user.id, email, name, digest, False, user.created_at),
             )
-            self._record(tx, actor, "user.created", user.id)
+            self.record(tx, actor, "user.created", user.id)
         return user
 
     def by_email(self, email: str) -> User:
@@ -121,7 +121,7 @@ class UserStore:
             _hasher.verify(str(row[0]) if row else "", password)
         except (VerificationError, InvalidHashError):
             with self.db.transaction() as tx:
-                self._record(tx, "anonymous", "login.failed", user.id)
+                self.record(tx, "anonymous", "login.failed", user.id)
             return None
         return user
 
@@ -129,7 +129,7 @@ class UserStore:
         user = self.by_email(email)
         with self.db.transaction() as tx:
             tx.execute("UPDATE users SET is_admin = ? WHERE id = ?", (is_admin, user.id))
-            self._record(
+            self.record(
                 tx, actor, "role.admin_granted" if is_admin else "role.admin_revoked", user.id
             )
         return self.by_id(user.id)
@@ -144,7 +144,7 @@ class UserStore:
         return [(str(a), str(b), str(c), str(d)) for a, b, c, d in rows]
 
     @staticmethod
-    def _record(tx: Tx, actor: str, action: str, subject: str, detail: str = "") -> None:
+    def record(tx: Tx, actor: str, action: str, subject: str, detail: str = "") -> None:
         tx.execute(
             "INSERT INTO security_events (id, at, actor, action, subject, detail) "
             "VALUES (?, ?, ?, ?, ?, ?)",

@@ -10,7 +10,6 @@ from domain import guardrails
 from domain.credits import account_id_for
 from infrastructure.sql import Database
 
-
 BALANCE_COLUMNS = (
     "balance",
     "held",

@@ -8,6 +8,8 @@ from typing import Any
 
 from domain.ports import Clock, system_clock
 from domain.services.ledger import LedgerApp, LedgerService
+from infrastructure.api_keys import ApiKeyStore
+from infrastructure.auth import AuthService
 from infrastructure.event_log import EventLog
 from infrastructure.eventstore import events_channel, eventstore_env
 from infrastructure.identity import UserStore
@@ -15,8 +17,16 @@ from infrastructure.ledger_queries import LedgerQueries
 from infrastructure.migrate import migrate as apply_migrations
 from infrastructure.pg_listen import PgWakeup
 from infrastructure.projection_runner import ProjectionRunner
+from infrastructure.rate_limit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from infrastructure.sessions import (
+    BalancedSessions,
+    RedisSessions,
+    SessionStore,
+    SqlSessions,
+)
 from infrastructure.settings import Settings, load_settings
 from infrastructure.sql import Database, PostgresDatabase, SqliteDatabase
+from infrastructure.tokens import TokenCodec, load_or_create_secret
 from projections.ledger import ALL
 
 log = logging.getLogger(__name__)
@@ -35,6 +45,9 @@ class Container:
     runner: ProjectionRunner
     users: UserStore
     queries: LedgerQueries
+    auth: AuthService
+    limiter: RateLimiter
+    redis: Any | None
     _closers: list[Any] = field(default_factory=list)
 
     def close(self) -> None:
@@ -43,6 +56,8 @@ class Container:
         for closer in reversed(self._closers):
             closer()
         self.db.close()
+        if self.redis is not None:
+            self.redis.close()
         close_app = getattr(self.app, "close", None)
         if close_app is not None:
             close_app()
@@ -65,6 +80,25 @@ def ensure_database(settings: Settings) -> bool:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.db_name)))
         return True
     return False
+
+
+def open_redis(settings: Settings) -> Any | None:
+    """A Redis client when ``REDIS_URL``/``REDIS_HOST`` is set; in-process stand-ins otherwise."""
+    if not settings.redis_url:
+        return None
+    import redis
+
+    return redis.Redis.from_url(
+        settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
+    )
+
+
+def session_store(settings: Settings, db: Database, redis: Any | None) -> SessionStore:
+    if settings.session_mode == "sql" or redis is None:
+        return SqlSessions(db)
+    if settings.session_mode == "redis":
+        return RedisSessions(redis)
+    return BalancedSessions(SqlSessions(db), RedisSessions(redis))
 
 
 def open_database(settings: Settings) -> Database:
@@ -98,6 +132,8 @@ def bootstrap(
     events = EventLog(app)
     runner = ProjectionRunner(db, events, ALL, poll_interval=settings.projection_poll_interval)
     ledger = LedgerService(app, policy=settings.guardrails, clock=clock, on_saved=runner.wake)
+    users = UserStore(db)
+    redis = open_redis(settings)
     container = Container(
         settings=settings,
         db=db,
@@ -105,8 +141,23 @@ def bootstrap(
         ledger=ledger,
         events=events,
         runner=runner,
-        users=UserStore(db),
+        users=users,
         queries=LedgerQueries(db),
+        auth=AuthService(
+            users,
+            ApiKeyStore(db, users),
+            session_store(settings, db, redis),
+            TokenCodec(
+                load_or_create_secret(settings.jwt_secret, settings.data_dir),
+                settings.jwt_expiration_seconds,
+            ),
+        ),
+        limiter=(
+            RedisRateLimiter(redis, settings.rate_limit_per_minute)
+            if redis is not None
+            else MemoryRateLimiter(settings.rate_limit_per_minute)
+        ),
+        redis=redis,
     )
     if run_projections:
         if settings.db_type == "postgres":

@@ -1,29 +1,30 @@
-"""``aiserve-gpuproxyd``: the GPU Proxy server process.
-
-Today it runs the ledger's background work (projection runners with their watchdog, the
-PostgreSQL listener) until SIGINT/SIGTERM; the HTTP and gRPC interfaces attach here as they
-are built.
-"""
+"""``aiserve-gpuproxyd``: the GPU Proxy server (HTTP API, projections, background jobs)."""
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
+import logging.handlers
+import socket
 import sys
-import threading
 from collections.abc import Sequence
-from types import FrameType
+from typing import TYPE_CHECKING
 
 from interfaces.cli.common import OneLineParser
 
+if TYPE_CHECKING:
+    from infrastructure.settings import Settings
+
 log = logging.getLogger("aiserve.gpuproxyd")
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="aiserve-gpuproxyd", description="GPU Proxy server")
     parser.add_argument(
-        "-dv", "--developer-mode", action="store_true", help="developer mode: verbose logs"
+        "-dv",
+        "--developer-mode",
+        action="store_true",
+        help="developer mode: verbose logs, tracebacks in error bodies",
     )
     parser.add_argument("-dm", "--debug-mode", action="store_true", help="debug logging")
     parser.add_argument("--env-file", default=".env", help="dotenv file (default .env)")
@@ -33,17 +34,32 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-def configure_logging(level: str, debug: bool) -> None:
+def _syslog_handler(settings: Settings) -> logging.Handler:
+    facility = logging.handlers.SysLogHandler.facility_names[settings.syslog_facility]
+    if settings.syslog_network in {"unix", "unixgram"}:
+        return logging.handlers.SysLogHandler(address=settings.syslog_address, facility=facility)
+    host, _, port = settings.syslog_address.rpartition(":")
+    socktype = socket.SOCK_STREAM if settings.syslog_network == "tcp" else socket.SOCK_DGRAM
+    return logging.handlers.SysLogHandler(
+        address=(host or "localhost", int(port or 514)), facility=facility, socktype=socktype
+    )
+
+
+def configure_logging(settings: Settings, *, debug: bool) -> None:
+    """Console always; LOG_FILE/AISERVE_LOG_FILE and syslog when configured."""
     handlers: list[logging.Handler] = [logging.StreamHandler()]
-    log_file = os.environ.get("AISERVE_LOG_FILE") or os.environ.get("LOG_FILE")
-    if log_file:
-        handlers.append(logging.FileHandler(log_file))
+    if settings.log_file:
+        handlers.append(logging.FileHandler(settings.log_file))
+    if settings.syslog_enabled:
+        handlers.append(_syslog_handler(settings))
     logging.basicConfig(
-        level=logging.DEBUG if debug else getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.DEBUG if debug else getattr(logging, settings.log_level, logging.INFO),
+        format=FORMAT,
         handlers=handlers,
         force=True,
     )
+    for noisy in ("httpx", "httpcore", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,33 +71,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"aiserve-gpuproxyd: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, args.debug_mode or args.developer_mode)
+    developer = args.developer_mode
+    try:
+        configure_logging(settings, debug=args.debug_mode or developer)
+    except (OSError, ValueError) as exc:
+        print(f"aiserve-gpuproxyd: cannot set up logging: {exc}", file=sys.stderr)
+        return 2
+
+    import uvicorn
 
     from interfaces.bootstrap import bootstrap
+    from interfaces.http.app import create_app
 
     try:
         container = bootstrap(settings, run_projections=True, migrate=not args.no_migrate)
     except Exception as exc:
-        if args.developer_mode or args.debug_mode:
+        if developer or args.debug_mode:
             raise
         print(f"aiserve-gpuproxyd: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    app = create_app(container, developer_mode=developer)
     where = settings.sqlite_path if settings.db_type == "sqlite" else settings.db_host
-    log.info("ledger ready (%s at %s); projections running", settings.db_type, where)
+    log.info(
+        "ledger on %s (%s); HTTP on %s:%s", settings.db_type, where, settings.host, settings.port
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=30,
+            server_header=False,
+        )
+    )
     try:
-        while not stop.wait(30):
-            lag = container.runner.lag()
-            log.debug("projection lag %s", lag)
-            if container.runner.last_error:
-                log.warning("projection runner error: %s", container.runner.last_error)
+        server.run()  # SIGINT/SIGTERM: stop accepting, finish in-flight requests, then return
     finally:
         container.close()
         log.info("stopped")

@@ -9,7 +9,7 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from rich.console import Console
@@ -128,6 +128,56 @@ def cmd_users(args: argparse.Namespace) -> int:
     table = Table("email", "name", "admin", "id", "created")
     for u in users:
         table.add_row(u.email, u.name, "yes" if u.is_admin else "", u.id, u.created_at[:19])
+    console.print(table)
+    return 0
+
+
+def cmd_create_apikey(args: argparse.Namespace) -> int:
+    c = _container(args)
+    try:
+        user = c.users.by_email(args.email)
+        key, plaintext = c.auth.keys.create(user.id, args.name, actor=_actor())
+    finally:
+        c.close()
+    if args.json:
+        print_json({"id": key.id, "name": key.name, "api_key": plaintext})
+    else:
+        print(f"API key {key.id} ({key.name}) for {user.email}:\n{plaintext}")
+        print("Save it now: it is stored hashed and cannot be shown again.", file=sys.stderr)
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    c = _container(args)
+    try:
+        user = c.users.by_email(args.email)
+        c.runner.catch_up()
+        days = c.queries.usage(user.id, args.since, args.until)
+    finally:
+        c.close()
+    if args.json:
+        print_json(
+            [
+                {
+                    **asdict(d),
+                    "spent": usd(d.spent),
+                    "granted": usd(d.granted),
+                    "debited": usd(d.debited),
+                }
+                for d in days
+            ]
+        )
+        return 0
+    table = Table(
+        "day (UTC)",
+        "spent USD",
+        "spends",
+        "granted USD",
+        "debited USD",
+        title=f"daily usage of {user.email}",
+    )
+    for d in days:
+        table.add_row(d.day, usd(d.spent), str(d.spend_count), usd(d.granted), usd(d.debited))
     console.print(table)
     return 0
 
@@ -492,6 +542,15 @@ def build_parser() -> OneLineParser:
             p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
 
+    _user_commands(add)
+    _ledger_commands(add)
+    return parser
+
+
+Add = Callable[..., OneLineParser]
+
+
+def _user_commands(add: Add) -> None:
     add("migrate", cmd_migrate, "apply database migrations (idempotent)")
     p = add("create-user", cmd_create_user, "create a user", json=True)
     p.add_argument("email")
@@ -502,6 +561,18 @@ def build_parser() -> OneLineParser:
     p.add_argument("email")
     p.add_argument("--revoke", action="store_true")
     add("users", cmd_users, "list users", json=True)
+    p = add(
+        "create-apikey", cmd_create_apikey, "create an API key for a user (shown once)", json=True
+    )
+    p.add_argument("email")
+    p.add_argument("name")
+
+
+def _ledger_commands(add: Add) -> None:
+    p = add("usage", cmd_usage, "a user's daily usage", json=True)
+    p.add_argument("email")
+    p.add_argument("--since", type=_day, help="YYYY-MM-DD (UTC)")
+    p.add_argument("--until", type=_day, help="YYYY-MM-DD (UTC)")
     p = add("grant-credits", cmd_grant, "grant credits (USD) to a user")
     p.add_argument("email")
     p.add_argument("amount", type=_usd, help="USD, e.g. 50.00")
@@ -538,7 +609,13 @@ def build_parser() -> OneLineParser:
     )
     p.add_argument("name", nargs="?")
     add("stats", cmd_stats, "ledger statistics", json=True)
-    return parser
+
+
+def _day(value: str) -> str:
+    try:
+        return date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a day (YYYY-MM-DD)") from None
 
 
 def _window(value: str) -> str:

@@ -1,0 +1,146 @@
+"""API keys: shown once, stored as argon2id hashes, found by a lookup id in one row.
+
+A key looks like ``gpx_<id>_<secret>``. Verifying runs argon2 once per key per process; after
+that a SHA-256 of the key is compared in memory. The row (with its revocation and expiry) is
+still read on every request, so a revocation by any replica takes effect at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from domain.errors import DomainError, InvalidArgumentError
+from infrastructure.identity import UserStore
+from infrastructure.sql import Database
+
+PREFIX = "gpx_"
+KEY_PATTERN = re.compile(r"^gpx_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+_hasher = PasswordHasher()
+
+
+class ApiKeyNotFoundError(DomainError):
+    status = 404
+    title = "API key not found"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    user_id: str
+    name: str
+    created_at: int
+    expires_at: int | None
+    revoked_at: int | None
+
+
+@dataclass(frozen=True)
+class KeyOwner:
+    """Who a verified key belongs to."""
+
+    key_id: str
+    user_id: str
+    email: str
+    is_admin: bool
+
+
+def looks_like_key(value: str) -> bool:
+    return value.startswith(PREFIX)
+
+
+class ApiKeyStore:
+    def __init__(self, db: Database, users: UserStore) -> None:
+        self.db = db
+        self.users = users
+        self._verified: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def create(
+        self, user_id: str, name: str, *, expires_at: int | None = None, actor: str = ""
+    ) -> tuple[ApiKey, str]:
+        """Create a key; returns its record and the plaintext (shown once, never stored)."""
+        name = name.strip()
+        if not name or len(name) > 100:
+            raise InvalidArgumentError("name must be 1 to 100 characters", field="name")
+        now = int(time.time())
+        if expires_at is not None and expires_at <= now:
+            raise InvalidArgumentError("expires_at must be in the future", field="expires_at")
+        key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+        plaintext = f"{PREFIX}{key_id}_{secret}"
+        record = ApiKey(key_id, user_id, name, now, expires_at, None)
+        with self.db.transaction() as tx:
+            tx.execute(
+                "INSERT INTO api_keys (id, user_id, name, secret_hash, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (key_id, user_id, name, _hasher.hash(secret), now, expires_at),
+            )
+            UserStore.record(tx, actor or user_id, "apikey.created", user_id, key_id)
+        return record, plaintext
+
+    def list(self, user_id: str) -> list[ApiKey]:
+        with self.db.snapshot() as tx:
+            rows = tx.fetchall(
+                "SELECT id, user_id, name, created_at, expires_at, revoked_at FROM api_keys "
+                "WHERE user_id = ? ORDER BY created_at, id",
+                (user_id,),
+            )
+        return [
+            ApiKey(
+                str(r[0]),
+                str(r[1]),
+                str(r[2]),
+                int(r[3]),
+                None if r[4] is None else int(r[4]),
+                None if r[5] is None else int(r[5]),
+            )
+            for r in rows
+        ]
+
+    def revoke(self, user_id: str, key_id: str, *, actor: str = "") -> None:
+        """Revoke one of the user's keys (404 if it is not theirs or already revoked)."""
+        with self.db.transaction() as tx:
+            changed = tx.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND user_id = ? "
+                "AND revoked_at IS NULL",
+                (int(time.time()), key_id, user_id),
+            )
+            if not changed:
+                raise ApiKeyNotFoundError("No such active API key", key_id=key_id)
+            UserStore.record(tx, actor or user_id, "apikey.revoked", user_id, key_id)
+        with self._lock:
+            self._verified.pop(key_id, None)
+
+    def verify(self, presented: str) -> KeyOwner | None:
+        """The owner of a valid, unrevoked, unexpired key; None otherwise."""
+        match = KEY_PATTERN.match(presented)
+        if match is None:
+            return None
+        key_id, secret = match.groups()
+        with self.db.snapshot() as tx:
+            row = tx.fetchone(
+                "SELECT k.secret_hash, k.expires_at, k.revoked_at, u.id, u.email, u.is_admin "
+                "FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = ?",
+                (key_id,),
+            )
+        if row is None or row[2] is not None:
+            return None
+        if row[1] is not None and int(row[1]) <= time.time():
+            return None
+        digest = hashlib.sha256(presented.encode()).digest()
+        known = self._verified.get(key_id)
+        if known is None or not hmac.compare_digest(known, digest):
+            try:
+                _hasher.verify(str(row[0]), secret)
+            except (VerificationError, InvalidHashError):
+                return None
+            with self._lock:
+                self._verified[key_id] = digest
+        return KeyOwner(key_id, str(row[3]), str(row[4]), bool(row[5]))

@@ -1,0 +1,113 @@
+"""Authentication: register, login/logout with server-side sessions, API keys, principals."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+from domain.errors import DomainError, InvalidArgumentError
+from infrastructure.api_keys import ApiKey, ApiKeyStore, looks_like_key
+from infrastructure.identity import User, UserNotFoundError, UserStore
+from infrastructure.sessions import Session, SessionStore
+from infrastructure.tokens import InvalidTokenError, TokenCodec
+
+
+class AuthenticationError(DomainError):
+    status = 401
+    title = "Unauthorized"
+
+
+class ForbiddenError(DomainError):
+    status = 403
+    title = "Forbidden"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of one request."""
+
+    user_id: str
+    email: str
+    is_admin: bool
+    method: str  # "jwt" or "apikey"
+    credential_id: str  # session id or API key id
+
+    def require_admin(self) -> None:
+        if not self.is_admin:
+            raise ForbiddenError("Admin role required")
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    user: User
+    access_token: str
+    expires_at: int
+    session_id: str
+
+
+class AuthService:
+    def __init__(
+        self, users: UserStore, keys: ApiKeyStore, sessions: SessionStore, tokens: TokenCodec
+    ) -> None:
+        self.users = users
+        self.keys = keys
+        self.sessions = sessions
+        self.tokens = tokens
+
+    def login(self, email: str, password: str, *, ip: str = "", agent: str = "") -> LoginResult:
+        user = self.users.verify_password(email, password)
+        if user is None:
+            raise AuthenticationError("invalid credentials")
+        now = int(time.time())
+        session_id = secrets.token_urlsafe(24)
+        token, expires = self.tokens.issue(user.id, session_id, now)
+        self.sessions.create(Session(session_id, user.id, now, expires, ip, agent))
+        return LoginResult(user, token, expires, session_id)
+
+    def logout(self, principal: Principal) -> None:
+        if principal.method != "jwt":
+            raise InvalidArgumentError(
+                "API keys are not sessions: revoke the key with DELETE /api/v1/auth/apikey/{id}"
+            )
+        self.sessions.revoke(principal.credential_id)
+
+    def create_api_key(
+        self, principal: Principal, name: str, expires_at: int | None = None
+    ) -> tuple[ApiKey, str]:
+        return self.keys.create(
+            principal.user_id, name, expires_at=expires_at, actor=principal.user_id
+        )
+
+    def authenticate(self, api_key: str | None, authorization: str | None) -> Principal:
+        """Resolve the caller from ``X-API-Key`` or ``Authorization: Bearer`` (JWT or key)."""
+        if api_key:
+            return self._by_key(api_key.strip())
+        if not authorization:
+            raise AuthenticationError("Missing authorization")
+        scheme, _, credential = authorization.strip().partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            raise AuthenticationError("Invalid authorization format")
+        if looks_like_key(credential):
+            return self._by_key(credential)
+        return self._by_token(credential)
+
+    def _by_key(self, presented: str) -> Principal:
+        owner = self.keys.verify(presented)
+        if owner is None:
+            raise AuthenticationError("Invalid API key")
+        return Principal(owner.user_id, owner.email, owner.is_admin, "apikey", owner.key_id)
+
+    def _by_token(self, token: str) -> Principal:
+        try:
+            claims = self.tokens.decode(token)
+        except InvalidTokenError:
+            raise AuthenticationError("Invalid token") from None
+        if self.sessions.user_of(claims.session_id) != claims.user_id:
+            raise AuthenticationError("Session ended; log in again")
+        try:
+            user = self.users.by_id(claims.user_id)
+        except UserNotFoundError:
+            raise AuthenticationError("Invalid token") from None
+        return Principal(user.id, user.email, user.is_admin, "jwt", claims.session_id)

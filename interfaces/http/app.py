@@ -1,0 +1,68 @@
+"""The Litestar application: routers, one error model, OpenAPI, CORS, body limit, metrics."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from domain.errors import DomainError
+from interfaces.http.controllers import admin, auth, health, money
+from interfaces.http.errors import (
+    make_internal_handler,
+    on_domain_error,
+    on_http_error,
+    on_validation_error,
+)
+from interfaces.http.observability import Metrics, observe
+
+if TYPE_CHECKING:
+    from interfaces.bootstrap import Container
+
+VERSION = "0.1.0"
+
+
+def create_app(container: Container, *, developer_mode: bool = False) -> Litestar:
+    """Build the HTTP app over an already-wired container (the composition root owns it)."""
+    metrics = Metrics(container)
+    settings = container.settings
+    cors = CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None
+    openapi = OpenAPIConfig(
+        title="GPU Proxy",
+        version=VERSION,
+        path="/schema",
+        render_plugins=[SwaggerRenderPlugin(), RedocRenderPlugin(path="/redoc")],
+        components=Components(
+            security_schemes={
+                "ApiKey": SecurityScheme(
+                    type="apiKey", name="X-API-Key", security_scheme_in="header"
+                ),
+                "Bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT"),
+            }
+        ),
+        security=[{"ApiKey": []}, {"Bearer": []}],
+    )
+    handlers: dict[Any, Any] = {
+        DomainError: on_domain_error,
+        ValidationException: on_validation_error,
+        HTTPException: on_http_error,
+        Exception: make_internal_handler(developer_mode),
+    }
+    app = Litestar(
+        route_handlers=[*health.handlers, auth.router, money.router, admin.router],
+        exception_handlers=handlers,
+        middleware=[observe(metrics)],
+        openapi_config=openapi,
+        cors_config=cors,
+        request_max_body_size=settings.max_body_bytes,
+        debug=False,
+        logging_config=None,  # the server process owns logging (file, syslog)
+    )
+    app.state.container = container
+    app.state.metrics = metrics
+    return app

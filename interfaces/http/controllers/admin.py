@@ -1,0 +1,163 @@
+"""Admin endpoints: users, grants, per-user limits, resets, caps, roles, stats. Admin only."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from litestar import Request, Router, get, post, put
+from litestar.di import Provide
+from litestar.params import Parameter
+
+from domain.errors import InvalidArgumentError
+from domain.guardrails import normalise_window
+from domain.money import micros_to_usd, usd_to_micros
+from infrastructure.auth import Principal
+from interfaces.http.controllers.auth import user_json
+from interfaces.http.controllers.money import credits_json, positive_usd
+from interfaces.http.schemas import CapBody, GrantBody, LimitsBody, ResetBody, RoleBody
+from interfaces.http.security import container_of, provide_admin
+
+IdempotencyKey = Annotated[
+    str | None,
+    Parameter(header="Idempotency-Key", min_length=1, max_length=200, required=False),
+]
+
+
+def _actor(principal: Principal) -> str:
+    return f"admin:{principal.email}"
+
+
+def _window(name: str) -> str:
+    try:
+        return normalise_window(name)
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc), field="window") from None
+
+
+@get("/users", sync_to_thread=True, summary="All users")
+def users(request: Request[Any, Any, Any], principal: Principal) -> dict[str, Any]:
+    return {"users": [user_json(u) for u in container_of(request).users.all()]}
+
+
+@get("/users/{user_id:str}", sync_to_thread=True, summary="One user with credits")
+def user(request: Request[Any, Any, Any], principal: Principal, user_id: str) -> dict[str, Any]:
+    c = container_of(request)
+    found = c.users.by_id(user_id)
+    return {"user": user_json(found), "credits": credits_json(c.queries.balance(found.id))}
+
+
+@post(
+    "/users/{user_id:str}/credits",
+    status_code=201,
+    sync_to_thread=True,
+    summary="Grant credits (USD); Idempotency-Key makes retries one grant",
+)
+def grant(
+    request: Request[Any, Any, Any],
+    principal: Principal,
+    user_id: str,
+    data: GrantBody,
+    idempotency_key: IdempotencyKey = None,
+) -> dict[str, Any]:
+    c = container_of(request)
+    target = c.users.by_id(user_id)
+    amount = positive_usd(data.amount, "amount")
+    outcome = c.ledger.grant(
+        target.id,
+        amount,
+        key=f"admin-grant:{idempotency_key or uuid.uuid4()}",
+        source="admin",
+        reason=data.reason,
+        actor=_actor(principal),
+    )
+    view = c.ledger.account(target.id)
+    return {
+        "applied": outcome.applied,
+        "amount": micros_to_usd(amount),
+        "credits_remaining": micros_to_usd(view.balance),
+    }
+
+
+@put(
+    "/users/{user_id:str}/limits",
+    sync_to_thread=True,
+    summary="Per-user guard-rail limits in USD (0 = off, null = service default)",
+)
+def set_limits(
+    request: Request[Any, Any, Any], principal: Principal, user_id: str, data: LimitsBody
+) -> dict[str, Any]:
+    c = container_of(request)
+    target = c.users.by_id(user_id)
+    changes: dict[str, int | None] = {}
+    for window, value in data.limits.items():
+        name = _window(window)
+        changes[name] = None if value is None else usd_to_micros(value, field=name)
+        if changes[name] is not None and changes[name] < 0:  # type: ignore[operator]
+            raise InvalidArgumentError(f"{name} must not be negative", field=name)
+    c.ledger.set_limits(target.id, changes, actor=_actor(principal), reason=data.reason)
+    limits = c.ledger.account(target.id).effective_limits
+    return {"limits": {k: micros_to_usd(v) for k, v in limits.items()}}
+
+
+@post(
+    "/users/{user_id:str}/guardrails/reset",
+    status_code=200,
+    sync_to_thread=True,
+    summary="Reset spending windows (one or all), with a recorded reason",
+)
+def reset(
+    request: Request[Any, Any, Any], principal: Principal, user_id: str, data: ResetBody
+) -> dict[str, Any]:
+    c = container_of(request)
+    target = c.users.by_id(user_id)
+    windows = [_window(data.window)] if data.window else None
+    c.ledger.reset_windows(target.id, windows, actor=_actor(principal), reason=data.reason)
+    return {"message": "Spending reset", "windows": windows or "all"}
+
+
+@put("/users/{user_id:str}/cap", sync_to_thread=True, summary="Set the overage cap (USD)")
+def set_cap(
+    request: Request[Any, Any, Any], principal: Principal, user_id: str, data: CapBody
+) -> dict[str, str]:
+    c = container_of(request)
+    target = c.users.by_id(user_id)
+    cap = usd_to_micros(data.cap, field="cap")
+    c.ledger.set_cap(target.id, cap, actor=_actor(principal), reason=data.reason)
+    return {"credits_cap": micros_to_usd(cap)}
+
+
+@put("/users/{user_id:str}/role", sync_to_thread=True, summary="Grant or revoke the admin role")
+def set_role(
+    request: Request[Any, Any, Any], principal: Principal, user_id: str, data: RoleBody
+) -> dict[str, Any]:
+    c = container_of(request)
+    target = c.users.by_id(user_id)
+    return {
+        "user": user_json(c.users.set_admin(target.email, data.is_admin, actor=_actor(principal)))
+    }
+
+
+@get("/stats", sync_to_thread=True, summary="Ledger statistics")
+def stats(request: Request[Any, Any, Any], principal: Principal) -> dict[str, Any]:
+    c = container_of(request)
+    totals = c.queries.totals()
+    return {
+        "users": c.users.count(),
+        "events": c.events.head(),
+        "accounts": totals["accounts"],
+        "balance_total": micros_to_usd(totals["balance"]),
+        "held_total": micros_to_usd(totals["held"]),
+        "granted_total": micros_to_usd(totals["granted"]),
+        "charged_total": micros_to_usd(totals["charged"]),
+        "transactions": totals["transactions"],
+        "projection_lag": c.runner.lag(),
+    }
+
+
+router = Router(
+    path="/api/v1/admin",
+    tags=["admin"],
+    dependencies={"principal": Provide(provide_admin)},
+    route_handlers=[users, user, grant, set_limits, reset, set_cap, set_role, stats],
+)

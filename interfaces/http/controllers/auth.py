@@ -1,0 +1,129 @@
+"""Register, login, logout and API keys."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from litestar import Request, Router, delete, get, post
+from litestar.di import Provide
+
+from infrastructure.api_keys import ApiKey
+from infrastructure.auth import Principal
+from infrastructure.identity import User
+from interfaces.http.schemas import ApiKeyBody, LoginBody, RegisterBody
+from interfaces.http.security import container_of, provide_principal
+
+
+def user_json(user: User) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "email": user.email,
+        "name": user.name,
+        "is_admin": user.is_admin,
+        "created_at": user.created_at,
+    }
+
+
+def key_json(key: ApiKey) -> dict[str, Any]:
+    def when(epoch: int | None) -> str | None:
+        return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat()
+
+    return {
+        "id": key.id,
+        "name": key.name,
+        "created_at": when(key.created_at),
+        "expires_at": when(key.expires_at),
+        "revoked_at": when(key.revoked_at),
+    }
+
+
+@post("/register", status_code=201, sync_to_thread=True, summary="Create an account")
+def register(request: Request[Any, Any, Any], data: RegisterBody) -> dict[str, Any]:
+    c = container_of(request)
+    user = c.users.create(data.email, data.password, data.name, actor="self-registration")
+    c.ledger.open_account(user.id)
+    return {"user": user_json(user)}
+
+
+@post("/login", status_code=200, sync_to_thread=True, summary="Log in: a JWT for a new session")
+def login(request: Request[Any, Any, Any], data: LoginBody) -> dict[str, Any]:
+    c = container_of(request)
+    client = request.client.host if request.client else ""
+    result = c.auth.login(
+        data.email, data.password, ip=client, agent=request.headers.get("user-agent", "")
+    )
+    return {
+        "user": user_json(result.user),
+        "tokens": {
+            "access_token": result.access_token,
+            "token_type": "Bearer",
+            "expires_at": datetime.fromtimestamp(result.expires_at, UTC).isoformat(),
+        },
+    }
+
+
+@post(
+    "/logout",
+    status_code=200,
+    sync_to_thread=True,
+    summary="End this session",
+    dependencies={"principal": Provide(provide_principal)},
+)
+def logout(request: Request[Any, Any, Any], principal: Principal) -> dict[str, str]:
+    container_of(request).auth.logout(principal)
+    return {"message": "Logged out"}
+
+
+@post(
+    "/apikey",
+    status_code=201,
+    sync_to_thread=True,
+    summary="Create an API key (shown once)",
+    dependencies={"principal": Provide(provide_principal)},
+)
+def create_api_key(
+    request: Request[Any, Any, Any], principal: Principal, data: ApiKeyBody
+) -> dict[str, Any]:
+    expires = None
+    if data.expires_at is not None:
+        moment = data.expires_at if data.expires_at.tzinfo else data.expires_at.replace(tzinfo=UTC)
+        expires = int(moment.timestamp())
+    key, plaintext = container_of(request).auth.create_api_key(principal, data.name, expires)
+    return {
+        **key_json(key),
+        "api_key": plaintext,
+        "message": "Save this API key securely. It will not be shown again.",
+    }
+
+
+@get(
+    "/apikeys",
+    sync_to_thread=True,
+    summary="List your API keys (never the keys themselves)",
+    dependencies={"principal": Provide(provide_principal)},
+)
+def list_api_keys(request: Request[Any, Any, Any], principal: Principal) -> dict[str, Any]:
+    keys = container_of(request).auth.keys.list(principal.user_id)
+    return {"api_keys": [key_json(k) for k in keys]}
+
+
+@delete(
+    "/apikey/{key_id:str}",
+    status_code=200,
+    sync_to_thread=True,
+    summary="Revoke one of your API keys",
+    dependencies={"principal": Provide(provide_principal)},
+)
+def revoke_api_key(
+    request: Request[Any, Any, Any], principal: Principal, key_id: str
+) -> dict[str, str]:
+    container_of(request).auth.keys.revoke(principal.user_id, key_id, actor=principal.user_id)
+    return {"message": "API key revoked"}
+
+
+router = Router(
+    path="/api/v1/auth",
+    tags=["auth"],
+    route_handlers=[register, login, logout, create_api_key, list_api_keys, revoke_api_key],
+)

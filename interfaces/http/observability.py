@@ -1,0 +1,100 @@
+"""Request metrics (Prometheus), access log lines without bodies or secrets, extra headers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from litestar.datastructures import MutableScopeHeaders
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from interfaces.http.security import RATE_HEADERS
+
+if TYPE_CHECKING:
+    from interfaces.bootstrap import Container
+
+access_log = logging.getLogger("aiserve.access")
+
+
+class Metrics:
+    """One registry per app, so several apps (tests, replicas in one process) never clash."""
+
+    def __init__(self, container: Container) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "gpuproxy_http_requests",
+            "HTTP requests",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "gpuproxy_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+        )
+        commands = Gauge(
+            "gpuproxy_ledger_commands",
+            "Ledger commands committed by this process",
+            registry=self.registry,
+        )
+        commands.set_function(lambda: container.ledger.committer.commands)
+        batches = Gauge(
+            "gpuproxy_ledger_commit_batches",
+            "Ledger commit transactions by this process",
+            registry=self.registry,
+        )
+        batches.set_function(lambda: container.ledger.committer.batches)
+        self.lag = Gauge(
+            "gpuproxy_projection_lag_events",
+            "Events not yet applied to a projection",
+            ["projection"],
+            registry=self.registry,
+        )
+        self.container = container
+
+    def refresh(self) -> None:
+        """Update gauges that need a database read (called when /metrics is scraped)."""
+        for name, lag in self.container.runner.lag().items():
+            self.lag.labels(name).set(lag)
+
+
+def observe(metrics: Metrics) -> Any:
+    """ASGI middleware factory: metrics, access log, rate-limit headers on every answer."""
+
+    def factory(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":  # type: ignore[comparison-overlap]
+                await app(scope, receive, send)
+                return
+            started = time.perf_counter()
+            status = 500
+
+            async def send_with_headers(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    extra = scope.get("state", {}).get(RATE_HEADERS)
+                    if extra:
+                        headers = MutableScopeHeaders.from_message(message)
+                        for key, value in extra.items():
+                            if key not in headers:
+                                headers[key] = value
+                await send(message)
+
+            try:
+                await app(scope, receive, send_with_headers)
+            finally:
+                elapsed = time.perf_counter() - started
+                route = scope.get("path_template") or "unmatched"
+                method = scope.get("method", "")
+                metrics.requests.labels(method, route, str(status)).inc()
+                metrics.latency.labels(method, route).observe(elapsed)
+                access_log.info("%s %s %s %.1fms", method, route, status, elapsed * 1000)
+
+        return middleware
+
+    return factory

@@ -1,0 +1,60 @@
+"""Request bodies: strict msgspec structs (unknown fields refused, lengths bounded)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated
+
+from msgspec import Meta, Struct
+
+Email = Annotated[str, Meta(min_length=3, max_length=254)]
+Password = Annotated[str, Meta(min_length=8, max_length=1024)]
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+Reason = Annotated[str, Meta(max_length=500)]
+RequiredReason = Annotated[str, Meta(min_length=1, max_length=500)]
+Window = Annotated[str, Meta(min_length=1, max_length=16)]
+
+
+class RegisterBody(Struct, forbid_unknown_fields=True):
+    email: Email
+    password: Password
+    name: Name
+
+
+class LoginBody(Struct, forbid_unknown_fields=True):
+    email: Email
+    password: Annotated[str, Meta(min_length=1, max_length=1024)]
+
+
+class ApiKeyBody(Struct, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=100)]
+    expires_at: datetime | None = None
+
+
+class SpendCheckBody(Struct, forbid_unknown_fields=True):
+    estimated_cost: Decimal
+
+
+class GrantBody(Struct, forbid_unknown_fields=True):
+    amount: Decimal
+    reason: Reason = "admin grant"
+
+
+class LimitsBody(Struct, forbid_unknown_fields=True):
+    limits: dict[Window, Decimal | None]
+    reason: Reason = ""
+
+
+class ResetBody(Struct, forbid_unknown_fields=True):
+    reason: RequiredReason
+    window: Window | None = None
+
+
+class CapBody(Struct, forbid_unknown_fields=True):
+    cap: Decimal
+    reason: Reason = ""
+
+
+class RoleBody(Struct, forbid_unknown_fields=True):
+    is_admin: bool
