@@ -10,12 +10,14 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from infrastructure.settings import Settings, load_settings
 from interfaces.bootstrap import Container, bootstrap
 from tests.support.pg import Cluster, running_cluster
+from tests.support.redis_server import running_redis
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -29,6 +31,28 @@ def pg_cluster() -> Iterator[Cluster]:
         if IN_CI:
             pytest.fail(f"PostgreSQL is required under CI: {exc}")
         pytest.skip(f"PostgreSQL not available: {exc}")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A throwaway Redis server for the whole run."""
+    try:
+        with running_redis() as url:
+            yield url
+    except (FileNotFoundError, OSError) as exc:
+        if IN_CI:
+            pytest.fail(f"Redis is required under CI: {exc}")
+        pytest.skip(f"Redis not available: {exc}")
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[Any]:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
 
 
 @pytest.fixture

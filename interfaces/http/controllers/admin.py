@@ -6,8 +6,8 @@ import uuid
 from typing import Annotated, Any
 
 from litestar import Request, Router, get, post, put
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, HeaderParameter, JSONBody
 
 from domain.errors import InvalidArgumentError
 from domain.guardrails import normalise_window
@@ -20,11 +20,11 @@ from interfaces.http.security import container_of, provide_admin
 
 IdempotencyKey = Annotated[
     str | None,
-    Parameter(header="Idempotency-Key", min_length=1, max_length=200, required=False),
+    HeaderParameter(name="Idempotency-Key", min_length=1, max_length=200, required=False),
 ]
 
 
-def _actor(principal: Principal) -> str:
+def _actor(principal: NamedDependency[Principal]) -> str:
     return f"admin:{principal.email}"
 
 
@@ -36,12 +36,14 @@ def _window(name: str) -> str:
 
 
 @get("/users", sync_to_thread=True, summary="All users")
-def users(request: Request[Any, Any, Any], principal: Principal) -> dict[str, Any]:
+def users(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> dict[str, Any]:
     return {"users": [user_json(u) for u in container_of(request).users.all()]}
 
 
 @get("/users/{user_id:str}", sync_to_thread=True, summary="One user with credits")
-def user(request: Request[Any, Any, Any], principal: Principal, user_id: str) -> dict[str, Any]:
+def user(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[str]
+) -> dict[str, Any]:
     c = container_of(request)
     found = c.users.by_id(user_id)
     return {"user": user_json(found), "credits": credits_json(c.queries.balance(found.id))}
@@ -55,9 +57,9 @@ def user(request: Request[Any, Any, Any], principal: Principal, user_id: str) ->
 )
 def grant(
     request: Request[Any, Any, Any],
-    principal: Principal,
-    user_id: str,
-    data: GrantBody,
+    principal: NamedDependency[Principal],
+    user_id: FromPath[str],
+    data: JSONBody[GrantBody],
     idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
     c = container_of(request)
@@ -85,7 +87,10 @@ def grant(
     summary="Per-user guard-rail limits in USD (0 = off, null = service default)",
 )
 def set_limits(
-    request: Request[Any, Any, Any], principal: Principal, user_id: str, data: LimitsBody
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    user_id: FromPath[str],
+    data: JSONBody[LimitsBody],
 ) -> dict[str, Any]:
     c = container_of(request)
     target = c.users.by_id(user_id)
@@ -107,7 +112,10 @@ def set_limits(
     summary="Reset spending windows (one or all), with a recorded reason",
 )
 def reset(
-    request: Request[Any, Any, Any], principal: Principal, user_id: str, data: ResetBody
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    user_id: FromPath[str],
+    data: JSONBody[ResetBody],
 ) -> dict[str, Any]:
     c = container_of(request)
     target = c.users.by_id(user_id)
@@ -118,7 +126,10 @@ def reset(
 
 @put("/users/{user_id:str}/cap", sync_to_thread=True, summary="Set the overage cap (USD)")
 def set_cap(
-    request: Request[Any, Any, Any], principal: Principal, user_id: str, data: CapBody
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    user_id: FromPath[str],
+    data: JSONBody[CapBody],
 ) -> dict[str, str]:
     c = container_of(request)
     target = c.users.by_id(user_id)
@@ -129,7 +140,10 @@ def set_cap(
 
 @put("/users/{user_id:str}/role", sync_to_thread=True, summary="Grant or revoke the admin role")
 def set_role(
-    request: Request[Any, Any, Any], principal: Principal, user_id: str, data: RoleBody
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    user_id: FromPath[str],
+    data: JSONBody[RoleBody],
 ) -> dict[str, Any]:
     c = container_of(request)
     target = c.users.by_id(user_id)
@@ -139,7 +153,7 @@ def set_role(
 
 
 @get("/stats", sync_to_thread=True, summary="Ledger statistics")
-def stats(request: Request[Any, Any, Any], principal: Principal) -> dict[str, Any]:
+def stats(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> dict[str, Any]:
     c = container_of(request)
     totals = c.queries.totals()
     return {

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Request, Router, delete, get, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody
 
 from infrastructure.api_keys import ApiKey
 from infrastructure.auth import Principal
@@ -39,7 +40,7 @@ def key_json(key: ApiKey) -> dict[str, Any]:
 
 
 @post("/register", status_code=201, sync_to_thread=True, summary="Create an account")
-def register(request: Request[Any, Any, Any], data: RegisterBody) -> dict[str, Any]:
+def register(request: Request[Any, Any, Any], data: JSONBody[RegisterBody]) -> dict[str, Any]:
     c = container_of(request)
     user = c.users.create(data.email, data.password, data.name, actor="self-registration")
     c.ledger.open_account(user.id)
@@ -47,7 +48,7 @@ def register(request: Request[Any, Any, Any], data: RegisterBody) -> dict[str, A
 
 
 @post("/login", status_code=200, sync_to_thread=True, summary="Log in: a JWT for a new session")
-def login(request: Request[Any, Any, Any], data: LoginBody) -> dict[str, Any]:
+def login(request: Request[Any, Any, Any], data: JSONBody[LoginBody]) -> dict[str, Any]:
     c = container_of(request)
     client = request.client.host if request.client else ""
     result = c.auth.login(
@@ -70,7 +71,9 @@ def login(request: Request[Any, Any, Any], data: LoginBody) -> dict[str, Any]:
     summary="End this session",
     dependencies={"principal": Provide(provide_principal)},
 )
-def logout(request: Request[Any, Any, Any], principal: Principal) -> dict[str, str]:
+def logout(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+) -> dict[str, str]:
     container_of(request).auth.logout(principal)
     return {"message": "Logged out"}
 
@@ -83,7 +86,9 @@ def logout(request: Request[Any, Any, Any], principal: Principal) -> dict[str, s
     dependencies={"principal": Provide(provide_principal)},
 )
 def create_api_key(
-    request: Request[Any, Any, Any], principal: Principal, data: ApiKeyBody
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    data: JSONBody[ApiKeyBody],
 ) -> dict[str, Any]:
     expires = None
     if data.expires_at is not None:
@@ -103,7 +108,9 @@ def create_api_key(
     summary="List your API keys (never the keys themselves)",
     dependencies={"principal": Provide(provide_principal)},
 )
-def list_api_keys(request: Request[Any, Any, Any], principal: Principal) -> dict[str, Any]:
+def list_api_keys(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+) -> dict[str, Any]:
     keys = container_of(request).auth.keys.list(principal.user_id)
     return {"api_keys": [key_json(k) for k in keys]}
 
@@ -116,7 +123,7 @@ def list_api_keys(request: Request[Any, Any, Any], principal: Principal) -> dict
     dependencies={"principal": Provide(provide_principal)},
 )
 def revoke_api_key(
-    request: Request[Any, Any, Any], principal: Principal, key_id: str
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal], key_id: FromPath[str]
 ) -> dict[str, str]:
     container_of(request).auth.keys.revoke(principal.user_id, key_id, actor=principal.user_id)
     return {"message": "API key revoked"}

@@ -6,8 +6,8 @@ from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from litestar import Request, Response, Router, get, post
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import JSONBody, QueryParameter
 
 from domain.errors import InvalidArgumentError
 from domain.money import micros_to_usd, usd_to_micros
@@ -16,9 +16,9 @@ from interfaces.http.errors import guardrail_headers
 from interfaces.http.schemas import SpendCheckBody
 from interfaces.http.security import container_of, provide_principal
 
-Limit = Annotated[int, Parameter(ge=1, le=500, description="page size")]
-Before = Annotated[int | None, Parameter(ge=1, description="position cursor from next_before")]
-Day = Annotated[date | None, Parameter(description="UTC day, YYYY-MM-DD")]
+Limit = Annotated[int, QueryParameter(ge=1, le=500, description="page size")]
+Before = Annotated[int | None, QueryParameter(ge=1, description="position cursor from next_before")]
+Day = Annotated[date | None, QueryParameter(description="UTC day, YYYY-MM-DD")]
 
 
 def positive_usd(value: Any, field: str) -> int:
@@ -49,14 +49,16 @@ def credits_json(row: dict[str, int] | None) -> dict[str, Any]:
 
 
 @get("/billing/credits", sync_to_thread=True, summary="Your credit balance")
-def credits(request: Request[Any, Any, Any], principal: Principal) -> dict[str, Any]:
+def credits(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+) -> dict[str, Any]:
     return credits_json(container_of(request).queries.balance(principal.user_id))
 
 
 @get("/billing/transactions", sync_to_thread=True, summary="Your money movements, newest first")
 def transactions(
     request: Request[Any, Any, Any],
-    principal: Principal,
+    principal: NamedDependency[Principal],
     limit: Limit = 50,
     before: Before = None,
 ) -> dict[str, Any]:
@@ -80,7 +82,10 @@ def transactions(
 
 @get("/usage", sync_to_thread=True, summary="Your daily usage")
 def usage(
-    request: Request[Any, Any, Any], principal: Principal, since: Day = None, until: Day = None
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    since: Day = None,
+    until: Day = None,
 ) -> dict[str, Any]:
     if since and until and since > until:
         raise InvalidArgumentError("since must not be after until", field="since")
@@ -104,7 +109,9 @@ def usage(
 
 
 @get("/guardrails/spending", sync_to_thread=True, summary="Spend per guard-rail window")
-def spending(request: Request[Any, Any, Any], principal: Principal) -> Response[dict[str, Any]]:
+def spending(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+) -> Response[dict[str, Any]]:
     c = container_of(request)
     now = datetime.now(UTC)
     spent = c.queries.window_spend(principal.user_id, now)
@@ -128,7 +135,9 @@ def spending(request: Request[Any, Any, Any], principal: Principal) -> Response[
     summary="Would this cost be allowed now? 200 allowed, 402 with violations",
 )
 def check_spending(
-    request: Request[Any, Any, Any], principal: Principal, data: SpendCheckBody
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    data: JSONBody[SpendCheckBody],
 ) -> Response[dict[str, Any]]:
     amount = positive_usd(data.estimated_cost, "estimated_cost")
     view = container_of(request).ledger.check_spend(principal.user_id, amount)
