@@ -86,7 +86,7 @@ class ApiKeyStore:
         return record, plaintext
 
     def list(self, user_id: str) -> list[ApiKey]:
-        with self.db.snapshot() as tx:
+        with self.db.read() as tx:
             rows = tx.fetchall(
                 "SELECT id, user_id, name, created_at, expires_at, revoked_at FROM api_keys "
                 "WHERE user_id = ? ORDER BY created_at, id",
@@ -118,13 +118,23 @@ class ApiKeyStore:
         with self._lock:
             self._verified.pop(key_id, None)
 
+    def is_cached(self, presented: str) -> bool:
+        """True if this exact key was verified before (checking it again needs no argon2)."""
+        match = KEY_PATTERN.match(presented)
+        if match is None:
+            return True  # malformed: refused without any hashing
+        known = self._verified.get(match.group(1))
+        return known is not None and hmac.compare_digest(
+            known, hashlib.sha256(presented.encode()).digest()
+        )
+
     def verify(self, presented: str) -> KeyOwner | None:
         """The owner of a valid, unrevoked, unexpired key; None otherwise."""
         match = KEY_PATTERN.match(presented)
         if match is None:
             return None
         key_id, secret = match.groups()
-        with self.db.snapshot() as tx:
+        with self.db.read() as tx:
             row = tx.fetchone(
                 "SELECT k.secret_hash, k.expires_at, k.revoked_at, u.id, u.email, u.is_admin "
                 "FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.id = ?",

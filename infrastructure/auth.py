@@ -93,6 +93,11 @@ class AuthService:
             return self._by_key(credential)
         return self._by_token(credential)
 
+    def is_cheap(self, api_key: str | None, authorization: str | None) -> bool:
+        """True when authenticating needs no password hashing (a JWT or an already-seen key)."""
+        credential = api_key or (authorization or "").partition(" ")[2].strip()
+        return not looks_like_key(credential) or self.keys.is_cached(credential)
+
     def _by_key(self, presented: str) -> Principal:
         owner = self.keys.verify(presented)
         if owner is None:

@@ -86,26 +86,26 @@ class UserStore:
 
     def by_email(self, email: str) -> User:
         email = normalise_email(email)
-        with self.db.snapshot() as tx:
+        with self.db.read() as tx:
             row = tx.fetchone(f"SELECT {_COLUMNS} FROM users WHERE email = ?", (email,))
         if row is None:
             raise UserNotFoundError("No user with this email", email=email)
         return _row_to_user(row)
 
     def by_id(self, user_id: str) -> User:
-        with self.db.snapshot() as tx:
+        with self.db.read() as tx:
             row = tx.fetchone(f"SELECT {_COLUMNS} FROM users WHERE id = ?", (user_id,))
         if row is None:
             raise UserNotFoundError("No such user", user_id=user_id)
         return _row_to_user(row)
 
     def all(self) -> list[User]:
-        with self.db.snapshot() as tx:
+        with self.db.read() as tx:
             rows = tx.fetchall(f"SELECT {_COLUMNS} FROM users ORDER BY created_at, email")
         return [_row_to_user(r) for r in rows]
 
     def count(self) -> int:
-        with self.db.snapshot() as tx:
+        with self.db.read() as tx:
             row = tx.fetchone("SELECT COUNT(*) FROM users")
         return int(row[0]) if row else 0
 
@@ -115,7 +115,7 @@ class UserStore:
             user = self.by_email(email)
         except (UserNotFoundError, InvalidArgumentError):
             return None
-        with self.db.snapshot() as tx:
+        with self.db.read() as tx:
             row = tx.fetchone("SELECT password_hash FROM users WHERE id = ?", (user.id,))
         try:
             _hasher.verify(str(row[0]) if row else "", password)
@@ -135,7 +135,7 @@ class UserStore:
         return self.by_id(user.id)
 
     def security_events(self, user_id: str) -> list[tuple[str, str, str, str]]:
-        with self.db.snapshot() as tx:
+        with self.db.read() as tx:
             rows = tx.fetchall(
                 "SELECT at, actor, action, detail FROM security_events WHERE subject = ? "
                 "ORDER BY at",

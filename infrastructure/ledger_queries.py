@@ -52,7 +52,7 @@ class LedgerQueries:
         self.db = db
 
     def balance(self, user_id: str) -> dict[str, Any] | None:
-        with self.db.snapshot() as tx:
+        with self.db.read() as tx:
             row = tx.fetchone(
                 f"SELECT {', '.join(BALANCE_COLUMNS)} FROM balances WHERE account_id = ?",
                 (str(account_id_for(user_id)),),
@@ -72,7 +72,7 @@ class LedgerQueries:
             where += " AND position < ?"
             params.append(before)
         params.append(limit)
-        with self.db.snapshot() as tx:
+        with self.db.read() as tx:
             rows = tx.fetchall(
                 "SELECT position, kind, amount, hold_id, reason, reference, actor, at "
                 f"FROM transactions WHERE {where} ORDER BY position DESC LIMIT ?",
@@ -103,7 +103,7 @@ class LedgerQueries:
         if until:
             where += " AND day <= ?"
             params.append(until)
-        with self.db.snapshot() as tx:
+        with self.db.read() as tx:
             rows = tx.fetchall(
                 "SELECT day, spent, spend_count, granted, debited FROM usage_daily "
                 f"WHERE {where} ORDER BY day",
@@ -133,7 +133,7 @@ class LedgerQueries:
 
     def limit_overrides(self, user_id: str) -> dict[str, int]:
         """Per-user guard-rail overrides as the spending projection sees them."""
-        with self.db.snapshot() as tx:
+        with self.db.read() as tx:
             rows = tx.fetchall(
                 "SELECT window_name, amount FROM spending_limits WHERE account_id = ? "
                 "AND amount >= 0",

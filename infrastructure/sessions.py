@@ -59,7 +59,7 @@ class SqlSessions:
             )
 
     def user_of(self, session_id: str) -> str | None:
-        with self.db.snapshot() as tx:
+        with self.db.read() as tx:
             row = tx.fetchone(
                 "SELECT user_id FROM sessions WHERE id = ? AND revoked_at IS NULL "
                 "AND expires_at > ?",

@@ -37,6 +37,7 @@ class Database(Protocol):
 
     def transaction(self) -> Any: ...
     def snapshot(self) -> Any: ...
+    def read(self) -> Any: ...
     def close(self) -> None: ...
 
 
@@ -103,6 +104,11 @@ class SqliteDatabase:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[_SqliteTx]:
+        """No transaction: for one-statement reads (each statement is atomic on its own)."""
+        yield _SqliteTx(self._conn())
 
     @contextmanager
     def snapshot(self) -> Iterator[_SqliteTx]:
@@ -181,6 +187,12 @@ class PostgresDatabase:
     @contextmanager
     def transaction(self) -> Iterator[_PostgresTx]:
         with self.pool.connection() as conn, conn.transaction():
+            yield _PostgresTx(conn)
+
+    @contextmanager
+    def read(self) -> Iterator[_PostgresTx]:
+        """No transaction: for one-statement reads (autocommit connection)."""
+        with self.pool.connection() as conn:
             yield _PostgresTx(conn)
 
     @contextmanager
