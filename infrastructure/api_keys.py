@@ -1,8 +1,9 @@
 """API keys: shown once, stored as argon2id hashes, found by a lookup id in one row.
 
 A key looks like ``gpx_<id>_<secret>``. Verifying runs argon2 once per key per process; after
-that a SHA-256 of the key is compared in memory. The row (with its revocation and expiry) is
-still read on every request, so a revocation by any replica takes effect at once.
+that a SHA-256 of the key is compared in memory. The verified owner is reused without reading
+the row again only while the revocation signal is unchanged (``infrastructure.revocation``),
+so a revocation by any process takes effect at the next request.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from domain.errors import DomainError, InvalidArgumentError
 from infrastructure.identity import UserStore
+from infrastructure.revocation import RevocationSignal
 from infrastructure.sql import Database
 
 PREFIX = "gpx_"
@@ -52,15 +54,24 @@ class KeyOwner:
     is_admin: bool
 
 
+@dataclass(frozen=True)
+class _Verified:
+    digest: bytes
+    owner: KeyOwner
+    expires_at: int | None
+    signal: object
+
+
 def looks_like_key(value: str) -> bool:
     return value.startswith(PREFIX)
 
 
 class ApiKeyStore:
-    def __init__(self, db: Database, users: UserStore) -> None:
+    def __init__(self, db: Database, users: UserStore, signal: RevocationSignal) -> None:
         self.db = db
         self.users = users
-        self._verified: dict[str, bytes] = {}
+        self.signal = signal
+        self._verified: dict[str, _Verified] = {}
         self._lock = threading.Lock()
 
     def create(
@@ -117,6 +128,7 @@ class ApiKeyStore:
             UserStore.record(tx, actor or user_id, "apikey.revoked", user_id, key_id)
         with self._lock:
             self._verified.pop(key_id, None)
+        self.signal.bump()  # after the commit: every process re-reads the row from now on
 
     def is_cached(self, presented: str) -> bool:
         """True if this exact key was verified before (checking it again needs no argon2)."""
@@ -125,7 +137,7 @@ class ApiKeyStore:
             return True  # malformed: refused without any hashing
         known = self._verified.get(match.group(1))
         return known is not None and hmac.compare_digest(
-            known, hashlib.sha256(presented.encode()).digest()
+            known.digest, hashlib.sha256(presented.encode()).digest()
         )
 
     def verify(self, presented: str) -> KeyOwner | None:
@@ -134,6 +146,16 @@ class ApiKeyStore:
         if match is None:
             return None
         key_id, secret = match.groups()
+        digest = hashlib.sha256(presented.encode()).digest()
+        signal = self.signal.read()  # read before the row: a later bump invalidates this
+        cached = self._verified.get(key_id)
+        if (
+            cached is not None
+            and cached.signal == signal
+            and hmac.compare_digest(cached.digest, digest)
+            and (cached.expires_at is None or cached.expires_at > time.time())
+        ):
+            return cached.owner
         with self.db.read() as tx:
             row = tx.fetchone(
                 "SELECT k.secret_hash, k.expires_at, k.revoked_at, u.id, u.email, u.is_admin "
@@ -142,15 +164,15 @@ class ApiKeyStore:
             )
         if row is None or row[2] is not None:
             return None
-        if row[1] is not None and int(row[1]) <= time.time():
+        expires_at = None if row[1] is None else int(row[1])
+        if expires_at is not None and expires_at <= time.time():
             return None
-        digest = hashlib.sha256(presented.encode()).digest()
-        known = self._verified.get(key_id)
-        if known is None or not hmac.compare_digest(known, digest):
+        if cached is None or not hmac.compare_digest(cached.digest, digest):
             try:
                 _hasher.verify(str(row[0]), secret)
             except (VerificationError, InvalidHashError):
                 return None
-            with self._lock:
-                self._verified[key_id] = digest
-        return KeyOwner(key_id, str(row[3]), str(row[4]), bool(row[5]))
+        owner = KeyOwner(key_id, str(row[3]), str(row[4]), bool(row[5]))
+        with self._lock:
+            self._verified[key_id] = _Verified(digest, owner, expires_at, signal)
+        return owner

@@ -30,7 +30,9 @@ def eventstore_env(settings: Settings) -> dict[str, str]:
         "POSTGRES_MAX_OVERFLOW": str(max(2, settings.db_max_conns // 2)),
         "POSTGRES_CONNECT_TIMEOUT": "10",
         "POSTGRES_LOCK_TIMEOUT": "10",
-        "POSTGRES_PRE_PING": "y",
+        # No ping per pool checkout (a round trip per save); the library's recorder retries
+        # on OperationalError/InterfaceError, which covers connections the server dropped.
+        "POSTGRES_PRE_PING": "n",
         "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
         "CREATE_TABLE": "y",
     }

@@ -11,6 +11,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from domain.errors import DomainError, InvalidArgumentError
+from infrastructure.revocation import NoSignal, RevocationSignal
 from infrastructure.sql import Database, Tx
 
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,190}\.[^@\s.]{2,63}$")
@@ -62,8 +63,9 @@ _COLUMNS = "id, email, name, is_admin, created_at"
 class UserStore:
     """Create, find and list users; record security-relevant changes."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, signal: RevocationSignal | None = None) -> None:
         self.db = db
+        self.signal = signal or NoSignal()
 
     def create(self, email: str, password: str, name: str, *, actor: str = "system") -> User:
         email = normalise_email(email)
@@ -132,6 +134,7 @@ class UserStore:
             self.record(
                 tx, actor, "role.admin_granted" if is_admin else "role.admin_revoked", user.id
             )
+        self.signal.bump()  # cached API-key owners carry the role: re-read them
         return self.by_id(user.id)
 
     def security_events(self, user_id: str) -> list[tuple[str, str, str, str]]:

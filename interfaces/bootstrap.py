@@ -18,6 +18,7 @@ from infrastructure.migrate import migrate as apply_migrations
 from infrastructure.pg_listen import PgWakeup
 from infrastructure.projection_runner import ProjectionRunner
 from infrastructure.rate_limit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from infrastructure.revocation import FileSignal, NoSignal, RedisSignal, RevocationSignal
 from infrastructure.sessions import (
     BalancedSessions,
     RedisSessions,
@@ -93,6 +94,15 @@ def open_redis(settings: Settings) -> Any | None:
     )
 
 
+def revocation_signal(settings: Settings, redis: Any | None) -> RevocationSignal:
+    """How processes tell each other that a credential or role changed."""
+    if redis is not None:
+        return RedisSignal(redis)
+    if settings.db_type == "sqlite":
+        return FileSignal(settings.data_dir / "credentials.epoch")
+    return NoSignal()  # PostgreSQL without Redis: re-read the key row on every request
+
+
 def session_store(settings: Settings, db: Database, redis: Any | None) -> SessionStore:
     if settings.session_mode == "sql" or redis is None:
         return SqlSessions(db)
@@ -132,8 +142,9 @@ def bootstrap(
     events = EventLog(app)
     runner = ProjectionRunner(db, events, ALL, poll_interval=settings.projection_poll_interval)
     ledger = LedgerService(app, policy=settings.guardrails, clock=clock, on_saved=runner.wake)
-    users = UserStore(db)
     redis = open_redis(settings)
+    signal = revocation_signal(settings, redis)
+    users = UserStore(db, signal)
     container = Container(
         settings=settings,
         db=db,
@@ -145,7 +156,7 @@ def bootstrap(
         queries=LedgerQueries(db),
         auth=AuthService(
             users,
-            ApiKeyStore(db, users),
+            ApiKeyStore(db, users, signal),
             session_store(settings, db, redis),
             TokenCodec(
                 load_or_create_secret(settings.jwt_secret, settings.data_dir),

@@ -14,29 +14,31 @@ from typing import Any, Protocol
 from uuid import UUID
 
 
+def _micros(data: dict[str, Any]) -> int:
+    """Business time (``at``, else the recording ``timestamp``) in epoch microseconds."""
+    at = data.get("at", data.get("timestamp"))
+    if isinstance(at, int):
+        return at
+    moment = at if isinstance(at, datetime) else datetime.fromisoformat(str(at))
+    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+
+
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    """A stored event as projections see it: position in the log, origin, type name, data."""
+    """A stored event as projections see it: position in the log, origin, type name, data.
+
+    ``at_micros`` (the event's business time) is computed once here, not in every fold.
+    """
 
     position: int
     originator_id: UUID
     version: int
     name: str  # e.g. "CreditAccount.Granted"
     data: dict[str, Any]
+    at_micros: int = field(init=False)
 
-    @property
-    def at_micros(self) -> int:
-        """The event's business time (``at``) in epoch microseconds."""
-        at = self.data.get("at")
-        if isinstance(at, int):
-            return at
-        if isinstance(at, datetime):
-            moment = at
-        elif isinstance(at, str):
-            moment = datetime.fromisoformat(at)
-        else:
-            moment = datetime.fromisoformat(str(self.data["timestamp"]))
-        return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "at_micros", _micros(self.data))
 
     @property
     def minute(self) -> int:

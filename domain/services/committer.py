@@ -52,6 +52,8 @@ class _Item(Generic[A]):
 
 
 _STOP = object()
+LINGER_GAP = 0.0003  # seconds: keep gathering while entries arrive this close together
+LINGER_MAX = 0.002  # seconds: never hold a batch longer than this
 
 
 class GroupCommitter(Generic[A]):
@@ -140,16 +142,28 @@ class GroupCommitter(Generic[A]):
                 return
 
     def _next_batch(self) -> tuple[list[Any], bool]:
-        """Block for one entry, then take whatever else is queued (up to the batch size)."""
+        """Block for one entry, then gather what follows it closely (up to the batch size).
+
+        Callers released by one commit come back a little apart; waiting while entries keep
+        arriving within ``LINGER_GAP`` (at most ``LINGER_MAX`` in all) lets them share the
+        next commit instead of splitting into a small and a large batch.
+        """
         first = self._queue.get()
         if first is _STOP:
             return [], True
         batch = [first]
+        deadline = time.perf_counter() + LINGER_MAX
         while len(batch) < self._max_batch:
             try:
                 nxt = self._queue.get_nowait()
             except queue.Empty:
-                break
+                wait = min(LINGER_GAP, deadline - time.perf_counter())
+                if wait <= 0:
+                    break
+                try:
+                    nxt = self._queue.get(timeout=wait)
+                except queue.Empty:
+                    break
             if nxt is _STOP:
                 return batch, True
             batch.append(nxt)

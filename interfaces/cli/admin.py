@@ -429,32 +429,27 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
             TimeRemainingColumn(),
         )
         with Progress(*columns, console=Console(stderr=True)) as progress:
-            for projection in targets:
-                task = progress.add_task(projection.name, total=max(1, c.events.head()), rate="-")
-                started = datetime.now(UTC)
+            names = ", ".join(p.name for p in targets)
+            task = progress.add_task(names, total=max(1, c.events.head()), rate="-")
+            started = datetime.now(UTC)
 
-                def report(
-                    position: int,
-                    head: int,
-                    count: int,
-                    task: Any = task,
-                    started: datetime = started,
-                ) -> None:
-                    elapsed = max((datetime.now(UTC) - started).total_seconds(), 1e-6)
-                    progress.update(
-                        task,
-                        completed=position,
-                        total=max(head, position),
-                        rate=f"{count / elapsed:,.0f}",
-                    )
-
-                result = rebuild(c.db, c.events, projection, progress=report)
-                progress.update(task, completed=result.position, total=max(result.position, 1))
-                console.print(
-                    f"{projection.name}: generation {result.old_generation} -> "
-                    f"{result.new_generation}, {result.events} events, at position "
-                    f"{result.position}"
+            def report(position: int, head: int, count: int) -> None:
+                elapsed = max((datetime.now(UTC) - started).total_seconds(), 1e-6)
+                progress.update(
+                    task,
+                    completed=position,
+                    total=max(head, position),
+                    rate=f"{count / elapsed:,.0f}",
                 )
+
+            results = rebuild(c.db, c.events, targets, progress=report)
+            end = max((r.position for r in results), default=0)
+            progress.update(task, completed=end, total=max(end, 1))
+        for result in results:
+            console.print(
+                f"{result.name}: generation {result.old_generation} -> "
+                f"{result.new_generation}, {result.events} events, at position {result.position}"
+            )
     finally:
         c.close()
     return 0
@@ -468,15 +463,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         fail(f"unknown projection {args.name!r}; expected one of {', '.join(BY_NAME)}", 2)
     targets = [BY_NAME[args.name]] if args.name else list(ALL)
     c = _container(args)
-    ok = True
-    results = []
     try:
-        for projection in targets:
-            result = verify(c.db, c.events, projection)
-            ok = ok and result.ok
-            results.append(result)
+        results = verify(c.db, c.events, targets)
     finally:
         _settle(c)
+    ok = all(r.ok for r in results)
     if args.json:
         print_json([{**asdict(r), "ok": r.ok} for r in results])
     else:

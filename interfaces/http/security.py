@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from litestar import Request
 from litestar.concurrency import sync_to_thread
@@ -15,11 +16,28 @@ if TYPE_CHECKING:
     from interfaces.bootstrap import Container
 
 RATE_HEADERS = "gpuproxy.rate_headers"
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def container_of(request: Request[Any, Any, Any]) -> Container:
     container: Container = request.app.state.container
     return container
+
+
+def reads_are_local(c: Container) -> bool:
+    """SQLite in WAL mode and no Redis: reads never wait on a lock or a network round trip."""
+    return c.db.dialect == "sqlite" and c.redis is None
+
+
+async def read(c: Container, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a short read on the event loop when reads are local, else in the thread pool.
+
+    A hop to the thread pool costs more than a local SQLite read (docs/performance.md).
+    """
+    if reads_are_local(c):
+        return fn(*args, **kwargs)
+    return await sync_to_thread(fn, *args, **kwargs)
 
 
 def _authenticate(
@@ -38,7 +56,7 @@ async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
     """
     c = container_of(request)
     api_key, authorization = request.headers.get("x-api-key"), request.headers.get("authorization")
-    if c.db.dialect == "sqlite" and c.redis is None and c.auth.is_cheap(api_key, authorization):
+    if reads_are_local(c) and c.auth.is_cheap(api_key, authorization):
         principal, decision = _authenticate(c, api_key, authorization)
     else:
         principal, decision = await sync_to_thread(_authenticate, c, api_key, authorization)

@@ -187,7 +187,7 @@ def check_read_models(container: Container, logged: Logged) -> None:
     container.runner.catch_up()
     assert container.runner.lag() == dict.fromkeys(container.runner.positions(), 0)
     for projection in ALL:
-        result = verify(container.db, container.events, projection)
+        result = verify(container.db, container.events, [projection])[0]
         assert result.ok, projection.name
         assert result.position == container.events.head()
     for user in logged.users.values():

@@ -36,7 +36,7 @@ def _write_history(c: Container, clock: FixedClock, users: int = 5, rounds: int 
 
 def _all_verified(c: Container) -> None:
     for projection in ALL:
-        result = verify(c.db, c.events, projection)
+        result = verify(c.db, c.events, [projection])[0]
         assert result.ok, result
         assert result.position == c.events.head()
 
@@ -58,7 +58,7 @@ def test_catch_up_is_exact_and_rebuild_equals_live(container: Container, clock: 
     _all_verified(container)
     before = container.queries.balance("user0")
     for projection in ALL:
-        report = rebuild(container.db, container.events, projection)
+        (report,) = rebuild(container.db, container.events, [projection])
         assert report.new_generation == 2
     assert {s.generation for s in all_states(container.db)} == {2}
     assert container.queries.balance("user0") == before
@@ -122,7 +122,7 @@ def test_rebuild_while_writes_and_live_runner_continue(
         writer.start()
         try:
             for projection in ALL:
-                rebuild(c.db, c.events, projection)
+                rebuild(c.db, c.events, [projection])
         finally:
             stop.set()
             writer.join()
@@ -140,5 +140,5 @@ def test_verify_detects_a_tampered_read_model(container: Container, clock: Fixed
     container.runner.catch_up()
     with container.db.transaction() as tx:
         tx.execute("UPDATE balances_g1 SET balance = balance + 1 WHERE user_id != ''")
-    result = verify(container.db, container.events, ALL[0])
+    result = verify(container.db, container.events, [ALL[0]])[0]
     assert not result.ok

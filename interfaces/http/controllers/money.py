@@ -14,7 +14,7 @@ from domain.money import micros_to_usd, usd_to_micros
 from infrastructure.auth import Principal
 from interfaces.http.errors import guardrail_headers
 from interfaces.http.schemas import SpendCheckBody
-from interfaces.http.security import container_of, provide_principal
+from interfaces.http.security import container_of, provide_principal, read
 
 Limit = Annotated[int, QueryParameter(ge=1, le=500, description="page size")]
 Before = Annotated[int | None, QueryParameter(ge=1, description="position cursor from next_before")]
@@ -48,11 +48,12 @@ def credits_json(row: dict[str, int] | None) -> dict[str, Any]:
     }
 
 
-@get("/billing/credits", sync_to_thread=True, summary="Your credit balance")
-def credits(
+@get("/billing/credits", summary="Your credit balance")
+async def credits(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
 ) -> dict[str, Any]:
-    return credits_json(container_of(request).queries.balance(principal.user_id))
+    c = container_of(request)
+    return credits_json(await read(c, c.queries.balance, principal.user_id))
 
 
 @get("/billing/transactions", sync_to_thread=True, summary="Your money movements, newest first")
