@@ -13,23 +13,32 @@ MAX_MICROS = 10**15  # one billion USD: anything above is a typo, not a payment
 def usd_to_micros(value: str | int | Decimal, *, field: str = "amount") -> int:
     """Parse a USD decimal ("50.00", 50, Decimal) into micro-USD, exactly.
 
-    Floats (binary fractions), non-finite values and more than 6 decimals are refused.
+    Floats (binary fractions), non-finite values, more than 6 decimals and values above
+    ``MAX_MICROS`` are refused. No ``Decimal`` arithmetic is done (its 28-digit context would
+    round or overflow): the digits and exponent are read and scaled as integers.
     """
     if isinstance(value, bool | float):
         raise InvalidAmountError(field, "must be a decimal string or integer, not a float")
     try:
-        amount = Decimal(str(value).strip())
+        amount = value if isinstance(value, Decimal) else Decimal(str(value).strip())
     except (InvalidOperation, ValueError):
-        raise InvalidAmountError(field, f"{value!r} is not a decimal number") from None
+        raise InvalidAmountError(field, f"{str(value)[:40]!r} is not a decimal number") from None
     if not amount.is_finite():
         raise InvalidAmountError(field, "must be finite")
-    micros = amount * MICROS_PER_USD
-    if micros != micros.to_integral_value():
+    sign, digits, exponent = amount.as_tuple()
+    text = "".join(map(str, digits)).lstrip("0")
+    if not text:
+        return 0
+    stripped = text.rstrip("0")
+    exponent = int(exponent) + len(text) - len(stripped)
+    if exponent < -6:
         raise InvalidAmountError(field, "has more than 6 decimal places")
-    result = int(micros)
-    if abs(result) > MAX_MICROS:
+    if len(stripped) + exponent > 16:  # more than 10^16 micro-USD before the exact check
         raise InvalidAmountError(field, "is too large")
-    return result
+    result = int(stripped) * 10 ** (exponent + 6)
+    if result > MAX_MICROS:
+        raise InvalidAmountError(field, "is too large")
+    return -result if sign else result
 
 
 def micros_to_usd(micros: int) -> str:
