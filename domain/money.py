@@ -35,7 +35,7 @@ def usd_to_micros(value: str | int | Decimal, *, field: str = "amount") -> int:
         raise InvalidAmountError(field, "has more than 6 decimal places")
     if len(stripped) + exponent > 16:  # more than 10^16 micro-USD before the exact check
         raise InvalidAmountError(field, "is too large")
-    result = int(stripped) * 10 ** (exponent + 6)
+    result: int = int(stripped) * 10 ** (exponent + 6)
     if result > MAX_MICROS:
         raise InvalidAmountError(field, "is too large")
     return -result if sign else result
