@@ -63,6 +63,8 @@ def _text(value: str, field: str, *, required: bool = False) -> str:
         raise InvalidArgumentError(f"{field} is required", field=field)
     if len(value) > MAX_TEXT:
         raise InvalidArgumentError(f"{field} is longer than {MAX_TEXT} characters", field=field)
+    if "\x00" in value:
+        raise InvalidArgumentError(f"{field} must not contain NUL characters", field=field)
     return value
 
 

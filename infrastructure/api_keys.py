@@ -25,8 +25,10 @@ from infrastructure.revocation import RevocationSignal
 from infrastructure.sql import Database
 
 PREFIX = "gpx_"
+KEY_ID = re.compile(r"[0-9a-f]{16}")
 KEY_PATTERN = re.compile(r"^gpx_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 _hasher = PasswordHasher()
+MAX_KEY_LIFETIME = 10 * 366 * 86_400  # seconds
 
 
 class ApiKeyNotFoundError(DomainError):
@@ -79,11 +81,13 @@ class ApiKeyStore:
     ) -> tuple[ApiKey, str]:
         """Create a key; returns its record and the plaintext (shown once, never stored)."""
         name = name.strip()
-        if not name or len(name) > 100:
-            raise InvalidArgumentError("name must be 1 to 100 characters", field="name")
+        if not name or len(name) > 100 or "\x00" in name:
+            raise InvalidArgumentError("name must be 1 to 100 characters, no NUL", field="name")
         now = int(time.time())
         if expires_at is not None and expires_at <= now:
             raise InvalidArgumentError("expires_at must be in the future", field="expires_at")
+        if expires_at is not None and expires_at > now + MAX_KEY_LIFETIME:
+            raise InvalidArgumentError("expires_at must be within 10 years", field="expires_at")
         key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
         plaintext = f"{PREFIX}{key_id}_{secret}"
         record = ApiKey(key_id, user_id, name, now, expires_at, None)
@@ -117,6 +121,8 @@ class ApiKeyStore:
 
     def revoke(self, user_id: str, key_id: str, *, actor: str = "") -> None:
         """Revoke one of the user's keys (404 if it is not theirs or already revoked)."""
+        if not KEY_ID.fullmatch(key_id):
+            raise ApiKeyNotFoundError("No such active API key", key_id=key_id[:32])
         with self.db.transaction() as tx:
             changed = tx.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND user_id = ? "

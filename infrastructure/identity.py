@@ -14,7 +14,7 @@ from domain.errors import DomainError, InvalidArgumentError
 from infrastructure.revocation import NoSignal, RevocationSignal
 from infrastructure.sql import Database, Tx
 
-EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,190}\.[^@\s.]{2,63}$")
+EMAIL = re.compile(r"^[^@\s\x00]{1,64}@[^@\s\x00]{1,190}\.[^@\s.\x00]{2,63}$")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
@@ -71,18 +71,18 @@ class UserStore:
         email = normalise_email(email)
         _check_password(password)
         name = name.strip()
-        if not name or len(name) > 200:
-            raise InvalidArgumentError("name must be 1 to 200 characters", field="name")
+        if not name or len(name) > 200 or "\x00" in name:
+            raise InvalidArgumentError("name must be 1 to 200 characters, no NUL", field="name")
         user = User(str(uuid.uuid4()), email, name, False, datetime.now(UTC).isoformat())
         digest = _hasher.hash(password)
         with self.db.transaction() as tx:
-            if tx.fetchone("SELECT 1 FROM users WHERE email = ?", (email,)):
-                raise UserExistsError("A user with this email already exists", email=email)
-            tx.execute(
+            inserted = tx.execute(  # one statement: concurrent sign-ups cannot both insert
                 "INSERT INTO users (id, email, name, password_hash, is_admin, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (email) DO NOTHING",
                 (user.id, email, name, digest, False, user.created_at),
             )
+            if not inserted:
+                raise UserExistsError("A user with this email already exists", email=email)
             self.record(tx, actor, "user.created", user.id)
         return user
 

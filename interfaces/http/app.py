@@ -17,6 +17,7 @@ from interfaces.http.errors import (
     make_internal_handler,
     on_domain_error,
     on_http_error,
+    on_too_deep,
     on_validation_error,
 )
 from interfaces.http.observability import Metrics, observe
@@ -51,6 +52,7 @@ def create_app(container: Container, *, developer_mode: bool = False) -> Litesta
         DomainError: on_domain_error,
         ValidationException: on_validation_error,
         HTTPException: on_http_error,
+        RecursionError: on_too_deep,
         Exception: make_internal_handler(developer_mode),
     }
     app = Litestar(

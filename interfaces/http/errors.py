@@ -103,6 +103,10 @@ def on_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dic
     return problem(exc.status_code, _title(exc.status_code), str(exc.detail), headers=headers)
 
 
+def on_too_deep(_: Request[Any, Any, Any], __: RecursionError) -> Response[dict[str, Any]]:
+    return problem(400, "Bad request", "Request body is nested too deeply")
+
+
 def make_internal_handler(developer_mode: bool) -> Any:
     def on_internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
         log.error(

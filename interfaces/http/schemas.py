@@ -8,12 +8,13 @@ from typing import Annotated
 
 from msgspec import Meta, Struct
 
-Email = Annotated[str, Meta(min_length=3, max_length=254)]
-Password = Annotated[str, Meta(min_length=8, max_length=1024)]
-Name = Annotated[str, Meta(min_length=1, max_length=200)]
-Reason = Annotated[str, Meta(max_length=500)]
-RequiredReason = Annotated[str, Meta(min_length=1, max_length=500)]
-Window = Annotated[str, Meta(min_length=1, max_length=16)]
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL; nobody means to send one
+Email = Annotated[str, Meta(min_length=3, max_length=254, pattern=NO_NUL)]
+Password = Annotated[str, Meta(min_length=8, max_length=1024, pattern=NO_NUL)]
+Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+Reason = Annotated[str, Meta(max_length=500, pattern=NO_NUL)]
+RequiredReason = Annotated[str, Meta(min_length=1, max_length=500, pattern=NO_NUL)]
+Window = Annotated[str, Meta(min_length=1, max_length=16, pattern=NO_NUL)]
 
 
 class RegisterBody(Struct, forbid_unknown_fields=True):
@@ -24,11 +25,11 @@ class RegisterBody(Struct, forbid_unknown_fields=True):
 
 class LoginBody(Struct, forbid_unknown_fields=True):
     email: Email
-    password: Annotated[str, Meta(min_length=1, max_length=1024)]
+    password: Annotated[str, Meta(min_length=1, max_length=1024, pattern=NO_NUL)]
 
 
 class ApiKeyBody(Struct, forbid_unknown_fields=True):
-    name: Annotated[str, Meta(min_length=1, max_length=100)]
+    name: Annotated[str, Meta(min_length=1, max_length=100, pattern=NO_NUL)]
     expires_at: datetime | None = None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Annotated, Any
+from uuid import UUID
 
 from litestar import Request, Router, get, post, put
 from litestar.di import NamedDependency, Provide
@@ -40,17 +41,17 @@ def users(request: Request[Any, Any, Any], principal: NamedDependency[Principal]
     return {"users": [user_json(u) for u in container_of(request).users.all()]}
 
 
-@get("/users/{user_id:str}", sync_to_thread=True, summary="One user with credits")
+@get("/users/{user_id:uuid}", sync_to_thread=True, summary="One user with credits")
 def user(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[str]
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[UUID]
 ) -> dict[str, Any]:
     c = container_of(request)
-    found = c.users.by_id(user_id)
+    found = c.users.by_id(str(user_id))
     return {"user": user_json(found), "credits": credits_json(c.queries.balance(found.id))}
 
 
 @post(
-    "/users/{user_id:str}/credits",
+    "/users/{user_id:uuid}/credits",
     status_code=201,
     sync_to_thread=True,
     summary="Grant credits (USD); Idempotency-Key makes retries one grant",
@@ -58,12 +59,12 @@ def user(
 def grant(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
-    user_id: FromPath[str],
+    user_id: FromPath[UUID],
     data: JSONBody[GrantBody],
     idempotency_key: IdempotencyKey = None,
 ) -> dict[str, Any]:
     c = container_of(request)
-    target = c.users.by_id(user_id)
+    target = c.users.by_id(str(user_id))
     amount = positive_usd(data.amount, "amount")
     outcome = c.ledger.grant(
         target.id,
@@ -82,18 +83,18 @@ def grant(
 
 
 @put(
-    "/users/{user_id:str}/limits",
+    "/users/{user_id:uuid}/limits",
     sync_to_thread=True,
     summary="Per-user guard-rail limits in USD (0 = off, null = service default)",
 )
 def set_limits(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
-    user_id: FromPath[str],
+    user_id: FromPath[UUID],
     data: JSONBody[LimitsBody],
 ) -> dict[str, Any]:
     c = container_of(request)
-    target = c.users.by_id(user_id)
+    target = c.users.by_id(str(user_id))
     changes: dict[str, int | None] = {}
     for window, value in data.limits.items():
         name = _window(window)
@@ -106,7 +107,7 @@ def set_limits(
 
 
 @post(
-    "/users/{user_id:str}/guardrails/reset",
+    "/users/{user_id:uuid}/guardrails/reset",
     status_code=200,
     sync_to_thread=True,
     summary="Reset spending windows (one or all), with a recorded reason",
@@ -114,39 +115,39 @@ def set_limits(
 def reset(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
-    user_id: FromPath[str],
+    user_id: FromPath[UUID],
     data: JSONBody[ResetBody],
 ) -> dict[str, Any]:
     c = container_of(request)
-    target = c.users.by_id(user_id)
+    target = c.users.by_id(str(user_id))
     windows = [_window(data.window)] if data.window else None
     c.ledger.reset_windows(target.id, windows, actor=_actor(principal), reason=data.reason)
     return {"message": "Spending reset", "windows": windows or "all"}
 
 
-@put("/users/{user_id:str}/cap", sync_to_thread=True, summary="Set the overage cap (USD)")
+@put("/users/{user_id:uuid}/cap", sync_to_thread=True, summary="Set the overage cap (USD)")
 def set_cap(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
-    user_id: FromPath[str],
+    user_id: FromPath[UUID],
     data: JSONBody[CapBody],
 ) -> dict[str, str]:
     c = container_of(request)
-    target = c.users.by_id(user_id)
+    target = c.users.by_id(str(user_id))
     cap = usd_to_micros(data.cap, field="cap")
     c.ledger.set_cap(target.id, cap, actor=_actor(principal), reason=data.reason)
     return {"credits_cap": micros_to_usd(cap)}
 
 
-@put("/users/{user_id:str}/role", sync_to_thread=True, summary="Grant or revoke the admin role")
+@put("/users/{user_id:uuid}/role", sync_to_thread=True, summary="Grant or revoke the admin role")
 def set_role(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
-    user_id: FromPath[str],
+    user_id: FromPath[UUID],
     data: JSONBody[RoleBody],
 ) -> dict[str, Any]:
     c = container_of(request)
-    target = c.users.by_id(user_id)
+    target = c.users.by_id(str(user_id))
     return {
         "user": user_json(c.users.set_admin(target.email, data.is_admin, actor=_actor(principal)))
     }

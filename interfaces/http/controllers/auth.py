@@ -12,6 +12,7 @@ from litestar.params import FromPath, JSONBody
 from infrastructure.api_keys import ApiKey
 from infrastructure.auth import Principal
 from infrastructure.identity import User
+from interfaces.http.errors import RateLimitedError
 from interfaces.http.schemas import ApiKeyBody, LoginBody, RegisterBody
 from interfaces.http.security import container_of, provide_principal
 
@@ -39,8 +40,17 @@ def key_json(key: ApiKey) -> dict[str, Any]:
     }
 
 
+def limit_anonymous(request: Request[Any, Any, Any]) -> None:
+    """Register and login cost an argon2 hash: limit them per client address too."""
+    c = container_of(request)
+    decision = c.limiter.hit(f"ip:{request.client.host if request.client else 'unknown'}")
+    if not decision.allowed:
+        raise RateLimitedError(decision)
+
+
 @post("/register", status_code=201, sync_to_thread=True, summary="Create an account")
 def register(request: Request[Any, Any, Any], data: JSONBody[RegisterBody]) -> dict[str, Any]:
+    limit_anonymous(request)
     c = container_of(request)
     user = c.users.create(data.email, data.password, data.name, actor="self-registration")
     c.ledger.open_account(user.id)
@@ -49,6 +59,7 @@ def register(request: Request[Any, Any, Any], data: JSONBody[RegisterBody]) -> d
 
 @post("/login", status_code=200, sync_to_thread=True, summary="Log in: a JWT for a new session")
 def login(request: Request[Any, Any, Any], data: JSONBody[LoginBody]) -> dict[str, Any]:
+    limit_anonymous(request)
     c = container_of(request)
     client = request.client.host if request.client else ""
     result = c.auth.login(

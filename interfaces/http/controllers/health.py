@@ -57,7 +57,9 @@ def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
 def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     collector = request.app.state.metrics
     collector.refresh()
-    return Response(generate_latest(collector.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(
+        generate_latest(collector.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
 
 
 handlers = [health, ready, metrics]

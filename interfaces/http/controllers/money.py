@@ -17,7 +17,9 @@ from interfaces.http.schemas import SpendCheckBody
 from interfaces.http.security import container_of, provide_principal, read
 
 Limit = Annotated[int, QueryParameter(ge=1, le=500, description="page size")]
-Before = Annotated[int | None, QueryParameter(ge=1, description="position cursor from next_before")]
+Before = Annotated[
+    int | None, QueryParameter(ge=1, le=2**63 - 1, description="position cursor from next_before")
+]
 Day = Annotated[date | None, QueryParameter(description="UTC day, YYYY-MM-DD")]
 
 

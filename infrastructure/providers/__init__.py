@@ -1,0 +1,1 @@
+"""GPU marketplace adapters, one module per provider (``domain.marketplace.GpuProvider``)."""
