@@ -108,7 +108,7 @@ class GpuInstance(Aggregate):
     def mark_failed(self, reason: str, *, now: datetime) -> None:
         if not self.is_live:
             raise InstanceStateError(f"instance is already {self.state}")
-        self._failed(reason=reason[:500], at=now)
+        self._failed(reason=reason[:500], ended_at=self.ended_at or now, at=now)
 
     def request_stop(self, reason: str, actor: str, *, now: datetime) -> bool:
         """Ask for it to stop; False if it is already stopping or ended."""
@@ -120,7 +120,7 @@ class GpuInstance(Aggregate):
     def mark_terminated(self, reason: str, *, now: datetime) -> None:
         if self.state in {"terminated", "failed"}:
             raise InstanceStateError(f"instance is already {self.state}")
-        self._terminated(reason=reason[:500], at=now)
+        self._terminated(reason=self.reason or reason[:500], ended_at=self.ended_at or now, at=now)
 
     def record_metering(self, total: int, until: datetime, hold_id: str) -> None:
         """Record that everything up to ``until`` (``total`` in all) is charged."""
@@ -143,10 +143,10 @@ class GpuInstance(Aggregate):
         self.billed_until = at
 
     @event("Failed")
-    def _failed(self, reason: str, at: datetime) -> None:
+    def _failed(self, reason: str, ended_at: datetime, at: datetime) -> None:
         self.state = "failed"
         self.reason = reason
-        self.ended_at = self.ended_at or at
+        self.ended_at = ended_at
 
     @event("StopRequested")
     def _stop_requested(self, reason: str, actor: str, at: datetime) -> None:
@@ -155,10 +155,10 @@ class GpuInstance(Aggregate):
         self.ended_at = at  # billing stops when the user asks, not when the provider obeys
 
     @event("Terminated")
-    def _terminated(self, reason: str, at: datetime) -> None:
+    def _terminated(self, reason: str, ended_at: datetime, at: datetime) -> None:
         self.state = "terminated"
-        self.reason = self.reason or reason
-        self.ended_at = self.ended_at or at
+        self.reason = reason
+        self.ended_at = ended_at
 
     @event("Metered")
     def _metered(self, total: int, until: datetime, hold_id: str) -> None:

@@ -55,6 +55,16 @@ class Settings:
     rate_limit_per_minute: int = 100
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 1_048_576
+    price_markup_ppm: int = 0
+    metering_interval: float = 60.0
+    instance_poll_interval: float = 5.0
+    guardrails_action: str = "stop"
+    sandbox_enabled: bool = True
+    sandbox_provisioning_delay: float = 2.0
+    vastai_api_key: str = field(default="", repr=False)
+    vastai_api_url: str = "https://console.vast.ai"
+    ionet_api_key: str = field(default="", repr=False)
+    ionet_api_url: str = "https://api.io.solutions"
 
     @property
     def sqlite_path(self) -> Path:
@@ -148,6 +158,7 @@ def load_settings(
     db_name = env.get("DB_NAME", "").strip() or default_name
     log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
     http = _http(env)
+    market = _marketplace(env)
     if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigError(f"LOG_LEVEL={log_level!r} is not a log level")
     return Settings(
@@ -163,6 +174,7 @@ def load_settings(
         projection_poll_interval=_float(env, "PROJECTION_POLL_INTERVAL", 1.0, 0.01, 60.0),
         log_level=log_level,
         **http,
+        **market,
     )
 
 
@@ -219,6 +231,39 @@ def _http(env: Mapping[str, str]) -> dict[str, Any]:
         "rate_limit_per_minute": _int(env, "RATE_LIMIT_PER_MINUTE", 100, 1, 1_000_000),
         "cors_origins": origins,
         "max_body_bytes": _int(env, "MAX_BODY_BYTES", 1_048_576, 1024, 1_073_741_824),
+    }
+
+
+def _marketplace(env: Mapping[str, str]) -> dict[str, Any]:
+    markup_raw = env.get("PRICE_MARKUP", "").strip() or "0"
+    try:
+        markup_ppm = usd_to_micros(markup_raw, field="PRICE_MARKUP")
+    except Exception as exc:
+        raise ConfigError(f"PRICE_MARKUP={markup_raw!r}: {exc}") from None
+    if not 0 <= markup_ppm <= 10_000_000:
+        raise ConfigError(f"PRICE_MARKUP={markup_raw!r} must be between 0 and 10 (a fraction)")
+    vast_key = env.get("VASTAI_API_KEY", "").strip()
+    ionet_key = env.get("IONET_API_KEY", "").strip()
+    urls = {}
+    for name, default in (
+        ("VASTAI_API_URL", "https://console.vast.ai"),
+        ("IONET_API_URL", "https://api.io.solutions"),
+    ):
+        url = env.get(name, "").strip().rstrip("/") or default
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{name}={url!r} must be an http(s) URL")
+        urls[name] = url
+    return {
+        "price_markup_ppm": markup_ppm,
+        "metering_interval": _float(env, "METERING_INTERVAL_SECONDS", 60.0, 0.05, 3600.0),
+        "instance_poll_interval": _float(env, "INSTANCE_POLL_SECONDS", 5.0, 0.05, 600.0),
+        "guardrails_action": _choice(env, "GUARDRAILS_ACTION", "stop", {"stop", "block"}),
+        "sandbox_enabled": _bool(env, "SANDBOX_PROVIDER_ENABLED", not (vast_key or ionet_key)),
+        "sandbox_provisioning_delay": _float(env, "SANDBOX_PROVISIONING_DELAY", 2.0, 0.0, 600.0),
+        "vastai_api_key": vast_key,
+        "vastai_api_url": urls["VASTAI_API_URL"],
+        "ionet_api_key": ionet_key,
+        "ionet_api_url": urls["IONET_API_URL"],
     }
 
 

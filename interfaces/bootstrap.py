@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from domain.marketplace import GpuProvider
 from domain.ports import Clock, system_clock
 from domain.services.ledger import LedgerApp, LedgerService
+from domain.services.marketplace import MarketplaceConfig, MarketplaceService
 from infrastructure.api_keys import ApiKeyStore
 from infrastructure.auth import AuthService
 from infrastructure.event_log import EventLog
 from infrastructure.eventstore import events_channel, eventstore_env
 from infrastructure.identity import UserStore
 from infrastructure.ledger_queries import LedgerQueries
+from infrastructure.marketplace_jobs import MarketplaceJobs
 from infrastructure.migrate import migrate as apply_migrations
 from infrastructure.pg_listen import PgWakeup
 from infrastructure.projection_runner import ProjectionRunner
@@ -49,9 +53,26 @@ class Container:
     auth: AuthService
     limiter: RateLimiter
     redis: Any | None
+    marketplace: MarketplaceService
     _closers: list[Any] = field(default_factory=list)
 
+    def jobs(self) -> MarketplaceJobs:
+        return MarketplaceJobs(
+            self.marketplace,
+            self.db,
+            poll_interval=self.settings.instance_poll_interval,
+            metering_interval=self.settings.metering_interval,
+        )
+
+    async def aclose_providers(self) -> None:
+        for provider in self.marketplace.providers.values():
+            await provider.aclose()
+
     def close(self) -> None:
+        try:
+            asyncio.run(self.aclose_providers())
+        except RuntimeError:  # inside a running loop: the app's shutdown hook closed them
+            log.debug("providers left to the running loop to close")
         self.runner.stop()
         self.ledger.close()
         for closer in reversed(self._closers):
@@ -92,6 +113,28 @@ def open_redis(settings: Settings) -> Any | None:
     return redis.Redis.from_url(
         settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
     )
+
+
+def open_providers(settings: Settings) -> dict[str, GpuProvider]:
+    """The enabled marketplaces: sandbox by default, vast.ai / io.net when keyed."""
+    providers: dict[str, GpuProvider] = {}
+    if settings.sandbox_enabled:
+        from infrastructure.providers.sandbox import SandboxProvider
+
+        providers["sandbox"] = SandboxProvider(
+            provisioning_delay=settings.sandbox_provisioning_delay
+        )
+    if settings.vastai_api_key:
+        from infrastructure.providers.vastai import VastAiProvider
+
+        providers["vast.ai"] = VastAiProvider(
+            base_url=settings.vastai_api_url, api_key=settings.vastai_api_key
+        )
+    if settings.ionet_api_key:
+        from infrastructure.providers.ionet import IoNetProvider
+
+        providers["io.net"] = IoNetProvider(settings.ionet_api_key, base_url=settings.ionet_api_url)
+    return providers
 
 
 def revocation_signal(settings: Settings, redis: Any | None) -> RevocationSignal:
@@ -169,6 +212,15 @@ def bootstrap(
             else MemoryRateLimiter(settings.rate_limit_per_minute)
         ),
         redis=redis,
+        marketplace=MarketplaceService(
+            ledger,
+            open_providers(settings),
+            clock=clock,
+            config=MarketplaceConfig(
+                markup_ppm=settings.price_markup_ppm,
+                guardrails_action=settings.guardrails_action,
+            ),
+        ),
     )
     if run_projections:
         if settings.db_type == "postgres":

@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"aiserve-gpuproxyd: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    app = create_app(container, developer_mode=developer)
+    app = create_app(container, developer_mode=developer, run_jobs=True)
     where = settings.sqlite_path if settings.db_type == "sqlite" else settings.db_host
     log.info(
         "ledger on %s (%s); HTTP on %s:%s", settings.db_type, where, settings.host, settings.port

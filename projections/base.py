@@ -16,7 +16,11 @@ from uuid import UUID
 
 def _micros(data: dict[str, Any]) -> int:
     """Business time (``at``, else the recording ``timestamp``) in epoch microseconds."""
-    at = data.get("at", data.get("timestamp"))
+    return to_micros(data.get("at", data.get("timestamp")))
+
+
+def to_micros(at: object) -> int:
+    """An event time (ISO string, datetime or epoch microseconds) in epoch microseconds."""
     if isinstance(at, int):
         return at
     moment = at if isinstance(at, datetime) else datetime.fromisoformat(str(at))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from projections.base import Insert, Op, Projection, Recorded, Upsert
+from projections.instances import InstancesProjection
 
 ACCOUNT = "CreditAccount."
 SPEND_EVENTS = {"CreditAccount.Charged", "CreditAccount.HoldCaptured"}
@@ -160,5 +161,6 @@ ALL: tuple[Projection, ...] = (
     TransactionsProjection(),
     SpendingProjection(),
     UsageProjection(),
+    InstancesProjection(),
 )
 BY_NAME: dict[str, Projection] = {p.name: p for p in ALL}

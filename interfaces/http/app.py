@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar
@@ -12,7 +13,7 @@ from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from domain.errors import DomainError
-from interfaces.http.controllers import admin, auth, health, money
+from interfaces.http.controllers import admin, auth, gpu, health, money
 from interfaces.http.errors import (
     make_internal_handler,
     on_domain_error,
@@ -28,7 +29,9 @@ if TYPE_CHECKING:
 VERSION = "0.1.0"
 
 
-def create_app(container: Container, *, developer_mode: bool = False) -> Litestar:
+def create_app(
+    container: Container, *, developer_mode: bool = False, run_jobs: bool = False
+) -> Litestar:
     """Build the HTTP app over an already-wired container (the composition root owns it)."""
     metrics = Metrics(container)
     settings = container.settings
@@ -55,8 +58,22 @@ def create_app(container: Container, *, developer_mode: bool = False) -> Litesta
         RecursionError: on_too_deep,
         Exception: make_internal_handler(developer_mode),
     }
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start_jobs() -> None:
+        if run_jobs:
+            tasks.append(asyncio.create_task(container.jobs().run_forever()))
+
+    async def stop_jobs() -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await container.aclose_providers()
+
     app = Litestar(
-        route_handlers=[*health.handlers, auth.router, money.router, admin.router],
+        on_startup=[start_jobs],
+        on_shutdown=[stop_jobs],
+        route_handlers=[*health.handlers, auth.router, money.router, admin.router, gpu.router],
         exception_handlers=handlers,
         middleware=[observe(metrics)],
         openapi_config=openapi,

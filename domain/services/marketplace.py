@@ -1,0 +1,445 @@
+"""Marketplace use cases: catalog, rent, poll, meter, destroy.
+
+Every money step is a ``CreditAccount`` command and every lifecycle step a ``GpuInstance``
+command; when both change they are saved in one transaction (optimistic concurrency on both,
+bounded retries). Provider calls happen between those transactions, never inside them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError
+
+from domain.credits import CreditAccount, account_id_for
+from domain.errors import ConcurrencyError, DomainError, InvalidArgumentError
+from domain.instances import GpuInstance
+from domain.marketplace import (
+    GpuProvider,
+    Offer,
+    OfferQuery,
+    OfferUnavailableError,
+    ProviderAuthError,
+    ProviderError,
+    RentRequest,
+)
+from domain.ports import Clock
+from domain.services.ledger import LedgerService
+
+T = TypeVar("T")
+INSTANCE_NAMESPACE = UUID("3c5e2a14-9b1f-4f3e-8d7a-2f6b1c0e9a55")
+
+
+class OfferNotFoundError(DomainError):
+    status = 404
+    title = "Offer not found"
+
+
+class InstanceNotFoundError(DomainError):
+    status = 404
+    title = "Instance not found"
+
+
+class ProviderFailedError(DomainError):
+    """The provider refused or failed; nothing was rented and the hold was released."""
+
+    status = 502
+    title = "Provider error"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    offers: list[Offer]
+    errors: dict[str, str]
+
+
+@dataclass(frozen=True)
+class RentSpec:
+    image: str = "nvidia/cuda:12.4.1-base-ubuntu22.04"
+    env: dict[str, str] = field(default_factory=dict)
+    ports: tuple[int, ...] = (8000,)
+    disk_gb: int = 20
+    onstart: str = ""
+
+
+@dataclass(frozen=True)
+class MarketplaceConfig:
+    markup_ppm: int = 0  # price markup in parts per million (PRICE_MARKUP=0.10 → 100_000)
+    hold_seconds: int = 3600  # how much running time one credit hold covers
+    renew_below_seconds: int = 600  # renew the hold when less than this much is left
+    cache_ttl: float = 30.0
+    search_timeout: float = 15.0
+    guardrails_action: str = "stop"  # or "block"
+
+
+class MarketplaceService:
+    def __init__(
+        self,
+        ledger: LedgerService,
+        providers: Mapping[str, GpuProvider],
+        *,
+        clock: Clock,
+        config: MarketplaceConfig | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.app = ledger.app
+        self.providers = dict(providers)
+        self.clock = clock
+        self.config = config or MarketplaceConfig()
+        self._cache: dict[tuple[str, OfferQuery], tuple[float, list[Offer]]] = {}
+
+    # ----------------------------------------------------------------- catalog
+
+    def price(self, provider_price: int) -> int:
+        """Our price per hour: the provider's plus markup, rounded up to a micro-USD."""
+        return math.ceil(provider_price * (1_000_000 + self.config.markup_ppm) / 1_000_000)
+
+    def provider(self, name: str) -> GpuProvider:
+        found = self.providers.get(name)
+        if found is None:
+            raise InvalidArgumentError(
+                f"unknown provider {name!r}; enabled: {', '.join(sorted(self.providers))}",
+                field="provider",
+            )
+        return found
+
+    async def catalog(self, query: OfferQuery, provider: str | None = None) -> Catalog:
+        """Offers from every (or one) provider, concurrently; a failing provider is reported."""
+        names = [self.provider(provider).name] if provider else sorted(self.providers)
+        results = await asyncio.gather(
+            *(self._search(n, query) for n in names), return_exceptions=True
+        )
+        offers: list[Offer] = []
+        errors: dict[str, str] = {}
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, BaseException):
+                errors[name] = _describe(result)
+            else:
+                offers.extend(
+                    replace(o, price_per_hour=self.price(o.price_per_hour)) for o in result
+                )
+        offers.sort(key=lambda o: (o.price_per_hour, o.provider, o.offer_id))
+        return Catalog(offers[: query.limit], errors)
+
+    async def _search(self, name: str, query: OfferQuery) -> list[Offer]:
+        key = (name, query)
+        cached = self._cache.get(key)
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
+        offers = await asyncio.wait_for(
+            self.providers[name].search(query), self.config.search_timeout
+        )
+        offers = [o for o in offers if query.accepts(o)]
+        self._cache[key] = (time.monotonic() + self.config.cache_ttl, offers)
+        return offers
+
+    async def _offer(self, provider: str, offer_id: str) -> Offer:
+        for (name, _), (expires, offers) in list(self._cache.items()):
+            if name == provider and expires > time.monotonic():
+                for offer in offers:
+                    if offer.offer_id == offer_id:
+                        return offer
+        for offer in await self._search(provider, OfferQuery(limit=1000)):
+            if offer.offer_id == offer_id:
+                return offer
+        raise OfferNotFoundError("No such offer (it may have been taken)", offer_id=offer_id)
+
+    # -------------------------------------------------------------- rent, etc.
+
+    async def rent(
+        self,
+        owner: str,
+        provider: str,
+        offer_id: str,
+        spec: RentSpec,
+        idempotency_key: str | None = None,
+    ) -> GpuInstance:
+        """Hold funds for ``hold_seconds`` of running, then rent; 402 if the hold is refused."""
+        adapter = self.provider(provider)
+        instance_id = (
+            uuid.uuid5(INSTANCE_NAMESPACE, f"{owner}:{idempotency_key}")
+            if idempotency_key
+            else uuid.uuid4()
+        )
+        existing = await asyncio.to_thread(self._find, instance_id)
+        if existing is not None:
+            if existing.owner != owner:
+                raise InvalidArgumentError("Idempotency-Key already used", field="Idempotency-Key")
+            return existing
+        offer = await self._offer(adapter.name, offer_id)
+        price = self.price(offer.price_per_hour)
+        hold_id = f"gpu:{instance_id}:1"
+
+        def request(account: CreditAccount, now: datetime) -> GpuInstance:
+            account.place_hold(
+                hold_id,
+                self._hold_amount(price),
+                key=f"rent:{instance_id}",
+                now=now,
+                expires_at=now + timedelta(seconds=self.config.hold_seconds * 2),
+                policy=self.ledger.policy,
+                reason="GPU rental",
+                reference=str(instance_id),
+                actor=owner,
+            )
+            return GpuInstance(
+                instance_id=instance_id,
+                owner=owner,
+                provider=adapter.name,
+                offer_id=offer_id,
+                gpu_model=offer.gpu_model,
+                num_gpus=offer.num_gpus,
+                price_per_hour=price,
+                provider_price_per_hour=offer.price_per_hour,
+                hold_id=hold_id,
+                image=spec.image,
+                at=now,
+            )
+
+        await asyncio.to_thread(self._create, owner, request)
+        try:
+            remote = await adapter.rent(
+                offer_id,
+                RentRequest(
+                    label=str(instance_id),
+                    image=spec.image,
+                    env=spec.env,
+                    ports=spec.ports,
+                    disk_gb=spec.disk_gb,
+                    onstart=spec.onstart,
+                ),
+            )
+        except ProviderError as exc:
+            await asyncio.to_thread(self._close_failed, instance_id, _describe(exc))
+            self._cache.clear()
+            status = 409 if isinstance(exc, OfferUnavailableError) else 502
+            error = ProviderFailedError(f"Rent failed: {_describe(exc)}", provider=adapter.name)
+            error.status = 503 if exc.retryable else status
+            raise error from exc
+
+        def provisioned(_: CreditAccount, gpu: GpuInstance, now: datetime) -> None:
+            gpu.mark_provisioning(remote.instance_id, now=now)
+            if remote.status == "running":
+                gpu.mark_running(remote.host, remote.port, now=now)
+
+        await asyncio.to_thread(self._transact, owner, instance_id, provisioned)
+        return await asyncio.to_thread(self.get, instance_id)
+
+    async def refresh(self, instance_id: UUID) -> GpuInstance:
+        """Ask the provider how a requested/provisioning instance is doing and record it."""
+        gpu = await asyncio.to_thread(self.get, instance_id)
+        if gpu.state not in {"requested", "provisioning"} or not gpu.provider_instance_id:
+            return gpu
+        try:
+            remote = await self.provider(gpu.provider).status(gpu.provider_instance_id)
+        except ProviderError as exc:
+            if exc.retryable or isinstance(exc, ProviderAuthError):
+                return gpu
+            await asyncio.to_thread(self._close_failed, instance_id, _describe(exc))
+            return await asyncio.to_thread(self.get, instance_id)
+        if remote.status == "running":
+
+            def running(_: CreditAccount, g: GpuInstance, now: datetime) -> None:
+                g.mark_running(remote.host, remote.port, now=now)
+
+            await asyncio.to_thread(self._transact, gpu.owner, instance_id, running)
+        elif remote.status in {"failed", "terminated"}:
+            await asyncio.to_thread(
+                self._close_failed,
+                instance_id,
+                f"provider reports {remote.raw_status or remote.status}",
+            )
+        return await asyncio.to_thread(self.get, instance_id)
+
+    def meter(self, instance_id: UUID) -> bool:
+        """Charge what is due from the hold; renew the hold; True if it must be stopped."""
+        gpu = self.get(instance_id)
+
+        def charge(account: CreditAccount, g: GpuInstance, now: datetime) -> bool:
+            self._capture_due(account, g, now)
+            if g.state != "running":
+                return False
+            hold = account.holds.get(g.hold_id)
+            left = 0 if hold is None else hold["amount"] - hold["captured"]
+            if left * 3600 >= g.price_per_hour * self.config.renew_below_seconds:
+                return False
+            return not self._renew_hold(account, g, now)
+
+        must_stop: bool = self._transact(gpu.owner, instance_id, charge)
+        return must_stop and self.config.guardrails_action == "stop"
+
+    async def destroy(
+        self, instance_id: UUID, *, actor: str, reason: str = "destroyed by the owner"
+    ) -> GpuInstance:
+        """Stop billing now, release the hold's rest, destroy at the provider, close it."""
+        gpu = await asyncio.to_thread(self.get, instance_id)
+
+        def stop(account: CreditAccount, g: GpuInstance, now: datetime) -> None:
+            if g.request_stop(reason, actor, now=now):
+                self._capture_due(account, g, now)
+                self._release(account, g, now)
+
+        await asyncio.to_thread(self._transact, gpu.owner, instance_id, stop)
+        gpu = await asyncio.to_thread(self.get, instance_id)
+        if gpu.provider_instance_id and gpu.state == "stopping":
+            try:
+                await self.provider(gpu.provider).destroy(gpu.provider_instance_id)
+            except ProviderError as exc:
+                if exc.retryable:
+                    return gpu  # stays "stopping"; the background job retries
+                raise ProviderFailedError(f"Destroy failed: {_describe(exc)}") from exc
+
+        def terminated(_: CreditAccount, g: GpuInstance, now: datetime) -> None:
+            if g.state == "stopping":
+                g.mark_terminated(reason, now=now)
+
+        await asyncio.to_thread(self._transact, gpu.owner, instance_id, terminated)
+        return await asyncio.to_thread(self.get, instance_id)
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, instance_id: UUID) -> GpuInstance:
+        found = self._find(instance_id)
+        if found is None:
+            raise InstanceNotFoundError("No such instance", instance_id=str(instance_id))
+        return found
+
+    def _find(self, instance_id: UUID) -> GpuInstance | None:
+        try:
+            gpu: GpuInstance = self.app.repository.get(instance_id)
+        except AggregateNotFoundError:
+            return None
+        return gpu if isinstance(gpu, GpuInstance) else None
+
+    # ---------------------------------------------------------------- helpers
+
+    def _hold_amount(self, price_per_hour: int) -> int:
+        return max(1, math.ceil(price_per_hour * self.config.hold_seconds / 3600))
+
+    def _capture_due(self, account: CreditAccount, gpu: GpuInstance, now: datetime) -> None:
+        due = gpu.due(now)
+        delta = due - gpu.billed
+        if delta <= 0:
+            return
+        hold = account.holds.get(gpu.hold_id)
+        left = 0 if hold is None or hold["expires_at"] <= now else hold["amount"] - hold["captured"]
+        taken = min(delta, left)
+        if taken:
+            account.capture(
+                gpu.hold_id,
+                taken,
+                key=f"meter:{gpu.id}:{due}",
+                now=now,
+                reason="GPU time",
+                actor="metering",
+            )
+        if taken < delta:
+            try:
+                account.charge(
+                    delta - taken,
+                    key=f"meter-extra:{gpu.id}:{due}",
+                    now=now,
+                    policy=self.ledger.policy,
+                    reason="GPU time",
+                    actor="metering",
+                    reference=str(gpu.id),
+                )
+                taken = delta
+            except DomainError:
+                pass  # cannot be paid: billed stays behind; the instance is being stopped
+        gpu.record_metering(gpu.billed + taken, now, gpu.hold_id)
+
+    def _renew_hold(self, account: CreditAccount, gpu: GpuInstance, now: datetime) -> bool:
+        number = int(gpu.hold_id.rsplit(":", 1)[1]) + 1
+        new_id = f"gpu:{gpu.id}:{number}"
+        try:
+            account.place_hold(
+                new_id,
+                self._hold_amount(gpu.price_per_hour),
+                key=f"renew:{new_id}",
+                now=now,
+                expires_at=now + timedelta(seconds=self.config.hold_seconds * 2),
+                policy=self.ledger.policy,
+                reason="GPU rental",
+                reference=str(gpu.id),
+                actor="metering",
+            )
+        except DomainError:
+            return False
+        self._release(account, gpu, now)
+        gpu.record_metering(gpu.billed, now, new_id)
+        return True
+
+    @staticmethod
+    def _release(account: CreditAccount, gpu: GpuInstance, now: datetime) -> None:
+        if gpu.hold_id in account.holds:
+            account.release(gpu.hold_id, key=f"release:{gpu.hold_id}", now=now, actor="metering")
+
+    def _close_failed(self, instance_id: UUID, reason: str) -> None:
+        gpu = self.get(instance_id)
+
+        def fail(account: CreditAccount, g: GpuInstance, now: datetime) -> None:
+            if g.is_live:
+                self._capture_due(account, g, now)
+                g.mark_failed(reason, now=now)
+                self._release(account, g, now)
+
+        self._transact(gpu.owner, instance_id, fail)
+
+    def _create(
+        self, owner: str, command: Callable[[CreditAccount, datetime], GpuInstance]
+    ) -> GpuInstance:
+        """Run ``command`` on the owner's account; save it with the instance it creates."""
+        return self._retrying(owner, lambda account, now: (command(account, now),) * 2)
+
+    def _transact(
+        self,
+        owner: str,
+        instance_id: UUID,
+        command: Callable[[CreditAccount, GpuInstance, datetime], T],
+    ) -> T:
+        """Run ``command`` on the owner's account and the instance; save both at once."""
+
+        def run(account: CreditAccount, now: datetime) -> tuple[T, GpuInstance]:
+            gpu = self.get(instance_id)
+            return command(account, gpu, now), gpu
+
+        return self._retrying(owner, run)
+
+    def _retrying(
+        self,
+        owner: str,
+        run: Callable[[CreditAccount, datetime], tuple[T, GpuInstance]],
+    ) -> T:
+        account_id = account_id_for(owner)
+        for attempt in range(10):
+            now = self.clock()
+            try:
+                account: CreditAccount = self.app.repository.get(account_id)
+            except AggregateNotFoundError:
+                account = CreditAccount(user_id=owner, at=now)
+            result, gpu = run(account, now)
+            try:
+                self.app.save(account, gpu)
+            except IntegrityError:
+                time.sleep(random.uniform(0, 0.002 * 2**attempt))  # noqa: S311 - jitter
+                continue
+            self.ledger.committer.evict(account_id)  # its cached copy is now behind
+            return result
+        raise ConcurrencyError("Too many concurrent updates; retry")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,89 @@
+"""Background work of the marketplace: poll new instances, meter running ones, finish stops.
+
+Runs as one asyncio task in the server process. It picks work from the ``instances`` read
+model (which only says *what to look at*); every decision is taken by the aggregates through
+``MarketplaceService``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable
+
+from domain.errors import DomainError
+from domain.marketplace import ProviderError
+from domain.services.marketplace import MarketplaceService
+from infrastructure.sql import Database
+
+log = logging.getLogger(__name__)
+
+
+class MarketplaceJobs:
+    def __init__(
+        self,
+        market: MarketplaceService,
+        db: Database,
+        *,
+        poll_interval: float,
+        metering_interval: float,
+    ) -> None:
+        self.market = market
+        self.db = db
+        self.poll_interval = poll_interval
+        self.metering_interval = metering_interval
+        self._last_metering = 0.0
+
+    def _ids(self, *states: str) -> list[uuid.UUID]:
+        marks = ", ".join("?" for _ in states)
+        with self.db.read() as tx:
+            rows = tx.fetchall(
+                f"SELECT instance_id FROM instances WHERE state IN ({marks})", states
+            )
+        return [uuid.UUID(str(r[0])) for r in rows]
+
+    async def run_once(self) -> None:
+        """One round: refresh starting instances, finish stops, meter if it is time."""
+        for instance_id in await asyncio.to_thread(self._ids, "requested", "provisioning"):
+            await self._guard(self.market.refresh(instance_id))
+        for instance_id in await asyncio.to_thread(self._ids, "stopping"):
+            await self._guard(
+                self.market.destroy(instance_id, actor="system", reason="stop requested")
+            )
+        if time.monotonic() - self._last_metering >= self.metering_interval:
+            self._last_metering = time.monotonic()
+            await self.meter_all()
+
+    async def meter_all(self) -> None:
+        for instance_id in await asyncio.to_thread(self._ids, "running"):
+            try:
+                must_stop = await asyncio.to_thread(self.market.meter, instance_id)
+            except DomainError:
+                log.exception("metering %s failed", instance_id)
+                continue
+            if must_stop:
+                log.info("stopping %s: credits or a guard-rail window ran out", instance_id)
+                await self._guard(
+                    self.market.destroy(
+                        instance_id,
+                        actor="guardrails",
+                        reason="credits or spending limit exhausted",
+                    )
+                )
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("marketplace jobs round failed")
+            await asyncio.sleep(self.poll_interval)
+
+    @staticmethod
+    async def _guard(work: Awaitable[object]) -> None:
+        try:
+            await work
+        except (DomainError, ProviderError) as exc:
+            log.warning("marketplace job step failed: %s", exc)

@@ -1,0 +1,197 @@
+"""GPU marketplace: catalog, rent, list, inspect and destroy your instances."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import msgspec
+from litestar import Request, Router, delete, get, post
+from litestar.concurrency import sync_to_thread
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from msgspec import Meta, Struct
+
+from domain.instances import GpuInstance
+from domain.marketplace import Offer, OfferQuery
+from domain.money import micros_to_usd, usd_to_micros
+from domain.services.marketplace import InstanceNotFoundError, RentSpec
+from infrastructure.auth import Principal
+from interfaces.http.schemas import NO_NUL
+from interfaces.http.security import container_of, provide_principal
+
+Text = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+
+
+class RentBody(Struct, forbid_unknown_fields=True):
+    image: Annotated[str, Meta(min_length=1, max_length=300, pattern=NO_NUL)] = (
+        "nvidia/cuda:12.4.1-base-ubuntu22.04"
+    )
+    env: dict[
+        Annotated[str, Meta(max_length=100, pattern=NO_NUL)],
+        Annotated[str, Meta(max_length=2000, pattern=NO_NUL)],
+    ] = {}
+    ports: Annotated[list[Annotated[int, Meta(ge=1, le=65535)]], Meta(max_length=16)] = (
+        msgspec.field(default_factory=lambda: [8000])
+    )
+    disk_gb: Annotated[int, Meta(ge=1, le=4096)] = 20
+    onstart: Annotated[str, Meta(max_length=4000, pattern=NO_NUL)] = ""
+
+
+def offer_json(offer: Offer) -> dict[str, Any]:
+    return {
+        "id": offer.offer_id,
+        "provider": offer.provider,
+        "gpu_model": offer.gpu_model,
+        "num_gpus": offer.num_gpus,
+        "vram_gb": offer.vram_gb,
+        "price_per_hour": micros_to_usd(offer.price_per_hour),
+        "location": offer.location,
+        "reliability": offer.reliability,
+        "metadata": offer.metadata,
+    }
+
+
+def instance_json(gpu: GpuInstance, now: datetime) -> dict[str, Any]:
+    def iso(moment: datetime | None) -> str | None:
+        return None if moment is None else moment.isoformat()
+
+    return {
+        "id": str(gpu.id),
+        "provider": gpu.provider,
+        "offer_id": gpu.offer_id,
+        "provider_instance_id": gpu.provider_instance_id,
+        "state": gpu.state,
+        "gpu_model": gpu.gpu_model,
+        "num_gpus": gpu.num_gpus,
+        "price_per_hour": micros_to_usd(gpu.price_per_hour),
+        "endpoint": f"http://{gpu.host}:{gpu.port}" if gpu.host and gpu.port else None,
+        "image": gpu.image,
+        "requested_at": iso(gpu.requested_at),
+        "started_at": iso(gpu.started_at),
+        "ended_at": iso(gpu.ended_at),
+        "billed": micros_to_usd(gpu.billed),
+        "cost_so_far": micros_to_usd(gpu.due(now)),
+        "reason": gpu.reason or None,
+    }
+
+
+@get("/instances", summary="GPU offers from every marketplace (or one), cheapest first")
+async def catalog(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    provider: Annotated[str | None, QueryParameter(max_length=32)] = None,
+    min_vram: Annotated[float | None, QueryParameter(ge=0, le=10_000)] = None,
+    max_price: Annotated[str | None, QueryParameter(max_length=32)] = None,
+    gpu_model: Annotated[str | None, QueryParameter(max_length=64, pattern=NO_NUL)] = None,
+    region: Annotated[str | None, QueryParameter(max_length=64, pattern=NO_NUL)] = None,
+    num_gpus: Annotated[int | None, QueryParameter(ge=1, le=64)] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 64,
+) -> dict[str, Any]:
+    market = container_of(request).marketplace
+    query = OfferQuery(
+        min_vram_gb=min_vram,
+        max_price_per_hour=None
+        if max_price is None
+        else usd_to_micros(max_price, field="max_price"),
+        gpu_model=gpu_model,
+        region=region,
+        num_gpus=num_gpus,
+        limit=limit,
+    )
+    result = await market.catalog(query, provider if provider not in (None, "all") else None)
+    return {
+        "offers": [offer_json(o) for o in result.offers],
+        "count": len(result.offers),
+        "errors": result.errors,
+    }
+
+
+@post(
+    "/instances/{provider:str}/{offer_id:str}",
+    status_code=201,
+    summary="Rent an offer: a credit hold first (402 if refused), then the provider",
+)
+async def rent(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    provider: FromPath[str],
+    offer_id: FromPath[str],
+    data: JSONBody[RentBody],
+    idempotency_key: Annotated[
+        str | None, HeaderParameter(name="Idempotency-Key", max_length=200, required=False)
+    ] = None,
+) -> dict[str, Any]:
+    c = container_of(request)
+    spec = RentSpec(
+        image=data.image,
+        env=dict(data.env),
+        ports=tuple(data.ports),
+        disk_gb=data.disk_gb,
+        onstart=data.onstart,
+    )
+    gpu = await c.marketplace.rent(principal.user_id, provider, offer_id, spec, idempotency_key)
+    return {"instance": instance_json(gpu, c.ledger.clock())}
+
+
+def _owned(request: Request[Any, Any, Any], principal: Principal, instance_id: UUID) -> GpuInstance:
+    gpu = container_of(request).marketplace.get(instance_id)
+    if gpu.owner != principal.user_id and not principal.is_admin:
+        raise InstanceNotFoundError("No such instance", instance_id=str(instance_id))
+    return gpu
+
+
+@get("/instances/{provider:str}/{instance_id:uuid}", summary="One of your instances")
+async def instance(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    provider: FromPath[str],
+    instance_id: FromPath[UUID],
+) -> dict[str, Any]:
+    gpu = await sync_to_thread(_owned, request, principal, instance_id)
+    if gpu.provider != provider:
+        raise InstanceNotFoundError("No such instance", instance_id=str(instance_id))
+    return {"instance": instance_json(gpu, container_of(request).ledger.clock())}
+
+
+@delete(
+    "/instances/{provider:str}/{instance_id:uuid}",
+    status_code=200,
+    summary="Stop billing and destroy one of your instances",
+)
+async def destroy(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    provider: FromPath[str],
+    instance_id: FromPath[UUID],
+) -> dict[str, Any]:
+    c = container_of(request)
+    gpu = await sync_to_thread(_owned, request, principal, instance_id)
+    if gpu.provider != provider:
+        raise InstanceNotFoundError("No such instance", instance_id=str(instance_id))
+    gpu = await c.marketplace.destroy(instance_id, actor=principal.user_id)
+    return {"instance": instance_json(gpu, c.ledger.clock())}
+
+
+@get("/rentals", sync_to_thread=True, summary="Your instances, newest first")
+def rentals(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+) -> dict[str, Any]:
+    c = container_of(request)
+    with c.db.read() as tx:
+        rows = tx.fetchall(
+            "SELECT instance_id FROM instances WHERE owner = ? ORDER BY requested_at DESC "
+            "LIMIT 200",
+            (principal.user_id,),
+        )
+    now = c.ledger.clock()
+    return {"rentals": [instance_json(c.marketplace.get(UUID(str(r[0]))), now) for r in rows]}
+
+
+router = Router(
+    path="/api/v1/gpu",
+    tags=["gpu"],
+    dependencies={"principal": Provide(provide_principal)},
+    route_handlers=[catalog, rent, instance, destroy, rentals],
+)

@@ -1,0 +1,1 @@
+"""Local fake marketplace servers that follow the real provider APIs, errors included."""
