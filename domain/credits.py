@@ -5,7 +5,9 @@ rules, then triggers exactly one past-tense event whose apply step (the decorate
 method) only changes state, so old events always replay even after rules change.
 
 Invariants, enforced on every command:
-- available (balance minus outstanding holds) never goes below minus the overage cap;
+- no command that spends or debits takes available (balance minus outstanding holds) below
+  minus the overage cap (an admin lowering the cap later blocks further spend, it does not
+  rewrite what was already spent);
 - a hold is captured at most up to its amount, never after release or expiry;
 - no enabled guard-rail window (spend plus outstanding holds) goes over its limit;
 - a money command with an idempotency key already seen is one effect: it is not applied

@@ -62,7 +62,10 @@ class HoldNotFoundError(DomainError):
 
 
 class HoldConflictError(DomainError):
-    """The hold exists but cannot take this command (expired, over-capture, id reused)."""
+    """The hold cannot take this command (over-capture, or its id is already in use).
+
+    A hold past its deadline is expired first, so commands on it get ``HoldNotFoundError``.
+    """
 
     status = 409
     title = "Hold conflict"

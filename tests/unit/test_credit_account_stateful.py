@@ -281,12 +281,17 @@ class CreditAccountMachine(RuleBasedStateMachine):
             del self.model.holds[hold_id]
 
     def check_spend_accepted(self) -> None:
+        """After an applied charge or hold: funds and every enabled window are within limits."""
         now = self.clock.now
         account = self.account
         assert account.available >= -account.cap
         spent = account.window_spend(now)
-        for window, limit in POLICY.effective_limits(account.limits).items():
+        limits = POLICY.effective_limits(account.limits)
+        assert limits == self.model.effective_limits()
+        model_spent = self.model.window_spend(now)
+        for window, limit in limits.items():
             assert spent[window] + account.held <= limit, (window, spent[window], limit)
+            assert model_spent[window] + self.model.held <= limit, (window, limit)
 
     # --------------------------------------------------------------------- rules
 
@@ -628,8 +633,7 @@ class CreditAccountMachine(RuleBasedStateMachine):
             assert 0 <= hold["captured"] <= hold["amount"]
         assert account.available == account.balance - account.held
         # available >= -cap, unless set_cap cut the cap below the overage already taken
-        # (set_cap does not refuse that); spending commands re-check -cap themselves.
-        assert self.model.floor <= -account.cap
+        # (set_cap does not refuse that); every applied spend re-checks -cap itself.
         assert account.available >= self.model.floor
         assert account.overage == max(0, -account.balance)
 

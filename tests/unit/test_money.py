@@ -94,17 +94,38 @@ def test_usd_to_micros_refuses(value: object) -> None:
 @pytest.mark.parametrize(
     "value",
     [
-        # 31 significant digits: Decimal's 28-digit context rounds the fraction away.
+        # More significant digits than Decimal's 28-digit context: must not be rounded away.
         "123456789.0000000000000000000001",
-        # Underflows to zero in the default context instead of being refused.
+        "0.0000010000000000000000000000000000001",
+        # Would underflow to zero in Decimal arithmetic.
         "1e-9999999",
-        # decimal.Overflow escapes instead of InvalidAmountError.
+        # Would raise decimal.Overflow in Decimal arithmetic.
         "1e1000000",
+        "-9e999999999",
+        "1" + "0" * 5000,
+        Decimal("1e1000000"),
     ],
 )
-def test_usd_to_micros_refuses_extreme_decimals(value: str) -> None:
+def test_usd_to_micros_refuses_extreme_decimals(value: str | Decimal) -> None:
     with pytest.raises(InvalidAmountError):
         usd_to_micros(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("100e-8", 1),
+        ("0.1e-5", 1),
+        ("0E-1000000", 0),
+        ("-0", 0),
+        ("0.0000000", 0),
+        ("1.000000000000000000000000000000000", 1_000_000),
+        ("1000000000.000000000000000000000000000", MAX_MICROS),
+        ("1e9", MAX_MICROS),
+    ],
+)
+def test_usd_to_micros_exact_with_unusual_exponents(value: str, expected: int) -> None:
+    assert usd_to_micros(value) == expected
 
 
 @pytest.mark.parametrize(
