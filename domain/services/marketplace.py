@@ -15,10 +15,11 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
 from domain.credits import CreditAccount, account_id_for
@@ -34,6 +35,7 @@ from domain.marketplace import (
     RentRequest,
 )
 from domain.ports import Clock
+from domain.reservations import MAX_GPUS, Reservation
 from domain.services.ledger import LedgerService
 
 T = TypeVar("T")
@@ -163,8 +165,13 @@ class MarketplaceService:
         offer_id: str,
         spec: RentSpec,
         idempotency_key: str | None = None,
+        *,
+        shared_hold: str | None = None,
     ) -> GpuInstance:
-        """Hold funds for ``hold_seconds`` of running, then rent; 402 if the hold is refused."""
+        """Hold funds for ``hold_seconds`` of running, then rent; 402 if the hold is refused.
+
+        ``shared_hold``: a reservation's hold that already covers this instance.
+        """
         adapter = self.provider(provider)
         instance_id = (
             uuid.uuid5(INSTANCE_NAMESPACE, f"{owner}:{idempotency_key}")
@@ -178,20 +185,11 @@ class MarketplaceService:
             return existing
         offer = await self._offer(adapter.name, offer_id)
         price = self.price(offer.price_per_hour)
-        hold_id = f"gpu:{instance_id}:1"
+        hold_id = shared_hold or f"gpu:{instance_id}:1"
 
         def request(account: CreditAccount, now: datetime) -> GpuInstance:
-            account.place_hold(
-                hold_id,
-                self._hold_amount(price),
-                key=f"rent:{instance_id}",
-                now=now,
-                expires_at=now + timedelta(seconds=self.config.hold_seconds * 2),
-                policy=self.ledger.policy,
-                reason="GPU rental",
-                reference=str(instance_id),
-                actor=owner,
-            )
+            if shared_hold is None:
+                self._place_own_hold(account, hold_id, price, instance_id, owner, now)
             return GpuInstance(
                 instance_id=instance_id,
                 owner=owner,
@@ -306,6 +304,171 @@ class MarketplaceService:
         await asyncio.to_thread(self._transact, gpu.owner, instance_id, terminated)
         return await asyncio.to_thread(self.get, instance_id)
 
+    # ----------------------------------------------------------- reservations
+
+    async def reserve(
+        self,
+        owner: str,
+        count: int,
+        query: OfferQuery,
+        provider: str | None,
+        spec: RentSpec,
+        *,
+        timeout: float = 300.0,
+        poll: float = 0.5,
+    ) -> Reservation:
+        """Rent ``count`` GPUs under one hold, all running within ``timeout`` or none."""
+        if not 1 <= count <= MAX_GPUS:
+            raise InvalidArgumentError(f"count must be 1 to {MAX_GPUS}", field="count")
+        catalog = await self.catalog(replace(query, limit=max(64, 4 * count)), provider)
+        offers = catalog.offers
+        if not offers:
+            detail = "; ".join(f"{k}: {v}" for k, v in catalog.errors.items())
+            raise InvalidArgumentError(
+                "No offer matches these filters" + (f" ({detail})" if detail else ""),
+                field="filters",
+            )
+        planned = (offers * count)[:count]  # cheapest first; a short list is reused
+        amount = self._hold_amount(sum(o.price_per_hour for o in planned))
+        reservation_id = uuid.uuid4()
+        hold_id = f"res:{reservation_id}"
+
+        def request(account: CreditAccount, now: datetime) -> Reservation:
+            account.place_hold(
+                hold_id,
+                amount,
+                key=f"hold:{hold_id}",
+                now=now,
+                expires_at=now + timedelta(seconds=self.config.hold_seconds * 2),
+                policy=self.ledger.policy,
+                reason="GPU reservation",
+                reference=str(reservation_id),
+                actor=owner,
+            )
+            return Reservation(
+                reservation_id=reservation_id,
+                owner=owner,
+                count=count,
+                provider=provider or "all",
+                filters=_filters(query),
+                image=spec.image,
+                hold_id=hold_id,
+                hold_amount=amount,
+                deadline=now + timedelta(seconds=timeout),
+                at=now,
+            )
+
+        await asyncio.to_thread(self._retrying, owner, lambda a, n: (request(a, n),) * 2)
+        candidates = iter(offers * count)  # failover: the next cheapest offer not yet tried
+        await asyncio.gather(
+            *(self._fill_slot(reservation_id, candidates, spec) for _ in range(count))
+        )
+        return await self._settle(reservation_id, timeout=timeout, poll=poll)
+
+    async def _fill_slot(self, reservation_id: UUID, candidates: Any, spec: RentSpec) -> None:
+        reservation = await asyncio.to_thread(self.get_reservation, reservation_id)
+        for offer in candidates:
+            try:
+                gpu = await self.rent(
+                    reservation.owner,
+                    offer.provider,
+                    offer.offer_id,
+                    spec,
+                    shared_hold=reservation.hold_id,
+                )
+            except DomainError as exc:
+                failure = exc.message
+                await asyncio.to_thread(
+                    self._update_reservation,
+                    reservation_id,
+                    _failed_rent(offer.provider, offer.offer_id, failure),
+                )
+                continue
+            await asyncio.to_thread(self._update_reservation, reservation_id, _member(gpu))
+            return
+
+    async def _settle(self, reservation_id: UUID, *, timeout: float, poll: float) -> Reservation:
+        deadline = time.monotonic() + timeout
+        while True:
+            reservation = await asyncio.to_thread(self.get_reservation, reservation_id)
+            if len(reservation.members) < reservation.count:
+                return await self._roll_back(reservation, "not enough offers could be rented")
+            states = []
+            for member in reservation.members:
+                gpu = await self.refresh(UUID(member))
+                states.append(gpu.state)
+            if all(state == "running" for state in states):
+                await asyncio.to_thread(
+                    self._update_reservation, reservation_id, lambda r, now: r.confirm(now=now)
+                )
+                return await asyncio.to_thread(self.get_reservation, reservation_id)
+            if any(state not in {"requested", "provisioning", "running"} for state in states):
+                return await self._roll_back(reservation, "an instance failed to start")
+            if time.monotonic() >= deadline:
+                return await self._roll_back(reservation, "not all instances were running in time")
+            await asyncio.sleep(poll)
+
+    async def _roll_back(self, reservation: Reservation, reason: str) -> Reservation:
+        for member in reservation.members:
+            gpu = await asyncio.to_thread(self.get, UUID(member))
+            if gpu.is_live:
+                await self.destroy(gpu.id, actor="reservation", reason=f"reservation: {reason}")
+        await asyncio.to_thread(
+            self._close_reservation, reservation.id, lambda r, now: r.fail(reason, now=now)
+        )
+        return await asyncio.to_thread(self.get_reservation, reservation.id)
+
+    async def release_reservation(self, reservation_id: UUID, *, actor: str) -> Reservation:
+        """Destroy every member and free what is left of the hold."""
+        reservation = await asyncio.to_thread(self.get_reservation, reservation_id)
+        for member in reservation.members:
+            gpu = await asyncio.to_thread(self.get, UUID(member))
+            if gpu.is_live:
+                await self.destroy(gpu.id, actor=actor, reason="reservation released")
+        await asyncio.to_thread(
+            self._close_reservation, reservation_id, lambda r, now: r.release(actor, now=now)
+        )
+        return await asyncio.to_thread(self.get_reservation, reservation_id)
+
+    def get_reservation(self, reservation_id: UUID) -> Reservation:
+        found: Any
+        try:
+            found = self.app.repository.get(reservation_id)
+        except AggregateNotFoundError:
+            found = None
+        if not isinstance(found, Reservation):
+            raise InstanceNotFoundError("No such reservation", reservation_id=str(reservation_id))
+        return found
+
+    def _update_reservation(
+        self, reservation_id: UUID, change: Callable[[Reservation, datetime], None]
+    ) -> None:
+        reservation = self.get_reservation(reservation_id)
+
+        def run(_: CreditAccount, now: datetime) -> tuple[None, Aggregate]:
+            current = self.get_reservation(reservation_id)
+            change(current, now)
+            return None, current
+
+        self._retrying(reservation.owner, run)
+
+    def _close_reservation(
+        self, reservation_id: UUID, change: Callable[[Reservation, datetime], None]
+    ) -> None:
+        """Change the reservation and release the rest of its hold, in one transaction."""
+        reservation = self.get_reservation(reservation_id)
+
+        def run(account: CreditAccount, now: datetime) -> tuple[None, Aggregate]:
+            current = self.get_reservation(reservation_id)
+            change(current, now)
+            if current.hold_id in account.holds:
+                account.release(
+                    current.hold_id, key=f"release:{current.hold_id}", now=now, actor="reservation"
+                )
+            return None, current
+
+        self._retrying(reservation.owner, run)
+
     # ------------------------------------------------------------------ reads
 
     def get(self, instance_id: UUID) -> GpuInstance:
@@ -322,6 +485,27 @@ class MarketplaceService:
         return gpu if isinstance(gpu, GpuInstance) else None
 
     # ---------------------------------------------------------------- helpers
+
+    def _place_own_hold(
+        self,
+        account: CreditAccount,
+        hold_id: str,
+        price: int,
+        instance_id: UUID,
+        actor: str,
+        now: datetime,
+    ) -> None:
+        account.place_hold(
+            hold_id,
+            self._hold_amount(price),
+            key=f"hold:{hold_id}",
+            now=now,
+            expires_at=now + timedelta(seconds=self.config.hold_seconds * 2),
+            policy=self.ledger.policy,
+            reason="GPU rental",
+            reference=str(instance_id),
+            actor=actor,
+        )
 
     def _hold_amount(self, price_per_hour: int) -> int:
         return max(1, math.ceil(price_per_hour * self.config.hold_seconds / 3600))
@@ -360,20 +544,11 @@ class MarketplaceService:
         gpu.record_metering(gpu.billed + taken, now, gpu.hold_id)
 
     def _renew_hold(self, account: CreditAccount, gpu: GpuInstance, now: datetime) -> bool:
-        number = int(gpu.hold_id.rsplit(":", 1)[1]) + 1
-        new_id = f"gpu:{gpu.id}:{number}"
+        own = f"gpu:{gpu.id}:"
+        number = int(gpu.hold_id[len(own) :]) + 1 if gpu.hold_id.startswith(own) else 1
+        new_id = f"{own}{number}"
         try:
-            account.place_hold(
-                new_id,
-                self._hold_amount(gpu.price_per_hour),
-                key=f"renew:{new_id}",
-                now=now,
-                expires_at=now + timedelta(seconds=self.config.hold_seconds * 2),
-                policy=self.ledger.policy,
-                reason="GPU rental",
-                reference=str(gpu.id),
-                actor="metering",
-            )
+            self._place_own_hold(account, new_id, gpu.price_per_hour, gpu.id, "metering", now)
         except DomainError:
             return False
         self._release(account, gpu, now)
@@ -382,7 +557,8 @@ class MarketplaceService:
 
     @staticmethod
     def _release(account: CreditAccount, gpu: GpuInstance, now: datetime) -> None:
-        if gpu.hold_id in account.holds:
+        """Free the rest of the instance's own hold (a reservation's shared hold stays)."""
+        if gpu.hold_id.startswith(f"gpu:{gpu.id}:") and gpu.hold_id in account.holds:
             account.release(gpu.hold_id, key=f"release:{gpu.hold_id}", now=now, actor="metering")
 
     def _close_failed(self, instance_id: UUID, reason: str) -> None:
@@ -419,7 +595,7 @@ class MarketplaceService:
     def _retrying(
         self,
         owner: str,
-        run: Callable[[CreditAccount, datetime], tuple[T, GpuInstance]],
+        run: Callable[[CreditAccount, datetime], tuple[T, Aggregate]],
     ) -> T:
         account_id = account_id_for(owner)
         for attempt in range(10):
@@ -437,6 +613,26 @@ class MarketplaceService:
             self.ledger.committer.evict(account_id)  # its cached copy is now behind
             return result
         raise ConcurrencyError("Too many concurrent updates; retry")
+
+
+def _failed_rent(
+    provider: str, offer_id: str, reason: str
+) -> Callable[[Reservation, datetime], None]:
+    def change(reservation: Reservation, now: datetime) -> None:
+        reservation.record_failed_rent(provider, offer_id, reason, now=now)
+
+    return change
+
+
+def _member(gpu: GpuInstance) -> Callable[[Reservation, datetime], None]:
+    def change(reservation: Reservation, now: datetime) -> None:
+        reservation.add_member(gpu.id, gpu.provider, gpu.offer_id, now=now)
+
+    return change
+
+
+def _filters(query: OfferQuery) -> dict[str, Any]:
+    return {k: v for k, v in vars(query).items() if v is not None and k != "limit"}
 
 
 def _describe(exc: BaseException) -> str:

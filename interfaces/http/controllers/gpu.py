@@ -16,6 +16,7 @@ from msgspec import Meta, Struct
 from domain.instances import GpuInstance
 from domain.marketplace import Offer, OfferQuery
 from domain.money import micros_to_usd, usd_to_micros
+from domain.reservations import Reservation
 from domain.services.marketplace import InstanceNotFoundError, RentSpec
 from infrastructure.auth import Principal
 from interfaces.http.schemas import NO_NUL
@@ -37,6 +38,33 @@ class RentBody(Struct, forbid_unknown_fields=True):
     )
     disk_gb: Annotated[int, Meta(ge=1, le=4096)] = 20
     onstart: Annotated[str, Meta(max_length=4000, pattern=NO_NUL)] = ""
+
+
+class ReserveBody(Struct, forbid_unknown_fields=True):
+    count: Annotated[int, Meta(ge=1, le=16)]
+    provider: Annotated[str, Meta(max_length=32, pattern=NO_NUL)] = "all"
+    min_vram: Annotated[float, Meta(ge=0, le=10_000)] | None = None
+    max_price: Annotated[str, Meta(max_length=32, pattern=NO_NUL)] | None = None
+    gpu_model: Annotated[str, Meta(max_length=64, pattern=NO_NUL)] | None = None
+    region: Annotated[str, Meta(max_length=64, pattern=NO_NUL)] | None = None
+    num_gpus: Annotated[int, Meta(ge=1, le=64)] | None = None
+    image: Annotated[str, Meta(min_length=1, max_length=300, pattern=NO_NUL)] = (
+        "nvidia/cuda:12.4.1-base-ubuntu22.04"
+    )
+
+
+def reservation_json(reservation: Reservation) -> dict[str, Any]:
+    return {
+        "id": str(reservation.id),
+        "state": reservation.state,
+        "count": reservation.count,
+        "provider": reservation.provider,
+        "filters": reservation.filters,
+        "instances": reservation.members,
+        "failed_attempts": reservation.attempts,
+        "reason": reservation.reason or None,
+        "held": micros_to_usd(reservation.hold_amount),
+    }
 
 
 def offer_json(offer: Offer) -> dict[str, Any]:
@@ -174,6 +202,73 @@ async def destroy(
     return {"instance": instance_json(gpu, c.ledger.clock())}
 
 
+@post(
+    "/instances/reserve",
+    status_code=201,
+    summary="Reserve 1-16 GPUs under one hold: all running before the deadline, or none",
+)
+async def reserve(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    data: JSONBody[ReserveBody],
+) -> dict[str, Any]:
+    c = container_of(request)
+    query = OfferQuery(
+        min_vram_gb=data.min_vram,
+        max_price_per_hour=None
+        if data.max_price is None
+        else usd_to_micros(data.max_price, field="max_price"),
+        gpu_model=data.gpu_model,
+        region=data.region,
+        num_gpus=data.num_gpus,
+    )
+    reservation = await c.marketplace.reserve(
+        principal.user_id,
+        data.count,
+        query,
+        None if data.provider == "all" else data.provider,
+        RentSpec(image=data.image),
+        timeout=c.settings.reservation_timeout,
+    )
+    return {"reservation": reservation_json(reservation)}
+
+
+def _own_reservation(
+    request: Request[Any, Any, Any], principal: Principal, reservation_id: UUID
+) -> Reservation:
+    found = container_of(request).marketplace.get_reservation(reservation_id)
+    if found.owner != principal.user_id and not principal.is_admin:
+        raise InstanceNotFoundError("No such reservation", reservation_id=str(reservation_id))
+    return found
+
+
+@get("/reservations/{reservation_id:uuid}", summary="One of your reservations")
+async def reservation(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    reservation_id: FromPath[UUID],
+) -> dict[str, Any]:
+    found = await sync_to_thread(_own_reservation, request, principal, reservation_id)
+    return {"reservation": reservation_json(found)}
+
+
+@delete(
+    "/reservations/{reservation_id:uuid}",
+    status_code=200,
+    summary="Release a reservation: destroy its instances, free the hold",
+)
+async def release(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    reservation_id: FromPath[UUID],
+) -> dict[str, Any]:
+    await sync_to_thread(_own_reservation, request, principal, reservation_id)
+    released = await container_of(request).marketplace.release_reservation(
+        reservation_id, actor=principal.user_id
+    )
+    return {"reservation": reservation_json(released)}
+
+
 @get("/rentals", sync_to_thread=True, summary="Your instances, newest first")
 def rentals(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
@@ -193,5 +288,5 @@ router = Router(
     path="/api/v1/gpu",
     tags=["gpu"],
     dependencies={"principal": Provide(provide_principal)},
-    route_handlers=[catalog, rent, instance, destroy, rentals],
+    route_handlers=[catalog, reserve, rent, instance, destroy, rentals, reservation, release],
 )

@@ -1,0 +1,135 @@
+"""Reservations of several sandbox GPUs: one hold, failover, all-or-nothing, release."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from domain.errors import InsufficientCreditsError
+from domain.marketplace import OfferQuery
+from domain.services.marketplace import RentSpec
+from infrastructure.providers.sandbox import SandboxProvider
+from infrastructure.settings import Settings
+from interfaces.bootstrap import Container, bootstrap
+from interfaces.http.app import create_app
+from tests.conftest import FixedClock
+from tests.support.http import JWT_SECRET
+
+USD = 1_000_000
+
+
+@pytest.fixture
+def container(settings: Settings, clock: FixedClock) -> Iterator[Container]:
+    tuned = dataclasses.replace(settings, jwt_secret=JWT_SECRET, sandbox_provisioning_delay=0.0)
+    c = bootstrap(tuned, clock=clock)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def _use(c: Container, provider: SandboxProvider) -> None:
+    asyncio.run(c.aclose_providers())
+    c.marketplace.providers = {"sandbox": provider}
+
+
+def _reserve(c: Container, owner: str, count: int, **kwargs: Any) -> Any:
+    return asyncio.run(
+        c.marketplace.reserve(
+            owner,
+            count,
+            OfferQuery(gpu_model=kwargs.pop("gpu_model", "4090")),
+            "sandbox",
+            RentSpec(),
+            timeout=kwargs.pop("timeout", 5.0),
+            poll=0.05,
+        )
+    )
+
+
+def test_reservation_fails_over_and_confirms(container: Container) -> None:
+    _use(container, SandboxProvider(provisioning_delay=0.0, fail_on={3}))
+    container.ledger.grant("u1", 500 * USD, key="g")
+    reservation = _reserve(container, "u1", 4)
+    assert reservation.state == "confirmed", reservation.reason
+    assert len(reservation.members) == 4
+    assert len(reservation.attempts) == 1  # the third rent failed and the next offer took over
+    view = container.ledger.account("u1")
+    assert view.held == reservation.hold_amount  # one hold for the whole set
+    for member in reservation.members:
+        gpu = container.marketplace.get(uuid.UUID(member))
+        assert gpu.state == "running"
+        assert gpu.hold_id == reservation.hold_id
+    released = asyncio.run(container.marketplace.release_reservation(reservation.id, actor="u1"))
+    assert released.state == "released"
+    assert container.ledger.account("u1").held == 0
+    for member in reservation.members:
+        assert container.marketplace.get(uuid.UUID(member)).state == "terminated"
+
+
+def test_reservation_rolls_back_when_one_never_runs(container: Container) -> None:
+    _use(container, SandboxProvider(provisioning_delay=0.0, fail_on={2: "stuck"}))
+    container.ledger.grant("u1", 500 * USD, key="g")
+    reservation = _reserve(container, "u1", 3, timeout=0.5)
+    assert reservation.state == "failed"
+    assert "in time" in reservation.reason
+    assert container.ledger.account("u1").held == 0
+    for member in reservation.members:
+        assert container.marketplace.get(uuid.UUID(member)).state == "terminated"
+    provider = container.marketplace.providers["sandbox"]
+    assert asyncio.run(provider.list_instances()) == []
+
+
+def test_reservation_without_funds_is_402_and_rents_nothing(container: Container) -> None:
+    _use(container, SandboxProvider(provisioning_delay=0.0))
+    container.ledger.grant("u1", USD // 10, key="g")
+    with pytest.raises(InsufficientCreditsError):
+        _reserve(container, "u1", 16)
+    provider = container.marketplace.providers["sandbox"]
+    assert asyncio.run(provider.list_instances()) == []
+
+
+def test_reservation_over_rest(container: Container) -> None:
+    with TestClient(create_app(container)) as client:
+        client.post(
+            "/api/v1/auth/register",
+            json={"email": "r@example.com", "password": "password-1", "name": "R"},
+        )
+        token = client.post(
+            "/api/v1/auth/login", json={"email": "r@example.com", "password": "password-1"}
+        )
+        auth = {"Authorization": f"Bearer {token.json()['tokens']['access_token']}"}
+        user = container.users.by_email("r@example.com")
+        container.ledger.grant(user.id, 200 * USD, key="g")
+        assert (
+            client.post(
+                "/api/v1/gpu/instances/reserve", json={"count": 17}, headers=auth
+            ).status_code
+            == 400
+        )
+        assert (
+            client.post(
+                "/api/v1/gpu/instances/reserve",
+                json={"count": 2, "gpu_model": "no-such-gpu"},
+                headers=auth,
+            ).status_code
+            == 422
+        )
+        made = client.post(
+            "/api/v1/gpu/instances/reserve",
+            json={"count": 2, "gpu_model": "4090", "provider": "sandbox"},
+            headers=auth,
+        )
+        assert made.status_code == 201, made.text
+        body = made.json()["reservation"]
+        assert body["state"] == "confirmed"
+        path = f"/api/v1/gpu/reservations/{body['id']}"
+        assert client.get(path, headers=auth).json()["reservation"]["count"] == 2
+        released = client.delete(path, headers=auth)
+        assert released.json()["reservation"]["state"] == "released"
