@@ -29,12 +29,15 @@ class MarketplaceJobs:
         *,
         poll_interval: float,
         metering_interval: float,
+        reconcile_interval: float = 300.0,
     ) -> None:
         self.market = market
         self.db = db
         self.poll_interval = poll_interval
         self.metering_interval = metering_interval
+        self.reconcile_interval = reconcile_interval
         self._last_metering = 0.0
+        self._last_reconcile = time.monotonic()
 
     def _ids(self, *states: str) -> list[uuid.UUID]:
         marks = ", ".join("?" for _ in states)
@@ -55,6 +58,18 @@ class MarketplaceJobs:
         if time.monotonic() - self._last_metering >= self.metering_interval:
             self._last_metering = time.monotonic()
             await self.meter_all()
+        if time.monotonic() - self._last_reconcile >= self.reconcile_interval:
+            self._last_reconcile = time.monotonic()
+            await self.reconcile()
+
+    async def reconcile(self) -> dict[str, int]:
+        live = await asyncio.to_thread(
+            self._ids, "requested", "provisioning", "running", "stopping"
+        )
+        counts = await self.market.reconcile(live)
+        if any(counts.values()):
+            log.warning("reconciler: %s", counts)
+        return counts
 
     async def meter_all(self) -> None:
         for instance_id in await asyncio.to_thread(self._ids, "running"):

@@ -59,6 +59,7 @@ class Settings:
     metering_interval: float = 60.0
     instance_poll_interval: float = 5.0
     reservation_timeout: float = 300.0
+    reconcile_interval: float = 300.0
     guardrails_action: str = "stop"
     sandbox_enabled: bool = True
     sandbox_provisioning_delay: float = 2.0
@@ -259,6 +260,7 @@ def _marketplace(env: Mapping[str, str]) -> dict[str, Any]:
         "metering_interval": _float(env, "METERING_INTERVAL_SECONDS", 60.0, 0.05, 3600.0),
         "instance_poll_interval": _float(env, "INSTANCE_POLL_SECONDS", 5.0, 0.05, 600.0),
         "reservation_timeout": _float(env, "RESERVATION_TIMEOUT_SECONDS", 300.0, 1.0, 3600.0),
+        "reconcile_interval": _float(env, "RECONCILE_INTERVAL_SECONDS", 300.0, 1.0, 86400.0),
         "guardrails_action": _choice(env, "GUARDRAILS_ACTION", "stop", {"stop", "block"}),
         "sandbox_enabled": _bool(env, "SANDBOX_PROVIDER_ENABLED", not (vast_key or ionet_key)),
         "sandbox_provisioning_delay": _float(env, "SANDBOX_PROVISIONING_DELAY", 2.0, 0.0, 600.0),

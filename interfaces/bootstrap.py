@@ -62,6 +62,7 @@ class Container:
             self.db,
             poll_interval=self.settings.instance_poll_interval,
             metering_interval=self.settings.metering_interval,
+            reconcile_interval=self.settings.reconcile_interval,
         )
 
     async def aclose_providers(self) -> None:

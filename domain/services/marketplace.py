@@ -304,6 +304,56 @@ class MarketplaceService:
         await asyncio.to_thread(self._transact, gpu.owner, instance_id, terminated)
         return await asyncio.to_thread(self.get, instance_id)
 
+    # ------------------------------------------------------------- reconciler
+
+    async def reconcile(self, live: list[UUID], *, grace: float = 120.0) -> dict[str, int]:
+        """Compare what providers run with the ledger.
+
+        Orphans (a provider instance with no live rental of ours behind it, e.g. a rent whose
+        answer was lost) are destroyed. Vanished rentals (live here, gone there for longer
+        than ``grace`` seconds after they were requested) are closed and billed up to now.
+        ``live``: the ids of our live instances (from the read model).
+        """
+        counts = {"orphans": 0, "vanished": 0}
+        for name, provider in self.providers.items():
+            try:
+                remote = await provider.list_instances()
+            except ProviderError:
+                continue  # a provider that is down is reconciled next time
+            seen = {r.instance_id for r in remote}
+            for item in remote:
+                if await asyncio.to_thread(self._is_orphan, item.label, item.instance_id):
+                    try:
+                        await provider.destroy(item.instance_id)
+                        counts["orphans"] += 1
+                    except ProviderError:
+                        continue
+            for instance_id in live:
+                gpu = await asyncio.to_thread(self._find, instance_id)
+                if (
+                    gpu is None
+                    or gpu.provider != name
+                    or not gpu.is_live
+                    or not gpu.provider_instance_id
+                    or gpu.provider_instance_id in seen
+                    or (self.clock() - gpu.requested_at).total_seconds() < grace
+                ):
+                    continue
+                await asyncio.to_thread(self._close_failed, instance_id, "vanished at the provider")
+                counts["vanished"] += 1
+        return counts
+
+    def _is_orphan(self, label: str | None, remote_id: str) -> bool:
+        try:
+            gpu = self._find(UUID(str(label)))
+        except ValueError:
+            gpu = None  # not ours at all
+        if gpu is None:
+            return True
+        if gpu.state == "requested":
+            return False  # our rent is still in flight
+        return not gpu.is_live or gpu.provider_instance_id != remote_id
+
     # ----------------------------------------------------------- reservations
 
     async def reserve(

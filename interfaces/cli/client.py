@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from domain.guardrails import WINDOW_NAMES
 from interfaces.cli.common import OneLineParser
@@ -79,6 +79,11 @@ class Api:
             return response.json()
         except ValueError:
             raise ApiError(response.status_code, "the server answered with invalid JSON") from None
+
+
+def _folded(header: str) -> Column:
+    """A column whose values are copied (ids, URLs): folded when narrow, never cut to "…"."""
+    return Column(header, overflow="fold")
 
 
 def print_table(table: Table) -> None:
@@ -146,7 +151,9 @@ def show_spending(api: Api, args: argparse.Namespace) -> None:
 
 
 def offers_table(offers: list[dict[str, Any]]) -> Table:
-    table = Table("provider", "id", "gpu", "count", "VRAM GB", "USD/h", "location", "reliability")
+    table = Table(
+        "provider", _folded("id"), "gpu", "count", "VRAM GB", "USD/h", "location", "reliab."
+    )
     for o in offers:
         table.add_row(
             o["provider"],
@@ -234,7 +241,9 @@ def show_rentals(api: Api, args: argparse.Namespace) -> None:
     if args.json:
         print_json(data)
         return
-    table = Table("id", "provider", "gpu", "count", "state", "USD/h", "cost USD", "endpoint")
+    table = Table(
+        _folded("id"), "provider", "gpu", "count", "state", "USD/h", "cost USD", _folded("endpoint")
+    )
     for r in data["rentals"]:
         table.add_row(
             r["id"],

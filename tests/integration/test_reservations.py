@@ -133,3 +133,37 @@ def test_reservation_over_rest(container: Container) -> None:
         assert client.get(path, headers=auth).json()["reservation"]["count"] == 2
         released = client.delete(path, headers=auth)
         assert released.json()["reservation"]["state"] == "released"
+
+
+def test_reconciler_destroys_orphans_and_closes_vanished(
+    container: Container, clock: FixedClock
+) -> None:
+    from domain.marketplace import RentRequest
+
+    provider = SandboxProvider(provisioning_delay=0.0)
+    _use(container, provider)
+    container.ledger.grant("u1", 50 * USD, key="g")
+    offer = asyncio.run(container.marketplace.catalog(OfferQuery(gpu_model="4090"))).offers[0]
+    ours = asyncio.run(container.marketplace.rent("u1", "sandbox", offer.offer_id, RentSpec()))
+    orphan = asyncio.run(provider.rent(offer.offer_id, RentRequest(label=str(uuid.uuid4()))))
+    stranger = asyncio.run(provider.rent(offer.offer_id, RentRequest(label="not-ours")))
+    counts = asyncio.run(container.marketplace.reconcile([ours.id]))
+    assert counts == {"orphans": 2, "vanished": 0}
+    remaining = {i.instance_id for i in asyncio.run(provider.list_instances())}
+    assert remaining == {ours.provider_instance_id}
+    assert orphan.instance_id not in remaining
+    assert stranger.instance_id not in remaining
+
+    assert ours.provider_instance_id is not None
+    asyncio.run(provider.destroy(ours.provider_instance_id))  # gone behind our back
+    clock.advance(seconds=30)
+    assert asyncio.run(container.marketplace.reconcile([ours.id])) == {
+        "orphans": 0,
+        "vanished": 0,
+    }  # within the grace period: not yet
+    clock.advance(seconds=200)
+    assert asyncio.run(container.marketplace.reconcile([ours.id]))["vanished"] == 1
+    gpu = container.marketplace.get(ours.id)
+    assert gpu.state == "failed"
+    assert gpu.billed == gpu.price_per_hour * 230 // 3600
+    assert container.ledger.account("u1").held == 0
