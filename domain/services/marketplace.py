@@ -95,6 +95,9 @@ class MarketplaceService:
     ) -> None:
         self.ledger = ledger
         self.app = ledger.app
+        for key, adapter in providers.items():
+            if key != adapter.name:  # instances record the name; lookups use the key
+                raise ValueError(f"provider registered as {key!r} calls itself {adapter.name!r}")
         self.providers = dict(providers)
         self.clock = clock
         self.config = config or MarketplaceConfig()

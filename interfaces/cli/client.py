@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from rich.console import Console
@@ -191,8 +192,13 @@ def list_offers(api: Api, args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------ instances
 
 
+def _segment(text: object) -> str:
+    """One URL path segment: a ``/`` or ``?`` in an id cannot change the route."""
+    return quote(str(text), safe="")
+
+
 def _instance_path(provider: str, instance_id: uuid.UUID | str) -> str:
-    return f"/api/v1/gpu/instances/{provider}/{instance_id}"
+    return f"/api/v1/gpu/instances/{_segment(provider)}/{_segment(instance_id)}"
 
 
 INSTANCE_FIELDS = (
@@ -271,7 +277,7 @@ def create_instance(api: Api, args: argparse.Namespace) -> None:
     key = args.idempotency_key or str(uuid.uuid4())
     try:
         data = api.post(
-            f"/api/v1/gpu/instances/{args.provider}/{args.offer_id}",
+            f"/api/v1/gpu/instances/{_segment(args.provider)}/{_segment(args.offer_id)}",
             _rent_body(args),
             headers={"Idempotency-Key": key},
         )
@@ -312,14 +318,19 @@ def wait_for_instance(
     path = _instance_path(instance["provider"], instance["id"])
     status_console = Console(stderr=True)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=status_console, transient=True) as progress:
+    quiet = not status_console.is_terminal  # no spinner residue in logs and pipes
+    with Progress(*columns, console=status_console, transient=True, disable=quiet) as progress:
         task = progress.add_task(_progress_text(instance), total=None)
         while instance["state"] not in SETTLED_STATES:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             time.sleep(min(interval, left))
-            instance = api.get(path)["instance"]
+            try:
+                instance = api.get(path)["instance"]
+            except ApiError as exc:
+                hint = f"instance {instance['provider']} {instance['id']}"
+                raise ApiError(exc.status, f"{exc} (it was created; see: {hint})") from None
             progress.update(task, description=_progress_text(instance))
     return instance
 
