@@ -39,6 +39,13 @@ from domain.reservations import MAX_GPUS, Reservation
 from domain.services.ledger import LedgerService
 
 T = TypeVar("T")
+SORTS: dict[str, Callable[[Offer], tuple[Any, ...]]] = {
+    "price": lambda o: (o.price_per_hour, o.provider, o.offer_id),
+    "-price": lambda o: (-o.price_per_hour, o.provider, o.offer_id),
+    "vram": lambda o: (-o.vram_gb * o.num_gpus, o.price_per_hour, o.offer_id),
+    "reliability": lambda o: (-o.reliability, o.price_per_hour, o.offer_id),
+    "gpus": lambda o: (-o.num_gpus, o.price_per_hour, o.offer_id),
+}
 INSTANCE_NAMESPACE = UUID("3c5e2a14-9b1f-4f3e-8d7a-2f6b1c0e9a55")
 
 
@@ -118,8 +125,16 @@ class MarketplaceService:
             )
         return found
 
-    async def catalog(self, query: OfferQuery, provider: str | None = None) -> Catalog:
-        """Offers from every (or one) provider, concurrently; a failing provider is reported."""
+    async def catalog(
+        self, query: OfferQuery, provider: str | None = None, sort: str = "price"
+    ) -> Catalog:
+        """Offers from every (or one) provider, concurrently; a failing provider is reported.
+
+        ``sort``: ``price`` (default), ``-price``, ``vram`` (most first), ``reliability``
+        (most first) or ``gpus`` (most first); ties go to the cheaper offer.
+        """
+        if sort not in SORTS:
+            raise InvalidArgumentError(f"sort must be one of {', '.join(SORTS)}", field="sort")
         names = [self.provider(provider).name] if provider else sorted(self.providers)
         results = await asyncio.gather(
             *(self._search(n, query) for n in names), return_exceptions=True
@@ -133,7 +148,7 @@ class MarketplaceService:
                 offers.extend(
                     replace(o, price_per_hour=self.price(o.price_per_hour)) for o in result
                 )
-        offers.sort(key=lambda o: (o.price_per_hour, o.provider, o.offer_id))
+        offers.sort(key=SORTS[sort])
         return Catalog(offers[: query.limit], errors)
 
     async def _search(self, name: str, query: OfferQuery) -> list[Offer]:

@@ -57,8 +57,15 @@ class Api:
     def get(self, path: str, **params: Any) -> Any:
         return self._send("GET", path, params={k: v for k, v in params.items() if v is not None})
 
-    def post(self, path: str, body: Any, headers: dict[str, str] | None = None) -> Any:
-        return self._send("POST", path, json=body, headers=headers or {})
+    def post(
+        self,
+        path: str,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        return self._send("POST", path, json=body, headers=headers or {}, **extra)
 
     def delete(self, path: str) -> Any:
         return self._send("DELETE", path)
@@ -335,7 +342,56 @@ def wait_for_instance(
     return instance
 
 
+def show_reservation(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(data)
+        return
+    table = Table(_folded("field"), _folded("value"))
+    for key in ("id", "state", "count", "provider", "held", "reason"):
+        table.add_row(key, str(data.get(key)))
+    table.add_row("instances", "\n".join(data.get("instances", [])) or "-")
+    for attempt in data.get("failed_attempts", []):
+        table.add_row(
+            "failed rent", f"{attempt['provider']} {attempt['offer_id']}: {attempt['reason']}"
+        )
+    print_table(table)
+
+
+def reserve_gpus(api: Api, args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {"count": args.count, "provider": args.provider or "all"}
+    for field, value in (
+        ("min_vram", args.min_vram),
+        ("max_price", args.max_price),
+        ("gpu_model", args.gpu),
+        ("image", args.image),
+    ):
+        if value is not None:
+            body[field] = value
+    text = f"reserving {args.count} GPU(s): renting and waiting until all are running"
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    ) as progress:
+        progress.add_task(text, total=None)
+        data = api.post("/api/v1/gpu/instances/reserve", body, timeout=args.timeout)
+    reservation = data["reservation"]
+    show_reservation(reservation, args.json)
+    if reservation["state"] != "confirmed":
+        raise CliError(f"reservation {reservation['state']}: {reservation.get('reason')}")
+
+
+def release_reservation(api: Api, args: argparse.Namespace) -> None:
+    data = api.delete(f"/api/v1/gpu/reservations/{args.reservation_id}")
+    show_reservation(data["reservation"], args.json)
+
+
 COMMANDS: dict[str, Callable[[Api, argparse.Namespace], None]] = {
+    "reserve": reserve_gpus,
+    "release": release_reservation,
     "credits": show_credits,
     "transactions": show_transactions,
     "spending": show_spending,
@@ -433,6 +489,16 @@ def _add_gpu_commands(sub: Any, common: OneLineParser) -> None:
         d.add_argument("provider")
         d.add_argument("instance_id", type=instance_uuid)
     sub.add_parser("rentals", parents=[common], help="your instances, newest first")
+    r = sub.add_parser("reserve", parents=[common], help="reserve N GPUs, all or none")
+    r.add_argument("count", type=ranged_int(1, 16))
+    r.add_argument("--provider", help="one marketplace (default: all)")
+    r.add_argument("--min-vram", type=vram, metavar="GB")
+    r.add_argument("--max-price", type=usd_amount, metavar="USD")
+    r.add_argument("--gpu", metavar="MODEL")
+    r.add_argument("--image")
+    r.add_argument("--timeout", type=positive_float, default=900.0, metavar="S")
+    rel = sub.add_parser("release", parents=[common], help="release a reservation")
+    rel.add_argument("reservation_id", type=instance_uuid)
 
 
 def build_parser() -> OneLineParser:

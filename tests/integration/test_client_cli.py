@@ -285,3 +285,15 @@ def test_create_wait_polls_until_running(
         line.split("│")[2].strip() for line in ready.out.splitlines() if "│ id " in line
     )
     assert cli("destroy", "sandbox", instance_id).code == 0
+
+
+def test_reserve_and_release(cli: Callable[..., Result]) -> None:
+    reserved = cli("reserve", "3", "--gpu", "4090", "--provider", "sandbox", "--json")
+    assert reserved.code == 0, reserved
+    reservation = reserved.json()
+    assert reservation["state"] == "confirmed"
+    assert len(reservation["instances"]) == 3
+    released = cli("release", reservation["id"], "--json")
+    assert released.code == 0, released
+    assert released.json()["state"] == "released"
+    assert _one_line_error(cli("reserve", "17"), 2)

@@ -116,6 +116,7 @@ async def catalog(
     region: Annotated[str | None, QueryParameter(max_length=64, pattern=NO_NUL)] = None,
     num_gpus: Annotated[int | None, QueryParameter(ge=1, le=64)] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 64,
+    sort: Annotated[str, QueryParameter(max_length=16)] = "price",
 ) -> dict[str, Any]:
     market = container_of(request).marketplace
     query = OfferQuery(
@@ -128,7 +129,9 @@ async def catalog(
         num_gpus=num_gpus,
         limit=limit,
     )
-    result = await market.catalog(query, provider if provider not in (None, "all") else None)
+    result = await market.catalog(
+        query, provider if provider not in (None, "all") else None, sort=sort
+    )
     return {
         "offers": [offer_json(o) for o in result.offers],
         "count": len(result.offers),
