@@ -77,6 +77,7 @@ class GpuInstance(Aggregate):
         self.billed = 0
         self.billed_until: datetime | None = None
         self.reason = ""
+        self.spend_blocked = False
 
     @property
     def is_live(self) -> bool:
@@ -122,6 +123,13 @@ class GpuInstance(Aggregate):
             raise InstanceStateError(f"instance is already {self.state}")
         self._terminated(reason=self.reason or reason[:500], ended_at=self.ended_at or now, at=now)
 
+    def block_spend(self, reason: str, *, now: datetime) -> bool:
+        """GUARDRAILS_ACTION=block: record (once) that it runs on without new funds."""
+        if self.spend_blocked:
+            return False
+        self._spend_blocked(reason=reason[:500], at=now)
+        return True
+
     def record_metering(self, total: int, until: datetime, hold_id: str) -> None:
         """Record that everything up to ``until`` (``total`` in all) is charged."""
         if total < self.billed:
@@ -159,6 +167,11 @@ class GpuInstance(Aggregate):
         self.state = "terminated"
         self.reason = reason
         self.ended_at = ended_at
+
+    @event("SpendBlocked")
+    def _spend_blocked(self, reason: str, at: datetime) -> None:
+        self.spend_blocked = True
+        self.reason = reason
 
     @event("Metered")
     def _metered(self, total: int, until: datetime, hold_id: str) -> None:

@@ -289,7 +289,11 @@ class MarketplaceService:
             left = 0 if hold is None else hold["amount"] - hold["captured"]
             if left * 3600 >= g.price_per_hour * self.config.renew_below_seconds:
                 return False
-            return not self._renew_hold(account, g, now)
+            if self._renew_hold(account, g, now):
+                return False
+            if self.config.guardrails_action == "block":
+                g.block_spend("credits or spending limit exhausted", now=now)
+            return True
 
         must_stop: bool = self._transact(gpu.owner, instance_id, charge)
         return must_stop and self.config.guardrails_action == "stop"

@@ -13,7 +13,9 @@ import pytest
 from litestar.testing import TestClient
 
 from domain.guardrails import GuardrailPolicy
+from domain.marketplace import OfferQuery
 from domain.money import usd_to_micros
+from domain.services.marketplace import RentSpec
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, bootstrap
 from interfaces.http.app import create_app
@@ -198,3 +200,28 @@ def test_bad_input_is_4xx(market: tuple[TestClient[Any], Container]) -> None:
         400,
         404,
     }
+
+
+def test_block_action_records_and_keeps_running(settings: Settings, clock: FixedClock) -> None:
+    tuned = dataclasses.replace(
+        settings,
+        jwt_secret=JWT_SECRET,
+        sandbox_provisioning_delay=0.0,
+        guardrails=GuardrailPolicy(enabled=True, limits={"72H": 3 * USD}),
+    )
+    c = bootstrap(tuned, clock=clock)
+    c.marketplace.config = dataclasses.replace(c.marketplace.config, guardrails_action="block")
+    try:
+        c.ledger.grant("u1", 100 * USD, key="g")
+        offer = asyncio.run(c.marketplace.catalog(OfferQuery(gpu_model="4090"))).offers[0]
+        gpu = asyncio.run(c.marketplace.rent("u1", "sandbox", offer.offer_id, RentSpec()))
+        for _ in range(12):
+            clock.advance(minutes=55)
+            c.marketplace.meter(gpu.id)
+        gpu = c.marketplace.get(gpu.id)
+        assert gpu.state == "running"  # blocked, not stopped
+        assert gpu.spend_blocked
+        names = [type(e).__name__ for e in c.app.events.get(gpu.id)]
+        assert names.count("SpendBlocked") == 1
+    finally:
+        c.close()
