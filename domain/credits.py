@@ -17,6 +17,7 @@ Invariants, enforced on every command:
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -43,6 +44,7 @@ GRANT_SOURCES = frozenset({"admin", "payment", "auto_renew", "promotion"})
 DEBIT_KINDS = frozenset({"refund", "dispute", "adjustment"})
 
 
+@lru_cache(maxsize=65_536)
 def account_id_for(user_id: str) -> UUID:
     """The account id is derived from the user id, so each user has exactly one account."""
     return uuid5(ACCOUNT_NAMESPACE, f"credit-account:{user_id}")

@@ -6,7 +6,6 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -78,11 +77,10 @@ def observe(metrics: Metrics) -> Any:
                 if message["type"] == "http.response.start":
                     status = message["status"]
                     extra = scope.get("state", {}).get(RATE_HEADERS)
-                    if extra:
-                        headers = MutableScopeHeaders.from_message(message)
-                        for key, value in extra.items():
-                            if key not in headers:
-                                headers[key] = value
+                    if extra:  # handlers never set these, so append without a lookup
+                        headers = list(message.get("headers", ()))
+                        headers.extend((k.lower().encode(), v.encode()) for k, v in extra.items())
+                        message["headers"] = headers
                 await send(message)
 
             try:
