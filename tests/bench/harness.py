@@ -1,13 +1,16 @@
-"""Small helpers for the benchmarks: closed-loop concurrent load, timers, machine facts."""
+"""Small helpers for the benchmarks: closed-loop concurrent load, timers, machine facts, and
+waiting for a quiet machine before a measurement."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,3 +149,71 @@ def machine_facts() -> dict[str, Any]:
         "python": platform.python_version(),
         "kernel": platform.release(),
     }
+
+
+# ------------------------------------------------------------------ quiet machine
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+@dataclass
+class Quiet:
+    """Before each measurement, wait until the 1-minute load average is below ``below``.
+
+    All waits of one run share one deadline (``max_wait`` seconds from the start, or the
+    epoch seconds in ``$BENCH_WAIT_UNTIL`` so that ``make bench`` shares it between the
+    ledger and the HTTP benchmark). Past the deadline, measurements start at once. Either
+    way the load average before the wait, at the start and at the end is recorded.
+    """
+
+    below: float = 1.0
+    deadline: float = 0.0  # time.time() seconds; 0 = never wait
+    poll_s: float = 5.0
+
+    @classmethod
+    def for_run(cls, *, enabled: bool, below: float, max_wait: float) -> Quiet:
+        if not enabled:
+            return cls(below, 0.0)
+        shared = os.environ.get("BENCH_WAIT_UNTIL", "")
+        return cls(below, float(shared) if shared else time.time() + max_wait)
+
+    def wait(self, label: str) -> dict[str, Any]:
+        before, start = loadavg(), time.time()
+        if self.deadline and before[0] >= self.below and start < self.deadline:
+            print(
+                f"[{label}] waiting for load average < {self.below} (now {before[0]}, "
+                f"at most {self.deadline - start:.0f} s more) ...",
+                file=sys.stderr,
+                flush=True,
+            )
+        while self.deadline and os.getloadavg()[0] >= self.below:
+            left = self.deadline - time.time()
+            if left <= 0:
+                break
+            time.sleep(min(self.poll_s, left))
+        at_start = loadavg()
+        return {
+            "label": label,
+            "load_before_wait": before,
+            "waited_s": round(time.time() - start, 1),
+            "load_at_start": at_start,
+            "quiet": at_start[0] < self.below,
+        }
+
+    @contextlib.contextmanager
+    def measure(self, label: str, into: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Wait, run the block, record ``into["load"]`` = what ``wait`` saw + load at the end."""
+        record = self.wait(label)
+        into["load"] = record
+        print(
+            f"[{label}] measuring (load average {record['load_at_start']}, waited "
+            f"{record['waited_s']} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            yield record
+        finally:
+            record["load_after"] = loadavg()
