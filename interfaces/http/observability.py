@@ -77,9 +77,14 @@ def observe(metrics: Metrics) -> Any:
                 if message["type"] == "http.response.start":
                     status = message["status"]
                     extra = scope.get("state", {}).get(RATE_HEADERS)
-                    if extra:  # handlers never set these, so append without a lookup
+                    if extra:  # a 429 answer already carries them: never twice
                         headers = list(message.get("headers", ()))
-                        headers.extend((k.lower().encode(), v.encode()) for k, v in extra.items())
+                        present = {name.lower() for name, _ in headers}
+                        headers.extend(
+                            (name, v.encode())
+                            for k, v in extra.items()
+                            if (name := k.lower().encode()) not in present
+                        )
                         message["headers"] = headers
                 await send(message)
 
