@@ -60,6 +60,7 @@ class Settings:
     instance_poll_interval: float = 5.0
     reservation_timeout: float = 300.0
     reconcile_interval: float = 300.0
+    lb_strategy: str = "round_robin"
     guardrails_action: str = "stop"
     sandbox_enabled: bool = True
     sandbox_provisioning_delay: float = 2.0
@@ -261,6 +262,18 @@ def _marketplace(env: Mapping[str, str]) -> dict[str, Any]:
         "instance_poll_interval": _float(env, "INSTANCE_POLL_SECONDS", 5.0, 0.05, 600.0),
         "reservation_timeout": _float(env, "RESERVATION_TIMEOUT_SECONDS", 300.0, 1.0, 3600.0),
         "reconcile_interval": _float(env, "RECONCILE_INTERVAL_SECONDS", 300.0, 1.0, 86400.0),
+        "lb_strategy": _choice(
+            env,
+            "LB_STRATEGY",
+            "round_robin",
+            {
+                "round_robin",
+                "equal_weighted",
+                "weighted_round_robin",
+                "least_connections",
+                "least_response_time",
+            },
+        ),
         "guardrails_action": _choice(env, "GUARDRAILS_ACTION", "stop", {"stop", "block"}),
         "sandbox_enabled": _bool(env, "SANDBOX_PROVIDER_ENABLED", not (vast_key or ionet_key)),
         "sandbox_provisioning_delay": _float(env, "SANDBOX_PROVISIONING_DELAY", 2.0, 0.0, 600.0),

@@ -220,6 +220,7 @@ def bootstrap(
             config=MarketplaceConfig(
                 markup_ppm=settings.price_markup_ppm,
                 guardrails_action=settings.guardrails_action,
+                spread=settings.lb_strategy,
             ),
         ),
     )

@@ -89,6 +89,7 @@ class MarketplaceConfig:
     cache_ttl: float = 30.0
     search_timeout: float = 15.0
     guardrails_action: str = "stop"  # or "block"
+    spread: str = "round_robin"  # how a reservation's GPUs are spread over offers
 
 
 class MarketplaceService:
@@ -400,7 +401,7 @@ class MarketplaceService:
                 "No offer matches these filters" + (f" ({detail})" if detail else ""),
                 field="filters",
             )
-        planned = (offers * count)[:count]  # cheapest first; a short list is reused
+        planned = (spread(offers, self.config.spread) * count)[:count]  # a short list is reused
         amount = self._hold_amount(sum(o.price_per_hour for o in planned))
         reservation_id = uuid.uuid4()
         hold_id = f"res:{reservation_id}"
@@ -431,7 +432,8 @@ class MarketplaceService:
             )
 
         await asyncio.to_thread(self._retrying, owner, lambda a, n: (request(a, n),) * 2)
-        candidates = iter(offers * count)  # failover: the next cheapest offer not yet tried
+        # Failover: each slot takes the next offer not yet tried, in spread order.
+        candidates = iter(spread(offers, self.config.spread) * count)
         await asyncio.gather(
             *(self._fill_slot(reservation_id, candidates, spec) for _ in range(count))
         )
@@ -685,6 +687,27 @@ class MarketplaceService:
             self.ledger.committer.evict(account_id)  # its cached copy is now behind
             return result
         raise ConcurrencyError("Too many concurrent updates; retry")
+
+
+def spread(offers: list[Offer], strategy: str) -> list[Offer]:
+    """Order a reservation's candidate offers (each list already cheapest first).
+
+    ``round_robin`` (and ``equal_weighted``) interleave providers and then locations, so the
+    set does not sit on one marketplace or site when others match; any other strategy keeps
+    plain cheapest-first order.
+    """
+    if strategy not in {"round_robin", "equal_weighted"}:
+        return list(offers)
+    groups: dict[tuple[str, str], list[Offer]] = {}
+    for offer in offers:
+        groups.setdefault((offer.provider, offer.location), []).append(offer)
+    queues = sorted(groups.values(), key=lambda g: (g[0].price_per_hour, g[0].provider))
+    ordered: list[Offer] = []
+    while any(queues):
+        for queue in queues:
+            if queue:
+                ordered.append(queue.pop(0))
+    return ordered
 
 
 def _failed_rent(

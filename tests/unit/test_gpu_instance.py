@@ -86,3 +86,22 @@ def test_failed_rentals_cannot_start() -> None:
         gpu.mark_running("h", 1, now=T0)
     with pytest.raises(InstanceStateError):
         gpu.mark_provisioning("x", now=T0)
+
+
+def test_reservation_spread_interleaves_providers_and_sites() -> None:
+    from domain.marketplace import Offer
+    from domain.services.marketplace import spread
+
+    def offer(provider: str, location: str, price: int) -> Offer:
+        return Offer(
+            provider, f"{provider}-{location}-{price}", "RTX 4090", 1, 24.0, price, location, 1.0
+        )
+
+    offers = sorted(
+        [offer("a", "US", 1), offer("a", "US", 2), offer("a", "EU", 3), offer("b", "US", 4)],
+        key=lambda o: o.price_per_hour,
+    )
+    ordered = spread(offers, "round_robin")
+    assert [o.offer_id for o in ordered[:3]] == ["a-US-1", "a-EU-3", "b-US-4"]
+    assert sorted(o.offer_id for o in ordered) == sorted(o.offer_id for o in offers)
+    assert spread(offers, "least_connections") == offers  # cheapest first
