@@ -166,9 +166,12 @@ async def rent(
     return {"instance": instance_json(gpu, c.ledger.clock())}
 
 
-def _owned(request: Request[Any, Any, Any], principal: Principal, instance_id: UUID) -> GpuInstance:
+def _owned(
+    request: Request[Any, Any, Any], principal: Principal, provider: str, instance_id: UUID
+) -> GpuInstance:
+    """The instance, if it is the caller's (or the caller is an admin) and on ``provider``."""
     gpu = container_of(request).marketplace.get(instance_id)
-    if gpu.owner != principal.user_id and not principal.is_admin:
+    if (gpu.owner != principal.user_id and not principal.is_admin) or gpu.provider != provider:
         raise InstanceNotFoundError("No such instance", instance_id=str(instance_id))
     return gpu
 
@@ -180,9 +183,7 @@ async def instance(
     provider: FromPath[str],
     instance_id: FromPath[UUID],
 ) -> dict[str, Any]:
-    gpu = await sync_to_thread(_owned, request, principal, instance_id)
-    if gpu.provider != provider:
-        raise InstanceNotFoundError("No such instance", instance_id=str(instance_id))
+    gpu = await sync_to_thread(_owned, request, principal, provider, instance_id)
     return {"instance": instance_json(gpu, container_of(request).ledger.clock())}
 
 
@@ -198,9 +199,7 @@ async def destroy(
     instance_id: FromPath[UUID],
 ) -> dict[str, Any]:
     c = container_of(request)
-    gpu = await sync_to_thread(_owned, request, principal, instance_id)
-    if gpu.provider != provider:
-        raise InstanceNotFoundError("No such instance", instance_id=str(instance_id))
+    gpu = await sync_to_thread(_owned, request, principal, provider, instance_id)
     gpu = await c.marketplace.destroy(instance_id, actor=principal.user_id)
     return {"instance": instance_json(gpu, c.ledger.clock())}
 
