@@ -57,8 +57,10 @@ class GpuInstance(Aggregate):
         hold_id: str,
         image: str,
         at: datetime,
+        vram_gb: float = 0.0,
     ) -> None:
         self.owner = owner
+        self.vram_gb = vram_gb  # per GPU (0 in events recorded before it was kept)
         self.provider = provider
         self.offer_id = offer_id
         self.gpu_model = gpu_model

@@ -6,6 +6,7 @@ An invalid value stops start-up with a ``ConfigError`` that names the variable.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,30 @@ class Settings:
     vastai_api_url: str = "https://console.vast.ai"
     ionet_api_key: str = field(default="", repr=False)
     ionet_api_url: str = "https://api.io.solutions"
+    # proxy
+    allow_private_targets: bool = False
+    proxy_request_price: int = 0  # micro-USD per proxied request
+    proxy_lease_amount: int = 1_000_000  # micro-USD each serving process holds per user
+    proxy_usage_flush_interval: float = 10.0
+    proxy_connect_timeout: float = 5.0
+    proxy_default_timeout: float = 300.0
+    # payments
+    payment_min: int = 1_000_000
+    payment_max: int = 10_000_000_000
+    stripe_secret_key: str = field(default="", repr=False)
+    stripe_webhook_secret: str = field(default="", repr=False)
+    stripe_api_base: str = "https://api.stripe.com"
+    crypto_enabled: bool = False
+    crypto_rpc_url: str = ""
+    crypto_network: str = "ethereum"
+    crypto_receiving_address: str = ""
+    crypto_token_address: str = ""  # USDC contract; empty: the network's official one
+    crypto_confirmations: int = 12
+    crypto_payment_ttl: float = 3600.0
+    crypto_poll_interval: float = 15.0
+    afterdark_api_url: str = "https://billing.afterdarksys.com"
+    afterdark_api_key: str = field(default="", repr=False)
+    payment_reconcile_interval: float = 60.0
 
     @property
     def sqlite_path(self) -> Path:
@@ -178,6 +203,8 @@ def load_settings(
         log_level=log_level,
         **http,
         **market,
+        **_proxy(env),
+        **_payments(env),
     )
 
 
@@ -281,6 +308,83 @@ def _marketplace(env: Mapping[str, str]) -> dict[str, Any]:
         "vastai_api_url": urls["VASTAI_API_URL"],
         "ionet_api_key": ionet_key,
         "ionet_api_url": urls["IONET_API_URL"],
+    }
+
+
+def _usd(env: Mapping[str, str], name: str, default: str, low: int, high: int) -> int:
+    raw = env.get(name, "").strip() or default
+    try:
+        value = usd_to_micros(raw, field=name)
+    except Exception as exc:
+        raise ConfigError(f"{name}={raw!r}: {exc}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={raw!r} must be between {low / 1e6:g} and {high / 1e6:g} USD")
+    return value
+
+
+def _url(env: Mapping[str, str], name: str, default: str) -> str:
+    url = env.get(name, "").strip().rstrip("/") or default
+    if url and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{name}={url!r} must be an http(s) URL")
+    return url
+
+
+def _proxy(env: Mapping[str, str]) -> dict[str, Any]:
+    price = _usd(env, "PROXY_REQUEST_PRICE", "0", 0, 1_000_000_000)
+    lease = _usd(env, "PROXY_LEASE_AMOUNT", "1", 1, 1_000_000_000_000)
+    if price and lease < price:
+        raise ConfigError("PROXY_LEASE_AMOUNT must be at least PROXY_REQUEST_PRICE")
+    return {
+        "allow_private_targets": _bool(env, "ALLOW_PRIVATE_TARGETS", False),
+        "proxy_request_price": price,
+        "proxy_lease_amount": lease,
+        "proxy_usage_flush_interval": _float(env, "PROXY_USAGE_FLUSH_SECONDS", 10.0, 0.05, 3600.0),
+        "proxy_connect_timeout": _float(env, "PROXY_CONNECT_TIMEOUT", 5.0, 0.1, 120.0),
+        "proxy_default_timeout": _float(env, "GPU_API_TIMEOUT", 300.0, 0.1, 86400.0),
+    }
+
+
+def _payments(env: Mapping[str, str]) -> dict[str, Any]:
+    low = _usd(env, "PAYMENT_MIN", "1", 10_000, 1_000_000_000_000)
+    high = _usd(env, "PAYMENT_MAX", "10000", 10_000, 1_000_000_000_000)
+    if high < low:
+        raise ConfigError("PAYMENT_MAX must not be below PAYMENT_MIN")
+    if low % 10_000 or high % 10_000:
+        raise ConfigError("PAYMENT_MIN and PAYMENT_MAX must be whole cents")
+    stripe_key = env.get("STRIPE_SECRET_KEY", "").strip()
+    if stripe_key and not stripe_key.startswith(("sk_", "rk_")):
+        raise ConfigError("STRIPE_SECRET_KEY must be a Stripe secret key (sk_… or rk_…)")
+    rpc = _url(env, "CRYPTO_RPC_URL", "")
+    address = env.get("CRYPTO_RECEIVING_ADDRESS", "").strip().lower()
+    token = env.get("CRYPTO_TOKEN_ADDRESS", "").strip().lower()
+    for name, value in (("CRYPTO_RECEIVING_ADDRESS", address), ("CRYPTO_TOKEN_ADDRESS", token)):
+        if value and not re.fullmatch(r"0x[0-9a-f]{40}", value):
+            raise ConfigError(f"{name}={value!r} must be a 0x-prefixed 20-byte hex address")
+    enabled = _bool(env, "CRYPTO_ENABLED", bool(rpc and address))
+    if enabled and not (rpc and address):
+        raise ConfigError("CRYPTO_ENABLED=true needs CRYPTO_RPC_URL and CRYPTO_RECEIVING_ADDRESS")
+    return {
+        "payment_min": low,
+        "payment_max": high,
+        "stripe_secret_key": stripe_key,
+        "stripe_webhook_secret": env.get("STRIPE_WEBHOOK_SECRET", "").strip(),
+        "stripe_api_base": _url(env, "STRIPE_API_BASE", "https://api.stripe.com"),
+        "crypto_enabled": enabled,
+        "crypto_rpc_url": rpc,
+        "crypto_network": _choice(
+            env,
+            "CRYPTO_NETWORK",
+            "ethereum",
+            {"ethereum", "base", "polygon", "arbitrum", "optimism"},
+        ),
+        "crypto_receiving_address": address,
+        "crypto_token_address": token,
+        "crypto_confirmations": _int(env, "CRYPTO_CONFIRMATIONS", 12, 1, 10_000),
+        "crypto_payment_ttl": _float(env, "CRYPTO_PAYMENT_TTL_SECONDS", 3600.0, 10.0, 30 * 86400.0),
+        "crypto_poll_interval": _float(env, "CRYPTO_POLL_SECONDS", 15.0, 0.05, 3600.0),
+        "afterdark_api_url": _url(env, "AFTERDARK_API_URL", "https://billing.afterdarksys.com"),
+        "afterdark_api_key": env.get("AFTERDARK_API_KEY", "").strip(),
+        "payment_reconcile_interval": _float(env, "PAYMENT_RECONCILE_SECONDS", 60.0, 0.05, 86400.0),
     }
 
 

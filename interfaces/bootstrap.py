@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
 from domain.marketplace import GpuProvider
+from domain.payment_ports import CardProcessor, ChainReader
 from domain.ports import Clock, system_clock
 from domain.services.ledger import LedgerApp, LedgerService
 from domain.services.marketplace import MarketplaceConfig, MarketplaceService
+from domain.services.payments import CryptoConfig, PaymentService
 from infrastructure.api_keys import ApiKeyStore
 from infrastructure.auth import AuthService
 from infrastructure.event_log import EventLog
@@ -19,6 +22,8 @@ from infrastructure.identity import UserStore
 from infrastructure.ledger_queries import LedgerQueries
 from infrastructure.marketplace_jobs import MarketplaceJobs
 from infrastructure.migrate import migrate as apply_migrations
+from infrastructure.payment_jobs import CryptoWatch, PaymentJobs
+from infrastructure.payment_queries import PaymentQueries
 from infrastructure.pg_listen import PgWakeup
 from infrastructure.projection_runner import ProjectionRunner
 from infrastructure.rate_limit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -54,6 +59,10 @@ class Container:
     limiter: RateLimiter
     redis: Any | None
     marketplace: MarketplaceService
+    payments: PaymentService
+    payment_queries: PaymentQueries
+    stripe: Any | None = None  # StripeGateway when STRIPE_SECRET_KEY is set (webhooks)
+    chain: ChainReader | None = None
     _closers: list[Any] = field(default_factory=list)
 
     def jobs(self) -> MarketplaceJobs:
@@ -65,9 +74,34 @@ class Container:
             reconcile_interval=self.settings.reconcile_interval,
         )
 
+    def payment_jobs(self) -> PaymentJobs:
+        s = self.settings
+        watch = None
+        if self.chain is not None and self.payments.crypto is not None:
+            crypto = self.payments.crypto
+            watch = CryptoWatch(
+                reader=self.chain,
+                network=crypto.network,
+                token=crypto.token,
+                receiving_address=crypto.receiving_address,
+                confirmations=s.crypto_confirmations,
+            )
+        return PaymentJobs(
+            self.payments,
+            self.payment_queries,
+            self.db,
+            reconcile_interval=s.payment_reconcile_interval,
+            crypto=watch,
+            crypto_interval=s.crypto_poll_interval,
+        )
+
     async def aclose_providers(self) -> None:
         for provider in self.marketplace.providers.values():
             await provider.aclose()
+        for processor in self.payments.processors.values():
+            await processor.aclose()
+        if self.chain is not None:
+            await self.chain.aclose()
 
     def close(self) -> None:
         try:
@@ -138,6 +172,47 @@ def open_providers(settings: Settings) -> dict[str, GpuProvider]:
     return providers
 
 
+def open_processors(settings: Settings) -> dict[str, CardProcessor]:
+    """Card processors with keys configured (Stripe, AfterDark)."""
+    processors: dict[str, CardProcessor] = {}
+    if settings.stripe_secret_key:
+        from infrastructure.payments.stripe_gateway import StripeGateway
+
+        processors["stripe"] = StripeGateway(
+            settings.stripe_secret_key,
+            webhook_secret=settings.stripe_webhook_secret,
+            api_base=settings.stripe_api_base,
+        )
+    if settings.afterdark_api_key:
+        from infrastructure.payments.afterdark import AfterDarkGateway
+
+        processors["afterdark"] = AfterDarkGateway(
+            settings.afterdark_api_key, base_url=settings.afterdark_api_url
+        )
+    return processors
+
+
+def open_chain(settings: Settings) -> tuple[ChainReader | None, CryptoConfig | None]:
+    """The chain reader and crypto terms when crypto payments are enabled."""
+    if not settings.crypto_enabled:
+        return None, None
+    from infrastructure.payments.chain import (
+        SUPPORTED_NETWORKS,
+        USDC_CONTRACTS,
+        JsonRpcChainReader,
+    )
+
+    network = settings.crypto_network
+    config = CryptoConfig(
+        network=network,
+        chain_id=SUPPORTED_NETWORKS[network],
+        token=settings.crypto_token_address or USDC_CONTRACTS[network].lower(),
+        receiving_address=settings.crypto_receiving_address,
+        ttl=timedelta(seconds=settings.crypto_payment_ttl),
+    )
+    return JsonRpcChainReader(settings.crypto_rpc_url), config
+
+
 def revocation_signal(settings: Settings, redis: Any | None) -> RevocationSignal:
     """How processes tell each other that a credential or role changed."""
     if redis is not None:
@@ -188,6 +263,8 @@ def bootstrap(
     ledger = LedgerService(app, policy=settings.guardrails, clock=clock, on_saved=runner.wake)
     redis = open_redis(settings)
     signal = revocation_signal(settings, redis)
+    processors = open_processors(settings)
+    chain, crypto = open_chain(settings)
     users = UserStore(db, signal)
     container = Container(
         settings=settings,
@@ -223,6 +300,10 @@ def bootstrap(
                 spread=settings.lb_strategy,
             ),
         ),
+        payments=PaymentService(ledger, processors, clock=clock, crypto=crypto),
+        payment_queries=PaymentQueries(db),
+        stripe=processors.get("stripe"),
+        chain=chain,
     )
     if run_projections:
         if settings.db_type == "postgres":

@@ -29,6 +29,7 @@ class InstancesProjection:
                 "num_gpus": int(data["num_gpus"]),
                 "price_per_hour": int(data["price_per_hour"]),
                 "image": data["image"],
+                "vram_gb": float(data.get("vram_gb", 0.0)),
                 "state": "requested",
                 "requested_at": at,
             }

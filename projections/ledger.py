@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 from projections.base import Insert, Op, Projection, Recorded, Upsert
 from projections.instances import InstancesProjection
+from projections.payments import PaymentsProjection
+from projections.proxy_load import ProxyLoadProjection
 
 ACCOUNT = "CreditAccount."
 SPEND_EVENTS = {"CreditAccount.Charged", "CreditAccount.HoldCaptured"}
@@ -162,5 +164,7 @@ ALL: tuple[Projection, ...] = (
     SpendingProjection(),
     UsageProjection(),
     InstancesProjection(),
+    PaymentsProjection(),
+    ProxyLoadProjection(),
 )
 BY_NAME: dict[str, Projection] = {p.name: p for p in ALL}

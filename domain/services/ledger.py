@@ -7,23 +7,26 @@ read model; reporting reads come from the projections.
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate, Snapshot
-from eventsourcing.persistence import Recording
+from eventsourcing.persistence import IntegrityError, Recording
 
 from domain.credits import CreditAccount, account_id_for
-from domain.errors import AccountNotFoundError
+from domain.errors import AccountNotFoundError, ConcurrencyError
 from domain.guardrails import GuardrailPolicy
 from domain.ports import Clock, system_clock
 from domain.services.committer import GroupCommitter
 
 SNAPSHOT_INTERVAL = 100
+T = TypeVar("T")
 
 
 class LedgerApp(Application[UUID]):
@@ -151,6 +154,37 @@ class LedgerService:
 
         result, position = self.committer.execute(account_id_for(user_id), command, create)
         return Outcome(applied=result is not False, position=position)
+
+    def transact(
+        self,
+        owner: str,
+        run: Callable[[CreditAccount, datetime], tuple[T, Aggregate]],
+        *,
+        clock: Clock | None = None,
+    ) -> T:
+        """Run ``run`` on the owner's account and save it with the aggregate it returns.
+
+        Both are saved in one transaction under optimistic concurrency; on a conflict both are
+        reloaded and ``run`` is called again (bounded, with jitter). The committer's cached copy
+        of the account is dropped afterwards, since it is now behind.
+        """
+        account_id = account_id_for(owner)
+        clock = clock or self.clock
+        for attempt in range(10):
+            now = clock()
+            try:
+                account: CreditAccount = self.app.repository.get(account_id)
+            except AggregateNotFoundError:
+                account = CreditAccount(user_id=owner, at=now)
+            result, other = run(account, now)
+            try:
+                self.app.save(account, other)
+            except IntegrityError:
+                time.sleep(random.uniform(0, 0.002 * 2**attempt))  # noqa: S311 - jitter
+                continue
+            self.committer.evict(account_id)
+            return result
+        raise ConcurrencyError("Too many concurrent updates; retry")
 
     def open_account(self, user_id: str) -> Outcome:
         return self._run(user_id, lambda _account, _now: None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -20,10 +19,9 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError
 
-from domain.credits import CreditAccount, account_id_for
-from domain.errors import ConcurrencyError, DomainError, InvalidArgumentError
+from domain.credits import CreditAccount
+from domain.errors import DomainError, InvalidArgumentError
 from domain.instances import GpuInstance
 from domain.marketplace import (
     GpuProvider,
@@ -221,6 +219,7 @@ class MarketplaceService:
                 hold_id=hold_id,
                 image=spec.image,
                 at=now,
+                vram_gb=offer.vram_gb,
             )
 
         await asyncio.to_thread(self._create, owner, request)
@@ -671,22 +670,7 @@ class MarketplaceService:
         owner: str,
         run: Callable[[CreditAccount, datetime], tuple[T, Aggregate]],
     ) -> T:
-        account_id = account_id_for(owner)
-        for attempt in range(10):
-            now = self.clock()
-            try:
-                account: CreditAccount = self.app.repository.get(account_id)
-            except AggregateNotFoundError:
-                account = CreditAccount(user_id=owner, at=now)
-            result, gpu = run(account, now)
-            try:
-                self.app.save(account, gpu)
-            except IntegrityError:
-                time.sleep(random.uniform(0, 0.002 * 2**attempt))  # noqa: S311 - jitter
-                continue
-            self.ledger.committer.evict(account_id)  # its cached copy is now behind
-            return result
-        raise ConcurrencyError("Too many concurrent updates; retry")
+        return self.ledger.transact(owner, run, clock=self.clock)
 
 
 def spread(offers: list[Offer], strategy: str) -> list[Offer]:

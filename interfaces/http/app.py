@@ -13,7 +13,8 @@ from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from domain.errors import DomainError
-from interfaces.http.controllers import admin, auth, gpu, health, money
+from infrastructure.proxy.runtime import ProxyRuntime
+from interfaces.http.controllers import admin, auth, billing, gpu, health, money, proxy
 from interfaces.http.errors import (
     make_internal_handler,
     on_domain_error,
@@ -59,21 +60,47 @@ def create_app(
         Exception: make_internal_handler(developer_mode),
     }
     tasks: list[asyncio.Task[None]] = []
+    runtime = ProxyRuntime(
+        container.db,
+        container.app,
+        container.ledger,
+        default_strategy=settings.lb_strategy,
+        price=settings.proxy_request_price,
+        lease_amount=settings.proxy_lease_amount,
+        allow_private=settings.allow_private_targets,
+        connect_timeout=settings.proxy_connect_timeout,
+        default_timeout=settings.proxy_default_timeout,
+        flush_interval=settings.proxy_usage_flush_interval,
+        clock=container.ledger.clock,
+    )
 
     async def start_jobs() -> None:
+        tasks.append(asyncio.create_task(runtime.run_forever()))
         if run_jobs:
             tasks.append(asyncio.create_task(container.jobs().run_forever()))
+            tasks.append(asyncio.create_task(container.payment_jobs().run_forever()))
 
     async def stop_jobs() -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await runtime.aclose()
         await container.aclose_providers()
 
     app = Litestar(
         on_startup=[start_jobs],
         on_shutdown=[stop_jobs],
-        route_handlers=[*health.handlers, auth.router, money.router, admin.router, gpu.router],
+        route_handlers=[
+            *health.handlers,
+            auth.router,
+            money.router,
+            admin.router,
+            gpu.router,
+            billing.router,
+            billing.webhooks,
+            billing.admin_router,
+            proxy.router,
+        ],
         exception_handlers=handlers,
         middleware=[observe(metrics)],
         openapi_config=openapi,
@@ -84,4 +111,5 @@ def create_app(
     )
     app.state.container = container
     app.state.metrics = metrics
+    app.state.proxy = runtime
     return app

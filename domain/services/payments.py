@@ -1,0 +1,493 @@
+"""Payment use cases: start a payment, settle it into credits, reverse it, reconcile it.
+
+Money rules stay in the aggregates: a payment's success and the credit grant it causes are
+saved in one transaction (``LedgerService.transact``), a refund or dispute and its debit too.
+Processor calls happen between transactions, never inside one; every call carries an
+idempotency key derived from the payment id, so a retry (by the user, the reconciler or
+after a crash) is one effect at the processor as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError
+
+from domain.credits import CreditAccount
+from domain.errors import DomainError, IdempotencyConflictError, InvalidArgumentError
+from domain.payment_ports import (
+    CardDeclinedError,
+    CardProcessor,
+    ChargeRequest,
+    ChargeResult,
+    PaymentError,
+    PaymentUnavailableError,
+    WebhookEvent,
+)
+from domain.payments import Payment, PaymentStateError, payment_id_for
+from domain.ports import Clock
+from domain.services.ledger import LedgerService
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+CENT = 10_000  # micro-USD
+
+
+class PaymentNotFoundError(DomainError):
+    status = 404
+    title = "Payment not found"
+
+
+class PaymentInProgressError(DomainError):
+    """Another request with the same Idempotency-Key is still being processed."""
+
+    status = 409
+    title = "Payment in progress"
+
+
+class ProcessorNotConfiguredError(DomainError):
+    status = 400
+    title = "Payment provider not available"
+
+
+@dataclass(frozen=True)
+class CryptoConfig:
+    network: str
+    chain_id: int
+    token: str  # contract address, lower-case
+    receiving_address: str
+    ttl: timedelta
+
+
+@dataclass(frozen=True)
+class PaymentRequest:
+    """A validated request: amount in micro-USD (whole cents), processor, method details."""
+
+    owner: str
+    amount: int
+    currency: str
+    processor: str
+    method: dict[str, str]  # type, token | network+wallet, brand/last4 when known
+    key: str
+    source: str = "user"
+
+    def fingerprint(self) -> str:
+        """What must match for a retry with the same key to be the same request."""
+        method = {k: v for k, v in sorted(self.method.items()) if k in {"type", "token", "wallet"}}
+        text = f"{self.amount}|{self.currency}|{self.processor}|{method}"
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class PaymentService:
+    def __init__(
+        self,
+        ledger: LedgerService,
+        processors: Mapping[str, CardProcessor],
+        *,
+        clock: Clock,
+        crypto: CryptoConfig | None = None,
+        wait_for_peer: float = 10.0,
+    ) -> None:
+        self.ledger = ledger
+        self.app = ledger.app
+        self.processors = dict(processors)
+        self.clock = clock
+        self.crypto = crypto
+        self.wait_for_peer = wait_for_peer
+
+    # ------------------------------------------------------------------ start
+
+    async def create(self, request: PaymentRequest) -> tuple[Payment, bool]:
+        """Start a payment, or find the one this key already started. Returns (payment, new)."""
+        if request.processor != "crypto" and request.processor not in self.processors:
+            raise ProcessorNotConfiguredError(
+                f"payment provider {request.processor!r} is not configured",
+                field="provider",
+                available=sorted([*self.processors, *(["crypto"] if self.crypto else [])]),
+            )
+        if request.processor == "crypto" and self.crypto is None:
+            raise ProcessorNotConfiguredError("crypto payments are not configured")
+        if request.amount % CENT:
+            raise InvalidArgumentError("amount must be whole cents", field="amount")
+        payment_id = payment_id_for(request.owner, request.key)
+        existing = await asyncio.to_thread(self.find, payment_id)
+        if existing is None:
+            created = await asyncio.to_thread(self._initiate, request)
+            if created is not None:
+                return await self._dispatch(created), True
+            existing = await asyncio.to_thread(self.get, payment_id)
+        return await self._replay(existing, request), False
+
+    def _initiate(self, request: PaymentRequest) -> Payment | None:
+        now = self.clock()
+        expires = None
+        method = dict(request.method)
+        if request.processor == "crypto":
+            assert self.crypto is not None  # noqa: S101 - checked by create()
+            expires = now + self.crypto.ttl
+            method.update(
+                asset="usdc",
+                contract=self.crypto.token,
+                to=self.crypto.receiving_address,
+                chain_id=str(self.crypto.chain_id),
+            )
+        payment = Payment(
+            owner=request.owner,
+            key=request.key,
+            amount=request.amount,
+            currency=request.currency,
+            processor=request.processor,
+            method=method,
+            fingerprint=request.fingerprint(),
+            at=now,
+            expires_at=expires,
+            source=request.source,
+        )
+        if request.processor == "crypto":
+            payment.mark_pending("", now=now)
+        try:
+            self.app.save(payment)
+        except IntegrityError:
+            return None  # a concurrent request with the same key created it first
+        return payment
+
+    async def _replay(self, payment: Payment, request: PaymentRequest) -> Payment:
+        if payment.fingerprint != request.fingerprint():
+            raise IdempotencyConflictError(
+                "Idempotency-Key was already used with a different request", key=request.key
+            )
+        deadline = time.monotonic() + self.wait_for_peer
+        while payment.state == "initiated" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            payment = await asyncio.to_thread(self.get, payment.id)
+        if payment.state == "initiated" and self.clock() - payment.created_at < timedelta(
+            seconds=self.wait_for_peer * 3
+        ):
+            raise PaymentInProgressError(
+                "A request with this Idempotency-Key is still being processed; retry shortly",
+                payment_id=str(payment.id),
+            )
+        if payment.state == "initiated":  # its first request died: take it over
+            return await self._dispatch(payment)
+        return payment
+
+    async def _dispatch(self, payment: Payment) -> Payment:
+        """Send a card payment to its processor and record the answer."""
+        if payment.processor == "crypto":
+            return payment
+        processor = self.processors[payment.processor]
+        try:
+            result = await processor.charge(self._charge_request(payment))
+        except CardDeclinedError as exc:
+            return await asyncio.to_thread(self._record_failure, payment.id, exc.message)
+        except PaymentUnavailableError as exc:
+            log.warning("payment %s: %s; the reconciler retries it", payment.id, exc)
+            return payment
+        except PaymentError as exc:
+            return await asyncio.to_thread(self._record_failure, payment.id, exc.message)
+        return await asyncio.to_thread(self.apply_charge, payment.id, result)
+
+    @staticmethod
+    def _charge_request(payment: Payment) -> ChargeRequest:
+        return ChargeRequest(
+            payment_id=str(payment.id),
+            user_id=payment.owner,
+            amount_cents=payment.amount // CENT,
+            currency=payment.currency.lower(),
+            payment_method=payment.method.get("token", ""),
+            idempotency_key=f"gpuproxy-payment-{payment.id}",
+            description="GPU Proxy credits",
+        )
+
+    # --------------------------------------------------------------- settle
+
+    def apply_charge(self, payment_id: UUID, result: ChargeResult, event_id: str = "") -> Payment:
+        """Record what the processor says about a charge (from its answer or a webhook)."""
+        if result.status == "succeeded":
+            return self._settle(
+                payment_id,
+                external_id=result.external_id,
+                cents=result.amount_cents,
+                brand=result.card_brand,
+                last4=result.card_last4,
+                event_id=event_id,
+            )
+        if result.status == "failed":
+            return self._record_failure(
+                payment_id, result.failure_message or "payment failed", result.external_id, event_id
+            )
+
+        def pending(payment: Payment, now: datetime) -> None:
+            payment.mark_pending(
+                result.external_id, next_action_url=result.next_action_url, now=now
+            )
+
+        return self._update(payment_id, pending, event_id)
+
+    def _settle(
+        self,
+        payment_id: UUID,
+        *,
+        external_id: str,
+        cents: int,
+        brand: str = "",
+        last4: str = "",
+        event_id: str = "",
+    ) -> Payment:
+        def run(account: CreditAccount, now: datetime) -> tuple[Payment, Payment]:
+            payment = self.get(payment_id)
+            if not payment.applied_webhook(event_id):
+                credited = min(cents * CENT, payment.amount) if cents else payment.amount
+                if payment.succeed(
+                    external_id=external_id, credited=credited, brand=brand, last4=last4, now=now
+                ):
+                    account.grant(
+                        credited,
+                        key=f"payment:{payment.id}",
+                        now=now,
+                        source="auto_renew" if payment.source == "auto_renew" else "payment",
+                        reference=str(payment.id),
+                        reason=f"{payment.processor} payment",
+                        actor=payment.owner,
+                    )
+                payment.note_webhook(event_id)
+            return payment, payment
+
+        return self._transact(payment_id, run)
+
+    def _record_failure(
+        self, payment_id: UUID, reason: str, external_id: str = "", event_id: str = ""
+    ) -> Payment:
+        def fail(payment: Payment, now: datetime) -> None:
+            payment.fail(reason, now=now, external_id=external_id)
+
+        return self._update(payment_id, fail, event_id)
+
+    def apply_webhook(self, event: WebhookEvent, payment_id: UUID) -> Payment:
+        """Apply a verified processor event once (by its id); unknown types are ignored."""
+        if event.type == "payment_intent.succeeded":
+            return self._settle(
+                payment_id,
+                external_id=event.payment_intent_id,
+                cents=event.amount_cents,
+                brand=event.card_brand,
+                last4=event.card_last4,
+                event_id=event.event_id,
+            )
+        if event.type == "payment_intent.payment_failed":
+            return self._record_failure(
+                payment_id,
+                event.failure_message or "payment failed",
+                event.payment_intent_id,
+                event.event_id,
+            )
+        if event.type == "charge.refunded":
+            return self._reverse_to(payment_id, "refund", event.amount_cents * CENT, event)
+        if event.type == "charge.dispute.created":
+            return self._reverse(
+                payment_id, "dispute", event.amount_cents * CENT, event.event_id, event.event_id
+            )
+        return self.get(payment_id)
+
+    # ------------------------------------------------------------- reversals
+
+    async def refund(self, payment_id: UUID, amount: int | None, *, actor: str) -> Payment:
+        """Admin refund: through the processor for cards, recorded by hand for crypto."""
+        payment = await asyncio.to_thread(self.get, payment_id)
+        amount = payment.reversible if amount is None else amount
+        if amount % CENT:
+            raise InvalidArgumentError("amount must be whole cents", field="amount")
+        if not 0 < amount <= payment.reversible:
+            raise InvalidArgumentError(
+                "nothing to refund" if payment.reversible == 0 else "amount exceeds refundable",
+                field="amount",
+                refundable=payment.reversible,
+            )
+        reference = f"manual:{actor}"
+        if payment.processor != "crypto":
+            processor = self.processors[payment.processor]
+            key = f"gpuproxy-refund-{payment.id}-{payment.refunded}-{amount}"
+            result = await processor.refund(
+                payment.external_id, amount // CENT, idempotency_key=key
+            )
+            if result.status == "failed":
+                raise PaymentStateError(
+                    "The processor refused the refund", refund=result.external_id
+                )
+            reference = result.external_id
+        return await asyncio.to_thread(
+            self._reverse_to, payment_id, "refund", payment.refunded + amount, None, reference
+        )
+
+    def _reverse_to(
+        self,
+        payment_id: UUID,
+        kind: str,
+        total: int,
+        event: WebhookEvent | None,
+        reference: str = "",
+    ) -> Payment:
+        """Bring the refunded total up to ``total`` (refund notices carry the running total)."""
+        event_id = event.event_id if event else ""
+        return self._reverse(
+            payment_id, kind, None, event_id, reference or event_id, refunded_total=total
+        )
+
+    def _reverse(
+        self,
+        payment_id: UUID,
+        kind: str,
+        amount: int | None,
+        event_id: str,
+        reference: str,
+        *,
+        refunded_total: int = 0,
+    ) -> Payment:
+        """Record a reversal and debit the account as far as it allows, in one save."""
+
+        def run(account: CreditAccount, now: datetime) -> tuple[Payment, Payment]:
+            payment = self.get(payment_id)
+            if payment.applied_webhook(event_id):
+                return payment, payment
+            wanted = (
+                min(refunded_total, payment.credited) - payment.refunded
+                if amount is None
+                else amount
+            )
+            taken = min(wanted, payment.reversible)
+            if taken > 0:
+                debited = min(taken, max(0, account.available + account.cap))
+                if debited:
+                    account.debit(
+                        debited,
+                        key=f"{kind}:{payment.id}:{payment.refunded + payment.disputed}",
+                        now=now,
+                        kind=kind,
+                        reference=str(payment.id),
+                        reason=f"{payment.processor} {kind}",
+                        actor="payments",
+                    )
+                payment.reverse(kind, taken, debited=debited, reference=reference, now=now)
+            payment.note_webhook(event_id)
+            return payment, payment
+
+        return self._transact(payment_id, run)
+
+    # ----------------------------------------------------------------- crypto
+
+    def record_transfer(
+        self, payment_id: UUID, transfer_ref: str, amount: int, *, block: int
+    ) -> tuple[str, Payment]:
+        """Apply one confirmed chain transfer to a crypto payment (once per transfer)."""
+
+        def run(account: CreditAccount, now: datetime) -> tuple[tuple[str, Payment], Payment]:
+            payment = self.get(payment_id)
+            kind, credit = payment.record_transfer(transfer_ref, amount, block=block, now=now)
+            if credit and kind in {"exact", "overpaid", "late"}:
+                payment.succeed(external_id=transfer_ref, credited=credit, now=now)
+            if credit:
+                account.grant(
+                    credit,
+                    key=f"payment:{payment.id}:{transfer_ref}",
+                    now=now,
+                    source="payment",
+                    reference=str(payment.id),
+                    reason=f"crypto payment ({kind})",
+                    actor=payment.owner,
+                )
+            return (kind, payment), payment
+
+        return self._transact(payment_id, run)
+
+    def expire(self, payment_id: UUID) -> Payment:
+        """Close a crypto request past its deadline; what was received (underpaid) is credited."""
+
+        def run(account: CreditAccount, now: datetime) -> tuple[Payment, Payment]:
+            payment = self.get(payment_id)
+            if not payment.is_open or payment.expires_at is None or payment.expires_at > now:
+                return payment, payment
+            if payment.received:
+                payment.succeed(external_id="", credited=payment.received, now=now)
+                account.grant(
+                    payment.received,
+                    key=f"payment:{payment.id}",
+                    now=now,
+                    source="payment",
+                    reference=str(payment.id),
+                    reason="crypto payment (underpaid)",
+                    actor=payment.owner,
+                )
+            else:
+                payment.expire(now)
+            return payment, payment
+
+        return self._transact(payment_id, run)
+
+    # -------------------------------------------------------------- reconcile
+
+    async def reconcile(self, payment: Payment) -> Payment:
+        """Ask the processor again about a payment left open (crash, outage, 3-D Secure)."""
+        if payment.processor == "crypto":
+            due = payment.expires_at is not None and payment.expires_at <= self.clock()
+            return await asyncio.to_thread(self.expire, payment.id) if due else payment
+        if payment.state == "initiated":
+            return await self._dispatch(payment)  # same idempotency key: the first answer
+        processor = self.processors.get(payment.processor)
+        if processor is None or not payment.external_id:
+            return payment
+        try:
+            result = await processor.status(payment.external_id)
+        except PaymentError as exc:
+            log.warning("payment %s: status check failed: %s", payment.id, exc)
+            return payment
+        if result.status == "requires_action":
+            return payment
+        return await asyncio.to_thread(self.apply_charge, payment.id, result)
+
+    # ------------------------------------------------------------------ reads
+
+    def find(self, payment_id: UUID) -> Payment | None:
+        try:
+            payment: Any = self.app.repository.get(payment_id)
+        except AggregateNotFoundError:
+            return None
+        return payment if isinstance(payment, Payment) else None
+
+    def get(self, payment_id: UUID) -> Payment:
+        payment = self.find(payment_id)
+        if payment is None:
+            raise PaymentNotFoundError("No such payment", payment_id=str(payment_id))
+        return payment
+
+    # ---------------------------------------------------------------- helpers
+
+    def _transact(
+        self, payment_id: UUID, run: Callable[[CreditAccount, datetime], tuple[T, Payment]]
+    ) -> T:
+        owner = self.get(payment_id).owner
+        return self.ledger.transact(owner, run, clock=self.clock)
+
+    def _update(
+        self, payment_id: UUID, change: Callable[[Payment, datetime], Any], event_id: str
+    ) -> Payment:
+        """A payment-only change (no money moves), once per processor event."""
+        for _ in range(10):
+            payment = self.get(payment_id)
+            if not payment.applied_webhook(event_id):
+                change(payment, self.clock())
+                payment.note_webhook(event_id)
+            try:
+                self.app.save(payment)
+            except IntegrityError:
+                continue
+            return payment
+        raise PaymentStateError("Too many concurrent updates to this payment; retry")

@@ -1,0 +1,95 @@
+"""Monthly statements, folded from an account's events (never from a read model).
+
+Balance moves only on grants (+), charges and hold captures (-) and debits (-); holds and
+releases change what is available, not the balance. The statement checks its own sum:
+opening + payments + other grants - charges - refunds/disputes/adjustments = closing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from domain.errors import InvalidArgumentError
+
+
+class AccountEvent(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def at(self) -> datetime: ...
+
+    @property
+    def data(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class Statement:
+    month: str
+    opening: int = 0
+    payments: int = 0
+    grants: int = 0  # admin, promotion, auto-renew grants that were not payments
+    charges: int = 0
+    charges_by_reference: dict[str, int] = field(default_factory=dict)
+    refunds: int = 0  # refunds and disputes
+    adjustments: int = 0
+    closing: int = 0
+
+    @property
+    def reconciles(self) -> bool:
+        total = self.opening + self.payments + self.grants
+        return total - self.charges - self.refunds - self.adjustments == self.closing
+
+
+def month_bounds(month: str) -> tuple[datetime, datetime]:
+    """'2026-11' → [2026-11-01, 2026-12-01) in UTC."""
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
+        raise InvalidArgumentError("month must be YYYY-MM", field="month")
+    year, number = int(month[:4]), int(month[5:])
+    start = datetime(year, number, 1, tzinfo=UTC)
+    end = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=UTC)
+    return start, end
+
+
+def statement(month: str, events: Iterable[AccountEvent]) -> Statement:
+    """Fold every event of one account (oldest first) into the statement for ``month``."""
+    start, end = month_bounds(month)
+    result = Statement(month=month)
+    balance = 0
+    opened = False
+    references: dict[str, str] = {}  # hold id -> what it paid for
+    for event in events:
+        if event.at >= end:
+            break
+        if not opened and event.at >= start:
+            result.opening, opened = balance, True
+        data = event.data
+        amount = int(data.get("amount", 0))
+        if event.name == "HoldPlaced":
+            references[data["hold_id"]] = data.get("reference") or data.get("reason") or ""
+            continue
+        if event.name == "Granted":
+            balance += amount
+            bucket = "payments" if data.get("source") == "payment" else "grants"
+        elif event.name in {"Charged", "HoldCaptured"}:
+            balance -= amount
+            bucket = "charges"
+        elif event.name == "Debited":
+            balance -= amount
+            bucket = "adjustments" if data.get("kind") == "adjustment" else "refunds"
+        else:
+            continue
+        if event.at < start:
+            continue
+        setattr(result, bucket, getattr(result, bucket) + amount)
+        if bucket == "charges":
+            ref = data.get("reference") or references.get(data.get("hold_id", ""), "") or "other"
+            result.charges_by_reference[ref] = result.charges_by_reference.get(ref, 0) + amount
+    if not opened:
+        result.opening = balance
+    result.closing = balance
+    return result

@@ -1,0 +1,326 @@
+"""The proxy's per-process state and the one forwarding path every proxy route uses.
+
+Per request: the caller's running instances (read model, cached a second), the target check
+(``TargetGuard``: only their own instances, no SSRF), one credit-lease spend (in memory),
+a balancing pick (``LoadTracker``, this process's live figures), the upstream call
+(``Forwarder``), and a retry on another instance for connect errors and 502/503 within the
+retry budget. Counters are flushed as ``ProxyUsage`` events every few seconds; nothing is
+written to the event store per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from domain.balancing import Backend, LoadTracker, NoBackendError, check_strategy
+from domain.errors import DomainError
+from domain.ports import Clock
+from domain.services.ledger import LedgerApp, LedgerService
+from domain.services.proxy_leases import ProxyLeases
+from domain.usage import ProxyUsage
+from infrastructure.proxy.forwarder import (
+    Body,
+    Forwarder,
+    Headers,
+    UpstreamConnectError,
+    UpstreamResponse,
+)
+from infrastructure.proxy.targets import Endpoint, Target, TargetGuard
+from infrastructure.sql import Database
+
+log = logging.getLogger(__name__)
+RETRY_STATUSES = frozenset({502, 503})
+ENDPOINTS_TTL = 1.0  # seconds a user's instance list is reused
+STRATEGY_TTL = 2.0  # seconds a user's strategy is reused (changes reach other processes then)
+
+
+class InstanceNotReachableError(DomainError):
+    status = 404
+    title = "Instance not found"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An answer in flight: close it with ``done(ok)`` once its body was sent on."""
+
+    response: UpstreamResponse
+    endpoint: Endpoint
+    done: Callable[[bool], None]
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        ok = False
+        try:
+            async for chunk in self.response.iter_chunks():
+                yield chunk
+            ok = True
+        finally:
+            self.done(ok and self.response.status < 500)
+
+
+@dataclass
+class _Pool:
+    at: float
+    endpoints: list[Endpoint]
+    backends: list[Backend]
+
+
+class ProxyRuntime:
+    def __init__(
+        self,
+        db: Database,
+        app: LedgerApp,
+        ledger: LedgerService,
+        *,
+        default_strategy: str,
+        price: int,
+        lease_amount: int,
+        allow_private: bool,
+        connect_timeout: float,
+        default_timeout: float,
+        flush_interval: float,
+        clock: Clock,
+    ) -> None:
+        self.db = db
+        self.app = app
+        self.clock = clock
+        self.default_strategy = default_strategy
+        self.default_timeout = default_timeout
+        self.flush_interval = flush_interval
+        self.process_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.tracker = LoadTracker()
+        self.guard = TargetGuard(allow_private=allow_private)
+        self.forwarder = Forwarder(connect_timeout=connect_timeout)
+        self.leases = ProxyLeases(
+            ledger,
+            price=price,
+            lease_amount=lease_amount,
+            ttl=timedelta(minutes=10),
+            process_id=self.process_id,
+            clock=clock,
+        )
+        self._pools: dict[str, _Pool] = {}
+        self._strategies: dict[str, tuple[float, str]] = {}
+        self._owners: dict[str, tuple[str, str]] = {}  # instance id -> (owner, provider)
+
+    # ------------------------------------------------------------ instances
+
+    def _running(self, user_id: str) -> _Pool:
+        with self.db.read() as tx:
+            rows = tx.fetchall(
+                "SELECT instance_id, provider, host, port, vram_gb, num_gpus, price_per_hour "
+                "FROM instances WHERE owner = ? AND state = 'running' AND host <> '' "
+                "ORDER BY requested_at, instance_id",
+                (user_id,),
+            )
+        endpoints = [Endpoint(r[0], r[1], r[2], int(r[3])) for r in rows]
+        backends = [
+            Backend(r[0], r[1], float(r[4] or 0) * max(1, int(r[5] or 1)), int(r[6])) for r in rows
+        ]
+        for endpoint in endpoints:
+            self._owners[endpoint.instance_id] = (user_id, endpoint.provider)
+        return _Pool(time.monotonic(), endpoints, backends)
+
+    async def pool(self, user_id: str) -> _Pool:
+        pool = self._pools.get(user_id)
+        if pool is None or time.monotonic() - pool.at > ENDPOINTS_TTL:
+            pool = await asyncio.to_thread(self._running, user_id)
+            self._pools[user_id] = pool
+        return pool
+
+    def forget_pool(self, user_id: str) -> None:
+        self._pools.pop(user_id, None)
+
+    # ------------------------------------------------------------ strategy
+
+    def _stored_strategy(self, user_id: str) -> str:
+        with self.db.read() as tx:
+            row = tx.fetchone(
+                "SELECT lb_strategy FROM user_preferences WHERE user_id = ?", (user_id,)
+            )
+        return str(row[0]) if row and row[0] else self.default_strategy
+
+    def current_strategy(self, user_id: str) -> str:
+        """The user's strategy, read now (for reports; the hot path uses ``strategy``)."""
+        return self._stored_strategy(user_id)
+
+    async def strategy(self, user_id: str) -> str:
+        cached = self._strategies.get(user_id)
+        if cached is None or time.monotonic() - cached[0] > STRATEGY_TTL:
+            name = await asyncio.to_thread(self._stored_strategy, user_id)
+            cached = (time.monotonic(), name)
+            self._strategies[user_id] = cached
+        return cached[1]
+
+    def set_strategy(self, user_id: str, name: str) -> str:
+        """Store the user's strategy (tracked load is kept: it lives in the tracker)."""
+        name = check_strategy(name.strip().lower())
+        with self.db.transaction() as tx:
+            tx.execute("DELETE FROM user_preferences WHERE user_id = ?", (user_id,))
+            tx.execute(
+                "INSERT INTO user_preferences (user_id, lb_strategy, updated_at) VALUES (?, ?, ?)",
+                (user_id, name, int(time.time() * 1_000_000)),
+            )
+        self._strategies[user_id] = (time.monotonic(), name)
+        return name
+
+    # ------------------------------------------------------------ forwarding
+
+    async def forward(
+        self,
+        user_id: str,
+        *,
+        method: str,
+        headers: Headers,
+        body: Body,
+        timeout: float | None,
+        target_url: str | None = None,
+        instance_id: str | None = None,
+        path: str = "/",
+        query: str = "",
+    ) -> Upstream:
+        """Send one request to the caller's own instance(s); see the module docstring."""
+        pool = await self.pool(user_id)
+        fixed = await self._fixed_target(pool, target_url, instance_id, path, query)
+        if not self.leases.try_spend(user_id):
+            await self.leases.spend(user_id)
+        deadline = time.monotonic() + (self.default_timeout if timeout is None else timeout)
+        may_retry = fixed is None and not isinstance(body, AsyncIterator)
+        strategy = await self.strategy(user_id) if fixed is None else ""
+        tried: set[str] = set()
+        retrying = False
+        while True:
+            target = fixed
+            if target is None:
+                backend = self.tracker.pick(strategy, pool.backends, key=user_id, exclude=tried)
+                endpoint = next(e for e in pool.endpoints if e.instance_id == backend.instance_id)
+                target = await self.guard.check_endpoint(endpoint, path, query)
+            sent = await self._attempt(target, method, headers, body, deadline, retrying)
+            retrying = False
+            if isinstance(sent, Upstream):
+                return sent
+            tried.add(target.endpoint.instance_id)
+            if not (may_retry and self._can_retry(pool, tried)):
+                if isinstance(sent, UpstreamResponse):
+                    return Upstream(sent, target.endpoint, lambda _ok: None)
+                raise sent
+            if isinstance(sent, UpstreamResponse):
+                sent.release()
+            retrying = True
+
+    async def _fixed_target(
+        self,
+        pool: _Pool,
+        target_url: str | None,
+        instance_id: str | None,
+        path: str,
+        query: str,
+    ) -> Target | None:
+        """The one target of a pinned request (URL or instance id); None for the pool."""
+        if target_url is not None:
+            return await self.guard.check(target_url, pool.endpoints)
+        if instance_id is not None:
+            endpoint = next((e for e in pool.endpoints if e.instance_id == instance_id), None)
+            if endpoint is None:
+                raise InstanceNotReachableError(
+                    "not one of your running instances", instance_id=instance_id
+                )
+            return await self.guard.check_endpoint(endpoint, path, query)
+        if not pool.backends:
+            raise NoBackendError("you have no running instances to balance over")
+        return None
+
+    async def _attempt(
+        self,
+        target: Target,
+        method: str,
+        headers: Headers,
+        body: Body,
+        deadline: float,
+        retrying: bool,
+    ) -> Upstream | UpstreamResponse | UpstreamConnectError:
+        """One try: an ``Upstream`` to answer with, or what failed (a retryable status/error)."""
+        tracked = self.tracker.track(target.endpoint.instance_id)
+        finish = self._finisher(tracked, retrying)
+        try:
+            response = await self.forwarder.send(
+                method,
+                target.url,
+                headers,
+                body,
+                timeout=max(0.001, deadline - time.monotonic()),
+                host_header=target.host_header,
+            )
+        except UpstreamConnectError as exc:
+            finish(False)
+            return exc
+        except BaseException:
+            finish(False)
+            raise
+        if response.status in RETRY_STATUSES:
+            finish(False)
+            return response
+        return Upstream(response, target.endpoint, finish)
+
+    def _can_retry(self, pool: _Pool, tried: set[str]) -> bool:
+        if not any(b.instance_id not in tried for b in pool.backends):
+            return False
+        return self.tracker.try_retry()
+
+    def _finisher(self, tracked: Any, retrying: bool) -> Callable[[bool], None]:
+        def done(ok: bool) -> None:
+            tracked.done(ok=ok)
+            if retrying:
+                self.tracker.retry_done()
+
+        return done
+
+    # ------------------------------------------------------------ usage
+
+    def flush(self) -> int:
+        """Record the counters since the last flush as one ProxyUsage event; returns rows."""
+        counts = self.tracker.drain()
+        rows = []
+        for instance_id, usage in counts.items():
+            owner, provider = self._owners.get(instance_id, ("", ""))
+            rows.append(
+                {
+                    "instance_id": instance_id,
+                    "owner": owner,
+                    "provider": provider,
+                    "requests": usage.requests,
+                    "errors": usage.errors,
+                    "latency_ms_sum": round(usage.latency_ms_sum),
+                }
+            )
+        if rows:
+            self.app.save(ProxyUsage(process_id=self.process_id, rows=rows, at=self.clock()))
+        return len(rows)
+
+    async def run_forever(self) -> None:
+        leases = asyncio.create_task(self.leases.run_forever())
+        try:
+            while True:
+                await asyncio.sleep(self.flush_interval)
+                try:
+                    await asyncio.to_thread(self.flush)
+                except Exception:
+                    log.exception("flushing proxy usage failed")
+        finally:
+            leases.cancel()
+            await asyncio.gather(leases, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        try:
+            await asyncio.to_thread(self.flush)
+        except Exception:
+            log.exception("final proxy usage flush failed")
+        await self.leases.close()
+        await self.forwarder.aclose()

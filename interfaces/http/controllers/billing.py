@@ -1,0 +1,335 @@
+"""Payments: start one, read them, auto-renew, monthly statements, Stripe webhooks, refunds."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any
+from uuid import UUID
+
+from litestar import Request, Response, Router, get, post, put
+from litestar.concurrency import sync_to_thread
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody
+from msgspec import Meta, Struct
+
+from domain.errors import DomainError, InvalidArgumentError
+from domain.money import micros_to_usd
+from domain.payment_ports import InvalidWebhookError
+from domain.payments import Payment
+from domain.services.payments import PaymentNotFoundError, PaymentRequest
+from domain.statements import statement
+from infrastructure.auth import Principal
+from interfaces.http.controllers.money import positive_usd
+from interfaces.http.schemas import NO_NUL, Reason
+from interfaces.http.security import container_of, provide_admin, provide_principal
+from interfaces.payment_input import payment_method, processor_of
+
+log = logging.getLogger(__name__)
+HANDLED_WEBHOOKS = {
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
+    "charge.refunded",
+    "charge.dispute.created",
+}
+IDEMPOTENCY_KEY = Annotated[str, Meta(min_length=1, max_length=255)]
+
+
+class PaymentBody(Struct, forbid_unknown_fields=True):
+    amount: Decimal
+    currency: Annotated[str, Meta(min_length=1, max_length=8, pattern=NO_NUL)] = "USD"
+    provider: Annotated[str, Meta(max_length=32, pattern=NO_NUL)] | None = None
+
+
+class AutoRenewBody(Struct, forbid_unknown_fields=True):
+    enabled: bool
+    threshold: Decimal = Decimal(0)
+    amount: Decimal = Decimal(0)
+    payment_method: Annotated[str, Meta(max_length=300, pattern=NO_NUL)] = ""
+    provider: Annotated[str, Meta(max_length=32, pattern=NO_NUL)] = "stripe"
+
+
+class RefundBody(Struct, forbid_unknown_fields=True):
+    amount: Decimal | None = None
+    reason: Reason = ""
+
+
+def payment_json(payment: Payment) -> dict[str, Any]:
+    method = {k: v for k, v in payment.method.items() if k != "token"}
+    body: dict[str, Any] = {
+        "id": str(payment.id),
+        "status": payment.state,
+        "amount": micros_to_usd(payment.amount),
+        "currency": payment.currency,
+        "provider": payment.processor,
+        "payment_method": method,
+        "external_id": payment.external_id or None,
+        "credited": micros_to_usd(payment.credited),
+        "refunded": micros_to_usd(payment.refunded),
+        "disputed": micros_to_usd(payment.disputed),
+        "failure": payment.failure or None,
+        "next_action_url": payment.next_action_url or None,
+        "created_at": payment.created_at.isoformat(),
+        "updated_at": payment.updated_at.isoformat(),
+    }
+    if payment.processor == "crypto":
+        body["crypto"] = {
+            "network": method.get("network"),
+            "token": "USDC",
+            "token_contract": method.get("contract"),
+            "pay_to": method.get("to"),
+            "from_wallet": method.get("wallet"),
+            "amount_units": payment.amount,  # USDC has 6 decimals: units = micro-USD
+            "received": micros_to_usd(payment.received),
+            "expires_at": payment.expires_at.isoformat() if payment.expires_at else None,
+            "flags": payment.flags,
+        }
+    return body
+
+
+def _status_for(payment: Payment, new: bool) -> int:
+    if payment.state == "failed":
+        return 402
+    if payment.state == "initiated":
+        return 202
+    return 201 if new else 200
+
+
+@post("/billing/payment", summary="Pay for credits (Stripe, crypto or AfterDark)")
+async def create_payment(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    data: JSONBody[PaymentBody],
+) -> Response[dict[str, Any]]:
+    c = container_of(request)
+    headers = request.headers
+    processor = processor_of(headers.get("x-billing"), data.provider)
+    if data.currency.upper() != "USD":
+        raise InvalidArgumentError("only USD is supported", field="currency")
+    amount = positive_usd(data.amount, "amount")
+    settings = c.settings
+    if amount % 10_000:
+        raise InvalidArgumentError("amount must be whole cents", field="amount")
+    if not settings.payment_min <= amount <= settings.payment_max:
+        raise InvalidArgumentError(
+            f"amount must be between {micros_to_usd(settings.payment_min)} and "
+            f"{micros_to_usd(settings.payment_max)} USD",
+            field="amount",
+        )
+    stripe = c.stripe
+    method = payment_method(
+        processor,
+        headers.get("x-preferred-payment"),
+        test_card=stripe.test_payment_method
+        if stripe is not None and stripe.is_test_mode
+        else None,
+        networks=(settings.crypto_network,) if settings.crypto_enabled else (),
+    )
+    key = headers.get("idempotency-key") or f"auto-{uuid.uuid4()}"
+    if len(key) > 255 or "\x00" in key:
+        raise InvalidArgumentError("Idempotency-Key is too long", field="Idempotency-Key")
+    payment, new = await c.payments.create(
+        PaymentRequest(
+            owner=principal.user_id,
+            amount=amount,
+            currency="USD",
+            processor=processor,
+            method=method,
+            key=key,
+        )
+    )
+    response_headers = {"Idempotency-Key": key}
+    if not new:
+        response_headers["Idempotent-Replayed"] = "true"
+    body = {"transaction": payment_json(payment), **payment_json(payment)}
+    return Response(body, status_code=_status_for(payment, new), headers=response_headers)
+
+
+async def _own_payment(request: Request[Any, Any, Any], principal: Principal, pid: UUID) -> Payment:
+    c = container_of(request)
+    payment = await sync_to_thread(c.payments.get, pid)
+    if payment.owner != principal.user_id and not principal.is_admin:
+        raise PaymentNotFoundError("No such payment", payment_id=str(pid))
+    return payment
+
+
+@get("/billing/payments/{payment_id:uuid}", summary="One of your payments")
+async def get_payment(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    payment_id: FromPath[UUID],
+) -> dict[str, Any]:
+    return payment_json(await _own_payment(request, principal, payment_id))
+
+
+def payment_row_json(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.payment_id,
+        "status": row.state,
+        "amount": micros_to_usd(row.amount),
+        "currency": row.currency,
+        "provider": row.processor,
+        "payment_method": row.method,
+        "credited": micros_to_usd(row.credited),
+        "refunded": micros_to_usd(row.refunded),
+        "failure": row.failure or None,
+        "created_at": datetime.fromtimestamp(row.created_at / 1e6, UTC).isoformat(),
+    }
+
+
+@get("/billing/payments", sync_to_thread=True, summary="Your payments, every state, newest first")
+def list_payments(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+) -> dict[str, Any]:
+    rows = container_of(request).payment_queries.for_user(principal.user_id, limit=100)
+    return {"payments": [payment_row_json(r) for r in rows], "count": len(rows)}
+
+
+@put("/billing/auto-renew", sync_to_thread=True, summary="Buy credits when they run low")
+def auto_renew(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    data: JSONBody[AutoRenewBody],
+) -> dict[str, Any]:
+    c = container_of(request)
+    threshold = amount = 0
+    method = ""
+    if data.enabled:
+        threshold = positive_usd(data.threshold, "threshold")
+        amount = positive_usd(data.amount, "amount")
+        processor = processor_of(data.provider, None)
+        if processor == "crypto":
+            raise InvalidArgumentError(
+                "auto-renew needs a saved card (Stripe or AfterDark)", field="provider"
+            )
+        if not c.settings.payment_min <= amount <= c.settings.payment_max or amount % 10_000:
+            raise InvalidArgumentError("amount is outside the payment limits", field="amount")
+        chosen = payment_method(processor, data.payment_method)
+        if "last4" in chosen:
+            raise InvalidArgumentError(
+                "save a payment method token (card:pm_…), not a card number",
+                field="payment_method",
+            )
+        method = f"{processor}:card:{chosen['token']}"
+    c.ledger.configure_auto_renew(
+        principal.user_id,
+        enabled=data.enabled,
+        threshold=threshold,
+        amount=amount,
+        payment_method=method,
+        actor=principal.user_id,
+    )
+    return {
+        "enabled": data.enabled,
+        "threshold": micros_to_usd(threshold),
+        "amount": micros_to_usd(amount),
+        "payment_method": method.split(":", 1)[1] if method else None,
+        "provider": method.split(":", 1)[0] if method else None,
+    }
+
+
+def statement_json(user_id: str, month: str, history: list[Any]) -> dict[str, Any]:
+    result = statement(month, history)
+    return {
+        "user_id": user_id,
+        "month": month,
+        "currency": "USD",
+        "opening_balance": micros_to_usd(result.opening),
+        "payments": micros_to_usd(result.payments),
+        "grants": micros_to_usd(result.grants),
+        "charges": micros_to_usd(result.charges),
+        "charges_by_instance": {
+            k: micros_to_usd(v) for k, v in result.charges_by_reference.items()
+        },
+        "refunds": micros_to_usd(result.refunds),
+        "adjustments": micros_to_usd(result.adjustments),
+        "closing_balance": micros_to_usd(result.closing),
+        "reconciles": result.reconciles,
+    }
+
+
+@get("/billing/statements/{month:str}", sync_to_thread=True, summary="Monthly statement (YYYY-MM)")
+def monthly_statement(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal], month: FromPath[str]
+) -> dict[str, Any]:
+    c = container_of(request)
+    try:
+        history = c.ledger.history(principal.user_id)
+    except DomainError:
+        history = []
+    return statement_json(principal.user_id, month, history)
+
+
+@post("/billing/webhooks/stripe", status_code=200, summary="Stripe webhook endpoint")
+async def stripe_webhook(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    c = container_of(request)
+    gateway = c.stripe
+    if gateway is None or not c.settings.stripe_webhook_secret:
+        raise InvalidArgumentError("Stripe webhooks are not configured on this server")
+    payload = await request.body()
+    try:
+        event = gateway.parse_webhook(payload, request.headers.get("stripe-signature", ""))
+    except InvalidWebhookError as exc:
+        log.warning("stripe webhook refused: %s", exc)
+        raise InvalidArgumentError(f"webhook refused: {exc}", field="Stripe-Signature") from None
+    if event.type not in HANDLED_WEBHOOKS:
+        return Response({"received": True, "ignored": event.type})
+    payment_id = await sync_to_thread(_payment_for, c, event)
+    if payment_id is None:
+        log.warning("stripe webhook %s (%s): no matching payment", event.event_id, event.type)
+        return Response({"received": True, "ignored": "unknown payment"})
+    payment = await sync_to_thread(c.payments.apply_webhook, event, payment_id)
+    return Response({"received": True, "payment": str(payment.id), "status": payment.state})
+
+
+def _payment_for(c: Any, event: Any) -> UUID | None:
+    """The payment an event is about: our id in the metadata, else the PaymentIntent id."""
+    candidate = event.metadata.get("payment_id", "")
+    try:
+        pid = UUID(candidate) if candidate else None
+    except ValueError:
+        pid = None
+    if pid is not None and c.payments.find(pid) is not None:
+        return pid
+    if not event.payment_intent_id:
+        return None
+    found: UUID | None = c.payment_queries.by_external_id(event.payment_intent_id)
+    if found is None:
+        c.runner.catch_up()  # the projection may be a moment behind
+        found = c.payment_queries.by_external_id(event.payment_intent_id)
+    return found
+
+
+@post(
+    "/payments/{payment_id:uuid}/refund",
+    status_code=200,
+    summary="Refund a payment (all or part); credits are debited",
+)
+async def refund(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    payment_id: FromPath[UUID],
+    data: JSONBody[RefundBody],
+) -> dict[str, Any]:
+    c = container_of(request)
+    amount = None if data.amount is None else positive_usd(data.amount, "amount")
+    actor = f"admin:{principal.user_id}"
+    payment = await c.payments.refund(payment_id, amount, actor=actor)
+    return payment_json(payment)
+
+
+router = Router(
+    path="/api/v1",
+    tags=["billing"],
+    dependencies={"principal": Provide(provide_principal)},
+    route_handlers=[create_payment, get_payment, list_payments, auto_renew, monthly_statement],
+)
+webhooks = Router(path="/api/v1", tags=["billing"], route_handlers=[stripe_webhook])
+admin_router = Router(
+    path="/api/v1/admin",
+    tags=["admin"],
+    dependencies={"principal": Provide(provide_admin)},
+    route_handlers=[refund],
+)

@@ -1,0 +1,373 @@
+"""The proxy routes and load-balancer settings.
+
+- ``POST /api/v1/gpu/proxy``: the seed's envelope (protocol, target_url or instance_id,
+  method, headers, body); answered with the upstream's own status, headers and body.
+- ``/api/v1/gpu/proxy/{instance_id}/{path}`` and ``/api/v1/gpu/proxy/pool/{path}``: a raw
+  reverse proxy (any method), bodies streamed both ways.
+- ``/api/v1/loadbalancer/strategy`` and ``/api/v1/loadbalancer/load``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+from uuid import UUID
+
+from litestar import Request, Router, get, put, route
+from litestar.di import NamedDependency, Provide
+from litestar.enums import HttpMethod
+from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.response import Stream
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from domain.balancing import STRATEGIES
+from domain.errors import InvalidArgumentError
+from domain.money import micros_to_usd
+from infrastructure.auth import Principal
+from infrastructure.proxy.runtime import ProxyRuntime, Upstream
+from infrastructure.proxy.targets import TargetRefusedError
+from interfaces.http.schemas import NO_NUL
+from interfaces.http.security import container_of, provide_principal
+
+log = logging.getLogger(__name__)
+PROTOCOLS = ("http", "https", "openinference", "mcp")
+METHODS: tuple[HttpMethod, ...] = (
+    HttpMethod.GET,
+    HttpMethod.POST,
+    HttpMethod.PUT,
+    HttpMethod.PATCH,
+    HttpMethod.DELETE,
+    HttpMethod.HEAD,
+    HttpMethod.OPTIONS,
+)
+BUFFER_LIMIT = 1_048_576  # request bodies up to this are buffered, so a retry can resend them
+MAX_TIMELIMIT = 86_400.0
+Text = Annotated[str, Meta(max_length=4096, pattern=NO_NUL)]
+
+
+class ProxyBody(Struct, forbid_unknown_fields=True):
+    protocol: Annotated[str, Meta(min_length=1, max_length=20)]
+    target_url: Text | None = None
+    instance_id: Annotated[str, Meta(max_length=64, pattern=NO_NUL)] | None = None
+    method: Annotated[str, Meta(max_length=10)] = "POST"
+    headers: dict[
+        Annotated[str, Meta(max_length=256, pattern=NO_NUL)],
+        Annotated[str, Meta(max_length=8192, pattern=NO_NUL)],
+    ] = {}
+    body: Any | UnsetType = UNSET
+    path: Text | None = None
+    model: Annotated[str, Meta(max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")] | None = None
+    timeout: Annotated[float, Meta(gt=0, le=MAX_TIMELIMIT)] | None = None
+
+
+class StrategyBody(Struct, forbid_unknown_fields=True):
+    strategy: Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+def runtime_of(request: Request[Any, Any, Any]) -> ProxyRuntime:
+    runtime: ProxyRuntime = request.app.state.proxy
+    return runtime
+
+
+def timelimit(request: Request[Any, Any, Any], fallback: float | None = None) -> float | None:
+    """``X-Timelimit`` in seconds (decimal), bounding the whole proxied request."""
+    raw = request.headers.get("x-timelimit")
+    if raw is None or not raw.strip():
+        return fallback
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMELIMIT):
+        raise InvalidArgumentError(
+            f"X-Timelimit must be seconds between 0 and {MAX_TIMELIMIT:.0f}", field="X-Timelimit"
+        )
+    return seconds
+
+
+def answer(upstream: Upstream) -> Stream:
+    headers = dict(upstream.response.headers)
+    headers["x-gpuproxy-instance"] = upstream.endpoint.instance_id
+    media_type = headers.pop("content-type", None) or headers.pop("Content-Type", None)
+    for name in [k for k in headers if k.lower() == "content-type"]:
+        media_type = headers.pop(name)
+    return Stream(
+        upstream.chunks(),
+        status_code=upstream.response.status,
+        headers=headers,
+        media_type=media_type or "application/octet-stream",
+    )
+
+
+def _refused(principal: Principal, exc: TargetRefusedError, url: str | None) -> None:
+    log.warning(
+        "proxy target refused for user %s: %s (%s)",
+        principal.user_id,
+        exc.reason,
+        (url or "")[:200],
+    )
+
+
+async def _body_of(request: Request[Any, Any, Any]) -> bytes | AsyncIterator[bytes] | None:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) <= BUFFER_LIMIT:
+        data = await request.body()
+        return data or None
+    if length is None and "chunked" not in request.headers.get("transfer-encoding", ""):
+        return None
+    return request.stream()
+
+
+def _encode_body(value: Any, headers: dict[str, str]) -> bytes | None:
+    if value is UNSET or value is None:
+        return None
+    if isinstance(value, str):
+        headers.setdefault("Content-Type", "text/plain; charset=utf-8")
+        return value.encode()
+    headers.setdefault("Content-Type", "application/json")
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _protocol_path(data: ProxyBody) -> tuple[str, Any]:
+    """The path and body an envelope's protocol implies (OIP v2 infer, MCP JSON-RPC)."""
+    body = data.body
+    if data.protocol == "openinference":
+        if data.path:
+            if not data.path.startswith("/v2"):
+                raise InvalidArgumentError("openinference paths start with /v2", field="path")
+            return data.path, body
+        model = data.model or (
+            body.get("model_name") or body.get("model") if isinstance(body, dict) else None
+        )
+        if not model:
+            raise InvalidArgumentError(
+                "openinference needs the model name (model, or body.model_name)", field="model"
+            )
+        return f"/v2/models/{model}/infer", body
+    if data.protocol == "mcp":
+        if not isinstance(body, dict) or not isinstance(body.get("method"), str):
+            raise InvalidArgumentError("mcp needs a JSON-RPC body with a method", field="body")
+        if body.get("jsonrpc", "2.0") != "2.0":
+            raise InvalidArgumentError("mcp speaks JSON-RPC 2.0", field="body")
+        rpc = {"jsonrpc": "2.0", **body}
+        rpc.setdefault("id", str(uuid.uuid4()))
+        return data.path or "/mcp", rpc
+    return data.path or "/", body
+
+
+def _with_path(url: str, path: str) -> str:
+    """Put the protocol path on a base ``target_url`` that has none of its own."""
+    parts = urlsplit(url)
+    if parts.path not in {"", "/"}:
+        return url
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+@route(
+    "/gpu/proxy",
+    http_method=[HttpMethod.POST],
+    status_code=200,
+    summary="Send a request to one of your instances (http, https, openinference, mcp)",
+)
+async def proxy_envelope(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    data: JSONBody[ProxyBody],
+) -> Stream:
+    protocol = data.protocol.strip().lower()
+    if protocol not in PROTOCOLS:
+        raise InvalidArgumentError(
+            f"unsupported protocol {protocol[:20]!r}; use one of {', '.join(PROTOCOLS)}",
+            field="protocol",
+        )
+    data.protocol = protocol
+    method = data.method.strip().upper() or "GET"
+    if method not in {m.value for m in METHODS}:
+        names = ", ".join(m.value for m in METHODS)
+        raise InvalidArgumentError(f"method must be one of {names}", field="method")
+    if (data.target_url is None) == (data.instance_id is None):
+        raise InvalidArgumentError(
+            "give exactly one of target_url or instance_id", field="target_url"
+        )
+    path, body_value = _protocol_path(data)
+    headers = dict(data.headers)
+    payload = _encode_body(body_value, headers)
+    runtime = runtime_of(request)
+    target_url = data.target_url
+    if target_url is not None and protocol in {"openinference", "mcp"}:
+        target_url = _with_path(target_url, path)
+    path_only, _, query = path.partition("?")
+    try:
+        upstream = await runtime.forward(
+            principal.user_id,
+            method=method,
+            headers=headers,
+            body=payload,
+            timeout=timelimit(request, data.timeout),
+            target_url=target_url,
+            instance_id=data.instance_id,
+            path=path_only,
+            query=query,
+        )
+    except TargetRefusedError as exc:
+        _refused(principal, exc, target_url)
+        raise
+    return answer(upstream)
+
+
+async def _raw(
+    request: Request[Any, Any, Any], principal: Principal, instance_id: str | None, path: str
+) -> Stream:
+    runtime = runtime_of(request)
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    try:
+        upstream = await runtime.forward(
+            principal.user_id,
+            method=request.method,
+            headers=request.headers.items(),
+            body=await _body_of(request),
+            timeout=timelimit(request),
+            instance_id=instance_id,
+            path=path or "/",
+            query=query,
+        )
+    except TargetRefusedError as exc:
+        _refused(principal, exc, path)
+        raise
+    return answer(upstream)
+
+
+@route(
+    ["/gpu/proxy/pool", "/gpu/proxy/pool/{path:path}"],
+    http_method=list(METHODS),
+    summary="Reverse proxy balanced over all your running instances",
+)
+async def proxy_pool(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    path: FromPath[str] = "/",
+) -> Stream:
+    return await _raw(request, principal, None, path)
+
+
+@route(
+    ["/gpu/proxy/{instance_id:uuid}", "/gpu/proxy/{instance_id:uuid}/{path:path}"],
+    http_method=list(METHODS),
+    summary="Reverse proxy to one of your instances",
+)
+async def proxy_instance(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    instance_id: FromPath[UUID],
+    path: FromPath[str] = "/",
+) -> Stream:
+    return await _raw(request, principal, str(instance_id), path)
+
+
+@get("/loadbalancer/strategy", summary="Your load-balancing strategy")
+async def get_strategy(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+) -> dict[str, Any]:
+    name = await runtime_of(request).strategy(principal.user_id)
+    return {"strategy": name, "available": list(STRATEGIES)}
+
+
+@put("/loadbalancer/strategy", sync_to_thread=True, summary="Choose your load-balancing strategy")
+def set_strategy(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    data: JSONBody[StrategyBody],
+) -> dict[str, Any]:
+    name = runtime_of(request).set_strategy(principal.user_id, data.strategy)
+    return {"strategy": name, "message": "Load balancing strategy updated"}
+
+
+LoadType = Annotated[
+    str, QueryParameter(pattern="^(server|provider|all)$", description="server, provider or all")
+]
+
+
+def _server_load(request: Request[Any, Any, Any], user_id: str) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    c = container_of(request)
+    live = runtime.tracker.snapshot()
+    with c.db.read() as tx:
+        rows = tx.fetchall(
+            "SELECT i.instance_id, i.provider, i.gpu_model, i.state, "
+            "COALESCE(l.requests, 0), COALESCE(l.errors, 0), COALESCE(l.latency_ms_sum, 0) "
+            "FROM instances i LEFT JOIN proxy_load l ON l.instance_id = i.instance_id "
+            "WHERE i.owner = ? AND i.state IN ('running', 'stopping') ORDER BY i.requested_at",
+            (user_id,),
+        )
+    instances = []
+    for iid, provider, model, state, requests, errors, latency in rows:
+        now = live.get(iid)
+        instances.append(
+            {
+                "instance_id": iid,
+                "provider": provider,
+                "gpu_model": model,
+                "state": state,
+                "active_connections": now.active if now else 0,
+                "avg_response_time_ms": round(now.ewma_ms, 3) if now else None,
+                "consecutive_failures": now.consecutive_failures if now else 0,
+                "ejected": bool(now and now.ejected),
+                "total_requests": int(requests),
+                "total_errors": int(errors),
+                "mean_latency_ms": round(latency / requests, 3) if requests else None,
+            }
+        )
+    return {"instances": instances, "count": len(instances)}
+
+
+def _provider_load(server: dict[str, Any]) -> dict[str, Any]:
+    providers: dict[str, dict[str, Any]] = {}
+    for item in server["instances"]:
+        entry = providers.setdefault(
+            item["provider"],
+            {"instances": 0, "active_connections": 0, "total_requests": 0, "total_errors": 0},
+        )
+        entry["instances"] += 1
+        entry["active_connections"] += item["active_connections"]
+        entry["total_requests"] += item["total_requests"]
+        entry["total_errors"] += item["total_errors"]
+    return providers
+
+
+@get("/loadbalancer/load", sync_to_thread=True, summary="Server and provider load")
+def load(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    type: LoadType = "all",
+) -> dict[str, Any]:
+    runtime = runtime_of(request)
+    server = _server_load(request, principal.user_id)
+    body: dict[str, Any] = {"strategy": runtime.current_strategy(principal.user_id)}
+    if type in {"server", "all"}:
+        body["server"] = server
+    if type in {"provider", "all"}:
+        body["provider"] = _provider_load(server)
+    lease = runtime.leases.snapshot().get(principal.user_id)
+    if lease is not None:
+        body["lease"] = {"held": micros_to_usd(lease.amount), "spent": micros_to_usd(lease.spent)}
+    return body
+
+
+router = Router(
+    path="/api/v1",
+    tags=["proxy"],
+    dependencies={"principal": Provide(provide_principal)},
+    route_handlers=[
+        proxy_envelope,
+        proxy_pool,
+        proxy_instance,
+        get_strategy,
+        set_strategy,
+        load,
+    ],
+)

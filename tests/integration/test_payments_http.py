@@ -1,0 +1,483 @@
+"""Payments end to end: the REST API and jobs with the real ``stripe`` library against a local
+Stripe fake (signed webhooks), a fake Ethereum JSON-RPC chain and a fake AfterDark."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+from uuid import UUID
+
+import pytest
+from litestar.testing import TestClient
+
+from domain.services.payments import PaymentRequest
+from infrastructure.settings import Settings
+from interfaces.bootstrap import Container, bootstrap
+from interfaces.http.app import create_app
+from tests.conftest import FixedClock
+from tests.fakes.afterdark_server import running_afterdark
+from tests.fakes.eth_rpc_server import FakeChain, running_chain
+from tests.fakes.stripe_server import FakeStripe, running_stripe
+from tests.support.http import JWT_SECRET
+
+USD = 1_000_000
+PASSWORD = "correct-horse-battery"
+CARD = "4242424242424242"
+RECEIVER = "0x" + "11" * 20
+TOKEN = "0x" + "22" * 20
+WALLET = "0x" + "33" * 20
+
+
+@dataclasses.dataclass
+class Shop:
+    client: TestClient[Any]
+    c: Container
+    stripe: FakeStripe
+    chain: FakeChain
+    auth: dict[str, str]
+    admin: dict[str, str]
+    user_id: str
+
+    def pay(
+        self,
+        amount: Any = "50.00",
+        *,
+        method: str = "card:pm_card_visa",
+        key: str | None = None,
+        billing: str = "Stripe",
+        **body: Any,
+    ) -> Any:
+        headers = {**self.auth, "X-Billing": billing, "X-Preferred-Payment": method}
+        if key:
+            headers["Idempotency-Key"] = key
+        return self.client.post(
+            "/api/v1/billing/payment",
+            json={"amount": amount, "currency": "USD", **body},
+            headers=headers,
+        )
+
+    def run(self, fn: Any, *args: Any) -> Any:
+        """Await ``fn(*args)`` in the app's event loop (its HTTP clients live there)."""
+        return self.client.blocking_portal.call(fn, *args)
+
+    def balance(self) -> int:
+        return self.c.ledger.account(self.user_id).balance
+
+    def webhook(self, event: dict[str, Any], *, signature: str | None = None) -> Any:
+        payload = self.stripe.event_payload(event)
+        return self.client.post(
+            "/api/v1/billing/webhooks/stripe",
+            content=payload,
+            headers={"Stripe-Signature": signature or self.stripe.sign(payload)},
+        )
+
+
+def _login(client: TestClient[Any], email: str) -> dict[str, str]:
+    client.post("/api/v1/auth/register", json={"email": email, "password": PASSWORD, "name": "U"})
+    token = client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
+    return {"Authorization": f"Bearer {token.json()['tokens']['access_token']}"}
+
+
+@pytest.fixture
+def shop(settings: Settings, clock: FixedClock) -> Iterator[Shop]:
+    with running_stripe() as stripe, running_chain() as chain:
+        tuned = dataclasses.replace(
+            settings,
+            jwt_secret=JWT_SECRET,
+            rate_limit_per_minute=100_000,
+            stripe_secret_key=stripe.secret_key,
+            stripe_webhook_secret=stripe.webhook_secret,
+            stripe_api_base=stripe.url,
+            crypto_enabled=True,
+            crypto_rpc_url=chain.url,
+            crypto_receiving_address=RECEIVER,
+            crypto_token_address=TOKEN,
+            crypto_confirmations=3,
+        )
+        c = bootstrap(tuned, clock=clock)
+        try:
+            with TestClient(create_app(c)) as client:
+                auth = _login(client, "payer@example.com")
+                admin = _login(client, "boss@example.com")
+                c.users.set_admin("boss@example.com", True, actor="test")
+                user = c.users.by_email("payer@example.com")
+                yield Shop(client, c, stripe, chain, auth, admin, user.id)
+        finally:
+            c.close()
+
+
+def test_stripe_success_is_credited_once_and_replays(shop: Shop) -> None:
+    first = shop.pay("19.99", key="k-1")
+    assert first.status_code == 201, first.text
+    body = first.json()
+    assert body["status"] == "succeeded"
+    assert body["payment_method"] == {"type": "card", "brand": "visa", "last4": "4242"}
+    assert shop.balance() == 19_990_000
+    intents = shop.stripe.requests_to("POST", "/v1/payment_intents")
+    assert [r.params["amount"] for r in intents] == ["1999"]  # exact cents
+    again = shop.pay("19.99", key="k-1")
+    assert again.status_code == 200
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == body["id"]
+    assert shop.balance() == 19_990_000
+    assert len(shop.stripe.payment_intents) == 1
+    conflict = shop.pay("20.00", key="k-1")
+    assert conflict.status_code == 409
+    got = shop.client.get(f"/api/v1/billing/payments/{body['id']}", headers=shop.auth)
+    assert got.json()["status"] == "succeeded"
+    other = shop.client.get(f"/api/v1/billing/payments/{body['id']}", headers=shop.admin)
+    assert other.status_code == 200  # admins may look
+    shop.c.runner.catch_up()
+    listed = shop.client.get("/api/v1/billing/payments", headers=shop.auth).json()
+    assert [p["status"] for p in listed["payments"]] == ["succeeded"]
+
+
+@pytest.mark.parametrize(
+    ("amount", "headers", "status"),
+    [
+        ("0.50", {}, 422),  # below PAYMENT_MIN
+        ("10001", {}, 422),  # above PAYMENT_MAX
+        ("10.001", {}, 422),  # not whole cents
+        ("10", {"X-Billing": "PayPal"}, 422),
+        ("10", {"X-Preferred-Payment": "card"}, 422),
+        ("10", {"X-Preferred-Payment": "crypto:bitcoin:" + WALLET, "X-Billing": "Crypto"}, 422),
+    ],
+)
+def test_bad_payments_are_4xx_and_change_nothing(
+    shop: Shop, amount: str, headers: dict[str, str], status: int
+) -> None:
+    base = {**shop.auth, "X-Billing": "Stripe", "X-Preferred-Payment": "card:pm_card_visa"}
+    response = shop.client.post(
+        "/api/v1/billing/payment", json={"amount": amount}, headers={**base, **headers}
+    )
+    assert response.status_code == status, response.text
+    assert shop.stripe.payment_intents == {}
+    euro = shop.client.post(
+        "/api/v1/billing/payment", json={"amount": "10", "currency": "EUR"}, headers=base
+    )
+    assert euro.status_code == 422
+
+
+def test_decline_is_402_and_credits_nothing(shop: Shop) -> None:
+    response = shop.pay(method="card:pm_card_chargeDeclined")
+    assert response.status_code == 402
+    assert response.json()["status"] == "failed"
+    assert "declined" in response.json()["failure"]
+    assert shop.balance() == 0
+
+
+def test_raw_card_number_maps_in_test_mode_and_never_lands_anywhere(
+    shop: Shop, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    response = shop.pay(method=f"card:{CARD}:12/30:987", key="raw")
+    assert response.status_code == 201, response.text
+    assert response.json()["payment_method"]["last4"] == "4242"
+    assert CARD not in response.text
+    for request in shop.stripe.requests:
+        assert CARD not in request.raw()
+    assert CARD not in caplog.text
+    assert "12/30:987" not in caplog.text
+    shop.c.runner.catch_up()
+    with shop.c.db.read() as tx:
+        tables = [
+            r[0]
+            for r in tx.fetchall(
+                "SELECT name FROM sqlite_master WHERE type='table'"
+                if shop.c.db.dialect == "sqlite"
+                else "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            )
+        ]
+        for table in tables:
+            dump = json.dumps(
+                [list(map(str, row)) for row in tx.fetchall(f"SELECT * FROM {table}")]
+            )
+            assert CARD not in dump, table
+            assert "12/30:987" not in dump, table
+
+
+def test_raw_card_number_is_refused_with_a_live_key(settings: Settings, clock: FixedClock) -> None:
+    with running_stripe(secret_key="sk_live_fake") as stripe:
+        tuned = dataclasses.replace(
+            settings,
+            jwt_secret=JWT_SECRET,
+            stripe_secret_key=stripe.secret_key,
+            stripe_api_base=stripe.url,
+        )
+        c = bootstrap(tuned, clock=clock)
+        try:
+            with TestClient(create_app(c)) as client:
+                auth = _login(client, "live@example.com")
+                response = client.post(
+                    "/api/v1/billing/payment",
+                    json={"amount": "10"},
+                    headers={
+                        **auth,
+                        "X-Billing": "stripe",
+                        "X-Preferred-Payment": f"card:{CARD}:12/30:987",
+                    },
+                )
+        finally:
+            c.close()
+    assert response.status_code == 422
+    assert "raw card numbers are not accepted" in response.text
+    assert CARD not in response.text
+    assert stripe.requests == []
+
+
+def test_3ds_pending_then_webhooks_once_and_out_of_order(shop: Shop) -> None:
+    response = shop.pay(method="card:pm_card_threeDSecure2Required", key="3ds")
+    assert response.status_code == 201
+    pending = response.json()
+    assert pending["status"] == "pending"
+    shop.stripe.authenticate(pending["external_id"])
+    events = shop.stripe.events_for(pending["external_id"])
+    succeeded = next(e for e in events if e["type"] == "payment_intent.succeeded")
+    for _ in range(2):  # duplicate delivery
+        assert shop.webhook(succeeded).status_code == 200
+    assert shop.balance() == 50 * USD
+    stale = shop.stripe.make_event("payment_intent.payment_failed", succeeded["data"]["object"])
+    assert shop.webhook(stale).status_code == 200
+    payment = shop.client.get(f"/api/v1/billing/payments/{pending['id']}", headers=shop.auth)
+    assert payment.json()["status"] == "succeeded"
+    assert shop.balance() == 50 * USD
+
+
+def test_bad_webhook_signatures_change_nothing(shop: Shop) -> None:
+    response = shop.pay(method="card:pm_card_threeDSecure2Required")
+    shop.stripe.authenticate(response.json()["external_id"])
+    event = next(
+        e
+        for e in shop.stripe.events_for(response.json()["external_id"])
+        if e["type"] == "payment_intent.succeeded"
+    )
+    payload = shop.stripe.event_payload(event)
+    for signature in (
+        "",
+        shop.stripe.sign(payload, secret="whsec_other"),
+        shop.stripe.sign(payload, t=1_000),  # stale
+        shop.stripe.sign(payload + b" "),
+    ):
+        assert shop.webhook(event, signature=signature or "t=1,v1=00").status_code in {400, 422}
+    assert shop.c.ledger.account(shop.user_id).balance == 0
+
+
+def test_refund_and_dispute_debit_once(shop: Shop) -> None:
+    paid = shop.pay("40.00").json()
+    refund = shop.client.post(
+        f"/api/v1/admin/payments/{paid['id']}/refund", json={"amount": "10"}, headers=shop.admin
+    )
+    assert refund.status_code == 200, refund.text
+    assert shop.balance() == 30 * USD
+    refunded = next(
+        e for e in shop.stripe.events_for(paid["external_id"]) if e["type"] == "charge.refunded"
+    )
+    shop.c.runner.catch_up()
+    assert shop.webhook(refunded).status_code == 200  # the same refund, told again
+    assert shop.balance() == 30 * USD
+    denied = shop.client.post(
+        f"/api/v1/admin/payments/{paid['id']}/refund", json={}, headers=shop.auth
+    )
+    assert denied.status_code == 403
+    charge_id = shop.stripe.payment_intents[paid["external_id"]]["latest_charge"]
+    shop.stripe.create_dispute(charge_id, 1_000)
+    dispute = next(
+        e
+        for e in shop.stripe.events_for(paid["external_id"])
+        if e["type"] == "charge.dispute.created"
+    )
+    assert shop.webhook(dispute).status_code == 200
+    assert shop.webhook(dispute).status_code == 200
+    assert shop.balance() == 20 * USD
+    final = shop.client.get(f"/api/v1/billing/payments/{paid['id']}", headers=shop.auth).json()
+    assert (final["refunded"], final["disputed"]) == ("10.00", "10.00")
+
+
+def test_crash_between_stripe_and_our_record_is_credited_once(shop: Shop) -> None:
+    """The payment was sent to Stripe (which charged it) but we never recorded the answer."""
+    service = shop.c.payments
+    request = PaymentRequest(
+        owner=shop.user_id,
+        amount=25 * USD,
+        currency="USD",
+        processor="stripe",
+        method={"type": "card", "token": "pm_card_visa"},
+        key="crashed",
+    )
+    payment = service._initiate(request)
+    assert payment is not None
+    gateway = shop.c.payments.processors["stripe"]
+    result = shop.run(gateway.charge, service._charge_request(payment))
+    assert result.status == "succeeded"  # Stripe has the money, our payment says initiated
+    shop.c.runner.catch_up()
+    jobs = shop.c.payment_jobs()
+    jobs.reconcile_age = -1
+    shop.run(jobs.reconcile_once)
+    assert shop.balance() == 25 * USD
+    succeeded = next(
+        e
+        for e in shop.stripe.events_for(result.external_id)
+        if e["type"] == "payment_intent.succeeded"
+    )
+    assert shop.webhook(succeeded).status_code == 200
+    shop.run(jobs.reconcile_once)
+    assert shop.balance() == 25 * USD
+    assert len(shop.stripe.payment_intents) == 1
+
+
+def test_concurrent_retries_with_one_key_make_one_payment(shop: Shop) -> None:
+    request = PaymentRequest(
+        owner=shop.user_id,
+        amount=30 * USD,
+        currency="USD",
+        processor="stripe",
+        method={"type": "card", "token": "pm_card_visa"},
+        key="same-key",
+    )
+
+    async def race() -> list[Any]:
+        return await asyncio.gather(*(shop.c.payments.create(request) for _ in range(6)))
+
+    results = shop.run(race)
+    assert len({p.id for p, _ in results}) == 1
+    assert sum(new for _, new in results) == 1
+    assert len(shop.stripe.payment_intents) == 1
+    assert shop.balance() == 30 * USD
+
+
+def test_statement_reconciles(shop: Shop) -> None:
+    shop.pay("50.00")
+    shop.c.ledger.charge(shop.user_id, 1_234_567, key="c1", reference="gpu-x", reason="GPU time")
+    paid = shop.pay("10.00").json()
+    shop.client.post(f"/api/v1/admin/payments/{paid['id']}/refund", json={}, headers=shop.admin)
+    month = shop.c.ledger.clock().strftime("%Y-%m")
+    statement = shop.client.get(f"/api/v1/billing/statements/{month}", headers=shop.auth).json()
+    assert statement["opening_balance"] == "0.00"
+    assert statement["payments"] == "60.00"
+    assert statement["charges"] == "1.234567"
+    assert statement["charges_by_instance"] == {"gpu-x": "1.234567"}
+    assert statement["refunds"] == "10.00"
+    assert statement["closing_balance"] == "48.765433"
+    assert statement["reconciles"] is True
+    bad = shop.client.get("/api/v1/billing/statements/2026-13", headers=shop.auth)
+    assert bad.status_code == 422
+
+
+def test_auto_renew_starts_one_payment_per_crossing(shop: Shop) -> None:
+    shop.pay("20.00")
+    setting = shop.client.put(
+        "/api/v1/billing/auto-renew",
+        json={
+            "enabled": True,
+            "threshold": "10",
+            "amount": "25",
+            "payment_method": "card:pm_card_visa",
+        },
+        headers=shop.auth,
+    )
+    assert setting.status_code == 200, setting.text
+    shop.c.ledger.charge(shop.user_id, 15 * USD, key="spend-1")  # 5 left: below 10
+    shop.c.ledger.charge(shop.user_id, 1 * USD, key="spend-2")  # still below: same crossing
+    shop.c.runner.catch_up()
+    jobs = shop.c.payment_jobs()
+    assert shop.run(jobs.auto_renew_once) == 1
+    shop.c.runner.catch_up()
+    assert shop.run(jobs.auto_renew_once) == 0
+    assert shop.balance() == 29 * USD
+    refused = shop.client.put(
+        "/api/v1/billing/auto-renew",
+        json={"enabled": True, "threshold": "1", "amount": "5", "payment_method": f"card:{CARD}"},
+        headers=shop.auth,
+    )
+    assert refused.status_code == 422
+
+
+def _crypto(shop: Shop, amount: str, key: str) -> dict[str, Any]:
+    response = shop.pay(amount, method=f"crypto:ethereum:{WALLET}", billing="Crypto", key=key)
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    assert body["status"] == "pending"
+    assert body["crypto"]["pay_to"] == RECEIVER
+    return body
+
+
+def _scan(shop: Shop) -> None:
+    shop.chain.mine(3)  # confirmations
+    shop.c.runner.catch_up()
+    shop.run(shop.c.payment_jobs().scan_once)
+    shop.c.runner.catch_up()
+
+
+def test_crypto_exact_under_over_duplicate(shop: Shop) -> None:
+    _scan(shop)  # start the scanner at the current head
+    exact = _crypto(shop, "10", "c1")
+    shop.chain.transfer(TOKEN, WALLET, RECEIVER, 10 * USD)
+    shop.chain.transfer("0x" + "44" * 20, WALLET, RECEIVER, 99 * USD)  # another token: ignored
+    _scan(shop)
+    assert shop.c.payments.get(UUID(exact["id"])).state == "succeeded"
+    assert shop.balance() == 10 * USD
+    under = _crypto(shop, "20", "c2")
+    shop.chain.transfer(TOKEN, WALLET, RECEIVER, 5 * USD)
+    _scan(shop)
+    assert shop.c.payments.get(UUID(under["id"])).state == "pending"
+    assert shop.balance() == 10 * USD
+    shop.chain.transfer(TOKEN, WALLET, RECEIVER, 20 * USD)  # 25 of 20: overpaid, all credited
+    _scan(shop)
+    settled = shop.c.payments.get(UUID(under["id"]))
+    assert settled.state == "succeeded"
+    assert settled.flags == ["underpaid", "overpaid"]
+    assert shop.balance() == 35 * USD
+    with shop.c.db.transaction() as tx:  # rescan the same blocks: each transfer applies once
+        tx.execute("UPDATE crypto_scan SET last_block = 0")
+    _scan(shop)
+    assert shop.balance() == 35 * USD
+
+
+def test_crypto_expiry_and_late_payment(shop: Shop, clock: FixedClock) -> None:
+    _scan(shop)
+    request = _crypto(shop, "10", "late")
+    clock.advance(hours=2)  # past CRYPTO_PAYMENT_TTL (1 h)
+    _scan(shop)
+    assert shop.c.payments.get(UUID(request["id"])).state == "expired"
+    shop.chain.transfer(TOKEN, WALLET, RECEIVER, 10 * USD)
+    _scan(shop)
+    late = shop.c.payments.get(UUID(request["id"]))
+    assert late.state == "succeeded"
+    assert late.flags == ["late"]
+    assert shop.balance() == 10 * USD
+
+
+def test_afterdark_payment(settings: Settings, clock: FixedClock) -> None:
+    with running_afterdark() as afterdark:
+        tuned = dataclasses.replace(
+            settings,
+            jwt_secret=JWT_SECRET,
+            afterdark_api_key="ad_test_key",
+            afterdark_api_url=afterdark.url,
+        )
+        c = bootstrap(tuned, clock=clock)
+        try:
+            with TestClient(create_app(c)) as client:
+                auth = _login(client, "ad@example.com")
+                headers = {**auth, "X-Billing": "AfterDark", "X-Preferred-Payment": "card:tok_ok"}
+                ok = client.post(
+                    "/api/v1/billing/payment", json={"amount": "12.34"}, headers=headers
+                )
+                declined = client.post(
+                    "/api/v1/billing/payment",
+                    json={"amount": "5"},
+                    headers={**headers, "X-Preferred-Payment": "card:tok_decline"},
+                )
+                user = c.users.by_email("ad@example.com")
+                balance = c.ledger.account(user.id).balance
+        finally:
+            c.close()
+    assert ok.status_code == 201, ok.text
+    assert ok.json()["status"] == "succeeded"
+    assert declined.status_code == 402
+    assert balance == 12_340_000
+    assert afterdark.charge_count == 2
