@@ -19,7 +19,9 @@ from domain.errors import DomainError
 from domain.guardrails import WINDOW_NAMES, normalise_window
 from domain.money import usd_to_micros
 from domain.services.ledger import AccountView
+from domain.statements import month_bounds
 from interfaces.cli.common import OneLineParser, fail, parse_time, print_json, usd
+from interfaces.statement_view import statement_json
 
 console = Console()
 Handler = Callable[[argparse.Namespace], int]
@@ -266,6 +268,35 @@ def cmd_balance(args: argparse.Namespace) -> int:
             holds.add_row(h.hold_id, usd(h.amount), usd(h.captured), h.expires_at.isoformat())
         console.print(holds)
     _print_windows(view.window_spend, view.effective_limits)
+    return 0
+
+
+def cmd_statement(args: argparse.Namespace) -> int:
+    c = _container(args)
+    try:
+        user = c.users.by_email(args.email)
+        try:
+            history = c.ledger.history(user.id)
+        except DomainError:
+            history = []
+        data = statement_json(user.id, args.month, history)
+    finally:
+        c.close()
+    if args.json:
+        print_json(data)
+        return 0
+    table = Table(title=f"{user.email} statement {args.month} (USD)")
+    table.add_column("line")
+    table.add_column("USD", justify="right")
+    for key in ("opening_balance", "payments", "grants", "charges", "refunds", "adjustments"):
+        table.add_row(key, str(data[key]))
+    for instance, amount in data["charges_by_instance"].items():
+        table.add_row(f"  charges {instance}", str(amount))
+    table.add_row("closing_balance", str(data["closing_balance"]))
+    console.print(table)
+    if not data["reconciles"]:
+        console.print("[red]does not reconcile[/red]")
+        return 1
     return 0
 
 
@@ -600,6 +631,17 @@ def _ledger_commands(add: Add) -> None:
     )
     p.add_argument("name", nargs="?")
     add("stats", cmd_stats, "ledger statistics", json=True)
+    p = add("statement", cmd_statement, "a user's monthly statement from events", json=True)
+    p.add_argument("email")
+    p.add_argument("--month", required=True, type=_month, help="YYYY-MM")
+
+
+def _month(value: str) -> str:
+    try:
+        month_bounds(value)
+    except DomainError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a month (YYYY-MM)") from None
+    return value
 
 
 def _day(value: str) -> str:

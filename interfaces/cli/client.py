@@ -9,7 +9,6 @@ arguments, 1 for everything the server or the network refused.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -25,16 +24,13 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
 from domain.guardrails import WINDOW_NAMES
+from interfaces.cli import proxy_commands
 from interfaces.cli.common import OneLineParser
+from interfaces.cli.output import CliError, print_json, print_table
 
 console = Console()
 PROG = "aiserve-gpuproxy-client"
-PIPE_WIDTH = 240  # tables written to a pipe or file are not wrapped at 80 columns
 SETTLED_STATES = frozenset({"running", "failed", "stopping", "terminated"})
-
-
-class CliError(Exception):
-    """A one-line failure reported with exit code 1."""
 
 
 class ApiError(CliError):
@@ -92,17 +88,6 @@ class Api:
 def _folded(header: str) -> Column:
     """A column whose values are copied (ids, URLs): folded when narrow, never cut to "…"."""
     return Column(header, overflow="fold")
-
-
-def print_table(table: Table) -> None:
-    out = Console()  # writes to whatever sys.stdout is now
-    if not out.is_terminal and "COLUMNS" not in os.environ:
-        out = Console(width=PIPE_WIDTH)
-    out.print(table)
-
-
-def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2))
 
 
 # ------------------------------------------------------------------------ billing
@@ -400,6 +385,7 @@ COMMANDS: dict[str, Callable[[Api, argparse.Namespace], None]] = {
     "destroy": destroy_instance,
     "rentals": show_rentals,
     "instance": show_instance,
+    **proxy_commands.COMMANDS,
 }
 
 
@@ -518,6 +504,7 @@ def build_parser() -> OneLineParser:
     t.add_argument("--before", type=int)
     sub.add_parser("spending", parents=[common], help="your spend per guard-rail window")
     _add_gpu_commands(sub, common)
+    proxy_commands.add_commands(sub, common)
     return parser
 
 

@@ -185,3 +185,24 @@ def test_migrate_creates_a_missing_postgres_database(
         assert pending(db) == []
     finally:
         db.close()
+
+
+def test_statement(admin: Callable[..., int], capsys: pytest.CaptureFixture[str]) -> None:
+    from datetime import UTC, datetime
+
+    month = datetime.now(UTC).strftime("%Y-%m")
+    assert admin("create-user", "st@example.com", "s3cret-pass", "St") == 0
+    assert admin("grant-credits", "st@example.com", "20.00") == 0
+    capsys.readouterr()
+    assert admin("statement", "st@example.com", "--month", month, "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["opening_balance"], data["grants"], data["closing_balance"]) == (
+        "0.00",
+        "20.00",
+        "20.00",
+    )
+    assert data["reconciles"] is True
+    assert admin("statement", "st@example.com", "--month", month) == 0
+    assert "closing_balance" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        admin("statement", "st@example.com", "--month", "2026-13")

@@ -297,3 +297,45 @@ def test_reserve_and_release(cli: Callable[..., Result]) -> None:
     assert released.code == 0, released
     assert released.json()["state"] == "released"
     assert _one_line_error(cli("reserve", "17"), 2)
+
+
+def test_proxy_lb_strategy_and_load(cli: Callable[..., Result]) -> None:
+    rented = cli("--json", "create", "sandbox", "sbx-a4000-1x-de", "--wait", "--timeout", "60")
+    assert rented.code == 0, rented
+    instance = rented.json()["instance"]["id"]
+    sent = _eventually(  # the proxy reads running instances from the read model
+        lambda: (
+            r
+            if (
+                r := cli("proxy", "http", instance, "--path", "/echo", "--data", '{"prompt": "hi"}')
+            ).code
+            == 0
+            else None
+        )
+    )
+    assert sent is not None
+    assert json.loads(sent.out)["json"] == {"prompt": "hi"}
+    assert f"200 from instance {instance}" in sent.err
+    infer = cli(
+        "proxy",
+        "openinference",
+        instance,
+        "--model",
+        "demo",
+        "--data",
+        '{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}]}',
+    )
+    assert json.loads(infer.out)["outputs"][0]["data"] == [3, 5]
+    refused = cli("proxy", "http", "http://169.254.169.254/latest/meta-data/")
+    _one_line_error(refused, 1)
+    assert "403" in refused.err
+    assert cli("lb-strategy", "least_connections").out.strip() == "strategy: least_connections"
+    assert cli("--json", "lb-strategy").json()["strategy"] == "least_connections"
+    bad = cli("lb-strategy", "fastest")
+    assert bad.code == 2
+    assert "invalid choice" in bad.err
+    load = cli("--json", "load", "server").json()
+    assert load["strategy"] == "least_connections"
+    assert instance in {i["instance_id"] for i in load["server"]["instances"]}
+    assert "provider" in cli("--json", "load", "provider").json()
+    assert "requests" in cli("load").out

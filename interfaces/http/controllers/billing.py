@@ -20,12 +20,12 @@ from domain.money import micros_to_usd
 from domain.payment_ports import InvalidWebhookError
 from domain.payments import Payment
 from domain.services.payments import PaymentNotFoundError, PaymentRequest
-from domain.statements import statement
 from infrastructure.auth import Principal
 from interfaces.http.controllers.money import positive_usd
 from interfaces.http.schemas import NO_NUL, Reason
 from interfaces.http.security import container_of, provide_admin, provide_principal
 from interfaces.payment_input import payment_method, processor_of
+from interfaces.statement_view import statement_json
 
 log = logging.getLogger(__name__)
 HANDLED_WEBHOOKS = {
@@ -227,26 +227,6 @@ def auto_renew(
         "amount": micros_to_usd(amount),
         "payment_method": method.split(":", 1)[1] if method else None,
         "provider": method.split(":", 1)[0] if method else None,
-    }
-
-
-def statement_json(user_id: str, month: str, history: list[Any]) -> dict[str, Any]:
-    result = statement(month, history)
-    return {
-        "user_id": user_id,
-        "month": month,
-        "currency": "USD",
-        "opening_balance": micros_to_usd(result.opening),
-        "payments": micros_to_usd(result.payments),
-        "grants": micros_to_usd(result.grants),
-        "charges": micros_to_usd(result.charges),
-        "charges_by_instance": {
-            k: micros_to_usd(v) for k, v in result.charges_by_reference.items()
-        },
-        "refunds": micros_to_usd(result.refunds),
-        "adjustments": micros_to_usd(result.adjustments),
-        "closing_balance": micros_to_usd(result.closing),
-        "reconciles": result.reconciles,
     }
 
 
