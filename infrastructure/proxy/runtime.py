@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from domain.balancing import Backend, LoadTracker, NoBackendError, check_strategy
+from domain.balancing import Backend, LoadTracker, check_strategy
 from domain.errors import DomainError
 from domain.ports import Clock
 from domain.services.ledger import LedgerApp, LedgerService
@@ -45,6 +45,13 @@ STRATEGY_TTL = 2.0  # seconds a user's strategy is reused (changes reach other p
 class InstanceNotReachableError(DomainError):
     status = 404
     title = "Instance not found"
+
+
+class NoRunningInstancesError(DomainError):
+    """The caller has nothing to balance over: rent an instance first (a 4xx: their state)."""
+
+    status = 409
+    title = "No running instances"
 
 
 @dataclass(frozen=True)
@@ -234,7 +241,7 @@ class ProxyRuntime:
                 )
             return await self.guard.check_endpoint(endpoint, path, query)
         if not pool.backends:
-            raise NoBackendError("you have no running instances to balance over")
+            raise NoRunningInstancesError("you have no running instances to balance over")
         return None
 
     async def _attempt(

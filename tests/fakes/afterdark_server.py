@@ -28,14 +28,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-import uvicorn
+from tests.fakes.serving import serve_asgi
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -196,40 +195,12 @@ class FakeAfterDark:
     @contextlib.contextmanager
     def serve(self, host: str = "127.0.0.1") -> Iterator[str]:
         """Serve on a free loopback port (uvicorn in a thread); yields the base URL."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind((host, 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self,
-            lifespan="off",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            ws="none",
-            proxy_headers=False,
-            timeout_graceful_shutdown=2,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="fake-afterdark", daemon=True
-        )
-        quiet = _QuietDrops()
-        logging.getLogger("uvicorn.error").addFilter(quiet)
-        thread.start()
-        try:
-            deadline = time.monotonic() + 10
-            while not server.started:
-                if not thread.is_alive() or time.monotonic() > deadline:
-                    raise RuntimeError("the fake AfterDark server did not start")
-                time.sleep(0.005)
-            self._url = f"http://{host}:{port}"
-            yield self._url
-        finally:
-            self._url = None
-            server.should_exit = True
-            thread.join(timeout=10)
-            sock.close()
-            logging.getLogger("uvicorn.error").removeFilter(quiet)
+        with serve_asgi(self, name="fake-afterdark", host=host, quiet=_QuietDrops()) as url:
+            self._url = url
+            try:
+                yield url
+            finally:
+                self._url = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -50,14 +50,12 @@ import hashlib
 import json
 import logging
 import re
-import socket
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import uvicorn
+from tests.fakes.serving import serve_asgi
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -335,41 +333,13 @@ class FakeChain:
 
     @contextlib.contextmanager
     def serve(self, host: str = "127.0.0.1") -> Iterator[str]:
-        """Serve on a free loopback port (uvicorn in a thread); yields the URL."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind((host, 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self,
-            lifespan="off",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            ws="none",
-            proxy_headers=False,
-            timeout_graceful_shutdown=2,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="fake-eth-rpc", daemon=True
-        )
-        quiet = _QuietDrops()
-        logging.getLogger("uvicorn.error").addFilter(quiet)
-        thread.start()
-        try:
-            deadline = time.monotonic() + 10
-            while not server.started:
-                if not thread.is_alive() or time.monotonic() > deadline:
-                    raise RuntimeError("the fake JSON-RPC server did not start")
-                time.sleep(0.005)
-            self._url = f"http://{host}:{port}"
-            yield self._url
-        finally:
-            self._url = None
-            server.should_exit = True
-            thread.join(timeout=10)
-            sock.close()
-            logging.getLogger("uvicorn.error").removeFilter(quiet)
+        """Serve on a free loopback port (uvicorn in a thread); yields the base URL."""
+        with serve_asgi(self, name="fake-eth-rpc", host=host, quiet=_QuietDrops()) as url:
+            self._url = url
+            try:
+                yield url
+            finally:
+                self._url = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

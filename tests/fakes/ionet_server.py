@@ -49,20 +49,19 @@ import http
 import json
 import math
 import random
-import socket
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Any
 
 import httpx
-import uvicorn
 from litestar import Litestar, Request, Response, delete, get, post
 from litestar.exceptions import MethodNotAllowedException, NotFoundException
+
+from tests.fakes.serving import serve_asgi
 
 VMAAS = "/enterprise/v1/io-cloud/vmaas"
 API_KEY = "test-ionet-key"
@@ -905,36 +904,9 @@ def create_app(fake: FakeIoNet) -> Litestar:
     )
 
 
-@contextlib.contextmanager
-def serve(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
+def serve(app: Any, host: str = "127.0.0.1") -> contextlib.AbstractContextManager[str]:
     """Run ``app`` under uvicorn on a free port of ``host`` in a thread; yield its origin."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        lifespan="off",
-        ws="none",
-        access_log=False,
-        timeout_graceful_shutdown=2,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            sock.close()
-            raise RuntimeError("the fake io.net server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    return serve_asgi(app, name="fake-ionet", host=host)
 
 
 # ----------------------------------------------------------------------------- responses

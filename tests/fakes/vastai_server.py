@@ -60,7 +60,6 @@ import base64
 import binascii
 import contextlib
 import json
-import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
@@ -68,7 +67,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-import uvicorn
+from tests.fakes.serving import serve_asgi
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -523,38 +522,9 @@ class FakeVastAi:
         """Make one instance end in ``actual_status`` once its loading time is over."""
         self.instances[instance_id]["_outcome"] = actual_status
 
-    @contextlib.contextmanager
-    def serve(self, host: str = "127.0.0.1") -> Iterator[str]:
+    def serve(self, host: str = "127.0.0.1") -> contextlib.AbstractContextManager[str]:
         """Serve this fake on a free loopback port (uvicorn in a thread); yields the base URL."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind((host, 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self,
-            lifespan="off",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            ws="none",
-            proxy_headers=False,
-            timeout_graceful_shutdown=2,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="fake-vastai", daemon=True
-        )
-        thread.start()
-        try:
-            deadline = time.monotonic() + 10
-            while not server.started:
-                if not thread.is_alive() or time.monotonic() > deadline:
-                    raise RuntimeError("the fake vast.ai server did not start")
-                time.sleep(0.005)
-            yield f"http://{host}:{port}"
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
-            sock.close()
+        return serve_asgi(self, name="fake-vastai", host=host)
 
     # ------------------------------------------------------------------------ ASGI
 

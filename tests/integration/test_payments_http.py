@@ -481,3 +481,35 @@ def test_afterdark_payment(settings: Settings, clock: FixedClock) -> None:
     assert declined.status_code == 402
     assert balance == 12_340_000
     assert afterdark.charge_count == 2
+
+
+def test_refund_beyond_the_balance_records_a_shortfall(shop: Shop) -> None:
+    paid = shop.pay("40.00").json()
+    shop.c.ledger.charge(shop.user_id, 35 * USD, key="spent")  # 5 left, cap 0
+    refund = shop.client.post(
+        f"/api/v1/admin/payments/{paid['id']}/refund", json={}, headers=shop.admin
+    )
+    assert refund.status_code == 200, refund.text
+    assert refund.json()["refunded"] == "40.00"
+    assert shop.balance() == 0  # only what the account had was taken back
+    payment = shop.c.payments.get(UUID(paid["id"]))
+    assert payment.state == "refunded"
+    assert payment.shortfall == 35 * USD
+
+
+def test_other_webhook_types_are_acknowledged_and_ignored(shop: Shop) -> None:
+    event = shop.stripe.make_event("customer.created", {"id": "cus_1", "object": "customer"})
+    response = shop.webhook(event)
+    assert response.status_code == 200
+    assert response.json() == {"received": True, "ignored": "customer.created"}
+
+
+def test_transactions_list_payments_in_every_state(shop: Shop) -> None:
+    shop.pay("10.00")
+    shop.pay("11.00", method="card:pm_card_chargeDeclined")
+    shop.pay("12.00", method="card:pm_card_threeDSecure2Required")
+    shop.c.runner.catch_up()
+    listed = shop.client.get("/api/v1/billing/transactions", headers=shop.auth).json()
+    states = {p["amount"]: p["status"] for p in listed["payments"]}
+    assert states == {"10.00": "succeeded", "11.00": "failed", "12.00": "pending"}
+    assert [t["type"] for t in listed["transactions"]] == ["grant"]

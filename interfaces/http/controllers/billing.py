@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 from uuid import UUID
@@ -22,6 +21,7 @@ from domain.payments import Payment
 from domain.services.payments import PaymentNotFoundError, PaymentRequest
 from infrastructure.auth import Principal
 from interfaces.http.controllers.money import positive_usd
+from interfaces.http.payment_rows import payment_row_json
 from interfaces.http.schemas import NO_NUL, Reason
 from interfaces.http.security import container_of, provide_admin, provide_principal
 from interfaces.payment_input import payment_method, processor_of
@@ -162,21 +162,6 @@ async def get_payment(
     payment_id: FromPath[UUID],
 ) -> dict[str, Any]:
     return payment_json(await _own_payment(request, principal, payment_id))
-
-
-def payment_row_json(row: Any) -> dict[str, Any]:
-    return {
-        "id": row.payment_id,
-        "status": row.state,
-        "amount": micros_to_usd(row.amount),
-        "currency": row.currency,
-        "provider": row.processor,
-        "payment_method": row.method,
-        "credited": micros_to_usd(row.credited),
-        "refunded": micros_to_usd(row.refunded),
-        "failure": row.failure or None,
-        "created_at": datetime.fromtimestamp(row.created_at / 1e6, UTC).isoformat(),
-    }
 
 
 @get("/billing/payments", sync_to_thread=True, summary="Your payments, every state, newest first")

@@ -13,6 +13,7 @@ from domain.errors import InvalidArgumentError
 from domain.money import micros_to_usd, usd_to_micros
 from infrastructure.auth import Principal
 from interfaces.http.errors import guardrail_headers
+from interfaces.http.payment_rows import payment_row_json
 from interfaces.http.schemas import SpendCheckBody
 from interfaces.http.security import container_of, provide_principal, read
 
@@ -65,8 +66,11 @@ def transactions(
     limit: Limit = 50,
     before: Before = None,
 ) -> dict[str, Any]:
-    rows = container_of(request).queries.transactions(principal.user_id, limit=limit, before=before)
+    c = container_of(request)
+    rows = c.queries.transactions(principal.user_id, limit=limit, before=before)
+    payments = c.payment_queries.for_user(principal.user_id, limit=limit) if before is None else []
     return {
+        "payments": [payment_row_json(p) for p in payments],
         "transactions": [
             {
                 "id": r.position,
