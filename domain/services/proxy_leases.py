@@ -160,6 +160,22 @@ class ProxyLeases:
                 renewal.add_done_callback(partial(self._renewed, user_id))
             await asyncio.shield(renewal)
 
+    def refund(self, user_id: str) -> bool:
+        """Give back one request's fee not yet sent for capture (nothing was delivered).
+
+        Only spend still in memory can come back; once a capture carries it, it stays charged.
+        """
+        if self.price == 0:
+            return False
+        lease = self._leases.get(user_id)
+        if lease is None:
+            return False
+        in_flight = lease.pending[1] if lease.pending is not None else 0
+        if lease.spent - self.price < lease.settled + in_flight:
+            return False
+        lease.spent -= self.price
+        return True
+
     # ---------------------------------------------------------------- settling
 
     async def settle(self) -> None:

@@ -217,6 +217,7 @@ class ProxyRuntime:
             if not (may_retry and self._can_retry(pool, tried)):
                 if isinstance(sent, UpstreamResponse):
                     return Upstream(sent, target.endpoint, lambda _ok: None)
+                self.leases.refund(user_id)  # nothing was delivered: no fee
                 raise sent
             if isinstance(sent, UpstreamResponse):
                 sent.release()

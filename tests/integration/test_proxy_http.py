@@ -334,3 +334,37 @@ def test_per_request_fee_from_a_lease_then_402(settings: Settings, clock: FixedC
     assert after.available == before.available - 10 * 100_000
     assert after.available >= 0
     assert not [h for h in after.holds if h.hold_id.startswith("lease:")]
+
+
+def test_no_fee_when_nothing_was_delivered(sqlite_settings: Settings, clock: FixedClock) -> None:
+    tuned = dataclasses.replace(
+        sqlite_settings,
+        jwt_secret=JWT_SECRET,
+        sandbox_enabled=True,
+        sandbox_provisioning_delay=0.0,
+        proxy_request_price=100_000,
+        proxy_lease_amount=300_000,
+    )
+    c = bootstrap(tuned, clock=clock)
+    try:
+        with TestClient(create_app(c)) as client:
+            alice = _user(client, c, "alice@example.com", 100 * USD)
+            gpu = _running(c, _rent(client, alice, 1))[0]
+            instance = c.marketplace.get(uuid.UUID(gpu["id"]))
+            asyncio.run(
+                c.marketplace.providers["sandbox"].destroy(instance.provider_instance_id or "")
+            )
+            codes = [
+                client.get(f"/api/v1/gpu/proxy/{gpu['id']}/health", headers=alice).status_code
+                for _ in range(3)
+            ]
+        alice_id = c.users.by_email("alice@example.com").id
+        fees = sum(
+            e.data["amount"]
+            for e in c.ledger.history(alice_id)
+            if e.name == "HoldCaptured" and e.data["hold_id"].startswith("lease:")
+        )
+    finally:
+        c.close()
+    assert codes == [502, 502, 502]
+    assert fees == 0

@@ -378,3 +378,25 @@ def test_flood_from_a_broke_user_asks_the_ledger_once(
 
     run(body)
     assert calls == [50_000]  # one renewal; the refusal left no room for a smaller lease
+
+
+def test_refund_gives_back_only_unsettled_spend(container: Container, clock: FixedClock) -> None:
+    ledger = container.ledger
+    ledger.grant(USER, USD, key="g")
+    leases = make(ledger, clock)
+
+    async def body() -> None:
+        assert not leases.refund(USER)  # no lease yet
+        for _ in range(3):
+            await leases.spend(USER)
+        assert leases.refund(USER)
+        await leases.settle()  # 2 spends captured
+        assert not leases.refund(USER)  # what a capture carried stays charged
+        await leases.spend(USER)
+        assert leases.refund(USER)
+        await leases.close()
+
+    run(body)
+    assert ledger.account(USER).total_charged == 2 * PRICE
+    free = make(ledger, clock, process_id="p2", price=0)
+    assert not free.refund(USER)
