@@ -339,3 +339,13 @@ def test_proxy_lb_strategy_and_load(cli: Callable[..., Result]) -> None:
     assert instance in {i["instance_id"] for i in load["server"]["instances"]}
     assert "provider" in cli("--json", "load", "provider").json()
     assert "requests" in cli("load").out
+
+
+def test_pay_without_a_configured_provider_is_a_clear_error(cli: Callable[..., Result]) -> None:
+    refused = cli("pay", "10.00", "--provider", "stripe", "--method", "card:pm_card_visa")
+    assert "not configured" in _one_line_error(refused, 1)
+    raw = cli("pay", "10.00", "--method", "card:4242424242424242:12/30:123")
+    assert "4242424242424242" not in raw.err
+    listed = cli("--json", "payments")
+    assert listed.code == 0
+    assert listed.json() == {"payments": [], "count": 0}
