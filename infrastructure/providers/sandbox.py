@@ -802,7 +802,9 @@ class SandboxProvider:
 
     def _prepare_server(self, instance: _Instance) -> None:
         """Bind the socket (the OS picks the port) and build the uvicorn server for it."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on accepted sockets of a
+        # TCP-protocol listener; without it every answer waits ~40 ms for a delayed ACK.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.bind((SANDBOX_HOST, 0))
             sock.setblocking(False)

@@ -191,6 +191,12 @@ class UpstreamResponse:
             (k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers
         )
 
+    @property
+    def content_length(self) -> int | None:
+        """The body's length as the instance announced it (None: chunked or unknown)."""
+        length: int | None = self._response.content_length
+        return length
+
     async def read(self) -> bytes:
         """The whole body, within what is left of the time limit."""
         try:

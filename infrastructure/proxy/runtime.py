@@ -33,12 +33,13 @@ from infrastructure.proxy.forwarder import (
     UpstreamConnectError,
     UpstreamResponse,
 )
-from infrastructure.proxy.targets import Endpoint, Target, TargetGuard
+from infrastructure.proxy.targets import Endpoint, Target, TargetGuard, parse_host
 from infrastructure.sql import Database
 
 log = logging.getLogger(__name__)
 RETRY_STATUSES = frozenset({502, 503})
 ENDPOINTS_TTL = 1.0  # seconds a user's instance list is reused
+TARGETS_KEPT = 4096  # checked targets remembered (endpoints with an IP-literal host only)
 STRATEGY_TTL = 2.0  # seconds a user's strategy is reused (changes reach other processes then)
 
 
@@ -116,6 +117,7 @@ class ProxyRuntime:
         self._pools: dict[str, _Pool] = {}
         self._strategies: dict[str, tuple[float, str]] = {}
         self._owners: dict[str, tuple[str, str]] = {}  # instance id -> (owner, provider)
+        self._targets: dict[tuple[Endpoint, str, str], Target] = {}
 
     # ------------------------------------------------------------ instances
 
@@ -208,7 +210,7 @@ class ProxyRuntime:
             if target is None:
                 backend = self.tracker.pick(strategy, pool.backends, key=user_id, exclude=tried)
                 endpoint = next(e for e in pool.endpoints if e.instance_id == backend.instance_id)
-                target = await self.guard.check_endpoint(endpoint, path, query)
+                target = await self._target(endpoint, path, query)
             sent = await self._attempt(target, method, headers, body, deadline, retrying)
             retrying = False
             if isinstance(sent, Upstream):
@@ -240,7 +242,7 @@ class ProxyRuntime:
                 raise InstanceNotReachableError(
                     "not one of your running instances", instance_id=instance_id
                 )
-            return await self.guard.check_endpoint(endpoint, path, query)
+            return await self._target(endpoint, path, query)
         if not pool.backends:
             raise NoRunningInstancesError("you have no running instances to balance over")
         return None
@@ -276,6 +278,23 @@ class ProxyRuntime:
             finish(False)
             return response
         return Upstream(response, target.endpoint, finish)
+
+    async def _target(self, endpoint: Endpoint, path: str, query: str) -> Target:
+        """``TargetGuard.check_endpoint``, remembered when the host is an IP literal.
+
+        The check of an IP-literal endpoint depends only on its arguments (no DNS), so its
+        answer can be reused; a refusal raises and is never remembered. DNS-named endpoints
+        are checked (and their address pinned) on every request.
+        """
+        key = (endpoint, path, query)
+        target = self._targets.get(key)
+        if target is None:
+            target = await self.guard.check_endpoint(endpoint, path, query)
+            if not isinstance(parse_host(endpoint.host), str):
+                if len(self._targets) >= TARGETS_KEPT:
+                    self._targets.clear()
+                self._targets[key] = target
+        return target
 
     def _can_retry(self, pool: _Pool, tried: set[str]) -> bool:
         if not any(b.instance_id not in tried for b in pool.backends):

@@ -22,7 +22,7 @@ def serve_asgi(
     ``quiet``: a filter for uvicorn's error log while serving (e.g. deliberate dropped
     connections a fake makes are not errors).
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]

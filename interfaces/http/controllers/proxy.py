@@ -18,11 +18,19 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
-from litestar import Request, Router, get, put, route
+from litestar import Request, Response, Router, get, put, route
 from litestar.di import NamedDependency, Provide
 from litestar.enums import HttpMethod
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Receive,
+    Scope,
+    Send,
+)
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from domain.balancing import STRATEGIES
@@ -90,12 +98,27 @@ def timelimit(request: Request[Any, Any, Any], fallback: float | None = None) ->
     return seconds
 
 
-def answer(upstream: Upstream) -> Stream:
+async def answer(upstream: Upstream) -> Response[bytes] | Stream:
+    """The envelope's answer: the instance's status, headers and body (buffered when small)."""
     headers = dict(upstream.response.headers)
     headers["x-gpuproxy-instance"] = upstream.endpoint.instance_id
     media_type = headers.pop("content-type", None) or headers.pop("Content-Type", None)
     for name in [k for k in headers if k.lower() == "content-type"]:
         media_type = headers.pop(name)
+    length = upstream.response.content_length
+    if length is not None and length <= BUFFER_LIMIT:
+        ok = False
+        try:
+            body = await upstream.response.read()
+            ok = upstream.response.status < 500
+        finally:
+            upstream.done(ok)
+        return Response(
+            body,
+            status_code=upstream.response.status,
+            headers=headers,
+            media_type=media_type or "application/octet-stream",
+        )
     return Stream(
         upstream.chunks(),
         status_code=upstream.response.status,
@@ -178,7 +201,7 @@ async def proxy_envelope(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     data: JSONBody[ProxyBody],
-) -> Stream:
+) -> Response[bytes] | Stream:
     protocol = data.protocol.strip().lower()
     if protocol not in PROTOCOLS:
         raise InvalidArgumentError(
@@ -217,29 +240,73 @@ async def proxy_envelope(
     except TargetRefusedError as exc:
         _refused(principal, exc, target_url)
         raise
-    return answer(upstream)
+    return await answer(upstream)
 
 
-async def _raw(
-    request: Request[Any, Any, Any], principal: Principal, instance_id: str | None, path: str
-) -> Stream:
-    runtime = runtime_of(request)
-    query = request.scope.get("query_string", b"").decode("latin-1")
+async def _raw(request: Request[Any, Any, Any], instance_id: str | None, path: str) -> ASGIApp:
+    """The raw reverse proxy. The hot path: no dependency injection, no signature model for
+    parameters, and the answer is a plain ASGI callable rather than a Response object (a
+    streamed Response costs a task group per request; docs/performance.md).
+
+    Authentication and the rate limit are the same function the other routes use as their
+    dependency; errors raised before the answer starts go through the app's handlers.
+    """
+    principal = await provide_principal(request)
+    path = "/" + path.lstrip("/")
+    method = request.method
     try:
-        upstream = await runtime.forward(
+        upstream = await runtime_of(request).forward(
             principal.user_id,
-            method=request.method,
+            method=method,
             headers=request.headers.items(),
             body=await _body_of(request),
             timeout=timelimit(request),
             instance_id=instance_id,
-            path=path or "/",
-            query=query,
+            path=path,
+            query=request.scope.get("query_string", b"").decode("latin-1"),
         )
     except TargetRefusedError as exc:
         _refused(principal, exc, path)
         raise
-    return answer(upstream)
+
+    async def respond(_scope: Scope, _receive: Receive, send: Send) -> None:
+        await _send_upstream(upstream, method, send)
+
+    return respond
+
+
+async def _send_upstream(upstream: Upstream, method: str, send: Send) -> None:
+    """Pass the instance's answer on: in one message when small and sized, else streamed."""
+    response = upstream.response
+    headers: list[tuple[bytes, bytes]] = [
+        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers
+    ]
+    headers.append((b"x-gpuproxy-instance", upstream.endpoint.instance_id.encode()))
+    length = response.content_length
+    if method == "HEAD" or (length is not None and length <= BUFFER_LIMIT):
+        ok = False
+        try:
+            body = await response.read()
+            ok = response.status < 500
+        finally:
+            upstream.done(ok)
+        size = length if method == "HEAD" and length is not None else len(body)
+        headers.append((b"content-length", str(size).encode()))
+        await send(_start(response.status, headers))
+        await send(_body(b"" if method == "HEAD" else body, more=False))
+        return
+    await send(_start(response.status, headers))
+    async for chunk in upstream.chunks():
+        await send(_body(chunk, more=True))
+    await send(_body(b"", more=False))
+
+
+def _start(status: int, headers: list[tuple[bytes, bytes]]) -> HTTPResponseStartEvent:
+    return {"type": "http.response.start", "status": status, "headers": headers}
+
+
+def _body(chunk: bytes, *, more: bool) -> HTTPResponseBodyEvent:
+    return {"type": "http.response.body", "body": chunk, "more_body": more}
 
 
 @route(
@@ -247,12 +314,8 @@ async def _raw(
     http_method=list(METHODS),
     summary="Reverse proxy balanced over all your running instances",
 )
-async def proxy_pool(
-    request: Request[Any, Any, Any],
-    principal: NamedDependency[Principal],
-    path: FromPath[str] = "/",
-) -> Stream:
-    return await _raw(request, principal, None, path)
+async def proxy_pool(request: Request[Any, Any, Any], path: FromPath[str] = "/") -> ASGIApp:
+    return await _raw(request, None, path)
 
 
 @route(
@@ -261,12 +324,9 @@ async def proxy_pool(
     summary="Reverse proxy to one of your instances",
 )
 async def proxy_instance(
-    request: Request[Any, Any, Any],
-    principal: NamedDependency[Principal],
-    instance_id: FromPath[UUID],
-    path: FromPath[str] = "/",
-) -> Stream:
-    return await _raw(request, principal, str(instance_id), path)
+    request: Request[Any, Any, Any], instance_id: FromPath[UUID], path: FromPath[str] = "/"
+) -> ASGIApp:
+    return await _raw(request, str(instance_id), path)
 
 
 @get("/loadbalancer/strategy", summary="Your load-balancing strategy")
