@@ -62,6 +62,7 @@ def server_process(env: dict[str, str], log_file: Path | None = None) -> Iterato
     """A real ``aiserve-gpuproxyd`` on a free loopback port; yields its base URL."""
     port = free_port()
     child_env = {**os.environ, **env, "PORT": str(port), "HOST": "127.0.0.1"}
+    child_env.setdefault("GRPC_PORT", str(free_port()))  # never the shared default 9090
     if log_file is not None:
         child_env["LOG_FILE"] = str(log_file)
     # A pipe nobody reads would fill up and block the server: send its console to a file.

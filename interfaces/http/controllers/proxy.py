@@ -9,13 +9,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 from litestar import Request, Response, Router, get, put, route
@@ -39,11 +36,12 @@ from domain.money import micros_to_usd
 from infrastructure.auth import Principal
 from infrastructure.proxy.runtime import ProxyRuntime, Upstream
 from infrastructure.proxy.targets import TargetRefusedError
+from interfaces import proxy_envelope as proxy_envelope_input
 from interfaces.http.schemas import NO_NUL
 from interfaces.http.security import container_of, provide_principal
 
 log = logging.getLogger(__name__)
-PROTOCOLS = ("http", "https", "openinference", "mcp")
+PROTOCOLS = proxy_envelope_input.PROTOCOLS
 METHODS: tuple[HttpMethod, ...] = (
     HttpMethod.GET,
     HttpMethod.POST,
@@ -127,15 +125,6 @@ async def answer(upstream: Upstream) -> Response[bytes] | Stream:
     )
 
 
-def _refused(principal: Principal, exc: TargetRefusedError, url: str | None) -> None:
-    log.warning(
-        "proxy target refused for user %s: %s (%s)",
-        principal.user_id,
-        exc.reason,
-        (url or "")[:200],
-    )
-
-
 async def _body_of(request: Request[Any, Any, Any]) -> bytes | AsyncIterator[bytes] | None:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) <= BUFFER_LIMIT:
@@ -144,51 +133,6 @@ async def _body_of(request: Request[Any, Any, Any]) -> bytes | AsyncIterator[byt
     if length is None and "chunked" not in request.headers.get("transfer-encoding", ""):
         return None
     return request.stream()
-
-
-def _encode_body(value: Any, headers: dict[str, str]) -> bytes | None:
-    if value is UNSET or value is None:
-        return None
-    if isinstance(value, str):
-        headers.setdefault("Content-Type", "text/plain; charset=utf-8")
-        return value.encode()
-    headers.setdefault("Content-Type", "application/json")
-    return json.dumps(value, separators=(",", ":")).encode()
-
-
-def _protocol_path(data: ProxyBody) -> tuple[str, Any]:
-    """The path and body an envelope's protocol implies (OIP v2 infer, MCP JSON-RPC)."""
-    body = data.body
-    if data.protocol == "openinference":
-        if data.path:
-            if not data.path.startswith("/v2"):
-                raise InvalidArgumentError("openinference paths start with /v2", field="path")
-            return data.path, body
-        model = data.model or (
-            body.get("model_name") or body.get("model") if isinstance(body, dict) else None
-        )
-        if not model:
-            raise InvalidArgumentError(
-                "openinference needs the model name (model, or body.model_name)", field="model"
-            )
-        return f"/v2/models/{model}/infer", body
-    if data.protocol == "mcp":
-        if not isinstance(body, dict) or not isinstance(body.get("method"), str):
-            raise InvalidArgumentError("mcp needs a JSON-RPC body with a method", field="body")
-        if body.get("jsonrpc", "2.0") != "2.0":
-            raise InvalidArgumentError("mcp speaks JSON-RPC 2.0", field="body")
-        rpc = {"jsonrpc": "2.0", **body}
-        rpc.setdefault("id", str(uuid.uuid4()))
-        return data.path or "/mcp", rpc
-    return data.path or "/", body
-
-
-def _with_path(url: str, path: str) -> str:
-    """Put the protocol path on a base ``target_url`` that has none of its own."""
-    parts = urlsplit(url)
-    if parts.path not in {"", "/"}:
-        return url
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
 @route(
@@ -202,44 +146,19 @@ async def proxy_envelope(
     principal: NamedDependency[Principal],
     data: JSONBody[ProxyBody],
 ) -> Response[bytes] | Stream:
-    protocol = data.protocol.strip().lower()
-    if protocol not in PROTOCOLS:
-        raise InvalidArgumentError(
-            f"unsupported protocol {protocol[:20]!r}; use one of {', '.join(PROTOCOLS)}",
-            field="protocol",
-        )
-    data.protocol = protocol
-    method = data.method.strip().upper() or "GET"
-    if method not in {m.value for m in METHODS}:
-        names = ", ".join(m.value for m in METHODS)
-        raise InvalidArgumentError(f"method must be one of {names}", field="method")
-    if (data.target_url is None) == (data.instance_id is None):
-        raise InvalidArgumentError(
-            "give exactly one of target_url or instance_id", field="target_url"
-        )
-    path, body_value = _protocol_path(data)
-    headers = dict(data.headers)
-    payload = _encode_body(body_value, headers)
-    runtime = runtime_of(request)
-    target_url = data.target_url
-    if target_url is not None and protocol in {"openinference", "mcp"}:
-        target_url = _with_path(target_url, path)
-    path_only, _, query = path.partition("?")
-    try:
-        upstream = await runtime.forward(
-            principal.user_id,
-            method=method,
-            headers=headers,
-            body=payload,
-            timeout=timelimit(request, data.timeout),
-            target_url=target_url,
-            instance_id=data.instance_id,
-            path=path_only,
-            query=query,
-        )
-    except TargetRefusedError as exc:
-        _refused(principal, exc, target_url)
-        raise
+    envelope = proxy_envelope_input.prepare(
+        protocol=data.protocol,
+        method=data.method,
+        target_url=data.target_url,
+        instance_id=data.instance_id,
+        headers=data.headers,
+        body=proxy_envelope_input.NO_BODY if data.body is UNSET else data.body,
+        path=data.path,
+        model=data.model,
+    )
+    upstream = await proxy_envelope_input.send(
+        runtime_of(request), principal.user_id, envelope, timelimit(request, data.timeout)
+    )
     return await answer(upstream)
 
 
@@ -266,7 +185,7 @@ async def _raw(request: Request[Any, Any, Any], instance_id: str | None, path: s
             query=request.scope.get("query_string", b"").decode("latin-1"),
         )
     except TargetRefusedError as exc:
-        _refused(principal, exc, path)
+        proxy_envelope_input.refused(principal.user_id, exc, path)
         raise
 
     async def respond(_scope: Scope, _receive: Receive, send: Send) -> None:
@@ -431,3 +350,17 @@ router = Router(
         load,
     ],
 )
+
+
+# Shims for modules not yet moved to interfaces.proxy_envelope (gRPC, WebSocket); to be removed.
+def _protocol_path(data: ProxyBody) -> tuple[str, Any]:
+    return proxy_envelope_input._protocol_path(
+        data.protocol.strip().lower(),
+        data.path,
+        data.model,
+        proxy_envelope_input.NO_BODY if data.body is UNSET else data.body,
+    )
+
+
+_encode_body = proxy_envelope_input._encode_body
+_with_path = proxy_envelope_input._with_path

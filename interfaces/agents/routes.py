@@ -1,0 +1,188 @@
+"""The agent doors as Litestar routes, and the lifespan that starts the MCP session manager.
+
+Public: ``/.well-known/agent-card.json`` and ``/agent/discover``. Everything else needs an API
+key or Bearer token and counts against the rate limit (``provide_principal``, as REST).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from litestar import Litestar, Request, Response, Router, asgi, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.handlers import ASGIRouteHandler, HTTPRouteHandler
+
+from infrastructure.auth import Principal
+from interfaces.agents import a2a_simple, acp, fipa, kqml, langchain
+from interfaces.agents.a2a_rpc import A2ARpc, agent_card_json
+from interfaces.agents.detect import detect
+from interfaces.agents.discovery import discover_document
+from interfaces.agents.mcp_server import McpDoor
+from interfaces.agents.wire import Caller, decode, failure
+from interfaces.http.errors import PROBLEM
+from interfaces.http.security import provide_principal
+
+if TYPE_CHECKING:
+    from litestar.types import Receive, Scope, Send
+
+    from infrastructure.proxy.runtime import ProxyRuntime
+    from interfaces.bootstrap import Container
+
+Translator = Callable[[Caller, Any], Awaitable[tuple[int, dict[str, Any]]]]
+TRANSLATORS: dict[str, Translator] = {
+    "a2a": a2a_simple.handle,
+    "acp": acp.handle,
+    "fipa": fipa.handle,
+    "kqml": kqml.handle,
+    "langchain": langchain.handle,
+}
+MCP_PATH = "/api/v1/mcp"
+
+
+@dataclass
+class AgentDoors:
+    """Per-app state: the services, the MCP session manager and the A2A dispatcher."""
+
+    container: Container
+    runtime: ProxyRuntime
+    mcp: McpDoor
+    rpc: A2ARpc
+
+
+@asynccontextmanager
+async def lifespan(app: Litestar) -> AsyncIterator[None]:
+    """Build the doors over the app's container and proxy runtime; run the MCP manager."""
+    container, runtime = app.state.container, app.state.proxy
+    doors = AgentDoors(container, runtime, McpDoor(container, runtime), A2ARpc(container, runtime))
+    app.state.agents = doors
+    async with doors.mcp.manager.run():
+        yield
+
+
+def doors_of(request: Request[Any, Any, Any]) -> AgentDoors:
+    doors: AgentDoors = request.app.state.agents
+    return doors
+
+
+def _json(status: int, body: dict[str, Any], **headers: str) -> Response[dict[str, Any]]:
+    """A reply; an error reply is an RFC 9457 problem, so it says so in its media type."""
+    media_type = PROBLEM if status >= 400 else "application/json"
+    return Response(body, status_code=status, headers=headers, media_type=media_type)
+
+
+async def _translate(
+    request: Request[Any, Any, Any], principal: Principal, protocol: str
+) -> Response[Any]:
+    doors = doors_of(request)
+    body = await request.body()
+    message = decode(body)
+    if protocol == "a2a" and isinstance(message, dict) and "jsonrpc" in message:
+        return await doors.rpc.respond(request, body, principal)
+    caller = Caller(doors.container, doors.runtime, principal)
+    status, reply = await TRANSLATORS[protocol](caller, message)
+    return _json(status, reply)
+
+
+@post("/a2a", status_code=200, summary="A2A: JSON-RPC (message/send, tasks/get) or {action, …}")
+async def a2a(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+) -> Response[Any]:
+    return await _translate(request, principal, "a2a")
+
+
+@post("/acp", status_code=200, summary="ACP: {header: {sender, message_type}, payload}")
+async def acp_door(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+) -> Response[Any]:
+    return await _translate(request, principal, "acp")
+
+
+@post("/fipa", status_code=200, summary="FIPA ACL: request, query-ref, query-if, cfp, …")
+async def fipa_door(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+) -> Response[Any]:
+    return await _translate(request, principal, "fipa")
+
+
+@post("/kqml", status_code=200, summary="KQML: ask-one, ask-all, ask-if, tell, achieve")
+async def kqml_door(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+) -> Response[Any]:
+    return await _translate(request, principal, "kqml")
+
+
+@post("/langchain", status_code=200, summary="LangChain: execute a tool")
+async def langchain_door(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+) -> Response[Any]:
+    return await _translate(request, principal, "langchain")
+
+
+@get("/langchain/tools", summary="LangChain tool definitions with argument schemas")
+async def langchain_tools(
+    principal: NamedDependency[Principal],  # noqa: ARG001 - runs the auth dependency
+) -> dict[str, Any]:
+    return {"tools": langchain.tools()}
+
+
+@post("/agent", status_code=200, summary="Any agent protocol, detected from the message shape")
+async def agent(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+) -> Response[Any]:
+    body = await request.body()
+    message = decode(body)
+    try:
+        protocol = detect(message)
+    except Exception as exc:
+        status, problem = failure(exc)
+        return _json(status, problem)
+    if protocol == "mcp":
+        note = {
+            "detected": "mcp",
+            "endpoint": MCP_PATH,
+            "message": "MCP is served over Streamable HTTP at /api/v1/mcp (redirected)",
+        }
+        return _json(307, note, Location=MCP_PATH, **{"X-Agent-Protocol": "mcp"})
+    answer: Response[Any]
+    doors = doors_of(request)
+    if protocol == "a2a-jsonrpc":
+        answer = await doors.rpc.respond(request, body, principal)
+    else:
+        caller = Caller(doors.container, doors.runtime, principal)
+        answer = _json(*await TRANSLATORS[protocol](caller, message))
+    answer.headers["X-Agent-Protocol"] = protocol
+    return answer
+
+
+@get("/agent/discover", summary="Agent protocols, endpoints and capabilities (public)")
+async def discover() -> dict[str, Any]:
+    return discover_document()
+
+
+@get("/.well-known/agent-card.json", summary="A2A agent card (public)")
+async def agent_card(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    return agent_card_json(str(request.base_url))
+
+
+@asgi(MCP_PATH, copy_scope=False)
+async def mcp(scope: Scope, receive: Receive, send: Send) -> None:
+    """MCP Streamable HTTP (POST messages, GET stream, DELETE session)."""
+    doors: AgentDoors = scope["app"].state.agents
+    await doors.mcp(scope, receive, send)
+
+
+router = Router(
+    path="/api/v1",
+    tags=["agents"],
+    dependencies={"principal": Provide(provide_principal)},
+    route_handlers=[a2a, acp_door, fipa_door, kqml_door, langchain_door, langchain_tools, agent],
+)
+route_handlers: list[Router | HTTPRouteHandler | ASGIRouteHandler] = [
+    router,
+    discover,
+    agent_card,
+    mcp,
+]
