@@ -1,4 +1,4 @@
-.PHONY: bench bench-ledger bench-http bench-quick bench-catalog test lint
+.PHONY: bench bench-ledger bench-http bench-quick bench-catalog test lint protos bench-grpc
 
 PYTHON ?= .venv/bin/python
 BENCH_ARGS ?=
@@ -15,7 +15,10 @@ bench:
 	@deadline=$$(( $$(date +%s) + $(BENCH_MAX_WAIT) )); \
 	BENCH_WAIT_UNTIL=$$deadline $(PYTHON) -m tests.bench.bench_ledger $(BENCH_ARGS) && \
 	BENCH_WAIT_UNTIL=$$deadline $(PYTHON) -m tests.bench.bench_http $(HTTP_ARGS) && \
-	BENCH_WAIT_UNTIL=$$deadline $(PYTHON) -m tests.bench.bench_catalog
+	BENCH_WAIT_UNTIL=$$deadline $(PYTHON) -m tests.bench.bench_catalog && \
+	BENCH_WAIT_UNTIL=$$deadline $(PYTHON) -m tests.bench.bench_proxy && \
+	BENCH_WAIT_UNTIL=$$deadline $(PYTHON) -m tests.bench.bench_grpc && \
+	BENCH_WAIT_UNTIL=$$deadline $(PYTHON) -m tests.bench.bench_models
 
 bench-ledger:
 	$(PYTHON) -m tests.bench.bench_ledger --max-wait $(BENCH_MAX_WAIT) $(BENCH_ARGS)
@@ -30,8 +33,22 @@ bench-catalog:
 bench-quick:
 	$(PYTHON) -m tests.bench.bench_ledger --quick $(BENCH_ARGS)
 
+# gRPC: regenerate interfaces/grpc/generated/ from protos/gpuproxy.proto (commit the result;
+# a test fails while it is stale). Needs the dev extra (grpcio-tools, betterproto[compiler]).
+protos:
+	$(PYTHON) protos/generate.py
+
+# gRPC: HealthCheck and GetSpendingInfo vs a bare grpclib servicer, 16 calls in flight.
+bench-grpc:
+	$(PYTHON) -m tests.bench.bench_grpc --max-wait $(BENCH_MAX_WAIT)
+
 test:
 	.venv/bin/pytest -q
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+
+# Model serving: predict / OIP latency vs a direct session.run, 16 clients with and without
+# batching (about 4 minutes plus waiting; docs/performance.md "Model serving").
+bench-models:
+	$(PYTHON) -m tests.bench.bench_models --max-wait $(BENCH_MAX_WAIT)

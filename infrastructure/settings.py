@@ -93,6 +93,49 @@ class Settings:
     afterdark_api_url: str = "https://billing.afterdarksys.com"
     afterdark_api_key: str = field(default="", repr=False)
     payment_reconcile_interval: float = 60.0
+    # live streams (WebSocket /ws)
+    ws_poll_interval: float = 0.2  # seconds between reads of the event log by the feed
+    ws_queue_size: int = 256  # messages buffered per connection before it counts as slow
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 60.0  # close a connection silent for this long
+    ws_max_replay: int = 100_000  # events a resume (``since``) may scan
+    # gRPC
+    grpc_enabled: bool = True
+    grpc_port: int = 9090
+    grpc_tls_cert: str = ""
+    grpc_tls_key: str = ""
+
+    # models
+    allow_pickle_models: bool = False
+    storage_backend: str = "local"
+    oci_storage_namespace: str = ""
+    oci_storage_bucket: str = ""
+    oci_storage_endpoint: str = ""
+    oci_config_file: str = ""
+    oci_config_profile: str = "DEFAULT"
+    oci_user: str = ""
+    oci_tenancy: str = ""
+    oci_fingerprint: str = ""
+    oci_key_file: str = ""
+    oci_region: str = ""
+    oci_part_size: int = 128 * 1_048_576
+    oci_max_attempts: int = 4
+    storage_quota_bytes: int = 100 * 10**9
+    max_upload_bytes: int = 10 * 10**9
+    uploads_per_hour: int = 50
+    uploads_per_day: int = 500
+    model_predict_price: int = 0  # micro-USD per prediction
+    model_lease_amount: int = 1_000_000
+    model_cache_bytes: int = 2 * 1_073_741_824
+    model_max_request_bytes: int = 16 * 1_048_576
+    model_inference_threads: int = 0  # 0: one per CPU core, at most 8
+    model_intra_op_threads: int = 1
+    model_execution_provider: str = "auto"
+    model_batching: bool = False
+    model_batch_max_rows: int = 64
+    model_batch_wait_ms: float = 0.0
+    model_convert_timeout: float = 300.0
+    model_usage_flush_interval: float = 10.0
 
     @property
     def sqlite_path(self) -> Path:
@@ -205,7 +248,20 @@ def load_settings(
         **market,
         **_proxy(env),
         **_payments(env),
+        **_models(env),
+        **_grpc(env, http["port"]),
+        **_streams(env),
     )
+
+
+def _streams(env: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "ws_poll_interval": _float(env, "WS_POLL_INTERVAL", 0.2, 0.01, 10.0),
+        "ws_queue_size": _int(env, "WS_QUEUE_SIZE", 256, 4, 100_000),
+        "ws_ping_interval": _float(env, "WS_PING_INTERVAL", 20.0, 0.1, 3600.0),
+        "ws_ping_timeout": _float(env, "WS_PING_TIMEOUT", 60.0, 0.2, 86400.0),
+        "ws_max_replay": _int(env, "WS_MAX_REPLAY", 100_000, 1, 100_000_000),
+    }
 
 
 def _redis_url(env: Mapping[str, str]) -> str:
@@ -388,6 +444,27 @@ def _payments(env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+def _grpc(env: Mapping[str, str], http_port: int) -> dict[str, Any]:
+    enabled = _bool(env, "GRPC_ENABLED", True)
+    port = _int(env, "GRPC_PORT", 9090, 1, 65535)
+    if enabled and port == http_port:
+        raise ConfigError(f"GRPC_PORT={port} must differ from PORT (the HTTP port)")
+    files = {}
+    for name in ("GRPC_TLS_CERT", "GRPC_TLS_KEY"):
+        path = env.get(name, "").strip()
+        if path and not (Path(path).is_file() and os.access(path, os.R_OK)):
+            raise ConfigError(f"{name}={path!r} is not a readable file")
+        files[name] = path
+    if bool(files["GRPC_TLS_CERT"]) != bool(files["GRPC_TLS_KEY"]):
+        raise ConfigError("GRPC_TLS_CERT and GRPC_TLS_KEY must be set together")
+    return {
+        "grpc_enabled": enabled,
+        "grpc_port": port,
+        "grpc_tls_cert": files["GRPC_TLS_CERT"],
+        "grpc_tls_key": files["GRPC_TLS_KEY"],
+    }
+
+
 def _duration(env: Mapping[str, str], name: str, default: int) -> int:
     """Seconds from '3600', '90s', '15m', '24h' or '7d'."""
     raw = env.get(name, "").strip().lower()
@@ -402,3 +479,60 @@ def _duration(env: Mapping[str, str], name: str, default: int) -> int:
     if not 60 <= seconds <= 90 * 86400:
         raise ConfigError(f"{name}={raw!r} must be between 1 minute and 90 days")
     return seconds
+
+
+def _models(env: Mapping[str, str]) -> dict[str, Any]:
+    backend = _choice(env, "STORAGE_BACKEND", "local", {"local", "oci"})
+    bucket = env.get("OCI_STORAGE_BUCKET", "").strip()
+    if backend == "oci" and not bucket:
+        raise ConfigError("STORAGE_BACKEND=oci needs OCI_STORAGE_BUCKET")
+    user = env.get("OCI_USER", "").strip()
+    oci_env = {
+        name: env.get(name, "").strip()
+        for name in ("OCI_TENANCY", "OCI_FINGERPRINT", "OCI_KEY_FILE", "OCI_REGION")
+    }
+    if backend == "oci" and user and not all(oci_env.values()):
+        raise ConfigError(
+            "OCI_USER needs OCI_TENANCY, OCI_FINGERPRINT, OCI_KEY_FILE and OCI_REGION too"
+        )
+    price = _usd(env, "MODEL_PREDICT_PRICE", "0", 0, 1_000_000_000)
+    lease = _usd(env, "MODEL_LEASE_AMOUNT", "1", 1, 1_000_000_000_000)
+    if price and lease < price:
+        raise ConfigError("MODEL_LEASE_AMOUNT must be at least MODEL_PREDICT_PRICE")
+    total = _int(env, "STORAGE_QUOTA_BYTES", 100 * 10**9, 1, 10**15)
+    return {
+        "allow_pickle_models": _bool(env, "ALLOW_PICKLE_MODELS", False),
+        "storage_backend": backend,
+        "oci_storage_namespace": env.get("OCI_STORAGE_NAMESPACE", "").strip(),
+        "oci_storage_bucket": bucket,
+        "oci_storage_endpoint": _url(env, "OCI_STORAGE_ENDPOINT", ""),
+        "oci_config_file": env.get("OCI_CONFIG_FILE", "").strip(),
+        "oci_config_profile": env.get("OCI_CONFIG_PROFILE", "").strip() or "DEFAULT",
+        "oci_user": user,
+        "oci_tenancy": oci_env["OCI_TENANCY"],
+        "oci_fingerprint": oci_env["OCI_FINGERPRINT"],
+        "oci_key_file": oci_env["OCI_KEY_FILE"],
+        "oci_region": oci_env["OCI_REGION"],
+        "oci_part_size": _int(env, "OCI_PART_SIZE", 128 * 1_048_576, 1_048_576, 50 * 1024**3),
+        "oci_max_attempts": _int(env, "OCI_MAX_ATTEMPTS", 4, 1, 20),
+        "storage_quota_bytes": total,
+        "max_upload_bytes": _int(env, "MAX_UPLOAD_BYTES", min(10 * 10**9, total), 1, total),
+        "uploads_per_hour": _int(env, "UPLOADS_PER_HOUR", 50, 1, 1_000_000),
+        "uploads_per_day": _int(env, "UPLOADS_PER_DAY", 500, 1, 10_000_000),
+        "model_predict_price": price,
+        "model_lease_amount": lease,
+        "model_cache_bytes": _int(env, "MODEL_CACHE_BYTES", 2 * 1_073_741_824, 1_048_576, 10**13),
+        "model_max_request_bytes": _int(
+            env, "MODEL_MAX_REQUEST_BYTES", 16 * 1_048_576, 1024, 1_073_741_824
+        ),
+        "model_inference_threads": _int(env, "MODEL_INFERENCE_THREADS", 0, 0, 256),
+        "model_intra_op_threads": _int(env, "MODEL_INTRA_OP_THREADS", 1, 0, 256),
+        "model_execution_provider": _choice(
+            env, "MODEL_EXECUTION_PROVIDER", "auto", {"auto", "cpu"}
+        ),
+        "model_batching": _bool(env, "MODEL_BATCHING", False),
+        "model_batch_max_rows": _int(env, "MODEL_BATCH_MAX_ROWS", 64, 1, 65536),
+        "model_batch_wait_ms": _float(env, "MODEL_BATCH_WAIT_MS", 0.0, 0.0, 1000.0),
+        "model_convert_timeout": _float(env, "MODEL_CONVERT_TIMEOUT", 300.0, 1.0, 86400.0),
+        "model_usage_flush_interval": _float(env, "MODEL_USAGE_FLUSH_SECONDS", 10.0, 0.05, 3600.0),
+    }

@@ -13,6 +13,7 @@ from domain.payment_ports import CardProcessor, ChainReader
 from domain.ports import Clock, system_clock
 from domain.services.ledger import LedgerApp, LedgerService
 from domain.services.marketplace import MarketplaceConfig, MarketplaceService
+from domain.services.models import ModelService
 from domain.services.payments import CryptoConfig, PaymentService
 from infrastructure.api_keys import ApiKeyStore
 from infrastructure.auth import AuthService
@@ -64,6 +65,17 @@ class Container:
     stripe: Any | None = None  # StripeGateway when STRIPE_SECRET_KEY is set (webhooks)
     chain: ChainReader | None = None
     _closers: list[Any] = field(default_factory=list)
+    _models: ModelService | None = None
+
+    def model_service(self) -> ModelService:
+        """The process's one model service (storage, sessions, leases), built on first use."""
+        if self._models is None:
+            from infrastructure.models import build_model_service
+
+            self._models = build_model_service(
+                self.settings, self.db, self.ledger, self.app, self.ledger.clock
+            )
+        return self._models
 
     def jobs(self) -> MarketplaceJobs:
         return MarketplaceJobs(

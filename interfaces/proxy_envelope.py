@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from msgspec import UNSET
+
 from domain.errors import InvalidArgumentError
 from infrastructure.proxy.targets import TargetRefusedError
 
@@ -50,8 +52,13 @@ def prepare(
     body: Any = NO_BODY,
     path: str | None = None,
     model: str | None = None,
+    pool: bool = False,
 ) -> Envelope:
-    """Check an envelope (400s name the field) and work out path and body for its protocol."""
+    """Check an envelope (400s name the field) and work out path and body for its protocol.
+
+    ``pool``: neither a target URL nor an instance may be given (balanced over all of the
+    caller's running instances).
+    """
     protocol = protocol.strip().lower()
     if protocol not in PROTOCOLS:
         raise InvalidArgumentError(
@@ -63,7 +70,9 @@ def prepare(
         raise InvalidArgumentError(
             f"method must be one of {', '.join(METHOD_NAMES)}", field="method"
         )
-    if (target_url is None) == (instance_id is None):
+    if target_url is not None and instance_id is not None:
+        raise InvalidArgumentError("give target_url or instance_id, not both", field="target_url")
+    if target_url is None and instance_id is None and not pool:
         raise InvalidArgumentError(
             "give exactly one of target_url or instance_id", field="target_url"
         )
@@ -102,7 +111,7 @@ def refused(user_id: str, exc: TargetRefusedError, url: str | None) -> None:
 
 
 def _encode_body(value: Any, headers: dict[str, str]) -> bytes | None:
-    if value is NO_BODY or value is None:
+    if value is NO_BODY or value is None or value is UNSET:
         return None
     if isinstance(value, bytes):
         return value

@@ -1,4 +1,4 @@
-"""``aiserve-gpuproxyd``: the GPU Proxy server (HTTP API, projections, background jobs)."""
+"""``aiserve-gpuproxyd``: the GPU Proxy server (HTTP and gRPC APIs, projections, jobs)."""
 
 from __future__ import annotations
 
@@ -91,6 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aiserve-gpuproxyd: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     app = create_app(container, developer_mode=developer, run_jobs=True)
+    if settings.grpc_enabled:
+        from interfaces.grpc.server import GrpcServer
+        from interfaces.grpc_inference.service import InferenceService
+
+        # the HTTP app's proxy runtime, shared; OIP v2 inference on the same port
+        grpc = GrpcServer(container, app.state.proxy, extra_services=[InferenceService(container)])
+        app.on_startup.append(grpc.start)
+        app.on_shutdown.append(grpc.stop)  # shutdown hooks run last-first: before the runtime
     where = settings.sqlite_path if settings.db_type == "sqlite" else settings.db_host
     log.info(
         "ledger on %s (%s); HTTP on %s:%s", settings.db_type, where, settings.host, settings.port

@@ -1,7 +1,9 @@
 """``aiserve-gpuproxy-client``: the user CLI over the REST API.
 
 Flags follow the seed: ``-key`` (or ``GPUPROXY_API_KEY``), ``-server`` (or ``GPUPROXY_SERVER``,
-default http://localhost:8080), ``-dv``/``-dm``. Human-readable tables by default, ``--json``
+default http://localhost:8080), ``-dv``/``-dm``; ``--grpc`` sends every command through the gRPC
+API instead (``--grpc-target`` or ``GPUPROXY_GRPC``, default localhost:9090; ``--grpc-tls``,
+``--grpc-ca FILE``), with the same output. Human-readable tables by default, ``--json``
 (before or after the command) for scripts. Errors are one line on stderr: exit code 2 for bad
 arguments, 1 for everything the server or the network refused.
 """
@@ -65,6 +67,9 @@ class Api:
 
     def delete(self, path: str) -> Any:
         return self._send("DELETE", path)
+
+    def close(self) -> None:
+        self.client.close()
 
     def _send(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -496,6 +501,15 @@ def build_parser() -> OneLineParser:
     parser.add_argument("-dv", "--developer-mode", action="store_true")
     parser.add_argument("-dm", "--debug-mode", action="store_true")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--grpc", action="store_true", help="use the gRPC API instead of REST")
+    parser.add_argument(
+        "--grpc-target",
+        default=os.environ.get("GPUPROXY_GRPC", "localhost:9090"),
+        metavar="HOST:PORT",
+        help="gRPC server (default $GPUPROXY_GRPC or localhost:9090)",
+    )
+    parser.add_argument("--grpc-tls", action="store_true", help="gRPC over TLS (system CAs)")
+    parser.add_argument("--grpc-ca", metavar="FILE", help="gRPC over TLS trusting this CA")
     common = _json_flag()
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     sub.add_parser("credits", parents=[common], help="your credit balance")
@@ -521,7 +535,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.key:
         print(f"{PROG}: error: an API key is needed (-key or GPUPROXY_API_KEY)", file=sys.stderr)
         return 2
-    api = Api(args.server, args.key, debug=args.debug_mode or args.developer_mode)
+    debug = args.debug_mode or args.developer_mode
+    try:
+        api = _connect(args, debug)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         COMMANDS[args.command](api, args)
     except CliError as exc:
@@ -534,8 +553,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return 1
     finally:
-        api.client.close()
+        api.close()
     return 0
+
+
+def _connect(args: argparse.Namespace, debug: bool) -> Api:
+    if not args.grpc:
+        return Api(args.server, args.key, debug=debug)
+    from interfaces.grpc.client import GrpcApi
+
+    return GrpcApi(args.grpc_target, args.key, debug=debug, tls=args.grpc_tls, ca_file=args.grpc_ca)
 
 
 if __name__ == "__main__":

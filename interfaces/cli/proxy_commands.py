@@ -56,7 +56,21 @@ def proxy(api: Any, args: argparse.Namespace) -> None:
         envelope["path"] = args.path
     if args.header:
         envelope["headers"] = dict(h.split(":", 1) for h in args.header)
-    headers = {"X-Timelimit": str(args.timelimit)} if args.timelimit else {}
+    grpc_proxy = getattr(api, "proxy", None)  # --grpc: the ProxyRequest RPC
+    if grpc_proxy is not None:
+        status, instance, text = grpc_proxy(envelope, args.timelimit)
+    else:
+        status, instance, text = _post_envelope(api, envelope, args.timelimit)
+    print(f"{status} from instance {instance}", file=sys.stderr)
+    sys.stdout.write(text)
+    if not text.endswith("\n"):
+        sys.stdout.write("\n")
+
+
+def _post_envelope(
+    api: Any, envelope: dict[str, Any], timelimit: float | None
+) -> tuple[int, str, str]:
+    headers = {"X-Timelimit": str(timelimit)} if timelimit else {}
     try:
         response = api.client.post(
             "/api/v1/gpu/proxy", json=envelope, headers=headers, timeout=None
@@ -70,10 +84,7 @@ def proxy(api: Any, args: argparse.Namespace) -> None:
         except ValueError:
             detail = response.text
         raise CliError(f"{response.status_code}: {detail}")
-    print(f"{response.status_code} from instance {instance}", file=sys.stderr)
-    sys.stdout.write(response.text)
-    if not response.text.endswith("\n"):
-        sys.stdout.write("\n")
+    return response.status_code, instance, response.text
 
 
 def lb_strategy(api: Any, args: argparse.Namespace) -> None:
@@ -166,7 +177,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("proxy", parents=[common], help="send a request to your instance(s)")
     p.add_argument("protocol", choices=PROTOCOLS)
     p.add_argument("target", metavar="URL_OR_INSTANCE", help="instance URL or instance id")
-    p.add_argument("--data", "-d", help="request body: JSON, text, or @FILE")
+    p.add_argument("--data", help="request body: JSON, text, or @FILE")
     p.add_argument("--method", "-X", default="POST")
     p.add_argument("--path", help="path on the instance (e.g. /v2/health/ready)")
     p.add_argument("--model", help="openinference: the model name")

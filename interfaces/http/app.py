@@ -14,7 +14,9 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from domain.errors import DomainError
 from infrastructure.proxy.runtime import ProxyRuntime
-from interfaces.http.controllers import admin, auth, billing, gpu, health, money, proxy
+from interfaces.agents import routes as agents
+from interfaces.http.controllers import admin, auth, billing, gpu, health, money, oip, proxy
+from interfaces.http.controllers import models as model_routes
 from interfaces.http.errors import (
     make_internal_handler,
     on_domain_error,
@@ -23,6 +25,8 @@ from interfaces.http.errors import (
     on_validation_error,
 )
 from interfaces.http.observability import Metrics, observe
+from interfaces.web import admin_api, dashboard
+from interfaces.ws.service import Streams, streams_socket
 
 if TYPE_CHECKING:
     from interfaces.bootstrap import Container
@@ -73,9 +77,11 @@ def create_app(
         flush_interval=settings.proxy_usage_flush_interval,
         clock=container.ledger.clock,
     )
+    streams = Streams(container)
 
     async def start_jobs() -> None:
         tasks.append(asyncio.create_task(runtime.run_forever()))
+        tasks.append(asyncio.create_task(streams.run_forever()))
         if run_jobs:
             tasks.append(asyncio.create_task(container.jobs().run_forever()))
             tasks.append(asyncio.create_task(container.payment_jobs().run_forever()))
@@ -84,12 +90,18 @@ def create_app(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await streams.aclose()
         await runtime.aclose()
         await container.aclose_providers()
 
+    models = container.model_service()  # cheap: sessions load on first use
+
+    async def start_models() -> None:
+        models.start()
+
     app = Litestar(
-        on_startup=[start_jobs],
-        on_shutdown=[stop_jobs],
+        on_startup=[start_jobs, start_models],
+        on_shutdown=[stop_jobs, models.aclose],
         route_handlers=[
             *health.handlers,
             auth.router,
@@ -100,7 +112,15 @@ def create_app(
             billing.webhooks,
             billing.admin_router,
             proxy.router,
+            *agents.route_handlers,
+            streams_socket,
+            dashboard.router,
+            admin_api.router,
+            model_routes.router(settings.model_max_request_bytes),
+            oip.router(settings.model_max_request_bytes),
+            oip.health,
         ],
+        lifespan=[agents.lifespan],
         exception_handlers=handlers,
         middleware=[observe(metrics)],
         openapi_config=openapi,
@@ -112,4 +132,5 @@ def create_app(
     app.state.container = container
     app.state.metrics = metrics
     app.state.proxy = runtime
+    app.state.streams = streams
     return app

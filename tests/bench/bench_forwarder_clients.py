@@ -271,11 +271,15 @@ def main(argv: list[str] | None = None) -> int:
                     side: round(run[side]["rps"] / run["direct"]["rps"], 3) for side in CLIENTS
                 }
                 run["aiohttp_over_httpx"] = round(run["aiohttp"]["rps"] / run["httpx"]["rps"], 2)
+                run["forwarder_over_aiohttp"] = round(
+                    run["forwarder"]["rps"] / run["aiohttp"]["rps"], 2
+                )
                 run["load"] = {**record, "load_after": loadavg()}
                 print(
                     f"[fwd {index + 1}/{args.repeat} c={c}] "
                     + ", ".join(f"{s} {run[s]['rps']:.0f}" for s in SIDES)
-                    + f" req/s; aiohttp/httpx {run['aiohttp_over_httpx']:.2f}",
+                    + f" req/s; aiohttp/httpx {run['aiohttp_over_httpx']:.2f}, "
+                    f"forwarder/aiohttp {run['forwarder_over_aiohttp']:.2f}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -335,9 +339,11 @@ def report(
                 "errors": errors,
             }
             print(f"{side:<12}{c:>6}{rps:>10.0f}{p50:>9.2f}{ratio:>10.2f}{errors:>8.0f}")
-        over = statistics.median(r["aiohttp_over_httpx"] for r in mine)
-        summary[str(c)]["aiohttp_over_httpx"] = over
-        print(f"{'':<12}{c:>6}  aiohttp/httpx (median of the runs' ratios): {over:.2f}")
+        for key in ("aiohttp_over_httpx", "forwarder_over_aiohttp"):
+            ratio = statistics.median(r[key] for r in mine)
+            summary[str(c)][key] = ratio
+            label = key.replace("_over_", "/")
+            print(f"{'':<12}{c:>6}  {label} (median of the runs' ratios): {ratio:.2f}")
     return summary
 
 

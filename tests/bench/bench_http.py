@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     port_app, port_bare = free_port(), free_port()
     app = _serve(
         [sys.executable, "-m", "interfaces.server", "--env-file", "/nonexistent"],
-        {**env, "PORT": str(port_app), "HOST": "127.0.0.1"},
+        {**env, "PORT": str(port_app), "HOST": "127.0.0.1", "GRPC_ENABLED": "false"},
         data_dir / "app.log",
     )
     bare = _serve(

@@ -350,17 +350,3 @@ router = Router(
         load,
     ],
 )
-
-
-# Shims for modules not yet moved to interfaces.proxy_envelope (gRPC, WebSocket); to be removed.
-def _protocol_path(data: ProxyBody) -> tuple[str, Any]:
-    return proxy_envelope_input._protocol_path(
-        data.protocol.strip().lower(),
-        data.path,
-        data.model,
-        proxy_envelope_input.NO_BODY if data.body is UNSET else data.body,
-    )
-
-
-_encode_body = proxy_envelope_input._encode_body
-_with_path = proxy_envelope_input._with_path

@@ -1,0 +1,71 @@
+"""Model hosting adapters: storage (local, OCI), conversion in a child process, ONNX Runtime.
+
+``build_model_service`` wires them into the domain's ``ModelService`` for one process.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from domain.ports import Clock
+    from domain.services.ledger import LedgerApp, LedgerService
+    from domain.services.models import ModelService
+    from infrastructure.settings import Settings
+    from infrastructure.sql import Database
+
+CONVERT_MEMORY_FLOOR = 8 * 1024**3  # address space for a conversion child (torch maps a lot)
+
+
+def build_model_service(
+    settings: Settings, db: Database, ledger: LedgerService, app: LedgerApp, clock: Clock
+) -> ModelService:
+    """The process's model service over the configured storage backend."""
+    from domain.models import UploadLimits
+    from domain.services.models import ModelService, ModelServingConfig
+    from infrastructure.models.batching import BatchConfig
+    from infrastructure.models.catalog import SqlModelCatalog
+    from infrastructure.models.converter import SubprocessConverter
+    from infrastructure.models.engine import OnnxEngine
+    from infrastructure.models.storage import open_storage
+
+    storage = open_storage(settings)
+    batching = (
+        BatchConfig(max_rows=settings.model_batch_max_rows, wait_ms=settings.model_batch_wait_ms)
+        if settings.model_batching
+        else None
+    )
+    engine = OnnxEngine(
+        storage,
+        cache_bytes=settings.model_cache_bytes,
+        threads=settings.model_inference_threads,
+        intra_op_threads=settings.model_intra_op_threads,
+        execution_provider=settings.model_execution_provider,
+        batching=batching,
+    )
+    converter = SubprocessConverter(
+        timeout=settings.model_convert_timeout,
+        memory_bytes=max(CONVERT_MEMORY_FLOOR, 4 * settings.max_upload_bytes),
+    )
+    config = ModelServingConfig(
+        limits=UploadLimits(
+            total_bytes=settings.storage_quota_bytes,
+            file_bytes=settings.max_upload_bytes,
+            per_hour=settings.uploads_per_hour,
+            per_day=settings.uploads_per_day,
+        ),
+        allow_pickle=settings.allow_pickle_models,
+        price=settings.model_predict_price,
+        lease_amount=settings.model_lease_amount,
+        flush_interval=settings.model_usage_flush_interval,
+    )
+    return ModelService(
+        SqlModelCatalog(db),
+        storage,
+        converter,
+        engine,
+        ledger=ledger,
+        save_usage=app.save,
+        config=config,
+        clock=clock,
+    )

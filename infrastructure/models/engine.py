@@ -1,0 +1,199 @@
+"""ONNX Runtime inference: a memory-bounded session cache, a thread pool, optional batching.
+
+- Sessions are loaded on first use (in the pool: never on the event loop), at most one load
+  per model at a time, and kept in an LRU bounded by ``MODEL_CACHE_BYTES`` (each weighed by
+  its ONNX file size; the newest session stays even if alone it is larger).
+- The CUDA execution provider is asked for when ONNX Runtime has it (``onnxruntime-gpu``)
+  and ``MODEL_EXECUTION_PROVIDER=auto``. ``used_gpu`` is true only when the session really
+  runs on CUDA (ONNX Runtime falls back to CPU when CUDA cannot start) and the graph has
+  operators with CUDA kernels (``ai.onnx.ml`` ones, as scikit-learn models use, have none).
+- Runs go to a thread pool (ONNX Runtime releases the GIL). With batching on, concurrent
+  requests for one model are stacked along the batch axis (``batching.Batcher``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from domain.models import ModelRecord, ModelStorage, Prediction, StorageUnavailableError
+from infrastructure.models import tensors
+from infrastructure.models.batching import BatchConfig, Batcher
+from infrastructure.models.tensors import Prepared
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+log = logging.getLogger(__name__)
+RUNTIME = "onnxruntime"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+@dataclass
+class Session:
+    """A loaded model."""
+
+    model_id: str
+    session: Any  # onnxruntime.InferenceSession
+    size: int
+    used_gpu: bool
+    output_names: tuple[str, ...]
+
+    def run(self, names: Sequence[str], feeds: dict[str, Any]) -> list[Any]:
+        result: list[Any] = self.session.run(list(names), feeds)
+        return result
+
+
+def providers(mode: str) -> list[str]:
+    """Execution providers to ask for: CUDA first when present (``onnxruntime-gpu``)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [CUDA, CPU] if mode == "auto" and CUDA in available else [CPU]
+
+
+class OnnxEngine:
+    runtime = RUNTIME
+
+    def __init__(
+        self,
+        storage: ModelStorage,
+        *,
+        cache_bytes: int,
+        threads: int = 0,
+        intra_op_threads: int = 1,
+        execution_provider: str = "auto",
+        batching: BatchConfig | None = None,
+    ) -> None:
+        self.storage = storage
+        self.cache_bytes = cache_bytes
+        self.intra_op_threads = intra_op_threads
+        self.execution_provider = execution_provider
+        workers = threads or min(8, os.cpu_count() or 1)
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnx")
+        self.batcher = Batcher(batching, self._run_sync) if batching else None
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[Session]] = {}
+
+    # ------------------------------------------------------------------ sessions
+
+    def _load(self, record: ModelRecord) -> Session:
+        import onnxruntime as ort
+
+        try:
+            path = self.storage.local_path(record.storage_key)
+        except FileNotFoundError:
+            log.error(
+                "model %s: its stored file %s is missing", record.model_id, record.storage_key
+            )
+            raise StorageUnavailableError("the model's stored file is missing") from None
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        if record.sha256 and digest.hexdigest() != record.sha256:
+            log.error("model %s: stored file does not match its sha256", record.model_id)
+            raise StorageUnavailableError("the model's stored file is damaged")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(
+            str(path), options, providers=providers(self.execution_provider)
+        )
+        on_cuda = session.get_providers()[0] == CUDA
+        return Session(
+            record.model_id,
+            session,
+            max(record.stored_bytes, 1),
+            used_gpu=on_cuda and record.signature.gpu_capable,
+            output_names=tuple(o.name for o in session.get_outputs()),
+        )
+
+    async def session(self, record: ModelRecord) -> Session:
+        found = self._sessions.get(record.model_id)
+        if found is not None:
+            self._sessions.move_to_end(record.model_id)
+            return found
+        loading = self._loading.get(record.model_id)
+        if loading is None:
+            loop = asyncio.get_running_loop()
+            loading = asyncio.ensure_future(loop.run_in_executor(self.executor, self._load, record))
+            self._loading[record.model_id] = loading
+            loading.add_done_callback(lambda f: self._loaded(record.model_id, f))
+        return await asyncio.shield(loading)
+
+    def _loaded(self, model_id: str, future: asyncio.Future[Session]) -> None:
+        self._loading.pop(model_id, None)
+        if future.cancelled() or future.exception() is not None:
+            return
+        self._sessions[model_id] = future.result()
+        self._trim()
+
+    def _trim(self) -> None:
+        total = sum(s.size for s in self._sessions.values())
+        while total > self.cache_bytes and len(self._sessions) > 1:
+            model_id, gone = self._sessions.popitem(last=False)
+            total -= gone.size
+            if self.batcher is not None:
+                self.batcher.forget(model_id)
+            log.info("model %s: session evicted from the cache", model_id)
+
+    def evict(self, model_id: str) -> None:
+        self._sessions.pop(model_id, None)
+        if self.batcher is not None:
+            self.batcher.forget(model_id)
+
+    def cached(self) -> dict[str, int]:
+        """Model id → weight of each cached session (LRU order)."""
+        return {k: v.size for k, v in self._sessions.items()}
+
+    # ------------------------------------------------------------------ running
+
+    def prepare(
+        self, record: ModelRecord, inputs: Mapping[str, Any], *, strict: bool = False
+    ) -> Prepared:
+        return tensors.prepare(record.signature, inputs, strict=strict)
+
+    @staticmethod
+    def _run_sync(session: Session, names: Sequence[str], feeds: dict[str, Any]) -> list[Any]:
+        return session.run(names, feeds)
+
+    async def run(
+        self, record: ModelRecord, prepared: Any, outputs: Sequence[str] = ()
+    ) -> Prediction:
+        started = time.perf_counter()
+        session = await self.session(record)
+        names = tuple(outputs) or session.output_names
+        if self.batcher is not None and self.batcher.can_batch(record.signature, prepared):
+            values = await self.batcher.submit(session, names, prepared, self.executor)
+        else:
+            loop = asyncio.get_running_loop()
+            values = await loop.run_in_executor(
+                self.executor, self._run_sync, session, names, prepared.feeds
+            )
+        return Prediction(
+            outputs=dict(zip(names, values, strict=True)),
+            latency_ms=(time.perf_counter() - started) * 1e3,
+            runtime=RUNTIME,
+            used_gpu=session.used_gpu,
+            rows=None if prepared.row else prepared.rows,
+        )
+
+    async def aclose(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.aclose()
+        self._sessions.clear()
+        with contextlib.suppress(Exception):
+            self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,62 @@
+"""Who is calling, from the call's metadata, with the same rules and rate limit as REST.
+
+Credentials: ``x-api-key``, or ``authorization: Bearer <JWT or API key>``. Every
+authenticated call (and each further request on a proxy stream) counts against the user's
+per-minute limit; Login counts against the caller's address, sharing REST's counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from infrastructure.auth import Principal
+from infrastructure.rate_limit import RateDecision
+from interfaces.http.errors import RateLimitedError
+from interfaces.http.security import reads_are_local
+
+if TYPE_CHECKING:
+    from interfaces.bootstrap import Container
+
+MAX_CREDENTIAL = 4096
+
+
+def _authenticate(
+    c: Container, api_key: str | None, authorization: str | None
+) -> tuple[Principal, RateDecision]:
+    principal = c.auth.authenticate(api_key, authorization)
+    return principal, c.limiter.hit(principal.user_id)
+
+
+async def authenticate(c: Container, api_key: str | None, authorization: str | None) -> Principal:
+    """The caller, counted against their rate limit (RateLimitedError when over it).
+
+    As in REST, a credential that needs no password hashing is checked on the event loop on
+    the embedded set-up; anything else runs in a thread.
+    """
+    api_key = (api_key or "")[:MAX_CREDENTIAL] or None
+    authorization = (authorization or "")[:MAX_CREDENTIAL] or None
+    if reads_are_local(c) and c.auth.is_cheap(api_key, authorization):
+        principal, decision = _authenticate(c, api_key, authorization)
+    else:
+        principal, decision = await asyncio.to_thread(_authenticate, c, api_key, authorization)
+    if not decision.allowed:
+        raise RateLimitedError(decision)
+    return principal
+
+
+async def count_request(c: Container, principal: Principal) -> None:
+    """One more request by an already authenticated caller (a proxy stream's next message)."""
+    if c.redis is None:
+        decision = c.limiter.hit(principal.user_id)
+    else:
+        decision = await asyncio.to_thread(c.limiter.hit, principal.user_id)
+    if not decision.allowed:
+        raise RateLimitedError(decision)
+
+
+def limit_anonymous(c: Container, address: str) -> None:
+    """Login costs an argon2 hash: limit it per client address, as REST does."""
+    decision = c.limiter.hit(f"ip:{address or 'unknown'}")
+    if not decision.allowed:
+        raise RateLimitedError(decision)

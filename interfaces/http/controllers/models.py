@@ -1,0 +1,227 @@
+"""Hosted models: upload (multipart, streamed), list, show, delete, predict.
+
+- ``POST /api/v1/models/upload``: fields ``model`` (the file), ``name`` (default: the file
+  name's stem), ``format`` (``onnx`` | ``pytorch`` | ``sklearn``; default: from the
+  extension), ``input_shape`` (TorchScript, e.g. ``1,4``), ``n_features`` (scikit-learn,
+  when the model does not record it). The body is streamed to a staging file under
+  ``DATA_DIR/uploads`` (never held in memory), with the size and quota limits checked as
+  bytes arrive; answer 201 ``{"model_id", "converted_to", "status", ...}``.
+- ``GET /api/v1/models`` (with the caller's quota), ``GET``/``DELETE /api/v1/models/{id}``
+  (id or name; other users' models are 404).
+- ``POST /api/v1/models/{id}/predict``: ``{"input": [...]}`` (one row or a batch; an object
+  by input name for several inputs) → ``{"output", "outputs", "latency_ms", "runtime",
+  "used_gpu"}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from litestar import Request, Response, Router, delete, get, post
+from litestar.concurrency import sync_to_thread
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody
+from msgspec import Meta, Struct
+from multipart import parse_options_header
+
+from domain.models import (
+    EXTENSIONS,
+    ConvertOptions,
+    ModelInputError,
+    ModelRecord,
+    UploadForm,
+    UploadFormError,
+    check_name,
+    format_of,
+    parse_features,
+    parse_shape,
+)
+from domain.services.models import ModelService
+from infrastructure.auth import Principal
+from infrastructure.models.staging import receive_multipart
+from infrastructure.models.tensors import to_json
+from interfaces.http.security import container_of, provide_principal
+
+FORM_SLACK = 1_048_576  # multipart framing and small fields around the file
+OutputName = Annotated[str, Meta(min_length=1, max_length=256)]
+
+
+class PredictBody(Struct, forbid_unknown_fields=True):
+    input: Any
+    outputs: Annotated[list[OutputName], Meta(max_length=64)] | None = None
+
+
+def service_of(request: Request[Any, Any, Any]) -> ModelService:
+    return container_of(request).model_service()
+
+
+def model_json(record: ModelRecord) -> dict[str, Any]:
+    return {
+        "model_id": record.model_id,
+        "name": record.name,
+        "format": record.format,
+        "converted_to": record.converted_to,
+        "status": record.status,
+        "runtime": "onnxruntime",
+        "filename": record.filename,
+        "upload_bytes": record.upload_bytes,
+        "size_bytes": record.stored_bytes,
+        "storage": record.backend,
+        "sha256": record.sha256,
+        "created_at": record.created_at.isoformat(),
+        "signature": {
+            "inputs": [s.to_json() for s in record.signature.inputs],
+            "outputs": [s.to_json() for s in record.signature.outputs],
+        },
+        "endpoints": {
+            "predict": f"/api/v1/models/{record.model_id}/predict",
+            "oip": f"/v2/models/{record.model_id}/infer",
+        },
+    }
+
+
+def _form(filename: str, fields: dict[str, str]) -> UploadForm:
+    fmt = format_of(filename, fields.get("format") or None)
+    name = check_name(fields.get("name") or Path(filename).stem or "model")
+    shape = fields.get("input_shape", "").strip()
+    features = fields.get("n_features", "").strip()
+    options = ConvertOptions(
+        input_shape=parse_shape(shape) if shape else None,
+        n_features=parse_features(features) if features else None,
+    )
+    return UploadForm(name=name, format=fmt, filename=Path(filename).name[:255], options=options)
+
+
+@post(
+    "/models/upload",
+    status_code=201,
+    request_max_body_size=None,  # checked while streaming, against the caller's limits
+    summary="Upload a model (ONNX, TorchScript or scikit-learn; served as ONNX)",
+)
+async def upload_model(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+) -> Response[dict[str, Any]]:
+    c = container_of(request)
+    service = c.model_service()
+    kind, params = parse_options_header(request.headers.get("content-type", ""))
+    if kind.lower() != "multipart/form-data" or not params.get("boundary"):
+        raise UploadFormError("send multipart/form-data with the file in field 'model'")
+    length = request.content_length
+    if length is not None and length > service.limits.file_bytes + FORM_SLACK:
+        raise service.limits.file_too_large(length)
+    is_admin = principal.is_admin
+    ticket = await sync_to_thread(service.begin_upload, principal.user_id, length)
+    folder = c.settings.data_dir / "uploads"
+    staged = folder / f"{ticket.upload_id}.upload"
+
+    def on_filename(filename: str, fields: dict[str, str]) -> None:
+        declared = fields.get("format") or None
+        if declared is None and Path(filename).suffix.lower() not in EXTENSIONS:
+            return  # a format field may still follow the file: decided at the end
+        service.check_file(format_of(filename, declared), is_admin=is_admin)
+
+    async def too_large(received: int) -> Exception:
+        return await sync_to_thread(service.too_large, ticket, received)
+
+    try:
+        await sync_to_thread(folder.mkdir, parents=True, exist_ok=True)
+        got = await receive_multipart(
+            request.stream(),
+            params["boundary"],
+            staged,
+            max_file_bytes=ticket.max_bytes,
+            too_large=too_large,
+            on_filename=on_filename,
+        )
+        form = _form(got.filename, got.fields)
+        record = await sync_to_thread(
+            service.complete_upload,
+            ticket,
+            staged,
+            form,
+            is_admin=is_admin,
+            upload_bytes=got.size,
+        )
+    except BaseException:
+        await sync_to_thread(service.abort_upload, ticket)
+        raise
+    finally:
+        await sync_to_thread(staged.unlink, missing_ok=True)
+    return Response(model_json(record), status_code=201)
+
+
+@get("/models", sync_to_thread=True, summary="Your models, and your upload quota")
+def list_models(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+) -> dict[str, Any]:
+    service = service_of(request)
+    models = [model_json(r) for r in service.list_models(principal.user_id)]
+    return {"models": models, "count": len(models), "quota": service.quota(principal.user_id)}
+
+
+@get("/models/{model_id:str}", sync_to_thread=True, summary="One of your models, with signature")
+def get_model(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal], model_id: FromPath[str]
+) -> dict[str, Any]:
+    return model_json(service_of(request).lookup(principal.user_id, model_id))
+
+
+@delete("/models/{model_id:str}", status_code=200, sync_to_thread=True, summary="Delete a model")
+def delete_model(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal], model_id: FromPath[str]
+) -> dict[str, Any]:
+    service = service_of(request)
+    record = service.lookup(principal.user_id, model_id)
+    service.delete(principal.user_id, record.model_id)
+    return {"model_id": record.model_id, "name": record.name, "deleted": True}
+
+
+@post("/models/{model_id:str}/predict", status_code=200, summary="Run a prediction")
+async def predict(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    model_id: FromPath[str],
+    data: JSONBody[PredictBody],
+) -> dict[str, Any]:
+    service = service_of(request)
+    record = await service.find(principal.user_id, model_id)
+    inputs = _inputs(record, data.input)
+    _, result = await service.predict(
+        principal.user_id, model_id, inputs, outputs=tuple(data.outputs or ())
+    )
+    row = result.rows is None
+    outputs = {name: to_json(value, row=row) for name, value in result.outputs.items()}
+    return {
+        "model_id": record.model_id,
+        "output": next(iter(outputs.values())),
+        "outputs": outputs,
+        "latency_ms": round(result.latency_ms, 3),
+        "runtime": result.runtime,
+        "used_gpu": result.used_gpu,
+    }
+
+
+def _inputs(record: ModelRecord, value: Any) -> dict[str, Any]:
+    """``input`` as a mapping by input name: a bare value feeds a single-input model."""
+    names = [s.name for s in record.signature.inputs]
+    if isinstance(value, dict):
+        return value
+    if len(names) == 1:
+        return {names[0]: value}
+    raise ModelInputError(
+        f"this model has {len(names)} inputs: send input as an object keyed by "
+        f"{', '.join(names)}; the model expects {record.signature.describe()}",
+        expected=record.signature.describe(),
+    )
+
+
+def router(max_request_bytes: int) -> Router:
+    """The model routes; JSON bodies up to ``max_request_bytes`` (uploads stream)."""
+    return Router(
+        path="/api/v1",
+        tags=["models"],
+        dependencies={"principal": Provide(provide_principal)},
+        request_max_body_size=max_request_bytes,
+        route_handlers=[upload_model, list_models, get_model, delete_model, predict],
+    )

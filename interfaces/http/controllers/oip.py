@@ -1,0 +1,294 @@
+"""Open Inference Protocol v2 over REST, for hosted models (KServe / Triton compatible).
+
+- ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2``: anyone.
+- ``GET /v2/models/{name}``, ``GET /v2/models/{name}/ready``, ``POST /v2/models/{name}/infer``
+  (and the same under ``/versions/1``): authenticated; ``{name}`` is the model id or the
+  caller's model name. Models have one version, ``1``.
+- Tensors as JSON ``data`` (flat or nested) or with Triton's binary tensor extension
+  (``Inference-Header-Content-Length``, ``binary_data_size``, ``binary_data`` /
+  ``binary_data_output``), which ``tritonclient.http`` uses by default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import numpy as np
+from litestar import Request, Response, Router, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath
+from msgspec import Struct
+
+from domain.errors import DomainError
+from domain.models import ModelNotFoundError, ModelRecord
+from domain.services.models import ModelService
+from infrastructure.auth import Principal
+from infrastructure.models import tensors
+from interfaces.http.security import container_of, provide_principal
+
+SERVER_NAME = "gpuproxy"
+VERSION = "1"
+PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ("binary_tensor_data",)
+HEADER_LENGTH = "inference-header-content-length"
+
+
+class OipRequestError(DomainError):
+    status = 400
+    title = "Invalid inference request"
+
+
+class InputTensor(Struct):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] = {}
+    data: Any = None
+
+
+class OutputTensor(Struct):
+    name: str
+    parameters: dict[str, Any] = {}
+
+
+class InferRequest(Struct):
+    inputs: list[InputTensor]
+    id: str | None = None
+    parameters: dict[str, Any] = {}
+    outputs: list[OutputTensor] | None = None
+
+
+def service_of(request: Request[Any, Any, Any]) -> ModelService:
+    return container_of(request).model_service()
+
+
+def metadata(record: ModelRecord, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "versions": [VERSION],
+        "platform": PLATFORM,
+        "inputs": [s.to_json() for s in record.signature.inputs],
+        "outputs": [s.to_json() for s in record.signature.outputs],
+    }
+
+
+def _check_version(version: str) -> None:
+    if version != VERSION:
+        raise ModelNotFoundError(f"models have one version, {VERSION}", version=version)
+
+
+# ------------------------------------------------------------------ health
+
+
+@get("/v2/health/live", summary="OIP: server live")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@get("/v2/health/ready", sync_to_thread=True, summary="OIP: server ready (database answers)")
+def ready(request: Request[Any, Any, Any]) -> Response[dict[str, bool]]:
+    try:
+        with container_of(request).db.snapshot() as tx:
+            tx.fetchone("SELECT 1")
+    except Exception:
+        return Response({"ready": False}, status_code=503)
+    return Response({"ready": True})
+
+
+@get("/v2", summary="OIP: server metadata")
+async def server_metadata() -> dict[str, Any]:
+    from interfaces.http.app import VERSION as APP_VERSION
+
+    return {"name": SERVER_NAME, "version": APP_VERSION, "extensions": list(EXTENSIONS)}
+
+
+# ------------------------------------------------------------------ models
+
+
+async def _metadata(request: Request[Any, Any, Any], principal: Principal, name: str) -> Any:
+    record = await service_of(request).find(principal.user_id, name)
+    return metadata(record, name)
+
+
+async def _ready(request: Request[Any, Any, Any], principal: Principal, name: str) -> Any:
+    record = await service_of(request).find(principal.user_id, name)
+    return {"name": name, "ready": record.status == "ready"}
+
+
+async def _infer(
+    request: Request[Any, Any, Any], principal: Principal, name: str
+) -> Response[bytes]:
+    if request.headers.get("content-encoding", "identity").lower() != "identity":
+        raise OipRequestError("compressed request bodies are not supported")
+    body = await request.body()
+    service = service_of(request)
+    record = await service.find(principal.user_id, name)
+    parsed, binary = _parse(body, request.headers.get(HEADER_LENGTH))
+    inputs = _inputs(parsed, binary, record)
+    wanted = tuple(o.name for o in parsed.outputs or ())
+    _, result = await service.predict(principal.user_id, name, inputs, outputs=wanted, strict=True)
+    return _answer(parsed, record, name, result.outputs)
+
+
+@get("/models/{name:str}", summary="OIP: model metadata")
+async def model_metadata(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal], name: FromPath[str]
+) -> dict[str, Any]:
+    result: dict[str, Any] = await _metadata(request, principal, name)
+    return result
+
+
+@get("/models/{name:str}/versions/{version:str}", summary="OIP: model metadata (version 1)")
+async def model_version_metadata(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    name: FromPath[str],
+    version: FromPath[str],
+) -> dict[str, Any]:
+    _check_version(version)
+    result: dict[str, Any] = await _metadata(request, principal, name)
+    return result
+
+
+@get("/models/{name:str}/ready", summary="OIP: model ready")
+async def model_ready(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal], name: FromPath[str]
+) -> dict[str, Any]:
+    result: dict[str, Any] = await _ready(request, principal, name)
+    return result
+
+
+@get("/models/{name:str}/versions/{version:str}/ready", summary="OIP: model ready (version 1)")
+async def model_version_ready(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    name: FromPath[str],
+    version: FromPath[str],
+) -> dict[str, Any]:
+    _check_version(version)
+    result: dict[str, Any] = await _ready(request, principal, name)
+    return result
+
+
+@post("/models/{name:str}/infer", status_code=200, summary="OIP: inference")
+async def infer(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal], name: FromPath[str]
+) -> Response[bytes]:
+    return await _infer(request, principal, name)
+
+
+@post(
+    "/models/{name:str}/versions/{version:str}/infer",
+    status_code=200,
+    summary="OIP: inference (version 1)",
+)
+async def infer_version(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    name: FromPath[str],
+    version: FromPath[str],
+) -> Response[bytes]:
+    _check_version(version)
+    return await _infer(request, principal, name)
+
+
+def _parse(body: bytes, header_length: str | None) -> tuple[InferRequest, bytes]:
+    """The JSON header (all of the body, or its first N bytes) and the binary rest."""
+    split = len(body)
+    if header_length is not None:
+        try:
+            split = int(header_length)
+        except ValueError:
+            raise OipRequestError("Inference-Header-Content-Length is not a number") from None
+        if not 0 < split <= len(body):
+            raise OipRequestError("Inference-Header-Content-Length is outside the body")
+    try:
+        parsed = msgspec.json.decode(body[:split], type=InferRequest)
+    except msgspec.ValidationError as exc:
+        raise OipRequestError(f"invalid inference request: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise OipRequestError(f"the inference request is not JSON: {exc}") from None
+    return parsed, body[split:]
+
+
+def _inputs(parsed: InferRequest, binary: bytes, record: ModelRecord) -> dict[str, np.ndarray]:
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    signature = record.signature
+    for tensor in parsed.inputs:
+        if tensor.name in inputs:
+            raise OipRequestError(f"input {tensor.name!r} is given twice")
+        size = tensor.parameters.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise OipRequestError(f"input {tensor.name!r}: binary_data_size is wrong")
+            raw = binary[offset : offset + size]
+            offset += size
+            inputs[tensor.name] = tensors.from_raw(
+                tensor.name, tensor.datatype, tensor.shape, raw, signature
+            )
+        elif tensor.data is None:
+            raise OipRequestError(f"input {tensor.name!r} has no data")
+        else:
+            inputs[tensor.name] = tensors.from_oip(
+                tensor.name, tensor.datatype, tensor.shape, tensor.data, signature
+            )
+    if offset != len(binary):
+        raise OipRequestError("the binary part of the body does not match binary_data_size")
+    return inputs
+
+
+def _answer(
+    parsed: InferRequest, record: ModelRecord, name: str, outputs: dict[str, np.ndarray]
+) -> Response[bytes]:
+    binary_default = bool(parsed.parameters.get("binary_data_output", False))
+    wanted = {o.name: o.parameters for o in parsed.outputs or ()}
+    datatypes = {s.name: s.datatype for s in record.signature.outputs}
+    blobs: list[bytes] = []
+    items = []
+    for out_name, array in outputs.items():
+        item: dict[str, Any] = {
+            "name": out_name,
+            "datatype": datatypes.get(out_name) or tensors.oip_type_of(array),
+            "shape": list(array.shape),
+        }
+        if bool(wanted.get(out_name, {}).get("binary_data", binary_default)):
+            raw = tensors.raw_bytes(array)
+            item["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            item["data"] = tensors.flat_json(array)
+        items.append(item)
+    head: dict[str, Any] = {"model_name": name, "model_version": VERSION, "outputs": items}
+    if parsed.id is not None:
+        head["id"] = parsed.id
+    encoded = msgspec.json.encode(head)
+    if not blobs:
+        return Response(encoded, media_type="application/json")
+    return Response(
+        b"".join([encoded, *blobs]),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(encoded))},
+    )
+
+
+def router(max_request_bytes: int) -> Router:
+    """Authenticated OIP model routes; bodies up to ``max_request_bytes``."""
+    return Router(
+        path="/v2",
+        tags=["oip"],
+        dependencies={"principal": Provide(provide_principal)},
+        request_max_body_size=max_request_bytes,
+        route_handlers=[
+            model_metadata,
+            model_version_metadata,
+            model_ready,
+            model_version_ready,
+            infer,
+            infer_version,
+        ],
+    )
+
+
+health = Router(path="/", tags=["oip"], route_handlers=[live, ready, server_metadata])

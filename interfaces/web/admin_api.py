@@ -1,0 +1,442 @@
+"""Admin reads and actions the dashboard needs beyond ``/api/v1/admin`` (admin only).
+
+Reads come from the read models (lists, history, load) or the aggregates (an account's
+holds and window totals now). Key revocation goes through ``ApiKeyStore.revoke`` with the
+admin as actor, so it lands in the security audit trail like every other admin action.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from litestar import Request, Router, delete, get
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, QueryParameter
+
+from domain.credits import account_id_for
+from domain.errors import AccountNotFoundError
+from domain.marketplace import OfferQuery
+from domain.money import micros_to_usd
+from domain.reservations import Reservation
+from domain.services.marketplace import InstanceNotFoundError
+from infrastructure.auth import Principal
+from infrastructure.payment_queries import COLUMNS as PAYMENT_COLUMNS
+from infrastructure.payment_queries import PaymentRow
+from interfaces.http.controllers.auth import key_json, user_json
+from interfaces.http.controllers.gpu import instance_json, reservation_json
+from interfaces.http.payment_rows import payment_row_json
+from interfaces.http.security import container_of, provide_admin
+from interfaces.ws.state import account_json, spending_json
+
+Limit = Annotated[int, QueryParameter(ge=1, le=500, description="rows to return")]
+Query = Annotated[str, QueryParameter(max_length=200, pattern=r"^[^\x00]*$")]
+State = Annotated[str | None, QueryParameter(name="state", max_length=32, pattern=r"^[a-z_]*$")]
+BALANCE_DELTA = (
+    "CASE kind WHEN 'grant' THEN amount WHEN 'charge' THEN -amount "
+    "WHEN 'capture' THEN -amount WHEN 'debit' THEN -amount ELSE 0 END"
+)
+RESERVATION_TOPIC = f"{Reservation.__module__}:Reservation.Requested"
+PROBE_TIMEOUT = 5.0
+
+
+def _iso(micros: int) -> str | None:
+    return datetime.fromtimestamp(micros / 1e6, UTC).isoformat() if micros else None
+
+
+def _actor(principal: Principal) -> str:
+    return f"admin:{principal.email}"
+
+
+@get("/search/users", sync_to_thread=True, summary="Find users by email or name")
+def search_users(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    q: Query = "",
+    limit: Limit = 50,
+) -> dict[str, Any]:
+    c = container_of(request)
+    pattern = "%" + q.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    with c.db.read() as tx:
+        rows = tx.fetchall(
+            "SELECT u.id, u.email, u.name, u.is_admin, u.created_at, b.balance, b.held "
+            "FROM users u LEFT JOIN balances b ON b.user_id = u.id "
+            "WHERE lower(u.email) LIKE ? ESCAPE '\\' OR lower(u.name) LIKE ? ESCAPE '\\' "
+            "ORDER BY u.email LIMIT ?",
+            (pattern + "%", pattern + "%", limit),
+        )
+    return {
+        "users": [
+            {
+                "id": str(r[0]),
+                "email": str(r[1]),
+                "name": str(r[2]),
+                "is_admin": bool(r[3]),
+                "created_at": str(r[4]),
+                "credits_remaining": micros_to_usd(int(r[5] or 0)),
+                "credits_held": micros_to_usd(int(r[6] or 0)),
+            }
+            for r in rows
+        ]
+    }
+
+
+@get("/users/{user_id:uuid}/account", sync_to_thread=True, summary="An account now (aggregate)")
+def account(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[UUID]
+) -> dict[str, Any]:
+    c = container_of(request)
+    user = c.users.by_id(str(user_id))
+    body: dict[str, Any] = {"user": user_json(user), "credits": None, "spending": None}
+    try:
+        view = c.ledger.account(user.id)
+    except AccountNotFoundError:
+        return body
+    body.update(
+        credits=account_json(view),
+        spending=spending_json(view),
+        limit_overrides={k: micros_to_usd(v) for k, v in view.limits.items()},
+        holds=[
+            {
+                "hold_id": h.hold_id,
+                "amount": micros_to_usd(h.amount),
+                "captured": micros_to_usd(h.captured),
+                "expires_at": h.expires_at.isoformat(),
+            }
+            for h in view.holds
+        ],
+        auto_renew={
+            k: (micros_to_usd(v) if k in {"threshold", "amount"} and isinstance(v, int) else v)
+            for k, v in view.auto_renew.items()
+            if k != "payment_method"
+        },
+        as_of=view.as_of.isoformat(),
+    )
+    return body
+
+
+@get("/users/{user_id:uuid}/transactions", sync_to_thread=True, summary="An account's ledger")
+def transactions(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    user_id: FromPath[UUID],
+    limit: Limit = 100,
+    before: Annotated[int | None, QueryParameter(ge=1, le=2**63 - 1)] = None,
+) -> dict[str, Any]:
+    c = container_of(request)
+    user = c.users.by_id(str(user_id))
+    rows = c.queries.transactions(user.id, limit=limit, before=before)
+    return {
+        "transactions": [
+            {
+                "id": t.position,
+                "kind": t.kind,
+                "amount": micros_to_usd(t.amount),
+                "hold_id": t.hold_id or None,
+                "reason": t.reason,
+                "reference": t.reference,
+                "actor": t.actor,
+                "at": _iso(t.at_micros),
+            }
+            for t in rows
+        ],
+        "next_before": rows[-1].position if len(rows) == limit else None,
+    }
+
+
+@get(
+    "/users/{user_id:uuid}/balance-history",
+    sync_to_thread=True,
+    summary="Balance after each movement (newest ``limit`` points, oldest first)",
+)
+def balance_history(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    user_id: FromPath[UUID],
+    limit: Limit = 200,
+) -> dict[str, Any]:
+    c = container_of(request)
+    user = c.users.by_id(str(user_id))
+    with c.db.snapshot() as tx:
+        rows = tx.fetchall(
+            "SELECT position, at, balance FROM ("
+            f"SELECT position, at, kind, SUM({BALANCE_DELTA}) OVER (ORDER BY position) AS balance "
+            "FROM transactions WHERE account_id = ?) t "
+            "WHERE kind IN ('grant', 'charge', 'capture', 'debit') "
+            "ORDER BY position DESC LIMIT ?",
+            (str(account_id_for(user.id)), limit),
+        )
+    points = [
+        {"id": int(p), "at": _iso(int(at)), "balance": micros_to_usd(int(b))}
+        for p, at, b in reversed(rows)
+    ]
+    return {"points": points}
+
+
+@get("/users/{user_id:uuid}/apikeys", sync_to_thread=True, summary="A user's API keys")
+def api_keys(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[UUID]
+) -> dict[str, Any]:
+    c = container_of(request)
+    user = c.users.by_id(str(user_id))
+    return {"api_keys": [key_json(k) for k in c.auth.keys.list(user.id)]}
+
+
+@delete(
+    "/users/{user_id:uuid}/apikeys/{key_id:str}",
+    status_code=200,
+    sync_to_thread=True,
+    summary="Revoke one of a user's API keys (audited)",
+)
+def revoke_key(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    user_id: FromPath[UUID],
+    key_id: FromPath[str],
+) -> dict[str, str]:
+    c = container_of(request)
+    user = c.users.by_id(str(user_id))
+    c.auth.keys.revoke(user.id, key_id, actor=_actor(principal))
+    return {"message": "API key revoked", "key_id": key_id}
+
+
+@delete(
+    "/users/{user_id:uuid}/apikeys",
+    status_code=200,
+    sync_to_thread=True,
+    summary="Revoke every active API key of a user (audited)",
+)
+def revoke_all_keys(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[UUID]
+) -> dict[str, Any]:
+    c = container_of(request)
+    user = c.users.by_id(str(user_id))
+    revoked = []
+    for key in c.auth.keys.list(user.id):
+        if key.revoked_at is None:
+            c.auth.keys.revoke(user.id, key.id, actor=_actor(principal))
+            revoked.append(key.id)
+    return {"revoked": revoked, "count": len(revoked)}
+
+
+@get("/users/{user_id:uuid}/audit", sync_to_thread=True, summary="Security and ledger audit trail")
+def audit(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    user_id: FromPath[UUID],
+    limit: Limit = 100,
+) -> dict[str, Any]:
+    c = container_of(request)
+    user = c.users.by_id(str(user_id))
+    security = [
+        {"at": at, "actor": actor, "action": action, "detail": detail}
+        for at, actor, action, detail in c.users.security_events(user.id)
+    ]
+    try:
+        history = c.ledger.history(user.id)
+    except AccountNotFoundError:
+        history = []
+    ledger = [
+        {
+            "version": e.version,
+            "event": e.name,
+            "at": e.at.isoformat(),
+            "actor": str(e.data.get("actor", "")),
+            "reason": str(e.data.get("reason", "")),
+        }
+        for e in history
+        if e.data.get("actor")
+    ]
+    return {"security": security[-limit:], "ledger": ledger[-limit:]}
+
+
+@get("/instances", sync_to_thread=True, summary="Every user's instances, newest first")
+def instances(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    in_state: State = None,
+    limit: Limit = 100,
+) -> dict[str, Any]:
+    c = container_of(request)
+    where, params = ("WHERE i.state = ?", [in_state]) if in_state else ("", [])
+    with c.db.read() as tx:
+        rows = tx.fetchall(
+            "SELECT i.instance_id, i.owner, u.email FROM instances i "
+            f"LEFT JOIN users u ON u.id = i.owner {where} "
+            "ORDER BY i.requested_at DESC LIMIT ?",
+            (*params, limit),
+        )
+    now = c.ledger.clock()
+    out = []
+    for instance_id, owner, email in rows:
+        try:
+            gpu = c.marketplace.get(UUID(str(instance_id)))
+        except InstanceNotFoundError:
+            continue
+        out.append({**instance_json(gpu, now), "owner": owner, "owner_email": email})
+    return {"instances": out, "count": len(out)}
+
+
+@get("/reservations", sync_to_thread=True, summary="Every user's reservations, newest first")
+def reservations(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal], limit: Limit = 50
+) -> dict[str, Any]:
+    c = container_of(request)
+    newest: deque[UUID] = deque(maxlen=limit)
+    start = 1
+    while True:
+        page = c.events.recorder.select_notifications(
+            start=start, limit=1000, topics=[RESERVATION_TOPIC]
+        )
+        newest.extend(UUID(str(n.originator_id)) for n in page)
+        if len(page) < 1000:
+            break
+        start = page[-1].id + 1
+    out = []
+    for rid in reversed(newest):
+        found = c.marketplace.get_reservation(rid)
+        out.append({**reservation_json(found), "owner": found.owner})
+    return {"reservations": out, "count": len(out)}
+
+
+@get("/load", sync_to_thread=True, summary="Load table: every instance's traffic")
+def load(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> dict[str, Any]:
+    c = container_of(request)
+    live = request.app.state.proxy.tracker.snapshot()
+    with c.db.read() as tx:
+        rows = tx.fetchall(
+            "SELECT l.instance_id, l.owner, l.provider, l.requests, l.errors, l.latency_ms_sum, "
+            "l.last_at, i.state, u.email FROM proxy_load l "
+            "LEFT JOIN instances i ON i.instance_id = l.instance_id "
+            "LEFT JOIN users u ON u.id = l.owner ORDER BY l.requests DESC LIMIT 500"
+        )
+    out = []
+    for iid, owner, provider, requests, errors, latency, last_at, state, email in rows:
+        now = live.get(iid)
+        out.append(
+            {
+                "instance_id": iid,
+                "owner": owner,
+                "owner_email": email,
+                "provider": provider,
+                "state": state,
+                "requests": int(requests),
+                "errors": int(errors),
+                "mean_latency_ms": round(int(latency) / int(requests), 3) if requests else None,
+                "last_at": _iso(int(last_at)),
+                "active_connections": now.active if now else 0,
+                "ejected": bool(now and now.ejected),
+            }
+        )
+    return {"instances": out, "count": len(out)}
+
+
+@get("/providers", summary="Marketplace health: a live probe and instance counts per provider")
+async def providers(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+) -> dict[str, Any]:
+    c = container_of(request)
+
+    async def probe(name: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            offers = await asyncio.wait_for(
+                c.marketplace.providers[name].search(OfferQuery(limit=1)), PROBE_TIMEOUT
+            )
+        except Exception as exc:
+            return {
+                "name": name,
+                "healthy": False,
+                "error": f"{type(exc).__name__}: {exc}"[:300],
+                "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+            }
+        return {
+            "name": name,
+            "healthy": True,
+            "offers_seen": len(offers),
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+        }
+
+    names = sorted(c.marketplace.providers)
+    results = await asyncio.gather(*(probe(n) for n in names))
+
+    def counts() -> list[tuple[Any, ...]]:
+        with c.db.read() as tx:
+            rows: list[tuple[Any, ...]] = tx.fetchall(
+                "SELECT provider, state, COUNT(*) FROM instances GROUP BY provider, state"
+            )
+        return rows
+
+    by_state: dict[str, dict[str, int]] = {}
+    for provider, state, count in await asyncio.to_thread(counts):
+        by_state.setdefault(str(provider), {})[str(state)] = int(count)
+    for item in results:
+        item["instances"] = by_state.get(item["name"], {})
+    return {"providers": results}
+
+
+@get("/payments", sync_to_thread=True, summary="Every user's payments, newest first")
+def payments(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    in_state: State = None,
+    limit: Limit = 100,
+) -> dict[str, Any]:
+    c = container_of(request)
+    where, params = ("WHERE p.state = ?", [in_state]) if in_state else ("", [])
+    columns = ", ".join(f"p.{name.strip()}" for name in PAYMENT_COLUMNS.split(","))
+    with c.db.read() as tx:
+        rows = tx.fetchall(
+            f"SELECT {columns}, u.email FROM payments p LEFT JOIN users u ON u.id = p.owner "
+            f"{where} ORDER BY p.created_at DESC LIMIT ?",
+            (*params, limit),
+        )
+    out = []
+    for row in rows:
+        payment = PaymentRow(*row[:-1])
+        out.append({**payment_row_json(payment), "owner": payment.owner, "owner_email": row[-1]})
+    return {"payments": out, "count": len(out)}
+
+
+@get("/projections", sync_to_thread=True, summary="Projection positions, lag and errors")
+def projections(
+    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+) -> dict[str, Any]:
+    c = container_of(request)
+    head = c.events.head()
+    positions = c.runner.positions()
+    streams = request.app.state.streams
+    return {
+        "head": head,
+        "positions": positions,
+        "lag": {name: max(0, head - pos) for name, pos in positions.items()},
+        "last_error": c.runner.last_error,
+        "streams": {"cursor": streams.feed.cursor, "connections": len(streams.hub.sessions)},
+    }
+
+
+router = Router(
+    path="/api/v1/admin",
+    tags=["admin"],
+    dependencies={"principal": Provide(provide_admin)},
+    route_handlers=[
+        search_users,
+        account,
+        transactions,
+        balance_history,
+        api_keys,
+        revoke_key,
+        revoke_all_keys,
+        audit,
+        instances,
+        reservations,
+        load,
+        providers,
+        payments,
+        projections,
+    ],
+)

@@ -1,0 +1,63 @@
+"""Serves the admin dashboard: static HTML, CSS and JavaScript, no data.
+
+The page itself is public (it holds nothing); every piece of data it shows comes from the
+admin API with the admin's JWT, so a non-admin sees only "admins only". A strict Content
+Security Policy allows scripts, styles and connections to this origin only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from litestar import Response, Router, get
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath
+
+STATIC = Path(__file__).parent / "static"
+TYPES = {  # Litestar adds "; charset=utf-8" to text types
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+}
+HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def _load() -> dict[str, tuple[bytes, str]]:
+    return {
+        path.name: (path.read_bytes(), TYPES[path.suffix])
+        for path in sorted(STATIC.iterdir())
+        if path.is_file() and path.suffix in TYPES
+    }
+
+
+FILES = _load()
+
+
+def _file(name: str) -> Response[bytes]:
+    found = FILES.get(name)
+    if found is None:
+        raise NotFoundException(f"no dashboard file {name!r}")
+    body, media_type = found
+    return Response(body, media_type=media_type, headers=HEADERS)
+
+
+@get(["/", "/index.html"], summary="The admin dashboard", include_in_schema=False)
+async def index() -> Response[bytes]:
+    return _file("index.html")
+
+
+@get("/static/{name:str}", summary="Dashboard assets", include_in_schema=False)
+async def asset(name: FromPath[str]) -> Response[bytes]:
+    return _file(name)
+
+
+router = Router(path="/admin", tags=["dashboard"], route_handlers=[index, asset])

@@ -1,0 +1,1 @@
+"""Live streams over WebSocket (``/ws``): ledger events per user, and streaming inference."""

@@ -1,0 +1,59 @@
+"""The process's stream service: the event feed, its subscribers, and the ``/ws`` route."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from litestar import WebSocket, websocket
+
+from domain.errors import DomainError
+from infrastructure.event_feed import Bus, EventFeed
+from infrastructure.event_feed_bus import MemoryBus, RedisBus, feed_namespace
+from interfaces.ws import protocol
+from interfaces.ws.connection import Connection, authenticate, credentials_of, refuse
+from interfaces.ws.hub import StreamHub
+from interfaces.ws.session import Session
+
+if TYPE_CHECKING:
+    from interfaces.bootstrap import Container
+
+
+class Streams:
+    """Owns the feed (started with the app) and serves each ``/ws`` connection."""
+
+    def __init__(self, container: Container) -> None:
+        settings = container.settings
+        self.c = container
+        self.bus: Bus = (
+            RedisBus(settings.redis_url, feed_namespace(settings))
+            if settings.redis_url
+            else MemoryBus()
+        )
+        self.feed = EventFeed(container.events, self.bus, poll_interval=settings.ws_poll_interval)
+        self.hub = StreamHub(container, self.feed)
+
+    async def run_forever(self) -> None:
+        await self.feed.run_forever()
+
+    async def aclose(self) -> None:
+        self.hub.close_all(protocol.CLOSE_GOING_AWAY, "server shutting down")
+        await self.bus.aclose()
+
+    async def handle(self, socket: WebSocket[Any, Any, Any]) -> None:
+        creds = credentials_of(socket)
+        try:
+            principal = await asyncio.to_thread(authenticate, self.c, creds)
+        except DomainError as exc:
+            await refuse(socket, exc)
+            return
+        await socket.accept()
+        session = Session(socket, principal, creds, queue_size=self.c.settings.ws_queue_size)
+        await Connection(self.c, self.hub, socket.app.state.proxy, session).serve()
+
+
+@websocket("/ws", name="streams")
+async def streams_socket(socket: WebSocket[Any, Any, Any]) -> None:
+    """Subscribe to your ledger events and stream inference (docs/adr/0014)."""
+    streams: Streams = socket.app.state.streams
+    await streams.handle(socket)

@@ -1,0 +1,802 @@
+"""Proxy data-plane benchmark: GPU Proxy's full proxy path vs direct and vs a bare forwarder.
+
+Three ways to reach the same upstream, measured side by side in one run:
+
+- **(a) direct**: the load generator talks to the upstream itself;
+- **(b) bare**: a bare Litestar forwarder (one route, one shared ``aiohttp.ClientSession``:
+  ``tests.bench.bench_forwarder_clients:make_app`` with ``BENCH_CLIENT=aiohttp``);
+- **(c) proxy**: the real server (``python -m interfaces.server``, SQLite embedded set-up,
+  projections and background jobs running) on ``/api/v1/gpu/proxy/{instance_id}/health``
+  (and ``/api/v1/gpu/proxy/pool/health``) with ``X-API-Key``: API-key auth, rate limit, the
+  caller's running instances, target check, credit-lease spend
+  (``PROXY_REQUEST_PRICE=0.0001``, ``PROXY_LEASE_AMOUNT=10``), balancing, load tracking and
+  the usage counters (flushed as ``ProxyUsage`` events).
+
+Two upstreams, each reached all three ways:
+
+- **sandbox**: a sandbox instance rented through the API (``POST
+  /api/v1/gpu/instances/sandbox/{offer}``) and polled to ``running`` by the server's own
+  background jobs; its ``GET /health``. The sandbox provider serves its instances from a
+  thread *inside the server process*, so in (c) the proxy and its upstream share one
+  process (and one GIL), while in (a) and (b) the upstream has the server process to itself.
+  As of this writing every sandbox answer takes ~44 ms (its listening socket is created with
+  ``proto=0``, so asyncio does not set ``TCP_NODELAY`` on accepted connections: Nagle +
+  delayed ACK), which hides any proxy overhead behind it; the dedicated upstream is the one to
+  judge the aims by.
+- **dedicated**: ``tests.bench.bench_forwarder_clients:upstream_app`` (a raw ASGI app, a
+  small JSON body) in its own uvicorn process. A second user's sandbox instance is rented the
+  same way, then its row in the ``instances`` read model (what the proxy reads its endpoints
+  from) is pointed at this upstream's port; the instance stays ``running`` (the background
+  jobs only poll instances that are not running yet), so (c) goes through the same full path.
+
+Plus two routes of the same server, to split (c)'s cost: ``GET /health`` (the app's
+middleware, no auth) and ``GET /api/v1/loadbalancer/strategy`` with ``X-API-Key`` (auth + rate
+limit + a cached read: everything (c) does before the proxying itself).
+
+Then, with the server stopped and the dedicated upstream still up, an in-process breakdown:
+the server's app (``create_app`` on the same database) and the bare forwarder driven straight
+through ASGI, and each step of (c) alone (the aiohttp call, ``Forwarder``, ``TargetGuard``,
+``ProxyRuntime.forward``, a Litestar ``Stream`` vs ``Response``, auth), sequential, in rounds:
+wall and event-loop-thread CPU µs per request (``--breakdown-rounds 0`` skips it).
+
+Every side is loaded by ``wrk -t1 --latency`` (Debian's package; without it, an aiohttp load
+generator in a subprocess) at 1 and 16 connections, interleaved (a, b, c, … the order rotating
+each round) for ``--rounds`` rounds of ``--duration`` seconds. Reports the median req/s,
+p50 and p99 per side, and the per-round ratios the aims are about: (c)/(b) req/s at 16
+connections (aim >= 0.70) and p50(c) - p50(a) at 1 connection (aim <= 0.5 ms). Before the
+first round it waits for a 1-minute load average below ``--quiet-load``, at most
+``--max-wait`` seconds (or until ``$BENCH_WAIT_UNTIL``, shared with the other benchmarks of
+``make bench``); not between rounds, whose own load keeps the average up on 2 vCPUs. The load
+average at the start and end of every round is recorded. About 3.5 minutes plus the wait.
+JSON: ``bench-results/proxy.json``.
+
+    .venv/bin/python -m tests.bench.bench_proxy [--duration 3] [--rounds 3]
+        [--connections 1,16] [--no-wait] [--loadgen auto|wrk|aiohttp] [--breakdown-rounds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+from litestar import Litestar, Response, get
+from litestar.response import Stream
+
+from infrastructure.projection_store import physical, read_state
+from infrastructure.settings import load_settings
+from infrastructure.sql import SqliteDatabase
+from interfaces.bootstrap import Container, bootstrap
+from tests.bench.bench_forwarder_clients import BODY
+from tests.bench.harness import Quiet, loadavg, machine_facts
+from tests.support.http import JWT_SECRET, ROOT, server_process
+from tests.support.pg import free_port
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+USD = 1_000_000
+AIM_RATIO = 0.70  # (c) req/s >= 70 % of (b)'s at 16 connections
+AIM_ADDED_MS = 0.5  # (c) p50 <= (a) p50 + 0.5 ms at 1 connection
+
+
+@dataclass(frozen=True)
+class Side:
+    name: str
+    label: str
+    url: str
+    header: str | None = None  # "Name: value"
+
+
+# ------------------------------------------------------------------------ load generators
+
+
+def _header_dict(header: str | None) -> dict[str, str]:
+    if not header:
+        return {}
+    name, _, value = header.partition(":")
+    return {name.strip(): value.strip()}
+
+
+def _ms(text: str) -> float:
+    match = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not match:
+        raise ValueError(text)
+    return float(match.group(1)) * UNITS[match.group(2)]
+
+
+def wrk(side: Side, seconds: int, connections: int) -> dict[str, Any]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", side.url]
+    if side.header:
+        cmd[1:1] = ["-H", side.header]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": rps,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "errors": float(non2xx.group(1)) if non2xx else 0.0,
+        "socket_errors": errors.group(1) if errors else "",
+    }
+
+
+async def _aiohttp_load(
+    url: str, header: str | None, seconds: float, connections: int
+) -> dict[str, Any]:
+    headers = _header_dict(header)
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        stop = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < stop:
+                start = time.perf_counter()
+                async with session.get(url) as resp:
+                    await resp.read()
+                    if resp.status >= 400:
+                        errors += 1
+                latencies.append((time.perf_counter() - start) * 1000)
+
+        begin = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        elapsed = time.perf_counter() - begin
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else 0.0
+
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "errors": float(errors),
+        "socket_errors": "",
+    }
+
+
+def aiohttp_load(side: Side, seconds: int, connections: int) -> dict[str, Any]:
+    """The fallback load generator, in its own process (never in the measured servers')."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.bench.bench_proxy",
+            "--load",
+            side.url,
+            side.header or "",
+            str(seconds),
+            str(connections),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+# ------------------------------------------------------------------------------- servers
+
+
+def _uvicorn(target: str, port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "uvicorn", target, "--port", str(port)]
+    argv += ["--no-access-log", "--log-level", "warning"]
+    if target.endswith("make_app"):
+        argv.append("--factory")
+    with log.open("wb") as handle:
+        return subprocess.Popen(
+            argv, cwd=ROOT, env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT
+        )
+
+
+def _get(url: str, header: str | None = None, timeout: float = 60) -> httpx.Response:
+    """GET until it answers (any status); raises after ``timeout`` seconds."""
+    headers = _header_dict(header)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return httpx.get(url, headers=headers, timeout=5)
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _seed(env: dict[str, str]) -> list[tuple[str, str]]:
+    """Two users with credits and an API key each (before the server starts): (id, key)."""
+    c = bootstrap(load_settings(env, env_file=None))
+    try:
+        users = []
+        for name in ("dedicated", "sandbox"):
+            user = c.users.create(f"bench-{name}@example.com", "bench-password", "Bench")
+            c.ledger.grant(user.id, 1_000 * USD, key=f"bench-grant-{name}")
+            _, key = c.auth.keys.create(user.id, f"bench-{name}")
+            users.append((user.id, key))
+        c.runner.catch_up()
+        return users
+    finally:
+        c.close()
+
+
+def _rent_running(base: str, key: str) -> dict[str, Any]:
+    """Rent the cheapest sandbox offer through the API; wait until it is running."""
+    headers = {"X-API-Key": key}
+    offers = httpx.get(f"{base}/api/v1/gpu/instances?provider=sandbox", headers=headers).json()
+    offer = min(offers["offers"], key=lambda o: float(o["price_per_hour"]))
+    rented = httpx.post(
+        f"{base}/api/v1/gpu/instances/sandbox/{offer['id']}", json={}, headers=headers, timeout=30
+    )
+    assert rented.status_code in {200, 201, 202}, rented.text
+    instance: dict[str, Any] = rented.json()["instance"]
+    deadline = time.monotonic() + 60
+    while instance["state"] != "running":
+        if time.monotonic() > deadline or instance["state"] in {"failed", "terminated"}:
+            raise RuntimeError(f"instance did not start: {instance}")
+        time.sleep(0.1)
+        got = httpx.get(
+            f"{base}/api/v1/gpu/instances/sandbox/{instance['id']}", headers=headers, timeout=30
+        )
+        instance = got.json()["instance"]
+    return instance
+
+
+def _point_at(env: dict[str, str], instance_id: str, owner: str, port: int) -> None:
+    """Once the read model shows the instance running, make its row say ``port``."""
+    db = SqliteDatabase(load_settings(env, env_file=None).sqlite_path)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with db.transaction() as tx:  # "instances" is a view of the current generation
+                table = physical("instances", read_state(tx, "instances", lock=True).generation)
+                changed = tx.execute(
+                    f"UPDATE {table} SET port = ? "
+                    "WHERE instance_id = ? AND owner = ? AND state = 'running' AND host <> ''",
+                    (port, instance_id, owner),
+                )
+            if changed == 1:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"instance {instance_id} is not running in the read model")
+            time.sleep(0.05)
+    finally:
+        db.close()
+
+
+def _check(side: Side, expect_body: bytes | None = None) -> None:
+    response = _get(side.url, side.header, timeout=10)
+    if response.status_code != 200:
+        raise RuntimeError(f"{side.name}: {response.status_code} {response.text[:300]}")
+    if expect_body is not None and response.content != expect_body:
+        raise RuntimeError(f"{side.name}: unexpected body {response.content[:200]!r}")
+
+
+# ---------------------------------------------------------------- in-process breakdown
+
+Scope = dict[str, Any]
+
+
+async def _asgi_get(app: Any, path: str, headers: list[tuple[bytes, bytes]]) -> int:
+    """One GET straight into an ASGI app (no socket, no HTTP parsing); returns the status."""
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
+    status = 0
+    delivered = False
+    complete = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await complete.wait()  # as uvicorn: a disconnect once the response is complete
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            complete.set()
+
+    await app(scope, receive, send)
+    return status
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Any) -> AsyncIterator[None]:
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    task = asyncio.create_task(app(scope, inbox.get, outbox.put))
+    await inbox.put({"type": "lifespan.startup"})
+    started = await outbox.get()
+    assert started["type"] == "lifespan.startup.complete", started
+    try:
+        yield
+    finally:
+        await inbox.put({"type": "lifespan.shutdown"})
+        await outbox.get()
+        await task
+
+
+def _stream_or_response_app() -> Litestar:
+    """Two routes answering the same body: a ``Response`` and a one-chunk ``Stream``."""
+
+    @get("/response")
+    async def response() -> Response[bytes]:
+        return Response(BODY, media_type="application/json")
+
+    @get("/stream")
+    async def stream() -> Stream:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield BODY
+
+        return Stream(chunks(), media_type="application/json")
+
+    return Litestar(route_handlers=[response, stream], logging_config=None)
+
+
+async def _breakdown(
+    c: Container,
+    upstream: str,
+    user_id: str,
+    instance_id: str,
+    key: str,
+    rounds: int,
+    n: int,
+) -> dict[str, Any]:
+    """Sequential requests in one event loop, each step of (c) alone, interleaved in rounds:
+    median wall µs per request (upstream round trip included) and the event loop thread's CPU
+    µs per request (``time.thread_time``: the proxy's own cost, what bounds req/s at 16
+    connections; the few ``asyncio.to_thread`` calls, e.g. the pool refresh once a second, are
+    left out)."""
+    from interfaces.http.app import create_app
+    from tests.bench.bench_forwarder_clients import make_app
+
+    app = create_app(c)
+    os.environ.update(BENCH_CLIENT="aiohttp", BENCH_UPSTREAM=upstream)
+    bare = make_app()
+    plain = _stream_or_response_app()
+    runtime = app.state.proxy
+    auth = [(b"x-api-key", key.encode())]
+    fwd_headers: list[tuple[str, str]] = [("host", "127.0.0.1"), ("x-api-key", key)]
+    wall: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    async with (
+        _lifespan(app),
+        _lifespan(bare),
+        _lifespan(plain),
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as session,
+    ):
+        pool = await runtime.pool(user_id)
+        endpoint = next(e for e in pool.endpoints if e.instance_id == instance_id)
+
+        async def client() -> None:
+            async with session.get(upstream) as resp:
+                await resp.read()
+
+        async def forwarder() -> None:
+            response = await runtime.forwarder.send("GET", upstream, fwd_headers, None, timeout=30)
+            await response.read()
+
+        async def forwarder_chunks() -> None:
+            response = await runtime.forwarder.send("GET", upstream, fwd_headers, None, timeout=30)
+            async for _ in response.iter_chunks():
+                pass
+
+        async def guard() -> None:
+            await runtime.guard.check_endpoint(endpoint, "health", "")
+
+        async def forward() -> None:
+            sent = await runtime.forward(
+                user_id,
+                method="GET",
+                headers=fwd_headers,
+                body=None,
+                timeout=None,
+                instance_id=instance_id,
+                path="health",
+            )
+            async for _ in sent.chunks():
+                pass
+
+        proxy_path = f"/api/v1/gpu/proxy/{instance_id}/health"
+        steps: dict[str, Callable[[], Awaitable[Any]]] = {
+            "client": client,
+            "forwarder": forwarder,
+            "forwarder_chunks": forwarder_chunks,
+            "guard": guard,
+            "runtime_forward": forward,
+            "litestar_response": lambda: _asgi_get(plain, "/response", []),
+            "litestar_stream": lambda: _asgi_get(plain, "/stream", []),
+            "app_health": lambda: _asgi_get(app, "/health", []),
+            "app_auth": lambda: _asgi_get(app, "/api/v1/loadbalancer/strategy", auth),
+            "app_proxy": lambda: _asgi_get(app, proxy_path, auth),
+            "bare_app": lambda: _asgi_get(bare, "/fwd", []),
+        }
+        for name, step in steps.items():  # check, then warm up
+            status = await step()
+            assert status in {None, 200}, (name, status)
+            for _ in range(50):
+                await step()
+        for _ in range(rounds):
+            for name, step in steps.items():
+                times = wall.setdefault(name, [])
+                cpu0 = time.thread_time()
+                for _ in range(n):
+                    start = time.perf_counter()
+                    await step()
+                    times.append((time.perf_counter() - start) * 1e6)
+                cpu.setdefault(name, []).append((time.thread_time() - cpu0) / n * 1e6)
+    return {
+        name: {
+            "wall_median_us": round(statistics.median(t), 1),
+            "cpu_us": round(statistics.median(cpu[name]), 1),
+            "n": len(t),
+        }
+        for name, t in wall.items()
+    }
+
+
+def run_breakdown(
+    env: dict[str, str],
+    upstream: str,
+    user_id: str,
+    instance_id: str,
+    key: str,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """``_breakdown`` with its own container (closed outside the event loop)."""
+    container = bootstrap(load_settings(env, env_file=None))
+    try:
+        return asyncio.run(
+            _breakdown(
+                container,
+                upstream,
+                user_id,
+                instance_id,
+                key,
+                args.breakdown_rounds,
+                args.breakdown_n,
+            )
+        )
+    finally:
+        container.close()
+
+
+# ------------------------------------------------------------------------------- driver
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=int, default=3, help="seconds per load run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", default="1,16", help="comma-separated")
+    parser.add_argument("--quiet-load", type=float, default=1.0)
+    parser.add_argument("--max-wait", type=float, default=60.0, help="seconds, at most")
+    parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
+    parser.add_argument("--loadgen", choices=("auto", "wrk", "aiohttp"), default="auto")
+    parser.add_argument(
+        "--breakdown-rounds", type=int, default=10, help="in-process breakdown rounds (0: none)"
+    )
+    parser.add_argument("--breakdown-n", type=int, default=100, help="requests per step a round")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "proxy.json")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    use_wrk = args.loadgen == "wrk" or (args.loadgen == "auto" and shutil.which("wrk"))
+    load = wrk if use_wrk else aiohttp_load
+    quiet = Quiet.for_run(enabled=not args.no_wait, below=args.quiet_load, max_wait=args.max_wait)
+    conns = [int(c) for c in args.connections.split(",")]
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    started = time.monotonic()
+    data_dir = Path(tempfile.mkdtemp(prefix="gpuproxy-bench-proxy-"))
+    env = {
+        "DATA_DIR": str(data_dir),
+        "JWT_SECRET": JWT_SECRET,
+        "LOG_LEVEL": "WARNING",
+        "RATE_LIMIT_PER_MINUTE": "1000000",
+        "SANDBOX_PROVIDER_ENABLED": "true",
+        "SANDBOX_PROVISIONING_DELAY": "0",
+        "INSTANCE_POLL_SECONDS": "0.2",
+        "PROXY_REQUEST_PRICE": "0.0001",
+        "PROXY_LEASE_AMOUNT": "10",
+    }
+    (ded_user, ded_key), (_, sbx_key) = _seed(env)
+    up_port, bare_ded_port, bare_sbx_port = free_port(), free_port(), free_port()
+    upstream = f"http://127.0.0.1:{up_port}/health"
+    procs: list[subprocess.Popen[bytes]] = []
+    runs: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
+    try:
+        procs.append(
+            _uvicorn(
+                "tests.bench.bench_forwarder_clients:upstream_app",
+                up_port,
+                {},
+                data_dir / "upstream.log",
+            )
+        )
+        with server_process(env, data_dir / "server.log") as base:
+            ded = _rent_running(base, ded_key)
+            sbx = _rent_running(base, sbx_key)
+            sandbox_url = f"{sbx['endpoint']}/health"
+            for port, target in ((bare_ded_port, upstream), (bare_sbx_port, sandbox_url)):
+                procs.append(
+                    _uvicorn(
+                        "tests.bench.bench_forwarder_clients:make_app",
+                        port,
+                        {"BENCH_CLIENT": "aiohttp", "BENCH_UPSTREAM": target},
+                        data_dir / f"bare-{port}.log",
+                    )
+                )
+            # Point the first user's instance at the dedicated upstream (read model only).
+            _point_at(env, ded["id"], ded_user, up_port)
+            time.sleep(1.2)  # the proxy re-reads a user's instances after 1 s
+            ded_h, sbx_h = f"X-API-Key: {ded_key}", f"X-API-Key: {sbx_key}"
+            proxy = f"{base}/api/v1/gpu/proxy"
+            sides = [
+                Side("ded_direct", "(a) direct", upstream),
+                Side("ded_bare", "(b) bare forwarder", f"http://127.0.0.1:{bare_ded_port}/fwd"),
+                Side("ded_proxy", "(c) proxy, instance", f"{proxy}/{ded['id']}/health", ded_h),
+                Side("ded_pool", "(c) proxy, pool", f"{proxy}/pool/health", ded_h),
+                Side("sbx_direct", "(a) direct", sandbox_url),
+                Side("sbx_bare", "(b) bare forwarder", f"http://127.0.0.1:{bare_sbx_port}/fwd"),
+                Side("sbx_proxy", "(c) proxy, instance", f"{proxy}/{sbx['id']}/health", sbx_h),
+                Side("health", "server GET /health", f"{base}/health"),
+                Side(
+                    "auth",
+                    "server GET /loadbalancer/strategy",
+                    f"{base}/api/v1/loadbalancer/strategy",
+                    ded_h,
+                ),
+            ]
+            for side in sides:
+                _check(side, BODY if side.name.startswith("ded_") else None)
+            # Wait for a quiet machine once: the rounds' own load keeps the load average up.
+            first = quiet.wait("proxy")
+            for side in sides:  # warm-up: connections, code paths, caches
+                load(side, 1, max(conns))
+            for index in range(args.rounds):
+                now = loadavg()
+                record = (
+                    first
+                    if index == 0
+                    else {
+                        "label": f"proxy {index + 1}/{args.rounds}",
+                        "load_before_wait": now,
+                        "waited_s": 0.0,
+                        "load_at_start": now,
+                        "quiet": now[0] < args.quiet_load,
+                    }
+                )
+                shift = index % len(sides)
+                order = sides[shift:] + sides[:shift]
+                for c in conns:
+                    run: dict[str, Any] = {
+                        "round": index + 1,
+                        "connections": c,
+                        "order": [s.name for s in order],
+                    }
+                    for side in order:
+                        run[side.name] = load(side, args.duration, c)
+                    run["ratios"] = ratios(run)
+                    run["load"] = {**record, "load_after": loadavg()}
+                    print(
+                        f"[proxy {index + 1}/{args.rounds} c={c}] "
+                        + ", ".join(f"{s.name} {run[s.name]['rps']:.0f}" for s in sides)
+                        + f" req/s; {run['ratios']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    runs.append(run)
+            for name, path in (("load", "loadbalancer/load"), ("credits", "billing/credits")):
+                got = httpx.get(f"{base}/api/v1/{path}", headers={"X-API-Key": ded_key})
+                extra[f"{name}_dedicated_user"] = got.json()  # counters, lease, what was spent
+        if args.breakdown_rounds:  # the server has stopped; the upstream still runs
+            print("[proxy] in-process breakdown ...", file=sys.stderr, flush=True)
+            extra["breakdown"] = run_breakdown(env, upstream, ded_user, ded["id"], ded_key, args)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+    summary = report(runs, sides, conns, args, use_wrk=bool(use_wrk))
+    if "breakdown" in extra:
+        print_breakdown(extra["breakdown"])
+    summary["total_s"] = round(time.monotonic() - started, 1)
+    print(f"total {summary['total_s']} s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "when": when,
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "machine": machine_facts(),
+                "summary": summary,
+                "runs": runs,
+                **extra,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    shutil.rmtree(data_dir, ignore_errors=True)
+    return 0
+
+
+BREAKDOWN = {
+    "client": "aiohttp session GET upstream (the floor of any forwarder)",
+    "forwarder": "Forwarder.send + read (header filtering, time limits)",
+    "forwarder_chunks": "Forwarder.send + iter_chunks (as the proxy routes read the answer)",
+    "guard": "TargetGuard.check_endpoint alone (URL built and checked), no upstream",
+    "runtime_forward": "ProxyRuntime.forward + chunks (pool, guard, lease, balancing, tracking)",
+    "litestar_response": "bare Litestar route answering a Response, no upstream",
+    "litestar_stream": "bare Litestar route answering a one-chunk Stream, no upstream",
+    "app_health": "server app GET /health (middleware, no auth), no upstream",
+    "app_auth": "server app GET /loadbalancer/strategy (auth, rate limit), no upstream",
+    "app_proxy": "server app GET /gpu/proxy/{id}/health: (c) without uvicorn",
+    "bare_app": "bare forwarder app GET /fwd: (b) without uvicorn",
+}
+
+
+def print_breakdown(breakdown: dict[str, Any]) -> None:
+    print("in-process breakdown, sequential, one event loop; µs per request")
+    print("(wall: median per request; CPU: event-loop thread, mean per request, median of rounds)")
+    print(f"  {'wall':>8}{'CPU':>8}  step")
+    for name, label in BREAKDOWN.items():
+        row = breakdown[name]
+        print(f"  {row['wall_median_us']:>8.1f}{row['cpu_us']:>8.1f}  {name:<18} {label}")
+    cpu = {name: row["cpu_us"] for name, row in breakdown.items()}
+    print(
+        f"  CPU (c) - (b): {cpu['app_proxy'] - cpu['bare_app']:.1f} µs; "
+        f"auth over /health {cpu['app_auth'] - cpu['app_health']:.1f}, "
+        f"/health over a bare route {cpu['app_health'] - cpu['litestar_response']:.1f}, "
+        f"Stream over Response {cpu['litestar_stream'] - cpu['litestar_response']:.1f}, "
+        f"runtime over forwarder {cpu['runtime_forward'] - cpu['forwarder']:.1f} "
+        f"(guard {cpu['guard']:.1f}, iter_chunks over read "
+        f"{cpu['forwarder_chunks'] - cpu['forwarder']:.1f}), "
+        f"forwarder over client {cpu['forwarder'] - cpu['client']:.1f}"
+    )
+
+
+def ratios(run: dict[str, Any]) -> dict[str, float]:
+    """One run's (c)/(b) req/s and p50(c) - p50(a), for each upstream."""
+    out: dict[str, float] = {}
+    for up in ("ded", "sbx"):
+        out[f"{up}_proxy_over_bare"] = round(
+            run[f"{up}_proxy"]["rps"] / run[f"{up}_bare"]["rps"], 3
+        )
+        out[f"{up}_proxy_added_p50_ms"] = round(
+            run[f"{up}_proxy"]["p50_ms"] - run[f"{up}_direct"]["p50_ms"], 3
+        )
+        out[f"{up}_bare_added_p50_ms"] = round(
+            run[f"{up}_bare"]["p50_ms"] - run[f"{up}_direct"]["p50_ms"], 3
+        )
+    out["ded_pool_over_bare"] = round(run["ded_pool"]["rps"] / run["ded_bare"]["rps"], 3)
+    out["ded_pool_added_p50_ms"] = round(run["ded_pool"]["p50_ms"] - run["ded_direct"]["p50_ms"], 3)
+    return out
+
+
+def report(
+    runs: list[dict[str, Any]],
+    sides: list[Side],
+    conns: list[int],
+    args: argparse.Namespace,
+    *,
+    use_wrk: bool,
+) -> dict[str, Any]:
+    """Print the medians, the per-round ratios and the aims; return them."""
+    summary: dict[str, Any] = {}
+    print(
+        f"load generator: {'wrk -t1' if use_wrk else 'aiohttp (subprocess)'}, "
+        f"{args.duration}s per run, median of {args.rounds} interleaved rounds, "
+        f"{os.cpu_count()} CPUs shared by servers and load generator"
+    )
+    print(
+        f"{'upstream':<10}{'side':<34}{'conns':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'err':>6}"
+    )
+    for c in conns:
+        mine = [r for r in runs if r["connections"] == c]
+        summary[str(c)] = {}
+        for side in sides:
+            rows = [r[side.name] for r in mine]
+            med = {
+                key: round(statistics.median(row[key] for row in rows), 3)
+                for key in ("rps", "p50_ms", "p99_ms")
+            }
+            med["errors"] = sum(row["errors"] for row in rows)
+            summary[str(c)][side.name] = med
+            upstream = {"ded": "dedicated", "sbx": "sandbox"}.get(side.name[:3], "server")
+            print(
+                f"{upstream:<10}{side.label:<34}{c:>6}{med['rps']:>9.0f}{med['p50_ms']:>9.3f}"
+                f"{med['p99_ms']:>9.3f}{med['errors']:>6.0f}"
+            )
+        keys = mine[0]["ratios"].keys() if mine else []
+        summary[str(c)]["ratios"] = {
+            key: {
+                "median": round(statistics.median(r["ratios"][key] for r in mine), 3),
+                "rounds": [r["ratios"][key] for r in mine],
+            }
+            for key in keys
+        }
+    aims: dict[str, Any] = {}
+    high, low = str(max(conns)), str(min(conns))
+    for up, name in (("ded", "dedicated"), ("sbx", "sandbox")):
+        ratio = summary[high]["ratios"][f"{up}_proxy_over_bare"]
+        added = summary[low]["ratios"][f"{up}_proxy_added_p50_ms"]
+        aims[up] = {
+            "proxy_over_bare": ratio,
+            "proxy_over_bare_met": ratio["median"] >= AIM_RATIO,
+            "added_p50_ms": added,
+            "added_p50_met": added["median"] <= AIM_ADDED_MS,
+        }
+        print(
+            f"{name}: (c)/(b) req/s at {high} conns {ratio['median']:.2f} "
+            f"(rounds {ratio['rounds']}; aim >= {AIM_RATIO}: "
+            f"{'met' if aims[up]['proxy_over_bare_met'] else 'MISSED'}); "
+            f"p50(c) - p50(a) at {low} conn {added['median']:.3f} ms "
+            f"(rounds {added['rounds']}; aim <= {AIM_ADDED_MS}: "
+            f"{'met' if aims[up]['added_p50_met'] else 'MISSED'})"
+        )
+    summary["aims"] = aims
+    for run in runs:
+        load = run["load"]
+        print(
+            f"  round {run['round']} c={run['connections']}: load average before wait "
+            f"{load['load_before_wait']}, waited {load['waited_s']} s, "
+            f"at start {load['load_at_start']}, at end {load['load_after']}"
+        )
+    return summary
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--load":  # the fallback load generator
+        print(
+            json.dumps(
+                asyncio.run(
+                    _aiohttp_load(
+                        sys.argv[2], sys.argv[3] or None, float(sys.argv[4]), int(sys.argv[5])
+                    )
+                )
+            )
+        )
+        sys.exit(0)
+    sys.exit(main())
