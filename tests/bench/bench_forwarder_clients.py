@@ -196,7 +196,10 @@ def aiohttp_load(url: str, seconds: int, connections: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- driver
 
 
-def _serve(target: str, port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def serve_uvicorn(
+    target: str, port: int, env: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    """``uvicorn TARGET`` on ``port`` in a child process (``make_app`` as a factory)."""
     argv = [sys.executable, "-m", "uvicorn", target, "--port", str(port)]
     argv += ["--no-access-log", "--log-level", "warning"]
     if target.endswith("make_app"):
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     upstream = f"http://127.0.0.1:{ports['direct']}/fwd"
     urls = {side: f"http://127.0.0.1:{ports[side]}/fwd" for side in SIDES}
     procs = [
-        _serve(
+        serve_uvicorn(
             "tests.bench.bench_forwarder_clients:upstream_app",
             ports["direct"],
             {},
@@ -253,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     for client in CLIENTS:
         env = {"BENCH_CLIENT": client, "BENCH_UPSTREAM": upstream}
         target = "tests.bench.bench_forwarder_clients:make_app"
-        procs.append(_serve(target, ports[client], env, logs / f"{client}.log"))
+        procs.append(serve_uvicorn(target, ports[client], env, logs / f"{client}.log"))
     runs: list[dict[str, Any]] = []
     try:
         for url in urls.values():

@@ -83,7 +83,7 @@ from infrastructure.projection_store import physical, read_state
 from infrastructure.settings import load_settings
 from infrastructure.sql import SqliteDatabase
 from interfaces.bootstrap import Container, bootstrap
-from tests.bench.bench_forwarder_clients import BODY
+from tests.bench.bench_forwarder_clients import BODY, serve_uvicorn
 from tests.bench.harness import Quiet, loadavg, machine_facts
 from tests.support.http import JWT_SECRET, ROOT, server_process
 from tests.support.pg import free_port
@@ -198,17 +198,6 @@ def aiohttp_load(side: Side, seconds: int, connections: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- servers
-
-
-def _uvicorn(target: str, port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "uvicorn", target, "--port", str(port)]
-    argv += ["--no-access-log", "--log-level", "warning"]
-    if target.endswith("make_app"):
-        argv.append("--factory")
-    with log.open("wb") as handle:
-        return subprocess.Popen(
-            argv, cwd=ROOT, env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT
-        )
 
 
 def _get(url: str, header: str | None = None, timeout: float = 60) -> httpx.Response:
@@ -547,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     extra: dict[str, Any] = {}
     try:
         procs.append(
-            _uvicorn(
+            serve_uvicorn(
                 "tests.bench.bench_forwarder_clients:upstream_app",
                 up_port,
                 {},
@@ -560,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
             sandbox_url = f"{sbx['endpoint']}/health"
             for port, target in ((bare_ded_port, upstream), (bare_sbx_port, sandbox_url)):
                 procs.append(
-                    _uvicorn(
+                    serve_uvicorn(
                         "tests.bench.bench_forwarder_clients:make_app",
                         port,
                         {"BENCH_CLIENT": "aiohttp", "BENCH_UPSTREAM": target},

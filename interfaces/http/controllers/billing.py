@@ -34,7 +34,6 @@ HANDLED_WEBHOOKS = {
     "charge.refunded",
     "charge.dispute.created",
 }
-IDEMPOTENCY_KEY = Annotated[str, Meta(min_length=1, max_length=255)]
 
 
 class PaymentBody(Struct, forbid_unknown_fields=True):
