@@ -473,7 +473,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
                     rate=f"{count / elapsed:,.0f}",
                 )
 
-            results = rebuild(c.db, c.events, targets, progress=report)
+            results = rebuild(c.db, c.events, targets, progress=report, method=args.method)
             end = max((r.position for r in results), default=0)
             progress.update(task, completed=end, total=max(end, 1))
         for result in results:
@@ -495,7 +495,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     targets = [BY_NAME[args.name]] if args.name else list(ALL)
     c = _container(args)
     try:
-        results = verify(c.db, c.events, targets)
+        results = verify(c.db, c.events, targets, method=args.method)
     finally:
         _settle(c)
     ok = all(r.ok for r in results)
@@ -623,6 +623,12 @@ def _ledger_commands(add: Add) -> None:
     p.add_argument("--reason", default="")
     p = add("rebuild-projections", cmd_rebuild, "rebuild read models (all or NAME) and switch")
     p.add_argument("name", nargs="?")
+    p.add_argument(
+        "--method",
+        choices=["auto", "sql", "python"],
+        default="auto",
+        help="sql: set-based in PostgreSQL; python: the folds; auto: sql where it applies",
+    )
     p = add(
         "verify-projections",
         cmd_verify,
@@ -630,6 +636,12 @@ def _ledger_commands(add: Add) -> None:
         json=True,
     )
     p.add_argument("name", nargs="?")
+    p.add_argument(
+        "--method",
+        choices=["auto", "sql", "python"],
+        default="python",
+        help="how to rebuild for the comparison (default: the Python folds, the reference)",
+    )
     add("stats", cmd_stats, "ledger statistics", json=True)
     p = add("statement", cmd_statement, "a user's monthly statement from events", json=True)
     p.add_argument("email")
