@@ -24,7 +24,8 @@ from interfaces.http.errors import (
     on_too_deep,
     on_validation_error,
 )
-from interfaces.http.observability import Metrics, observe
+from interfaces.http.fast_lane import FastLane
+from interfaces.http.observability import Metrics, Observer, observe
 from interfaces.web import admin_api, dashboard
 from interfaces.ws.service import Streams, streams_socket
 
@@ -35,10 +36,19 @@ VERSION = "0.1.0"
 
 
 def create_app(
-    container: Container, *, developer_mode: bool = False, run_jobs: bool = False
+    container: Container,
+    *,
+    developer_mode: bool = False,
+    run_jobs: bool = False,
+    fast_lane: bool = True,
 ) -> Litestar:
-    """Build the HTTP app over an already-wired container (the composition root owns it)."""
+    """Build the HTTP app over an already-wired container (the composition root owns it).
+
+    ``fast_lane`` answers the hottest routes before Litestar's routing (``fast_lane.py``);
+    off, Litestar serves them too (the tests compare both doors).
+    """
     metrics = Metrics(container)
+    observer = Observer(metrics)
     settings = container.settings
     cors = CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None
     openapi = OpenAPIConfig(
@@ -122,13 +132,22 @@ def create_app(
         ],
         lifespan=[agents.lifespan],
         exception_handlers=handlers,
-        middleware=[observe(metrics)],
+        middleware=[observe(observer)],
         openapi_config=openapi,
         cors_config=cors,
         request_max_body_size=settings.max_body_bytes,
         debug=False,
         logging_config=None,  # the server process owns logging (file, syslog)
     )
+    if fast_lane:
+        app.asgi_handler = FastLane(
+            app.asgi_handler,
+            container=container,
+            runtime=runtime,
+            observer=observer,
+            exception_handlers=handlers,
+            cors=cors is not None,
+        )
     app.state.container = container
     app.state.metrics = metrics
     app.state.proxy = runtime

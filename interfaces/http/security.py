@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from litestar import Request
 from litestar.concurrency import sync_to_thread
+from litestar.types import Scope
 
 from infrastructure.auth import Principal
 from infrastructure.rate_limit import RateDecision
@@ -47,23 +48,35 @@ def _authenticate(
     return principal, c.limiter.hit(principal.user_id)
 
 
-async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
+async def principal_for(
+    c: Container, scope: Scope, api_key: str | None, authorization: str | None
+) -> Principal:
     """Authenticate (X-API-Key or Bearer JWT/key), then count the request against the limit.
 
     On the embedded set-up (SQLite in WAL mode, where readers never wait, and no Redis) a
     credential that needs no password hashing is checked on the event loop: the row reads
     take microseconds, less than a hop to the thread pool. Anything else runs in a thread.
+    The rate-limit headers go into the scope's state for the access middleware to add.
     """
-    c = container_of(request)
-    api_key, authorization = request.headers.get("x-api-key"), request.headers.get("authorization")
     if reads_are_local(c) and c.auth.is_cheap(api_key, authorization):
         principal, decision = _authenticate(c, api_key, authorization)
     else:
         principal, decision = await sync_to_thread(_authenticate, c, api_key, authorization)
-    request.scope.setdefault("state", {})[RATE_HEADERS] = decision.headers()
+    scope.setdefault("state", {})[RATE_HEADERS] = decision.headers()
     if not decision.allowed:
         raise RateLimitedError(decision)
     return principal
+
+
+async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
+    """The calling user, as a route dependency (see ``principal_for``)."""
+    headers = request.headers
+    return await principal_for(
+        container_of(request),
+        request.scope,
+        headers.get("x-api-key"),
+        headers.get("authorization"),
+    )
 
 
 async def provide_admin(request: Request[Any, Any, Any]) -> Principal:

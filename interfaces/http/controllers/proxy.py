@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -22,8 +20,6 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 from litestar.types import (
     ASGIApp,
-    HTTPResponseBodyEvent,
-    HTTPResponseStartEvent,
     Receive,
     Scope,
     Send,
@@ -31,12 +27,12 @@ from litestar.types import (
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from domain.balancing import STRATEGIES
-from domain.errors import InvalidArgumentError
 from domain.money import micros_to_usd
 from infrastructure.auth import Principal
 from infrastructure.proxy.runtime import ProxyRuntime, Upstream
-from infrastructure.proxy.targets import TargetRefusedError
 from interfaces import proxy_envelope as proxy_envelope_input
+from interfaces.http import raw_proxy
+from interfaces.http.raw_proxy import BUFFER_LIMIT, MAX_TIMELIMIT
 from interfaces.http.schemas import NO_NUL
 from interfaces.http.security import container_of, provide_principal
 
@@ -51,8 +47,6 @@ METHODS: tuple[HttpMethod, ...] = (
     HttpMethod.HEAD,
     HttpMethod.OPTIONS,
 )
-BUFFER_LIMIT = 1_048_576  # request bodies up to this are buffered, so a retry can resend them
-MAX_TIMELIMIT = 86_400.0
 Text = Annotated[str, Meta(max_length=4096, pattern=NO_NUL)]
 
 
@@ -78,22 +72,6 @@ class StrategyBody(Struct, forbid_unknown_fields=True):
 def runtime_of(request: Request[Any, Any, Any]) -> ProxyRuntime:
     runtime: ProxyRuntime = request.app.state.proxy
     return runtime
-
-
-def timelimit(request: Request[Any, Any, Any], fallback: float | None = None) -> float | None:
-    """``X-Timelimit`` in seconds (decimal), bounding the whole proxied request."""
-    raw = request.headers.get("x-timelimit")
-    if raw is None or not raw.strip():
-        return fallback
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMELIMIT):
-        raise InvalidArgumentError(
-            f"X-Timelimit must be seconds between 0 and {MAX_TIMELIMIT:.0f}", field="X-Timelimit"
-        )
-    return seconds
 
 
 async def answer(upstream: Upstream) -> Response[bytes] | Stream:
@@ -125,16 +103,6 @@ async def answer(upstream: Upstream) -> Response[bytes] | Stream:
     )
 
 
-async def _body_of(request: Request[Any, Any, Any]) -> bytes | AsyncIterator[bytes] | None:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) <= BUFFER_LIMIT:
-        data = await request.body()
-        return data or None
-    if length is None and "chunked" not in request.headers.get("transfer-encoding", ""):
-        return None
-    return request.stream()
-
-
 @route(
     "/gpu/proxy",
     http_method=[HttpMethod.POST],
@@ -156,76 +124,25 @@ async def proxy_envelope(
         path=data.path,
         model=data.model,
     )
+    timeout = raw_proxy.timelimit(request.headers.get("x-timelimit"), data.timeout)
     upstream = await proxy_envelope_input.send(
-        runtime_of(request), principal.user_id, envelope, timelimit(request, data.timeout)
+        runtime_of(request), principal.user_id, envelope, timeout
     )
     return await answer(upstream)
 
 
 async def _raw(request: Request[Any, Any, Any], instance_id: str | None, path: str) -> ASGIApp:
-    """The raw reverse proxy. The hot path: no dependency injection, no signature model for
-    parameters, and the answer is a plain ASGI callable rather than a Response object (a
-    streamed Response costs a task group per request; docs/performance.md).
-
-    Authentication and the rate limit are the same function the other routes use as their
-    dependency; errors raised before the answer starts go through the app's handlers.
-    """
-    principal = await provide_principal(request)
-    path = "/" + path.lstrip("/")
+    """The raw reverse proxy as a Litestar route (the fast lane answers it first: fast_lane.py)."""
+    c, runtime = container_of(request), runtime_of(request)
+    upstream = await raw_proxy.open_upstream(
+        c, runtime, request.scope, request.receive, instance_id, path
+    )
     method = request.method
-    try:
-        upstream = await runtime_of(request).forward(
-            principal.user_id,
-            method=method,
-            headers=request.headers.items(),
-            body=await _body_of(request),
-            timeout=timelimit(request),
-            instance_id=instance_id,
-            path=path,
-            query=request.scope.get("query_string", b"").decode("latin-1"),
-        )
-    except TargetRefusedError as exc:
-        proxy_envelope_input.refused(principal.user_id, exc, path)
-        raise
 
     async def respond(_scope: Scope, _receive: Receive, send: Send) -> None:
-        await _send_upstream(upstream, method, send)
+        await raw_proxy.send_upstream(upstream, method, send)
 
     return respond
-
-
-async def _send_upstream(upstream: Upstream, method: str, send: Send) -> None:
-    """Pass the instance's answer on: in one message when small and sized, else streamed."""
-    response = upstream.response
-    headers: list[tuple[bytes, bytes]] = [
-        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers
-    ]
-    headers.append((b"x-gpuproxy-instance", upstream.endpoint.instance_id.encode()))
-    length = response.content_length
-    if method == "HEAD" or (length is not None and length <= BUFFER_LIMIT):
-        ok = False
-        try:
-            body = await response.read()
-            ok = response.status < 500
-        finally:
-            upstream.done(ok)
-        size = length if method == "HEAD" and length is not None else len(body)
-        headers.append((b"content-length", str(size).encode()))
-        await send(_start(response.status, headers))
-        await send(_body(b"" if method == "HEAD" else body, more=False))
-        return
-    await send(_start(response.status, headers))
-    async for chunk in upstream.chunks():
-        await send(_body(chunk, more=True))
-    await send(_body(b"", more=False))
-
-
-def _start(status: int, headers: list[tuple[bytes, bytes]]) -> HTTPResponseStartEvent:
-    return {"type": "http.response.start", "status": status, "headers": headers}
-
-
-def _body(chunk: bytes, *, more: bool) -> HTTPResponseBodyEvent:
-    return {"type": "http.response.body", "body": chunk, "more_body": more}
 
 
 @route(
