@@ -7,8 +7,13 @@
   and ``MODEL_EXECUTION_PROVIDER=auto``. ``used_gpu`` is true only when the session really
   runs on CUDA (ONNX Runtime falls back to CPU when CUDA cannot start) and the graph has
   operators with CUDA kernels (``ai.onnx.ml`` ones, as scikit-learn models use, have none).
-- Runs go to a thread pool (ONNX Runtime releases the GIL). With batching on, concurrent
-  requests for one model are stacked along the batch axis (``batching.Batcher``).
+- Runs go to a thread pool (ONNX Runtime releases the GIL), except those a model has shown
+  to be tiny: once a CPU session's measured run time per row (an EWMA over its runs in the
+  pool) times the request's rows is under ``INLINE_BUDGET_S`` (50 µs), the run happens on
+  the event loop, where it blocks the loop for less than the ~100 µs the hop would cost.
+  Every inline run is measured too, so a model that gets slower goes back to the pool. With
+  batching on, concurrent requests for one model are stacked along the batch axis
+  (``batching.Batcher``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 RUNTIME = "onnxruntime"
+INLINE_BUDGET_S = 50e-6  # a run expected to take less than this runs on the event loop
+INLINE_AFTER = 8  # runs measured in the pool before a session may run inline
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -48,10 +55,34 @@ class Session:
     size: int
     used_gpu: bool
     output_names: tuple[str, ...]
+    on_cpu: bool = True
+    per_row: float = 0.0  # EWMA of the run time per row, seconds
+    measured: int = 0
 
     def run(self, names: Sequence[str], feeds: dict[str, Any]) -> list[Any]:
         result: list[Any] = self.session.run(list(names), feeds)
         return result
+
+    def timed_run(self, names: Sequence[str], feeds: dict[str, Any], rows: int) -> list[Any]:
+        started = time.perf_counter()
+        result = self.run(names, feeds)
+        sample = (time.perf_counter() - started) / max(rows, 1)
+        # The first run warms the session up (several times slower): not counted. Racy
+        # between pool threads, harmlessly: it only steers where the next run goes.
+        if self.measured == 1:
+            self.per_row = sample
+        elif self.measured > 1:
+            self.per_row = 0.7 * self.per_row + 0.3 * sample
+        self.measured += 1
+        return result
+
+    def inline(self, rows: int) -> bool:
+        """True when a run of ``rows`` rows is known to cost less than a thread hop."""
+        return (
+            self.on_cpu
+            and self.measured >= INLINE_AFTER
+            and self.per_row * max(rows, 1) < INLINE_BUDGET_S
+        )
 
 
 def providers(mode: str) -> list[str]:
@@ -119,6 +150,7 @@ class OnnxEngine:
             max(record.stored_bytes, 1),
             used_gpu=on_cuda and record.signature.gpu_capable,
             output_names=tuple(o.name for o in session.get_outputs()),
+            on_cpu=not on_cuda,
         )
 
     async def session(self, record: ModelRecord) -> Session:
@@ -170,6 +202,12 @@ class OnnxEngine:
     def _run_sync(session: Session, names: Sequence[str], feeds: dict[str, Any]) -> list[Any]:
         return session.run(names, feeds)
 
+    @staticmethod
+    def _run_timed(
+        session: Session, names: Sequence[str], feeds: dict[str, Any], rows: int
+    ) -> list[Any]:
+        return session.timed_run(names, feeds, rows)
+
     async def run(
         self, record: ModelRecord, prepared: Any, outputs: Sequence[str] = ()
     ) -> Prediction:
@@ -178,10 +216,12 @@ class OnnxEngine:
         names = tuple(outputs) or session.output_names
         if self.batcher is not None and self.batcher.can_batch(record.signature, prepared):
             values = await self.batcher.submit(session, names, prepared, self.executor)
+        elif session.inline(prepared.rows):
+            values = session.timed_run(names, prepared.feeds, prepared.rows)
         else:
             loop = asyncio.get_running_loop()
             values = await loop.run_in_executor(
-                self.executor, self._run_sync, session, names, prepared.feeds
+                self.executor, self._run_timed, session, names, prepared.feeds, prepared.rows
             )
         return Prediction(
             outputs=dict(zip(names, values, strict=True)),
