@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from domain import guardrails
@@ -22,6 +23,15 @@ BALANCE_COLUMNS = (
     "auto_renew_amount",
     "version",
 )
+
+
+BALANCE_SQL = f"SELECT {', '.join(BALANCE_COLUMNS)} FROM balances WHERE account_id = ?"
+
+
+@lru_cache(maxsize=65_536)
+def account_key(user_id: str) -> str:
+    """The account id as the read-model tables store it (text)."""
+    return str(account_id_for(user_id))
 
 
 @dataclass(frozen=True)
@@ -53,10 +63,7 @@ class LedgerQueries:
 
     def balance(self, user_id: str) -> dict[str, Any] | None:
         with self.db.read() as tx:
-            row = tx.fetchone(
-                f"SELECT {', '.join(BALANCE_COLUMNS)} FROM balances WHERE account_id = ?",
-                (str(account_id_for(user_id)),),
-            )
+            row = tx.fetchone(BALANCE_SQL, (account_key(user_id),))
         if row is None:
             return None
         keys = BALANCE_COLUMNS

@@ -13,6 +13,7 @@ declares these routes for the OpenAPI schema (ADR 0017).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -39,6 +40,16 @@ PROXY_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPT
 JSON_HEADERS = [(b"content-type", b"application/json")]
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 _encode = msgspec.json.Encoder().encode
+
+
+def _credits_body(row: dict[str, int] | None) -> bytes:
+    return _credits_bytes(None if row is None else tuple(row.items()))
+
+
+@lru_cache(maxsize=8_192)
+def _credits_bytes(row: tuple[tuple[str, int], ...] | None) -> bytes:
+    """The JSON answer for one balance row (rows repeat: an account polled, unchanged)."""
+    return _encode(credits_json(None if row is None else dict(row)))
 
 
 class FastLane:
@@ -108,7 +119,7 @@ class FastLane:
                 elif name == b"authorization":
                     authorization = authorization or value.decode("latin-1")
             principal = await principal_for(c, scope, api_key, authorization)
-            body = _encode(credits_json(await read(c, c.queries.balance, principal.user_id)))
+            body = _credits_body(await read(c, c.queries.balance, principal.user_id))
         except Exception as exc:
             await self._fail(exc, scope, receive, send)
             return

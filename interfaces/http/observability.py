@@ -67,8 +67,25 @@ class Observer:
     The app's middleware for Litestar routes, and the fast lane's wrapper for its own.
     """
 
+    MAX_SERIES = 4_096  # label combinations kept resolved (routes are templates: few)
+
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def _record(self, method: str, route: str, status: int, elapsed: float) -> None:
+        """Count one request; the labelled series are looked up once, not per request."""
+        key = (method, route, status)
+        series = self._series.get(key)
+        if series is None:
+            series = (
+                self.metrics.requests.labels(method, route, str(status)),
+                self.metrics.latency.labels(method, route),
+            )
+            if len(self._series) < self.MAX_SERIES:
+                self._series[key] = series
+        series[0].inc()
+        series[1].observe(elapsed)
 
     async def __call__(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -94,10 +111,9 @@ class Observer:
             await app(scope, receive, send_with_headers)
         finally:
             elapsed = time.perf_counter() - started
-            route = scope.get("path_template") or "unmatched"
-            method = scope.get("method", "")
-            self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(elapsed)
+            route: str = scope.get("path_template") or "unmatched"
+            method: str = scope.get("method", "")  # type: ignore[assignment]
+            self._record(method, route, status, elapsed)
             access_log.info("%s %s %s %.1fms", method, route, status, elapsed * 1000)
 
 
