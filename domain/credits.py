@@ -12,13 +12,21 @@ Invariants, enforced on every command:
 - no enabled guard-rail window (spend plus outstanding holds) goes over its limit;
 - a money command with an idempotency key already seen is one effect: it is not applied
   again (same parameters) or is refused (different parameters).
+
+Idempotency keys are remembered for 72 h (docs/adr/0016): the most recent ``KEY_CACHE_SIZE``
+in the state (``keys``), every one in a table the event store writes in the same transaction
+as the events. A key no longer in ``keys`` is looked up through the ``earlier_keys`` context
+the ledger service sets up; without one, the table's unique key still refuses the save.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
@@ -38,6 +46,7 @@ from domain.money import MAX_MICROS
 
 ACCOUNT_NAMESPACE = UUID("6f0b8f3e-6f2e-4f5e-9d51-6a1c2b7d9e01")
 IDEMPOTENCY_RETENTION_MINUTES = guardrails.LONGEST_WINDOW_MINUTES
+KEY_CACHE_SIZE = 256  # idempotency keys kept in the state; older ones are in the key table
 MAX_TEXT = 500
 
 GRANT_SOURCES = frozenset({"admin", "payment", "auto_renew", "promotion"})
@@ -77,8 +86,60 @@ def _fingerprint(command: str, *parameters: object) -> str:
     return ":".join([command, *map(str, parameters)])
 
 
+def _trim_keys(keys: dict[str, list[Any]], cutoff: int, dropped: int) -> int:
+    """Forget keys at or before ``cutoff``, then drop the oldest beyond ``KEY_CACHE_SIZE``.
+
+    Returns the newest minute dropped by count (those keys are still in the key table).
+    Keys are in the order they were applied, which is the order of their minutes.
+    """
+    while keys:
+        oldest = next(iter(keys))
+        minute: int = keys[oldest][1]
+        if minute > cutoff and len(keys) <= KEY_CACHE_SIZE:
+            break
+        del keys[oldest]
+        if minute > cutoff:
+            dropped = max(dropped, minute)
+    return dropped
+
+
+class EarlierKeys(Protocol):
+    """Where keys that left an account's state are found (the event store's key table)."""
+
+    def fingerprint(self, account_id: UUID, key: str) -> str | None:
+        """The fingerprint ``key`` was recorded with on this account, or None."""
+        ...
+
+
+_EARLIER: ContextVar[tuple[EarlierKeys, bool] | None] = ContextVar("earlier_keys", default=None)
+
+
+@contextmanager
+def earlier_keys(source: EarlierKeys, *, always: bool = False) -> Iterator[None]:
+    """Let commands run in this block (this thread) check keys no longer in the state.
+
+    ``source`` is asked only when the account dropped keys from its state in the last 72 h,
+    or for every key not in the state with ``always`` (after a save was refused: the table
+    may also hold a key older than 72 h that has not been pruned yet).
+    """
+    token = _EARLIER.set((source, always))
+    try:
+        yield
+    finally:
+        _EARLIER.reset(token)
+
+
 class CreditAccount(Aggregate):
     """A user's prepaid credit balance, holds, overage cap, auto-renew and guard-rail state."""
+
+    class_version = 2  # snapshots: v1 kept every idempotency key of 72 h in ``keys``
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        """A v1 snapshot's keys: keep the newest, as replaying its events now would."""
+        keys: dict[str, list[Any]] = state["keys"]
+        newest = max((entry[1] for entry in keys.values()), default=0)
+        state["keys_dropped"] = _trim_keys(keys, newest - IDEMPOTENCY_RETENTION_MINUTES, 0)
 
     @staticmethod
     def create_id(user_id: str, **_: Any) -> UUID:
@@ -106,6 +167,7 @@ class CreditAccount(Aggregate):
         }
         self.auto_renew_armed = True
         self.keys: dict[str, list[Any]] = {}
+        self.keys_dropped = 0  # minute of the newest key dropped from ``keys`` by count
 
     # ------------------------------------------------------------------ queries
 
@@ -157,12 +219,25 @@ class CreditAccount(Aggregate):
         if violations:
             raise SpendingLimitExceededError(violations, spent)
 
-    def seen(self, key: str, fingerprint: str) -> bool:
+    def dropped_keys_since(self, now: datetime) -> bool:
+        """True if keys recorded in the last 72 h left the state (too many to keep)."""
+        return self.keys_dropped > minute_of(now) - IDEMPOTENCY_RETENTION_MINUTES
+
+    def seen(self, key: str, fingerprint: str, now: datetime) -> bool:
         """True if this key was already applied with these parameters; raise if with others."""
         _text(key, "idempotency_key", required=True)
         previous = self.keys.get(key)
         if previous is None:
-            return False
+            context = _EARLIER.get()
+            if context is None:
+                return False
+            source, always = context
+            if not always and not self.dropped_keys_since(now):
+                return False
+            recorded = source.fingerprint(self.id, key)
+            if recorded is None:
+                return False
+            previous = [recorded]
         if previous[0] != fingerprint:
             raise IdempotencyConflictError(
                 "Idempotency key was already used with different parameters", key=key
@@ -186,7 +261,7 @@ class CreditAccount(Aggregate):
         _positive(amount)
         if source not in GRANT_SOURCES:
             raise InvalidArgumentError(f"unknown grant source {source!r}", field="source")
-        if self.seen(key, _fingerprint("grant", amount, source, reference)):
+        if self.seen(key, _fingerprint("grant", amount, source, reference), now):
             return False
         self._expire_due(now)
         self._granted(
@@ -213,7 +288,7 @@ class CreditAccount(Aggregate):
     ) -> bool:
         """Spend credits directly (per-request fee, one-off charge). Returns False if replayed."""
         _positive(amount)
-        if self.seen(key, _fingerprint("charge", amount, reference)):
+        if self.seen(key, _fingerprint("charge", amount, reference), now):
             return False
         self._expire_due(now)
         self.check_spend(amount, now, policy)
@@ -244,7 +319,7 @@ class CreditAccount(Aggregate):
         """Reserve funds until ``expires_at``; they count as spend for the guard rails."""
         _positive(amount)
         _text(hold_id, "hold_id", required=True)
-        if self.seen(key, _fingerprint("hold", hold_id, amount, expires_at.isoformat())):
+        if self.seen(key, _fingerprint("hold", hold_id, amount, expires_at.isoformat()), now):
             return False
         if hold_id in self.holds:
             raise HoldConflictError("A hold with this id already exists", hold_id=hold_id)
@@ -277,7 +352,7 @@ class CreditAccount(Aggregate):
     ) -> bool:
         """Turn part of a hold into a charge. Pre-approved: no new funds or window check."""
         _positive(amount)
-        if self.seen(key, _fingerprint("capture", hold_id, amount)):
+        if self.seen(key, _fingerprint("capture", hold_id, amount), now):
             return False
         self._expire_due(now)
         hold = self._active_hold(hold_id)
@@ -301,7 +376,7 @@ class CreditAccount(Aggregate):
 
     def release(self, hold_id: str, *, key: str, now: datetime, actor: str = "") -> bool:
         """Free what remains of a hold."""
-        if self.seen(key, _fingerprint("release", hold_id)):
+        if self.seen(key, _fingerprint("release", hold_id), now):
             return False
         self._expire_due(now)
         hold = self._active_hold(hold_id)
@@ -333,7 +408,7 @@ class CreditAccount(Aggregate):
         _positive(amount)
         if kind not in DEBIT_KINDS:
             raise InvalidArgumentError(f"unknown debit kind {kind!r}", field="kind")
-        if self.seen(key, _fingerprint("debit", amount, kind, reference)):
+        if self.seen(key, _fingerprint("debit", amount, kind, reference), now):
             return False
         self._expire_due(now)
         self.check_funds(amount)
@@ -456,13 +531,11 @@ class CreditAccount(Aggregate):
 
     def _remember(self, key: str, fingerprint: str, at: datetime) -> None:
         minute = minute_of(at)
-        self.keys[key] = [fingerprint, minute]
-        cutoff = minute - IDEMPOTENCY_RETENTION_MINUTES
-        while self.keys:
-            oldest = next(iter(self.keys))
-            if self.keys[oldest][1] > cutoff:
-                break
-            del self.keys[oldest]
+        keys = self.keys
+        keys[key] = [fingerprint, minute]
+        self.keys_dropped = _trim_keys(
+            keys, minute - IDEMPOTENCY_RETENTION_MINUTES, self.keys_dropped
+        )
 
     def _spend(self, amount: int, at: datetime) -> None:
         minute = minute_of(at)
@@ -599,3 +672,43 @@ class CreditAccount(Aggregate):
     ) -> None:
         for window in windows:
             self.resets[window] = [minute, bucket_amount]
+
+
+# ------------------------------------------------------------ the key table
+
+_KEYED: dict[str, Callable[[Any], str]] = {
+    "Granted": lambda d: _fingerprint("grant", d["amount"], d["source"], d["reference"]),
+    "Charged": lambda d: _fingerprint("charge", d["amount"], d["reference"]),
+    "HoldPlaced": lambda d: _fingerprint("hold", d["hold_id"], d["amount"], _iso(d["expires_at"])),
+    "HoldCaptured": lambda d: _fingerprint("capture", d["hold_id"], d["amount"]),
+    "HoldReleased": lambda d: _fingerprint("release", d["hold_id"]),
+    "Debited": lambda d: _fingerprint("debit", d["amount"], d["kind"], d["reference"]),
+}
+_EVENT_NAMES = {getattr(CreditAccount, name): name for name in _KEYED}
+
+
+def _iso(value: datetime | str) -> str:
+    return value if isinstance(value, str) else value.isoformat()
+
+
+def recorded_key(name: str, data: dict[str, Any]) -> tuple[str, str, int] | None:
+    """``(key, fingerprint, minute)`` that a CreditAccount event named ``name`` records.
+
+    ``data`` is the event's fields; datetimes may be given as their ISO strings (as stored).
+    None for events that record no key. The same fingerprints as the apply methods use.
+    """
+    fingerprint = _KEYED.get(name)
+    if fingerprint is None:
+        return None
+    at = data["at"]
+    return (
+        data["key"],
+        fingerprint(data),
+        minute_of(datetime.fromisoformat(at) if isinstance(at, str) else at),
+    )
+
+
+def event_key(domain_event: object) -> tuple[str, str, int] | None:
+    """``recorded_key`` of a domain event object (None unless a keyed CreditAccount event)."""
+    name = _EVENT_NAMES.get(type(domain_event))
+    return None if name is None else recorded_key(name, vars(domain_event))

@@ -10,6 +10,7 @@ def eventstore_env(settings: Settings) -> dict[str, str]:
 
     ``POSTGRES_ENABLE_DB_FUNCTIONS`` stays off: its insert function lets a later notification
     id commit before an earlier one, so a tailing projection could skip events for good.
+    The recorders also write the idempotency key table (``infrastructure.idempotency``).
     """
     if settings.db_type == "sqlite":
         settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
@@ -18,6 +19,7 @@ def eventstore_env(settings: Settings) -> dict[str, str]:
             "SQLITE_DBNAME": str(settings.sqlite_path),
             "SQLITE_LOCK_TIMEOUT": "30",
             "CREATE_TABLE": "y",
+            "APPLICATION_RECORDER_TOPIC": "infrastructure.idempotency:SQLiteLedgerRecorder",
         }
     return {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
@@ -35,6 +37,7 @@ def eventstore_env(settings: Settings) -> dict[str, str]:
         "POSTGRES_PRE_PING": "n",
         "POSTGRES_ENABLE_DB_FUNCTIONS": "n",
         "CREATE_TABLE": "y",
+        "APPLICATION_RECORDER_TOPIC": "infrastructure.idempotency:PostgresLedgerRecorder",
     }
 
 

@@ -10,6 +10,13 @@ Correctness does not depend on the committer's cache of aggregates: a stale aggr
 (written by another process) makes the save fail on its ``(id, version)`` key, and a
 command refused on cached state is re-checked on freshly loaded state before the refusal
 is returned. Either way the group is replayed on fresh state, a bounded number of times.
+
+Idempotency keys (docs/adr/0016): an aggregate's state holds only its newest keys; the event
+store's key table holds all, under a unique key written in the save's transaction. A batch
+runs first on the states alone; a key they no longer hold that is used again makes the save
+fail, and the batch is replayed on fresh state with every key it names looked up at once
+(``keys.scope``). A refusal from an aggregate that dropped keys recently is re-checked the
+same way, so a replay is never answered with a refusal.
 """
 
 from __future__ import annotations
@@ -20,10 +27,11 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -36,8 +44,24 @@ from domain.ports import Clock
 log = logging.getLogger(__name__)
 
 A = TypeVar("A", bound=Aggregate)
+A_contra = TypeVar("A_contra", bound=Aggregate, contravariant=True)
 Command = Callable[[A, datetime], Any]
 Factory = Callable[[datetime], A]
+
+
+class KeyCheck(Protocol[A_contra]):
+    """How commands get to know idempotency keys their aggregate's state no longer holds."""
+
+    def incomplete(self, aggregate: A_contra, now: datetime) -> bool:
+        """True if the state may lack keys recorded in the retention period (dropped ones)."""
+        ...
+
+    def scope(self, work: Sequence[tuple[A_contra, Sequence[str]]]) -> AbstractContextManager[None]:
+        """A context in which commands on these aggregates see every recorded key.
+
+        ``work``: each aggregate with the keys its commands named (looked up at once).
+        """
+        ...
 
 
 @dataclass
@@ -45,6 +69,7 @@ class _Item(Generic[A]):
     aggregate_id: UUID
     command: Command[A]
     create: Factory[A] | None
+    key: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
@@ -68,8 +93,10 @@ class GroupCommitter(Generic[A]):
         cache_size: int = 10_000,
         retries: int = 10,
         on_saved: Callable[[int], None] | None = None,
+        keys: KeyCheck[A] | None = None,
     ) -> None:
         self._app = app
+        self._keys = keys
         self._clock = clock
         self._max_batch = max_batch
         self._cache: OrderedDict[UUID, A] = OrderedDict()
@@ -84,11 +111,19 @@ class GroupCommitter(Generic[A]):
         self.commands = 0
 
     def execute(
-        self, aggregate_id: UUID, command: Command[A], create: Factory[A] | None = None
+        self,
+        aggregate_id: UUID,
+        command: Command[A],
+        create: Factory[A] | None = None,
+        *,
+        key: str | None = None,
     ) -> tuple[Any, int | None]:
-        """Run ``command(aggregate, now)``; return its result and the commit position."""
+        """Run ``command(aggregate, now)``; return its result and the commit position.
+
+        ``key``: the idempotency key the command uses, if any (looked up with its batch's).
+        """
         self._ensure_started()
-        item: _Item[A] = _Item(aggregate_id, command, create)
+        item: _Item[A] = _Item(aggregate_id, command, create, key)
         self._queue.put(item)
         item.done.wait()
         if item.error is not None:
@@ -173,32 +208,69 @@ class GroupCommitter(Generic[A]):
         groups: OrderedDict[UUID, list[_Item[A]]] = OrderedDict()
         for item in items:
             groups.setdefault(item.aggregate_id, []).append(item)
-        now = self._clock()
-        aggregates: dict[UUID, A] = {}
+        for checked in (False, True):
+            try:
+                self._attempt(groups, checked=checked)
+                return
+            except IntegrityError:
+                # Another writer got there first, or a key older than the states keep was
+                # used again: once more on fresh state, every key looked up.
+                self._forget(groups)
+            except BaseException:
+                self._forget(groups)
+                raise
         for aggregate_id, group in groups.items():
-            aggregate = self._apply_group(aggregate_id, group, now, use_cache=True)
-            if aggregate is not None:
-                aggregates[aggregate_id] = aggregate
-        dirty = [a for a in aggregates.values() if a.pending_events]
-        try:
-            recordings = self._app.save(*dirty) if dirty else []
-        except IntegrityError:
-            for aggregate_id in groups:
-                self._cache.pop(aggregate_id, None)
+            self._process_alone(aggregate_id, group)
+
+    def _attempt(self, groups: dict[UUID, list[_Item[A]]], *, checked: bool) -> None:
+        """Apply and save the whole batch (from the cache, or fresh with every key checked)."""
+        now = self._clock()
+        loaded: dict[UUID, tuple[A | None, bool]] = {}
+        for aggregate_id, group in groups.items():
+            cached = not checked and aggregate_id in self._cache
+            loaded[aggregate_id] = (self._load(aggregate_id, group, now, use_cache=cached), cached)
+        aggregates: dict[UUID, A] = {}
+        with self._scope(loaded, groups, checked=checked):
             for aggregate_id, group in groups.items():
-                self._process_alone(aggregate_id, group)
-            return
-        except BaseException:
-            for aggregate_id in groups:
-                self._cache.pop(aggregate_id, None)
-            raise
+                aggregate, cached = loaded[aggregate_id]
+                aggregate = self._apply_group(aggregate_id, group, now, aggregate, cached, checked)
+                if aggregate is not None:
+                    aggregates[aggregate_id] = aggregate
+        dirty = [a for a in aggregates.values() if a.pending_events]
+        recordings = self._app.save(*dirty) if dirty else []
         self._finish(groups, aggregates, recordings)
 
+    def _forget(self, groups: dict[UUID, list[_Item[A]]]) -> None:
+        for aggregate_id in groups:
+            self._cache.pop(aggregate_id, None)
+
+    def _scope(
+        self,
+        loaded: dict[UUID, tuple[A | None, bool]],
+        groups: dict[UUID, list[_Item[A]]],
+        *,
+        checked: bool,
+    ) -> AbstractContextManager[None]:
+        """The key context for a checked run: every key the commands name, looked up at once."""
+        if not checked or self._keys is None:
+            return nullcontext()
+        work = [
+            (aggregate, [item.key for item in groups[aggregate_id] if item.key is not None])
+            for aggregate_id, (aggregate, _) in loaded.items()
+            if aggregate is not None
+        ]
+        return self._keys.scope(work)
+
     def _process_alone(self, aggregate_id: UUID, group: list[_Item[A]]) -> None:
-        """Replay one aggregate's commands on fresh state until the save wins."""
+        """Replay one aggregate's commands on fresh state (every key checked) until it saves."""
         for attempt in range(self._retries):
-            aggregate = self._apply_group(aggregate_id, group, self._clock(), use_cache=False)
+            now = self._clock()
+            aggregate = self._load(aggregate_id, group, now, use_cache=False)
             try:
+                with self._scope(
+                    {aggregate_id: (aggregate, False)}, {aggregate_id: group}, checked=True
+                ):
+                    aggregate = self._apply_group(aggregate_id, group, now, aggregate, False, True)
                 recordings = (
                     self._app.save(aggregate) if aggregate and aggregate.pending_events else []
                 )
@@ -213,10 +285,15 @@ class GroupCommitter(Generic[A]):
             item.done.set()
 
     def _apply_group(
-        self, aggregate_id: UUID, group: list[_Item[A]], now: datetime, *, use_cache: bool
+        self,
+        aggregate_id: UUID,
+        group: list[_Item[A]],
+        now: datetime,
+        aggregate: A | None,
+        cached: bool,
+        checked: bool,
     ) -> A | None:
-        cached = use_cache and aggregate_id in self._cache
-        aggregate = self._load(aggregate_id, group, now, use_cache=use_cache)
+        """Run the group's commands on ``aggregate``; ``checked``: every key is known."""
         for item in group:
             item.result, item.error = None, None
             if aggregate is None:
@@ -226,11 +303,23 @@ class GroupCommitter(Generic[A]):
                 item.result = item.command(aggregate, now)
             except DomainError as exc:
                 item.error = exc
-        if cached and any(isinstance(item.error, DomainError) for item in group):
-            # A refusal must never come from stale state: re-check on fresh state.
-            self._cache.pop(aggregate_id, None)
-            return self._apply_group(aggregate_id, group, now, use_cache=False)
-        return aggregate
+        if checked or not any(isinstance(item.error, DomainError) for item in group):
+            return aggregate
+        incomplete = (
+            self._keys is not None
+            and aggregate is not None
+            and self._keys.incomplete(aggregate, now)
+        )
+        if not cached and not incomplete:
+            return aggregate
+        # A refusal must come from fresh state (not a cached copy another process may have
+        # moved past) that knows every key of the last 72 h (not only those it keeps).
+        self._cache.pop(aggregate_id, None)
+        fresh = self._load(aggregate_id, group, now, use_cache=False)
+        if fresh is None or self._keys is None or not self._keys.incomplete(fresh, now):
+            return self._apply_group(aggregate_id, group, now, fresh, False, True)
+        with self._scope({aggregate_id: (fresh, False)}, {aggregate_id: group}, checked=True):
+            return self._apply_group(aggregate_id, group, now, fresh, False, True)
 
     def _load(
         self, aggregate_id: UUID, group: list[_Item[A]], now: datetime, *, use_cache: bool

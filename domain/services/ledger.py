@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate, Snapshot
 from eventsourcing.persistence import IntegrityError, Recording
+from eventsourcing.utils import EnvType
 
-from domain.credits import CreditAccount, account_id_for
+from domain.credits import CreditAccount, account_id_for, earlier_keys, event_key
 from domain.errors import AccountNotFoundError, ConcurrencyError
 from domain.guardrails import GuardrailPolicy
 from domain.ports import Clock, system_clock
@@ -27,6 +29,19 @@ from domain.services.committer import GroupCommitter
 
 SNAPSHOT_INTERVAL = 100
 T = TypeVar("T")
+Pair = tuple[UUID, str]
+
+
+class KeyStore(Protocol):
+    """The event store's idempotency key table (its recorder: ``infrastructure.idempotency``).
+
+    ``LedgerApp.save`` hands the recorder each keyed event's row as ``idempotency_keys``; the
+    recorder inserts them in the save's transaction under a unique ``(account_id, key)``.
+    """
+
+    records_idempotency_keys: bool
+
+    def idempotency_fingerprints(self, pairs: Sequence[Pair]) -> dict[Pair, str]: ...
 
 
 class LedgerApp(Application[UUID]):
@@ -36,10 +51,23 @@ class LedgerApp(Application[UUID]):
     in docs/adr/0006): aggregates are recognised with a nominal ``isinstance`` before the
     library's runtime-Protocol checks, and snapshots are taken from the aggregates just saved
     (all of one save in one write) instead of re-reading each from the database.
+
+    Every save also records the idempotency keys of its events in the recorder's key table,
+    in the same transaction (docs/adr/0016): the recorder must be one that does
+    (``APPLICATION_RECORDER_TOPIC``, set by ``infrastructure.eventstore``).
     """
 
     name = "ledger"
     snapshotting_intervals: ClassVar[dict[Any, int]] = {CreditAccount: SNAPSHOT_INTERVAL}
+
+    def __init__(self, env: EnvType | None = None) -> None:
+        super().__init__(env)
+        if not getattr(self.recorder, "records_idempotency_keys", False):
+            raise TypeError(
+                f"{type(self.recorder).__name__} does not record idempotency keys; "
+                "build the ledger's environment with infrastructure.eventstore.eventstore_env"
+            )
+        self.keys = cast(KeyStore, self.recorder)
 
     def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
         processing_event: ProcessingEvent[UUID] = ProcessingEvent()
@@ -50,6 +78,13 @@ class LedgerApp(Application[UUID]):
             else:
                 processing_event.collect_events(obj)
         processing_event.saved_kwargs.update(kwargs)
+        rows = [
+            (domain_event.originator_id, *found)
+            for domain_event in processing_event.events
+            if (found := event_key(domain_event)) is not None
+        ]
+        if rows:
+            processing_event.saved_kwargs["idempotency_keys"] = rows
         recordings = self._record(processing_event)
         self._take_snapshots(processing_event)
         self._notify(recordings)
@@ -72,6 +107,40 @@ class LedgerApp(Application[UUID]):
                     for aggregate in due.values()
                 ]
             )
+
+
+class _BatchKeys:
+    """``EarlierKeys`` for one batch: the answers looked up for it, then one query per key."""
+
+    def __init__(self, store: KeyStore, asked: Sequence[Pair]) -> None:
+        self.store = store
+        self.asked = set(asked)
+        self.found = store.idempotency_fingerprints(asked) if asked else {}
+
+    def fingerprint(self, account_id: UUID, key: str) -> str | None:
+        pair = (account_id, key)
+        if pair in self.asked:
+            return self.found.get(pair)
+        return self.store.idempotency_fingerprints([pair]).get(pair)
+
+
+class _AccountKeys:
+    """The group committer's ``KeyCheck`` for credit accounts."""
+
+    def __init__(self, store: KeyStore) -> None:
+        self.store = store
+
+    def incomplete(self, aggregate: CreditAccount, now: datetime) -> bool:
+        return aggregate.dropped_keys_since(now)
+
+    def scope(
+        self, work: Sequence[tuple[CreditAccount, Sequence[str]]]
+    ) -> AbstractContextManager[None]:
+        """Every key the batch names that its states do not hold, looked up in one query."""
+        asked = [
+            (account.id, key) for account, keys in work for key in keys if key not in account.keys
+        ]
+        return earlier_keys(_BatchKeys(self.store, asked), always=True)
 
 
 @dataclass(frozen=True)
@@ -140,7 +209,7 @@ class LedgerService:
         self.policy = policy
         self.clock = clock
         self.committer: GroupCommitter[CreditAccount] = GroupCommitter(
-            app, clock, on_saved=on_saved, max_batch=max_batch
+            app, clock, on_saved=on_saved, max_batch=max_batch, keys=_AccountKeys(app.keys)
         )
 
     def close(self) -> None:
@@ -148,11 +217,16 @@ class LedgerService:
 
     # --------------------------------------------------------------- commands
 
-    def _run(self, user_id: str, command: Callable[[CreditAccount, datetime], Any]) -> Outcome:
+    def _run(
+        self,
+        user_id: str,
+        command: Callable[[CreditAccount, datetime], Any],
+        key: str | None = None,
+    ) -> Outcome:
         def create(now: datetime) -> CreditAccount:
             return CreditAccount(user_id=user_id, at=now)
 
-        result, position = self.committer.execute(account_id_for(user_id), command, create)
+        result, position = self.committer.execute(account_id_for(user_id), command, create, key=key)
         return Outcome(applied=result is not False, position=position)
 
     def transact(
@@ -166,7 +240,8 @@ class LedgerService:
 
         Both are saved in one transaction under optimistic concurrency; on a conflict both are
         reloaded and ``run`` is called again (bounded, with jitter). The committer's cached copy
-        of the account is dropped afterwards, since it is now behind.
+        of the account is dropped afterwards, since it is now behind. Keys no longer in the
+        account's state are looked up one by one (after a conflict: every key not in it).
         """
         account_id = account_id_for(owner)
         clock = clock or self.clock
@@ -176,7 +251,8 @@ class LedgerService:
                 account: CreditAccount = self.app.repository.get(account_id)
             except AggregateNotFoundError:
                 account = CreditAccount(user_id=owner, at=now)
-            result, other = run(account, now)
+            with earlier_keys(_BatchKeys(self.app.keys, ()), always=attempt > 0):
+                result, other = run(account, now)
             try:
                 self.app.save(account, other)
             except IntegrityError:
@@ -190,12 +266,12 @@ class LedgerService:
         return self._run(user_id, lambda _account, _now: None)
 
     def grant(self, user_id: str, amount: int, *, key: str, **audit: str) -> Outcome:
-        return self._run(user_id, lambda a, now: a.grant(amount, key=key, now=now, **audit))
+        return self._run(user_id, lambda a, now: a.grant(amount, key=key, now=now, **audit), key)
 
     def charge(self, user_id: str, amount: int, *, key: str, **audit: str) -> Outcome:
         policy = self.policy
         return self._run(
-            user_id, lambda a, now: a.charge(amount, key=key, now=now, policy=policy, **audit)
+            user_id, lambda a, now: a.charge(amount, key=key, now=now, policy=policy, **audit), key
         )
 
     def place_hold(
@@ -214,23 +290,26 @@ class LedgerService:
             lambda a, now: a.place_hold(
                 hold_id, amount, expires_at=expires_at, key=key, now=now, policy=policy, **audit
             ),
+            key,
         )
 
     def capture(
         self, user_id: str, hold_id: str, amount: int, *, key: str, **audit: str
     ) -> Outcome:
         return self._run(
-            user_id, lambda a, now: a.capture(hold_id, amount, key=key, now=now, **audit)
+            user_id, lambda a, now: a.capture(hold_id, amount, key=key, now=now, **audit), key
         )
 
     def release(self, user_id: str, hold_id: str, *, key: str, actor: str = "") -> Outcome:
-        return self._run(user_id, lambda a, now: a.release(hold_id, key=key, now=now, actor=actor))
+        return self._run(
+            user_id, lambda a, now: a.release(hold_id, key=key, now=now, actor=actor), key
+        )
 
     def expire_holds(self, user_id: str) -> Outcome:
         return self._run(user_id, lambda a, now: a.expire_holds(now) > 0)
 
     def debit(self, user_id: str, amount: int, *, key: str, **audit: str) -> Outcome:
-        return self._run(user_id, lambda a, now: a.debit(amount, key=key, now=now, **audit))
+        return self._run(user_id, lambda a, now: a.debit(amount, key=key, now=now, **audit), key)
 
     def set_cap(self, user_id: str, cap: int, *, actor: str, reason: str = "") -> Outcome:
         return self._run(

@@ -8,9 +8,10 @@ same run (a throwaway cluster with ``fsync=on`` and ``synchronous_commit=on``):
    group committer) -- vs raw single-row autocommit INSERTs from 32 threads/connections.
    The library's plain path (get, charge, save per command) is measured for context.
 2. ``rebuild``: what ``aiserve-gpuproxy-admin rebuild-projections`` does -- one
-   ``rebuild(db, events, ALL)`` (all projections, one pass over the log) -- in events per
-   second, vs a raw paged ``SELECT`` of the notification log; each projection alone and the
-   read path alone for context.
+   ``rebuild(db, events, ALL)`` (all projections; on PostgreSQL the set-based SQL load,
+   docs/adr/0015) -- in events per second, vs a raw paged ``SELECT`` of the notification
+   log; the Python folds (``method="python"``, one pass over the log), each projection alone
+   and the read path alone for context.
 3. ``guardrail``: time of a guard-rail check (load the account from the event store, then
    check all 17 windows) on an account with a long history vs one with a short history.
 
@@ -47,6 +48,7 @@ from domain.credits import CreditAccount, account_id_for
 from domain.guardrails import WINDOW_NAMES, GuardrailPolicy, env_name
 from domain.ports import system_clock
 from domain.services.ledger import LedgerApp, LedgerService
+from infrastructure import rebuild_sql
 from infrastructure.event_log import EventLog
 from infrastructure.eventstore import eventstore_env
 from infrastructure.projection_store import checksum, read_state
@@ -279,8 +281,11 @@ def bench_commands(cluster: Cluster, args: argparse.Namespace, quiet: Quiet) -> 
         row = conn.execute(
             "SELECT count(*), avg(length(state))::int, max(length(state)) FROM ledger_snapshots"
         ).fetchone()
-    if row:  # idempotency keys stay in the state (and every snapshot) for 72 h
+        keys = conn.execute("SELECT count(*) FROM ledger_idempotency").fetchone()
+    if row:  # the state keeps only its newest idempotency keys (ADR 0016): bounded snapshots
         out["snapshots"] = {"count": row[0], "avg_bytes": row[1], "max_bytes": row[2]}
+    if keys:  # every key of the last 72 h, in the event store's key table
+        out["idempotency_rows"] = keys[0]
     out["runs"] = runs
     raw = _sum_rate(runs["raw"])
     out["raw_ops_per_s"] = round(raw, 1)
@@ -408,21 +413,33 @@ def lean_log_read(container: Container, page: int) -> tuple[int, float]:
 
 @contextlib.contextmanager
 def timing_fill(into: list[float]) -> Iterator[None]:
-    """Time each ``infrastructure.rebuild.fill`` call (the pass over the log) into ``into``."""
-    original = rebuild_module.fill
+    """Time each ``infrastructure.rebuild.fill`` / ``fill_sql`` call (the load of the fresh
+    generation from the log) into ``into``."""
+    originals = {"fill": rebuild_module.fill, "fill_sql": rebuild_module.fill_sql}
 
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            into.append(time.perf_counter() - start)
+    def timer(original: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                into.append(time.perf_counter() - start)
 
-    rebuild_module.fill = timed
+        return timed
+
+    for name, original in originals.items():
+        setattr(rebuild_module, name, timer(original))
     try:
         yield
     finally:
-        rebuild_module.fill = original
+        for name, original in originals.items():
+            setattr(rebuild_module, name, original)
+
+
+def rebuild_checksums(db: Any) -> dict[str, tuple[str, int]]:
+    """The live generation's checksum of every projection."""
+    with db.snapshot() as tx:
+        return {p.name: checksum(tx, p, read_state(tx, p.name).generation) for p in ALL}
 
 
 def _rate(rows: int, secs: float) -> dict[str, Any]:
@@ -452,13 +469,37 @@ def bench_rebuild(cluster: Cluster, args: argparse.Namespace, quiet: Quiet) -> d
     with container_for(settings) as container, quiet.measure("rebuild", out):
         db, events = container.db, container.events
         reads: dict[str, Any] = {"raw_select_500": _rate(*raw_read(dsn, 500))}
-        # What `aiserve-gpuproxy-admin rebuild-projections` (no NAME) does: all, one pass.
+        # What `aiserve-gpuproxy-admin rebuild-projections` (no NAME) does: all projections,
+        # by the method it picks (set-based SQL on PostgreSQL without cipher/compressor).
+        out["method"] = "sql" if rebuild_sql.capable(db, events) else "python"
         fill_s: list[float] = []
+        phases: list[float] = []
+        last = [time.perf_counter()]
+
+        def phase(*_: int) -> None:
+            now = time.perf_counter()
+            phases.append(round(now - last[0], 3))
+            last[0] = now
+
         with timing_fill(fill_s):
-            reports, secs = _timed(lambda: rebuild(db, events, ALL))
+            last[0] = time.perf_counter()
+            reports, secs = _timed(lambda: rebuild(db, events, ALL, progress=phase))
         assert all(r.events == written for r in reports), reports
-        # fill = the pass over the log; the rest is DDL, the tail under locks, the switch.
-        out["rebuild_all"] = {**_rate(written, secs), "fill_s": round(sum(fill_s), 3)}
+        by_method = rebuild_checksums(db)
+        # fill = the load of the fresh generation; the rest is DDL, the tail under locks,
+        # the switch.
+        out["rebuild_all"] = {
+            **_rate(written, secs),
+            "fill_s": round(sum(fill_s), 3),
+            "phases_s": phases,  # sql: extract, each projection, indexes, python-folded ones
+        }
+        # Context: the Python folds, one pass over the log (the reference verify uses).
+        fill_s = []
+        with timing_fill(fill_s):
+            reports, secs = _timed(lambda: rebuild(db, events, ALL, method="python"))
+        assert all(r.events == written for r in reports), reports
+        out["rebuild_python"] = {**_rate(written, secs), "fill_s": round(sum(fill_s), 3)}
+        out["same_rows_as_python"] = rebuild_checksums(db) == by_method
         per: dict[str, Any] = {}
         for projection in ALL:
             (report,), secs = _timed(partial(rebuild, db, events, [projection]))
@@ -480,6 +521,7 @@ def bench_rebuild(cluster: Cluster, args: argparse.Namespace, quiet: Quiet) -> d
     out["raw_us_per_event"] = round(1e6 / raw, 2)
     out["ratio"] = round(out["rebuild_all"]["per_s"] / raw, 3)
     out["us_per_event"] = round(1e6 / out["rebuild_all"]["per_s"], 2)
+    out["python_ratio"] = round(out["rebuild_python"]["per_s"] / raw, 3)
     out["per_projection_ratio"] = {name: round(v["per_s"] / raw, 3) for name, v in per.items()}
     for variant in out.get("proposed", {}).values():
         variant["ratio"] = round(variant["per_s"] / raw, 3)
@@ -630,6 +672,26 @@ def _met(ok: bool) -> str:
     return "yes" if ok else "NO"
 
 
+def rebuild_method_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The rebuild's phases and the Python folds' rate, for context."""
+    rows: list[tuple[str, ...]] = []
+    if r["rebuild_all"].get("phases_s"):
+        phases = " ".join(f"{v:.2f}" for v in r["rebuild_all"]["phases_s"])
+        rows.append(("  phases s (sql: extract, each, indexes, others)", phases, "", "", "", ""))
+    if "rebuild_python" in r:
+        rows.append(
+            (
+                "  context: Python folds, one pass (method=python)",
+                f"{r['rebuild_python']['per_s']:,}",
+                f"{r['raw_best_per_s']:,}",
+                f"{r['python_ratio']:.2f}",
+                "same rows" if r.get("same_rows_as_python") else "ROWS DIFFER",
+                "",
+            )
+        )
+    return rows
+
+
 def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     c = results.get("commands")
@@ -697,8 +759,8 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
         raw = r["raw_best_per_s"]
         rows.append(
             (
-                f"rebuild-projections events/s, all {len(r['projections'])}, one pass, "
-                f"{r['events']:,} events",
+                f"rebuild-projections events/s, all {len(r['projections'])}, "
+                f"{r.get('method', 'python')}, {r['events']:,} events",
                 f"{r['rebuild_all']['per_s']:,}",
                 f"{raw:,}",
                 f"{r['ratio']:.2f}",
@@ -710,7 +772,7 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
         if fill_s:
             rows.append(
                 (
-                    "  of which the pass over the log (fill)",
+                    "  of which the load of the new generation (fill)",
                     f"{r['events'] / fill_s:,.0f}",
                     f"{raw:,}",
                     f"{r['events'] / fill_s / raw:.2f}",
@@ -728,6 +790,7 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
                 "",
             )
         )
+        rows += rebuild_method_rows(r)
         for name, v in r["rebuild_alone"].items():
             rows.append(
                 (
