@@ -21,6 +21,8 @@ from infrastructure.sql import Database
 
 log = logging.getLogger(__name__)
 SCAN_CHUNK = 5_000  # blocks per pass
+OPEN_STATES = frozenset({"initiated", "pending"})
+LATE_MATCH_WINDOW = 7 * 24 * 3600.0  # seconds: an expired request still takes a late payment
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ class PaymentJobs:
         payment_id = self._claim(watch, transfer, ref)
         if not payment_id:
             log.warning(
-                "crypto transfer %s from %s matches no payment request", ref, transfer.sender
+                "crypto transfer %s from %s is credited to no payment", ref, transfer.sender
             )
             return 0
         kind, _ = self.payments.record_transfer(
@@ -156,14 +158,7 @@ class PaymentJobs:
             row = tx.fetchone("SELECT payment_id FROM crypto_transfers WHERE ref = ?", (ref,))
             if row is not None:
                 return str(row[0])
-            candidates = [
-                r
-                for r in self.queries.crypto_for_wallet(transfer.sender)
-                if r.method.split()[1:2] == [watch.network]
-            ]
-            open_rows = [r for r in candidates if r.state in {"initiated", "pending"}]
-            chosen = (open_rows or candidates[::-1])[:1]
-            payment_id = chosen[0].payment_id if chosen else ""
+            payment_id, kind = self._match(watch, transfer)
             tx.execute(
                 "INSERT INTO crypto_transfers "
                 "(ref, network, sender, amount, block, payment_id, kind, seen_at) "
@@ -175,11 +170,41 @@ class PaymentJobs:
                     transfer.amount,
                     transfer.block_number,
                     payment_id,
-                    "claimed" if payment_id else "unmatched",
+                    kind,
                     int(self._now() * 1e6),
                 ),
             )
         return payment_id
+
+    def _match(self, watch: CryptoWatch, transfer: TokenTransfer) -> tuple[str, str]:
+        """The payment a transfer pays: (payment id, "claimed"), or ("", why not).
+
+        A transfer names only its sending wallet, and anyone can name any wallet in a payment
+        request. So it is credited only when every recent request from that wallet (open, or
+        made within ``LATE_MATCH_WINDOW``, as late payments are matched) is one user's: the
+        oldest open one, else the newest. Requests from several users: "ambiguous", credited
+        to no one and logged for an admin (a refund or a grant by hand).
+        """
+        recent_since = (self._now() - LATE_MATCH_WINDOW) * 1e6
+        candidates = [
+            r
+            for r in self.queries.crypto_for_wallet(transfer.sender)
+            if r.method.split()[1:2] == [watch.network]
+            and (r.state in OPEN_STATES or r.created_at >= recent_since)
+        ]
+        if len({r.owner for r in candidates}) > 1:
+            log.warning(
+                "crypto transfer %s:%s from %s: recent requests from %d users name this wallet; "
+                "not credited, needs an admin",
+                transfer.tx_hash,
+                transfer.log_index,
+                transfer.sender,
+                len({r.owner for r in candidates}),
+            )
+            return "", "ambiguous"
+        open_rows = [r for r in candidates if r.state in OPEN_STATES]
+        chosen = (open_rows or candidates[::-1])[:1]
+        return (chosen[0].payment_id, "claimed") if chosen else ("", "unmatched")
 
     def _last_block(self, watch: CryptoWatch) -> int | None:
         with self.db.read() as tx:

@@ -451,6 +451,37 @@ def test_crypto_expiry_and_late_payment(shop: Shop, clock: FixedClock) -> None:
     assert shop.balance() == 10 * USD
 
 
+def test_crypto_from_a_wallet_two_users_named_is_credited_to_no_one(shop: Shop) -> None:
+    """Anyone can name any wallet: a transfer it sends pays a request only when every recent
+    request naming that wallet is one user's (else it waits for an admin)."""
+    _scan(shop)
+    own = _crypto(shop, "10", "mine")
+    other = _login(shop.client, "mallory@example.com")
+    claim = shop.client.post(
+        "/api/v1/billing/payment",
+        json={"amount": "10", "currency": "USD"},
+        headers={
+            **other,
+            "X-Billing": "Crypto",
+            "X-Preferred-Payment": f"crypto:ethereum:{WALLET}",
+            "Idempotency-Key": "theirs",
+        },
+    )
+    assert claim.status_code == 201, claim.text
+    shop.chain.transfer(TOKEN, WALLET, RECEIVER, 10 * USD)
+    _scan(shop)
+    assert shop.c.payments.get(UUID(own["id"])).state == "pending"
+    assert shop.c.payments.get(UUID(claim.json()["id"])).state == "pending"
+    assert shop.balance() == 0
+    mallory = shop.c.users.by_email("mallory@example.com").id
+    assert shop.c.ledger.account(mallory).balance == 0
+    with shop.c.db.read() as tx:
+        kinds = [r[0] for r in tx.fetchall("SELECT kind, payment_id FROM crypto_transfers")]
+    assert kinds == ["ambiguous"]
+    _scan(shop)  # a rescan keeps it unapplied
+    assert shop.balance() == 0
+
+
 def test_afterdark_payment(settings: Settings, clock: FixedClock) -> None:
     with running_afterdark() as afterdark:
         tuned = dataclasses.replace(
