@@ -48,7 +48,7 @@ import httpx
 import numpy as np
 
 from tests.bench.harness import Quiet, closed_loop, loadavg, machine_facts
-from tests.integration.test_models_support import add_user, dense_onnx
+from tests.integration.test_models_support import add_user, dense_onnx, stored_dense
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -250,32 +250,13 @@ def direct(content: bytes, seconds: float, pool: bool) -> dict[str, Any]:
 def engine_load(content: bytes, seconds: float, batching: bool, clients: int) -> dict[str, Any]:
     """``OnnxEngine`` in this process, ``clients`` concurrent callers, no HTTP: what batching
     gains where inference, not the web stack, is the work."""
-    import hashlib
-    from datetime import UTC, datetime
-
-    from domain.models import ModelRecord, Signature, TensorSpec
     from infrastructure.models.batching import BatchConfig
     from infrastructure.models.engine import OnnxEngine
     from infrastructure.models.storage import LocalStorage
 
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
         storage = LocalStorage(Path(tmp))
-        (Path(tmp) / "models").mkdir()
-        (Path(tmp) / "models" / "m.onnx").write_bytes(content)
-        record = ModelRecord(
-            "bench",
-            "bench",
-            "dense",
-            "onnx",
-            "dense.onnx",
-            len(content),
-            len(content),
-            "models/m.onnx",
-            "local",
-            hashlib.sha256(content).hexdigest(),
-            Signature((TensorSpec("x", "FP32", (-1, 4)),), (TensorSpec("y", "FP32", (-1, 3)),)),
-            datetime.now(UTC),
-        )
+        record = stored_dense(Path(tmp), "bench", content)
 
         async def run() -> dict[str, Any]:
             engine = OnnxEngine(

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import os
 import pickle
 import warnings
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import pytest
 from litestar.testing import TestClient
 from onnx import TensorProto, helper
 
+from domain.models import ModelRecord, Signature, TensorSpec
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, bootstrap
 from interfaces.http.app import create_app
@@ -233,3 +236,25 @@ def files_under(folder: Path) -> list[str]:
     if not folder.exists():
         return []
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def stored_dense(folder: Path, model_id: str = "m1", content: bytes | None = None) -> ModelRecord:
+    """``dense_onnx()`` (or ``content``) stored under ``folder`` (a ``LocalStorage`` root) and
+    its record."""
+    content = content if content is not None else dense_onnx()[0]
+    (folder / "models").mkdir(exist_ok=True)
+    (folder / "models" / f"{model_id}.onnx").write_bytes(content)
+    return ModelRecord(
+        model_id,
+        "owner",
+        "dense",
+        "onnx",
+        "dense.onnx",
+        len(content),
+        len(content),
+        f"models/{model_id}.onnx",
+        "local",
+        hashlib.sha256(content).hexdigest(),
+        Signature((TensorSpec("x", "FP32", (-1, 4)),), (TensorSpec("y", "FP32", (-1, 3)),)),
+        datetime.now(UTC),
+    )

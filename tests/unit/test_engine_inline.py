@@ -3,41 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from domain.models import ModelRecord, Signature, TensorSpec
 from infrastructure.models import engine as engine_module
 from infrastructure.models.engine import INLINE_AFTER, OnnxEngine
 from infrastructure.models.storage import LocalStorage
-from tests.integration.test_models_support import dense_onnx
+from tests.integration.test_models_support import stored_dense
 
 ROW = [0.5, -1.0, 2.0, 0.25]
-
-
-def _record(tmp_path: Path) -> ModelRecord:
-    content, _ = dense_onnx()
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "m.onnx").write_bytes(content)
-    return ModelRecord(
-        "m1",
-        "owner",
-        "dense",
-        "onnx",
-        "dense.onnx",
-        len(content),
-        len(content),
-        "models/m.onnx",
-        "local",
-        hashlib.sha256(content).hexdigest(),
-        Signature((TensorSpec("x", "FP32", (-1, 4)),), (TensorSpec("y", "FP32", (-1, 3)),)),
-        datetime.now(UTC),
-    )
 
 
 def test_cheap_runs_go_inline_after_measurement(
@@ -45,7 +22,7 @@ def test_cheap_runs_go_inline_after_measurement(
 ) -> None:
     # how fast this machine is right now does not matter here: a budget no run exceeds
     monkeypatch.setattr(engine_module, "INLINE_BUDGET_S", 1.0)
-    record = _record(tmp_path)
+    record = stored_dense(tmp_path)
     threads: list[str] = []
 
     async def scenario() -> None:
@@ -78,7 +55,7 @@ def test_cheap_runs_go_inline_after_measurement(
 
 
 def test_a_slow_or_gpu_session_never_runs_inline(tmp_path: Path) -> None:
-    record = _record(tmp_path)
+    record = stored_dense(tmp_path)
 
     async def scenario() -> None:
         engine = OnnxEngine(LocalStorage(tmp_path), cache_bytes=1 << 30)
