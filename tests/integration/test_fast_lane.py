@@ -205,3 +205,28 @@ def test_metrics_use_the_same_route_names(doors: Doors) -> None:
         ("GET", "/api/v1/gpu/proxy/pool"): 2.0,
         ("GET", "/api/v1/gpu/proxy/pool/{path}"): 2.0,
     }
+
+
+def test_cors_requests_get_cors_headers_on_the_hot_routes(settings: Settings) -> None:
+    """With CORS configured, a request carrying an Origin goes through Litestar's CORS layer."""
+    origin = "https://app.example.com"
+    tuned = dataclasses.replace(settings, jwt_secret=JWT_SECRET, cors_origins=(origin,))
+    with test_client(tuned) as client:
+        email, password = "cors@example.com", "correct-horse-battery"
+        client.post(
+            "/api/v1/auth/register", json={"email": email, "password": password, "name": "C"}
+        )
+        login = client.post("/api/v1/auth/login", json={"email": email, "password": password})
+        auth = {"Authorization": f"Bearer {login.json()['tokens']['access_token']}"}
+        cross = client.get("/api/v1/billing/credits", headers={**auth, "Origin": origin})
+        plain = client.get("/api/v1/billing/credits", headers=auth)
+        preflight = client.options(
+            "/api/v1/gpu/proxy/pool/v1/infer",
+            headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+        )
+    assert cross.status_code == 200
+    assert cross.headers["access-control-allow-origin"] == origin
+    assert plain.status_code == 200
+    assert cross.json() == plain.json()
+    assert preflight.status_code in {200, 204}
+    assert preflight.headers["access-control-allow-origin"] == origin
