@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar
@@ -33,6 +35,17 @@ if TYPE_CHECKING:
     from interfaces.bootstrap import Container
 
 VERSION = "0.1.0"
+SHUTDOWN_STEP_SECONDS = 20.0
+log = logging.getLogger(__name__)
+
+
+async def _bounded(name: str, step: Awaitable[Any]) -> None:
+    """One shutdown step, given at most ``SHUTDOWN_STEP_SECONDS``: a stuck one must not keep
+    the process from stopping (what it leaves is recovered as after a crash)."""
+    try:
+        await asyncio.wait_for(step, SHUTDOWN_STEP_SECONDS)
+    except TimeoutError:
+        log.error("shutdown: %s took over %.0f s; going on", name, SHUTDOWN_STEP_SECONDS)
 
 
 def create_app(
@@ -99,19 +112,22 @@ def create_app(
     async def stop_jobs() -> None:
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await streams.aclose()
-        await runtime.aclose()
-        await container.aclose_providers()
+        await _bounded("background jobs", asyncio.gather(*tasks, return_exceptions=True))
+        await _bounded("streams", streams.aclose())
+        await _bounded("proxy runtime", runtime.aclose())  # unsettled leases expire on their own
+        await _bounded("providers", container.aclose_providers())
 
     models = container.model_service()  # cheap: sessions load on first use
 
     async def start_models() -> None:
         models.start()
 
+    async def stop_models() -> None:
+        await _bounded("model service", models.aclose())
+
     app = Litestar(
         on_startup=[start_jobs, start_models],
-        on_shutdown=[stop_jobs, models.aclose],
+        on_shutdown=[stop_jobs, stop_models],
         route_handlers=[
             *health.handlers,
             auth.router,
