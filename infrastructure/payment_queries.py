@@ -43,6 +43,20 @@ class PaymentRow:
 
 
 @dataclass(frozen=True)
+class CryptoTransfer:
+    """A token transfer the scanner saw, and what it did with it (``kind``)."""
+
+    ref: str  # tx hash:log index
+    network: str
+    sender: str
+    amount: int
+    block: int
+    payment_id: str  # "" when credited to no payment
+    kind: str  # claimed/exact/under/over/late/extra/duplicate, or ambiguous/unmatched
+    seen_at: int
+
+
+@dataclass(frozen=True)
 class AutoRenewDue:
     account_id: str
     version: int
@@ -88,6 +102,31 @@ class PaymentQueries:
         return self._rows(
             "processor = 'crypto' AND wallet = ?", (wallet.lower(),), "ORDER BY created_at"
         )
+
+    def crypto_transfers(
+        self, *, unclaimed: bool = False, limit: int = 200
+    ) -> list[CryptoTransfer]:
+        """Transfers the scanner saw, newest first; ``unclaimed``: those credited to no one."""
+        where = "WHERE kind IN ('ambiguous', 'unmatched')" if unclaimed else ""
+        with self.db.read() as tx:
+            rows = tx.fetchall(
+                "SELECT ref, network, sender, amount, block, payment_id, kind, seen_at "
+                f"FROM crypto_transfers {where} ORDER BY seen_at DESC, ref LIMIT ?",
+                (limit,),
+            )
+        return [
+            CryptoTransfer(
+                str(r[0]),
+                str(r[1]),
+                str(r[2]),
+                int(r[3]),
+                int(r[4]),
+                str(r[5]),
+                str(r[6]),
+                int(r[7]),
+            )
+            for r in rows
+        ]
 
     def auto_renew_due(self, *, since: int, limit: int = 100) -> list[AutoRenewDue]:
         """Auto-renew triggers since ``since`` (µs) that have no payment yet."""

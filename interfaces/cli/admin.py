@@ -300,6 +300,44 @@ def cmd_statement(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_crypto_transfers(args: argparse.Namespace) -> int:
+    c = _container(args)
+    try:
+        transfers = c.payment_queries.crypto_transfers(unclaimed=args.unclaimed, limit=args.limit)
+    finally:
+        c.close()
+    rows = [
+        {
+            "ref": t.ref,
+            "network": t.network,
+            "sender": t.sender,
+            "amount": usd(t.amount),
+            "block": t.block,
+            "payment_id": t.payment_id or None,
+            "kind": t.kind,
+            "seen_at": datetime.fromtimestamp(t.seen_at / 1e6, UTC).isoformat(timespec="seconds"),
+        }
+        for t in transfers
+    ]
+    if args.json:
+        print_json(rows)
+        return 0
+    title = "crypto transfers credited to no one" if args.unclaimed else "crypto transfers"
+    table = Table("seen", "network", "sender", "USD", "kind", "payment", "ref", title=title)
+    for r in rows:
+        table.add_row(
+            str(r["seen_at"]),
+            str(r["network"]),
+            str(r["sender"]),
+            str(r["amount"]),
+            str(r["kind"]),
+            str(r["payment_id"] or "-"),
+            str(r["ref"]),
+        )
+    console.print(table)
+    return 0
+
+
 def _print_windows(spent: dict[str, int], limits: dict[str, int]) -> None:
     table = Table("window", "spent USD", "limit USD", "remaining USD")
     for name in WINDOW_NAMES:
@@ -643,9 +681,23 @@ def _ledger_commands(add: Add) -> None:
         help="how to rebuild for the comparison (default: the Python folds, the reference)",
     )
     add("stats", cmd_stats, "ledger statistics", json=True)
+    p = add(
+        "crypto-transfers",
+        cmd_crypto_transfers,
+        "token transfers the crypto scanner saw (--unclaimed: credited to no one)",
+        json=True,
+    )
+    p.add_argument("--unclaimed", action="store_true", help="only ambiguous/unmatched ones")
+    p.add_argument("--limit", type=_count, default=200, help="newest N (default 200)")
     p = add("statement", cmd_statement, "a user's monthly statement from events", json=True)
     p.add_argument("email")
     p.add_argument("--month", required=True, type=_month, help="YYYY-MM")
+
+
+def _count(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 100_000:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a count from 1 to 100000")
+    return int(value)
 
 
 def _month(value: str) -> str:

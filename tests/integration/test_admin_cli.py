@@ -19,29 +19,16 @@ from infrastructure.settings import Settings, load_settings
 from interfaces.bootstrap import bootstrap, open_database
 from interfaces.cli.admin import main
 from tests.conftest import FixedClock
-from tests.support.pg import Cluster
+from tests.support.pg import Cluster, env_of
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _env_of(settings: Settings) -> dict[str, str]:
-    if settings.db_type == "sqlite":
-        return {"DB_TYPE": "sqlite", "DATA_DIR": str(settings.data_dir)}
-    return {
-        "DB_TYPE": "postgres",
-        "DB_HOST": settings.db_host,
-        "DB_PORT": str(settings.db_port),
-        "DB_USER": settings.db_user,
-        "DB_NAME": settings.db_name,
-        "DB_PASSWORD": "",
-    }
 
 
 @pytest.fixture
 def admin(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Callable[..., int]:
-    for key, value in _env_of(settings).items():
+    for key, value in env_of(settings).items():
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)  # no stray .env
 

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -17,12 +18,14 @@ from litestar.testing import TestClient
 from domain.services.payments import PaymentRequest
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, bootstrap
+from interfaces.cli.admin import main as admin_main
 from interfaces.http.app import create_app
 from tests.conftest import FixedClock
 from tests.fakes.afterdark_server import running_afterdark
 from tests.fakes.eth_rpc_server import FakeChain, running_chain
 from tests.fakes.stripe_server import FakeStripe, running_stripe
 from tests.support.http import JWT_SECRET
+from tests.support.pg import env_of
 
 USD = 1_000_000
 PASSWORD = "correct-horse-battery"
@@ -451,7 +454,13 @@ def test_crypto_expiry_and_late_payment(shop: Shop, clock: FixedClock) -> None:
     assert shop.balance() == 10 * USD
 
 
-def test_crypto_from_a_wallet_two_users_named_is_credited_to_no_one(shop: Shop) -> None:
+def test_crypto_from_a_wallet_two_users_named_is_credited_to_no_one(
+    shop: Shop,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """Anyone can name any wallet: a transfer it sends pays a request only when every recent
     request naming that wallet is one user's (else it waits for an admin)."""
     _scan(shop)
@@ -480,6 +489,21 @@ def test_crypto_from_a_wallet_two_users_named_is_credited_to_no_one(shop: Shop) 
     assert kinds == ["ambiguous"]
     _scan(shop)  # a rescan keeps it unapplied
     assert shop.balance() == 0
+    # the operator finds it
+    for key, value in env_of(settings).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert admin_main(["crypto-transfers", "--unclaimed", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["kind"], row["sender"], row["amount"], row["payment_id"]) == (
+        "ambiguous",
+        WALLET.lower(),
+        "10.00",
+        None,
+    )
+    assert admin_main(["crypto-transfers"]) == 0
+    assert "ambiguous" in capsys.readouterr().out
 
 
 def test_afterdark_payment(settings: Settings, clock: FixedClock) -> None:

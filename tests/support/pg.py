@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from infrastructure.settings import Settings
+
 
 def find_bin(name: str) -> str | None:
     found = shutil.which(name)
@@ -122,3 +124,17 @@ def running_cluster(*, durable: bool = False) -> Iterator[Cluster]:
             capture_output=True,
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+def env_of(settings: Settings) -> dict[str, str]:
+    """The environment a separate command (the admin CLI) needs to reach ``settings``' database."""
+    if settings.db_type == "sqlite":
+        return {"DB_TYPE": "sqlite", "DATA_DIR": str(settings.data_dir)}
+    return {
+        "DB_TYPE": "postgres",
+        "DB_HOST": settings.db_host,
+        "DB_PORT": str(settings.db_port),
+        "DB_USER": settings.db_user,
+        "DB_NAME": settings.db_name,
+        "DB_PASSWORD": "",
+    }
