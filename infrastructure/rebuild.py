@@ -34,7 +34,7 @@ from infrastructure.rebuild_sql import (
     SqlTarget,
     bounds,
     capable,
-    load,
+    load_all,
     patterns_for,
     read_matching,
     translated,
@@ -103,8 +103,11 @@ def fill_sql(
 ) -> tuple[int, int]:
     """What ``fill`` does from position 0 into empty tables, set-based on PostgreSQL.
 
-    The ledger projections are loaded by the server in one transaction; the others are
-    folded in Python from the events they can fold, read with a server-side filter. Stops
+    The ledger projections are loaded by the server (extracted once into a scratch table,
+    then loaded on two connections at once, one transaction per projection: like ``fill``,
+    the fresh tables are committed before the caller switches to them, and only if this
+    returns); the others are folded in Python from the events they can fold, read with a
+    server-side filter. Stops
     at the head as it is now (or at the targets' stops). Returns (last position, events).
     """
     stops = [t.stop for t in targets]
@@ -122,16 +125,15 @@ def fill_sql(
             progress(position * done // phases, position, count * done // phases)
 
     if by_sql:
-        with db.transaction() as tx:
-            load(
-                tx,
-                events,
-                [
-                    SqlTarget(t.projection, t.suffix, position if t.stop is None else t.stop)
-                    for t in by_sql
-                ],
-                progress=phase,
-            )
+        load_all(
+            db,
+            events,
+            [
+                SqlTarget(t.projection, t.suffix, position if t.stop is None else t.stop)
+                for t in by_sql
+            ],
+            progress=phase,
+        )
     if by_python:
         patterns = patterns_for([t.projection for t in by_python])
         last = max(position if t.stop is None else min(t.stop, position) for t in by_python)

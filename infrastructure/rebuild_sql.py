@@ -5,10 +5,14 @@ docs/performance.md); decoding alone is over the budget of a rebuild near the ra
 Here the server does the per-event work where the rows are:
 
 1. one statement extracts, from every ``CreditAccount`` event up to the stop position, the
-   columns the four ledger projections need into a temporary table (the JSON is parsed once,
-   by PostgreSQL; business time becomes epoch microseconds as ``to_micros`` computes it);
+   columns the four ledger projections need into an unlogged scratch table (the JSON is
+   parsed once, by PostgreSQL, with its parallel workers; business time becomes epoch
+   microseconds as ``to_micros`` computes it), committed, and dropped after the loads;
 2. one ``INSERT … SELECT`` per table groups those rows per key into the fresh (green)
-   generation, whose indexes are dropped for the load and built afterwards.
+   generation, whose indexes are dropped for the load and built afterwards. The projections
+   are loaded on ``CONNECTIONS`` connections at once (the loads are CPU-bound in the
+   server), each group in its own transaction; the green tables are switched to only after
+   every load succeeded (``infrastructure.rebuild``), as with the Python fill.
 
 The SQL is a translation of ``projections/ledger.py``, whose folds stay the reference:
 ``verify`` rebuilds with them, and tests compare both row for row. The semantics of
@@ -21,10 +25,11 @@ only the events they can fold (``PATTERNS``, filtered by the server).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from infrastructure.event_log import EventLog
 from infrastructure.projection_store import physical
@@ -61,7 +66,7 @@ PATTERNS: dict[str, tuple[str, ...]] = {
 _RARE = ("Opened", "CapSet", "AutoRenewConfigured", "LimitsSet", "WindowsReset")
 _SPEND = tuple(name.removeprefix(ACCOUNT) for name in sorted(SPEND_EVENTS))
 _MONEY = {name.removeprefix(ACCOUNT): kind for name, kind in TRANSACTION_KINDS.items()}
-_EXTRACT = "rebuild_extract"
+_EXTRACT = "rebuild_extract_"  # + a unique suffix per load
 MICROS_PER_MINUTE = 60_000_000
 MICROS_PER_DAY = 86_400_000_000
 
@@ -207,22 +212,24 @@ def _in(values: Sequence[str]) -> str:
     return "(" + ", ".join(f"'{v}'" for v in values) + ")"
 
 
-def _extract_sql(table: str, start: int, stop: int) -> str:
+def _extract_sql(table: str, start: int, stop: int, name: str) -> str:
     """Every account event in ``(start, stop]`` as one row of the columns the folds read.
 
     ``at`` is ``to_micros(data.get("at", data.get("timestamp")))``: an integer as it is, else
     ``int(moment.timestamp()) * 1_000_000 + moment.microsecond`` of the ISO time. The JSON
     (and the time) is parsed once per event: the single-row ``unnest`` keeps the planner from
-    copying the expression into each use.
+    copying the expression into each use (``at`` itself is only a key lookup: repeating it
+    is cheaper than one more lateral row). Not sorted: the loads group (and sort) anyway.
     """
+    at = "coalesce(j->'at', j->'timestamp')"
     return f"""
-        CREATE TEMP TABLE {_EXTRACT} ON COMMIT DROP AS
+        CREATE UNLOGGED TABLE {name} AS
         SELECT e.notification_id AS position,
                e.originator_id AS account,
                e.originator_version AS version,
                e.kind,
                (j->>'amount')::bigint AS amount,
-               CASE WHEN ts IS NULL THEN a::bigint
+               CASE WHEN ts IS NULL THEN ({at})::bigint
                     ELSE trunc(date_part('epoch', ts))::bigint * 1000000
                          + date_part('microseconds', ts)::bigint % 1000000 END AS at,
                {_text("hold_id")}, {_text("reason")}, {_text("reference")}, {_text("actor")},
@@ -233,21 +240,19 @@ def _extract_sql(table: str, start: int, stop: int) -> str:
               WHERE notification_id > {start} AND notification_id <= {stop}
                 AND starts_with(split_part(topic, ':', -1), '{ACCOUNT}')) e
         CROSS JOIN LATERAL unnest(ARRAY[convert_from(e.state, 'UTF8')::jsonb]) p(j)
-        CROSS JOIN LATERAL unnest(ARRAY[coalesce(j->'at', j->'timestamp')]) q(a)
         CROSS JOIN LATERAL unnest(ARRAY[
-            CASE WHEN jsonb_typeof(a) <> 'number'
-                 THEN coalesce(a->>'_data_', a #>> '{{}}')::timestamptz END]) r(ts)
-        ORDER BY e.originator_id, e.notification_id
+            CASE WHEN jsonb_typeof({at}) <> 'number'
+                 THEN coalesce({at}->>'_data_', {at} #>> '{{}}')::timestamptz END]) r(ts)
     """
 
 
-def _balances(suffix: int | str, stop: int) -> list[str]:
+def _balances(suffix: int | str, stop: int, source: str) -> list[str]:
     target = physical("balances", suffix)
     return [
         f"""
         WITH per_kind AS (
             SELECT account, kind, sum(amount) AS amount, max(position) AS last
-            FROM {_EXTRACT} WHERE position <= {stop} GROUP BY account, kind
+            FROM {source} WHERE position <= {stop} GROUP BY account, kind
         ), per_account AS (
             SELECT account,
                    coalesce(sum(amount) FILTER (WHERE kind = 'Granted'), 0) AS granted,
@@ -263,10 +268,10 @@ def _balances(suffix: int | str, stop: int) -> list[str]:
                    max(last) FILTER (WHERE kind = 'AutoRenewConfigured') AS renew
             FROM per_kind GROUP BY account
         ), rare AS MATERIALIZED (
-            SELECT position, extra FROM {_EXTRACT}
+            SELECT position, extra FROM {source}
             WHERE extra IS NOT NULL AND position <= {stop}
         ), latest AS MATERIALIZED (
-            SELECT x.position, x.version, x.at FROM {_EXTRACT} x
+            SELECT x.position, x.version, x.at FROM {source} x
             WHERE x.position IN (SELECT last FROM per_account)
         )
         INSERT INTO {target} (account_id, user_id, balance, held, total_granted,
@@ -296,7 +301,7 @@ def _balances(suffix: int | str, stop: int) -> list[str]:
     ]
 
 
-def _transactions(suffix: int | str, stop: int) -> list[str]:
+def _transactions(suffix: int | str, stop: int, source: str) -> list[str]:
     target = physical("transactions", suffix)
     kind = " ".join(f"WHEN '{name}' THEN '{label}'" for name, label in _MONEY.items())
     return [
@@ -305,19 +310,19 @@ def _transactions(suffix: int | str, stop: int) -> list[str]:
             reference, actor, at)
         SELECT position, account::text, version, CASE kind {kind} END, coalesce(amount, 0),
                hold_id, reason, reference, actor, at
-        FROM {_EXTRACT} x WHERE kind IN {_in(tuple(_MONEY))} AND position <= {stop}
+        FROM {source} x WHERE kind IN {_in(tuple(_MONEY))} AND position <= {stop}
         """
     ]
 
 
-def _spending(suffix: int | str, stop: int) -> list[str]:
+def _spending(suffix: int | str, stop: int, source: str) -> list[str]:
     minute = _floordiv("at", MICROS_PER_MINUTE)
     return [
         f"""
         INSERT INTO {physical("spending_buckets", suffix)} (account_id, minute, amount)
         SELECT account::text, minute, amount FROM (
             SELECT account, {minute} AS minute, sum(amount) AS amount
-            FROM {_EXTRACT} WHERE kind IN {_in(_SPEND)} AND position <= {stop}
+            FROM {source} WHERE kind IN {_in(_SPEND)} AND position <= {stop}
             GROUP BY 1, 2
         ) g
         ORDER BY g.account, g.minute
@@ -327,7 +332,7 @@ def _spending(suffix: int | str, stop: int) -> list[str]:
             amount)
         SELECT DISTINCT ON (account, w.name) account::text, w.name,
                (extra->>'minute')::bigint, (extra->>'bucket_amount')::bigint
-        FROM {_EXTRACT} CROSS JOIN LATERAL jsonb_array_elements_text(extra->'windows') w(name)
+        FROM {source} CROSS JOIN LATERAL jsonb_array_elements_text(extra->'windows') w(name)
         WHERE kind = 'WindowsReset' AND position <= {stop}
         ORDER BY account, w.name, position DESC
         """,
@@ -336,14 +341,14 @@ def _spending(suffix: int | str, stop: int) -> list[str]:
         SELECT DISTINCT ON (account, c.key) account::text, c.key,
                CASE jsonb_typeof(c.value) WHEN 'null' THEN -1
                     ELSE (c.value #>> '{{}}')::bigint END
-        FROM {_EXTRACT} CROSS JOIN LATERAL jsonb_each(extra->'changes') c
+        FROM {source} CROSS JOIN LATERAL jsonb_each(extra->'changes') c
         WHERE kind = 'LimitsSet' AND position <= {stop}
         ORDER BY account, c.key, position DESC
         """,
     ]
 
 
-def _usage(suffix: int | str, stop: int) -> list[str]:
+def _usage(suffix: int | str, stop: int, source: str) -> list[str]:
     day = _floordiv("at", MICROS_PER_DAY)
     spend = f"kind IN {_in(_SPEND)}"
     return [
@@ -358,7 +363,7 @@ def _usage(suffix: int | str, stop: int) -> list[str]:
                    count(*) FILTER (WHERE {spend}) AS spend_count,
                    coalesce(sum(amount) FILTER (WHERE kind = 'Granted'), 0) AS granted,
                    coalesce(sum(amount) FILTER (WHERE kind = 'Debited'), 0) AS debited
-            FROM {_EXTRACT}
+            FROM {source}
             WHERE kind IN {_in((*_SPEND, "Granted", "Debited"))} AND position <= {stop}
             GROUP BY 1, 2
         ) g
@@ -413,23 +418,14 @@ def _without_indexes(tx: Tx, tables: Sequence[str]) -> Iterator[None]:
             tx.execute(index.definition)
 
 
-def load(
-    tx: Tx,
-    events: EventLog,
-    targets: Sequence[SqlTarget],
-    *,
-    start: int = 0,
-    progress: Callable[[str], None] | None = None,
-) -> int:
-    """Fill the (empty) tables of ``targets`` from the account events in ``(start, stop]``.
+#: Relative cost of each projection's load and index builds (measured, 200,000 events), to
+#: spread the loads over the connections.
+_WEIGHT = {"spending": 6, "transactions": 5, "usage": 3, "balances": 1}
+#: Connections that load at once (the server's cores; the loads are CPU-bound).
+CONNECTIONS = 2
 
-    Runs in ``tx``; returns the number of account events extracted.
-    """
-    if not targets:
-        return 0
-    for target in targets:
-        if not translated(target.projection):
-            raise ValueError(f"{target.projection.name}: no SQL translation")
+
+def _session(tx: Tx) -> None:
     tx.execute("SET LOCAL work_mem = '256MB'")
     tx.execute("SET LOCAL maintenance_work_mem = '512MB'")
     tx.execute("SET LOCAL TimeZone = 'UTC'")
@@ -437,24 +433,95 @@ def load(
     # is cheaper, and its cost estimates switch on JIT compilation (~1 s, for nothing).
     tx.execute("SET LOCAL jit = off")
     tx.execute("SET LOCAL enable_sort = off")
-    stop = max(t.stop for t in targets)
-    # The extract is the per-event work: let the server's parallel workers share it (within
-    # its own max_parallel_workers_per_gather) even though the planner cannot count the rows.
-    tx.execute("SET LOCAL parallel_setup_cost = 0")
-    tx.execute("SET LOCAL parallel_tuple_cost = 0.001")
-    extracted = tx.execute(_extract_sql(_table(events), start, stop))
-    tx.execute("SET LOCAL parallel_setup_cost TO DEFAULT")
-    tx.execute("SET LOCAL parallel_tuple_cost TO DEFAULT")
-    if progress is not None:
-        progress("extract")
+
+
+def extract(db: Database, events: EventLog, stop: int, *, start: int = 0) -> tuple[str, int]:
+    """Extract the account events in ``(start, stop]`` into a new scratch table (unlogged,
+    committed, so that several connections can load from it); returns (its name, rows).
+
+    The caller drops it (``drop_extract``).
+    """
+    name = _EXTRACT + uuid4().hex
+    with db.transaction() as tx:
+        _session(tx)
+        # The extract is the per-event work: let the server's parallel workers share it
+        # (within its own max_parallel_workers_per_gather) even though the planner cannot
+        # count the rows.
+        tx.execute("SET LOCAL parallel_setup_cost = 0")
+        tx.execute("SET LOCAL parallel_tuple_cost = 0.001")
+        count = tx.execute(_extract_sql(_table(events), start, stop, name))
+    return name, count
+
+
+def drop_extract(db: Database, name: str) -> None:
+    with db.transaction() as tx:
+        tx.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def load(tx: Tx, source: str, targets: Sequence[SqlTarget]) -> None:
+    """Fill the (empty) tables of ``targets`` from the extract ``source``, in ``tx``."""
+    _session(tx)
     tables = [physical(t, target.suffix) for target in targets for t in target.projection.tables]
     with _without_indexes(tx, tables):
         for target in targets:
-            for statement in _STATEMENTS[target.projection.name](target.suffix, target.stop):
+            statements = _STATEMENTS[target.projection.name]
+            for statement in statements(target.suffix, target.stop, source):
                 tx.execute(statement)
-            if progress is not None:
-                progress(target.projection.name)
-    if progress is not None:
-        progress("indexes")
-    tx.execute(f"DROP TABLE {_EXTRACT}")
+
+
+def load_all(
+    db: Database,
+    events: EventLog,
+    targets: Sequence[SqlTarget],
+    *,
+    start: int = 0,
+    progress: Callable[[str], None] | None = None,
+    connections: int = CONNECTIONS,
+) -> int:
+    """Fill the (empty) tables of ``targets`` from the account events in ``(start, stop]``.
+
+    One transaction extracts the events into a scratch table; then ``connections``
+    connections load the tables from it at once, one transaction per projection (its tables
+    and their indexes), the heaviest first. Each commits on its own: the tables are a
+    generation nobody reads until the caller switches to it, which it must do only if this
+    returns; on a failure the loads not started are cancelled, and it raises once the running
+    ones have ended. The scratch table is dropped either way. Returns the number of account
+    events extracted.
+    """
+    if not targets:
+        return 0
+    for target in targets:
+        if not translated(target.projection):
+            raise ValueError(f"{target.projection.name}: no SQL translation")
+    source, extracted = extract(db, events, max(t.stop for t in targets), start=start)
+    try:
+        if progress is not None:
+            progress("extract")
+
+        def run(target: SqlTarget) -> None:
+            with db.transaction() as tx:
+                load(tx, source, [target])
+
+        # The heaviest first: whichever connection is free next takes the next one.
+        ordered = sorted(targets, key=lambda t: -_WEIGHT.get(t.projection.name, 1))
+        workers = max(1, min(connections, len(ordered)))
+        failures: list[BaseException] = []
+        with ThreadPoolExecutor(workers, thread_name_prefix="rebuild-load") as pool:
+            futures = {pool.submit(run, target): target for target in ordered}
+            for future in as_completed(futures):
+                if future.cancelled():
+                    continue
+                error = future.exception()
+                if error is not None:
+                    failures.append(error)
+                    for other in futures:  # no use loading the rest
+                        other.cancel()
+                elif progress is not None:
+                    progress(futures[future].projection.name)
+        if failures:
+            raise failures[0]
+        if progress is not None:
+            progress("indexes")
+    finally:
+        drop_extract(db, source)
     return extracted
