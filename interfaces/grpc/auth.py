@@ -11,9 +11,8 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from infrastructure.auth import Principal
-from infrastructure.rate_limit import RateDecision
 from interfaces.http.errors import RateLimitedError
-from interfaces.http.security import reads_are_local
+from interfaces.http.security import identify
 
 if TYPE_CHECKING:
     from interfaces.bootstrap import Container
@@ -21,25 +20,12 @@ if TYPE_CHECKING:
 MAX_CREDENTIAL = 4096
 
 
-def _authenticate(
-    c: Container, api_key: str | None, authorization: str | None
-) -> tuple[Principal, RateDecision]:
-    principal = c.auth.authenticate(api_key, authorization)
-    return principal, c.limiter.hit(principal.user_id)
-
-
 async def authenticate(c: Container, api_key: str | None, authorization: str | None) -> Principal:
-    """The caller, counted against their rate limit (RateLimitedError when over it).
-
-    As in REST, a credential that needs no password hashing is checked on the event loop on
-    the embedded set-up; anything else runs in a thread.
-    """
+    """The caller, counted against their rate limit (RateLimitedError when over it), exactly
+    as REST does it (``identify``); over-long credentials are cut first."""
     api_key = (api_key or "")[:MAX_CREDENTIAL] or None
     authorization = (authorization or "")[:MAX_CREDENTIAL] or None
-    if reads_are_local(c) and c.auth.is_cheap(api_key, authorization):
-        principal, decision = _authenticate(c, api_key, authorization)
-    else:
-        principal, decision = await asyncio.to_thread(_authenticate, c, api_key, authorization)
+    principal, decision = await identify(c, api_key, authorization)
     if not decision.allowed:
         raise RateLimitedError(decision)
     return principal

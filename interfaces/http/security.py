@@ -48,20 +48,27 @@ def _authenticate(
     return principal, c.limiter.hit(principal.user_id)
 
 
-async def principal_for(
-    c: Container, scope: Scope, api_key: str | None, authorization: str | None
-) -> Principal:
-    """Authenticate (X-API-Key or Bearer JWT/key), then count the request against the limit.
+async def identify(
+    c: Container, api_key: str | None, authorization: str | None
+) -> tuple[Principal, RateDecision]:
+    """Authenticate (X-API-Key or Bearer JWT/key) and count the request against the limit.
 
     On the embedded set-up (SQLite in WAL mode, where readers never wait, and no Redis) a
     credential that needs no password hashing is checked on the event loop: the row reads
     take microseconds, less than a hop to the thread pool. Anything else runs in a thread.
-    The rate-limit headers go into the scope's state for the access middleware to add.
+    Every door (REST, the fast lane, gRPC) calls this.
     """
     if reads_are_local(c) and c.auth.is_cheap(api_key, authorization):
-        principal, decision = _authenticate(c, api_key, authorization)
-    else:
-        principal, decision = await sync_to_thread(_authenticate, c, api_key, authorization)
+        return _authenticate(c, api_key, authorization)
+    return await sync_to_thread(_authenticate, c, api_key, authorization)
+
+
+async def principal_for(
+    c: Container, scope: Scope, api_key: str | None, authorization: str | None
+) -> Principal:
+    """The caller (``identify``); the rate-limit headers go into the scope's state for the
+    access middleware to add, and a request over the limit raises ``RateLimitedError``."""
+    principal, decision = await identify(c, api_key, authorization)
     scope.setdefault("state", {})[RATE_HEADERS] = decision.headers()
     if not decision.allowed:
         raise RateLimitedError(decision)
