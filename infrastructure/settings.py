@@ -131,6 +131,7 @@ class Settings:
     model_inference_threads: int = 0  # 0: one per CPU core, at most 8
     model_intra_op_threads: int = 1
     model_execution_provider: str = "auto"
+    model_cuda_tf32: bool = False
     model_batching: bool = False
     model_batch_max_rows: int = 64
     model_batch_wait_ms: float = 0.0
@@ -530,6 +531,7 @@ def _models(env: Mapping[str, str]) -> dict[str, Any]:
         "model_execution_provider": _choice(
             env, "MODEL_EXECUTION_PROVIDER", "auto", {"auto", "cpu"}
         ),
+        "model_cuda_tf32": _bool(env, "MODEL_CUDA_TF32", False),
         "model_batching": _bool(env, "MODEL_BATCHING", False),
         "model_batch_max_rows": _int(env, "MODEL_BATCH_MAX_ROWS", 64, 1, 65536),
         "model_batch_wait_ms": _float(env, "MODEL_BATCH_WAIT_MS", 0.0, 0.0, 1000.0),

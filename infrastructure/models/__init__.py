@@ -41,6 +41,7 @@ def build_model_service(
         threads=settings.model_inference_threads,
         intra_op_threads=settings.model_intra_op_threads,
         execution_provider=settings.model_execution_provider,
+        cuda_tf32=settings.model_cuda_tf32,
         batching=batching,
     )
     converter = SubprocessConverter(

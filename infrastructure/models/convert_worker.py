@@ -129,8 +129,10 @@ def from_sklearn(source: Path, dest: Path, n_features: int | None) -> None:
         from skl2onnx import convert_sklearn
         from skl2onnx.common.data_types import FloatTensorType
         from sklearn.base import BaseEstimator, is_classifier
-    except ImportError:
-        raise MissingError("scikit-learn or skl2onnx is not installed on this server") from None
+    except ImportError as exc:
+        raise MissingError(
+            f"scikit-learn or skl2onnx is not installed on this server ({exc})"
+        ) from None
     try:
         model = joblib.load(source)  # runs code from the file: why this is a separate process
     except Exception as exc:

@@ -4,9 +4,10 @@
   per model at a time, and kept in an LRU bounded by ``MODEL_CACHE_BYTES`` (each weighed by
   its ONNX file size; the newest session stays even if alone it is larger).
 - The CUDA execution provider is asked for when ONNX Runtime has it (``onnxruntime-gpu``)
-  and ``MODEL_EXECUTION_PROVIDER=auto``. ``used_gpu`` is true only when the session really
-  runs on CUDA (ONNX Runtime falls back to CPU when CUDA cannot start) and the graph has
-  operators with CUDA kernels (``ai.onnx.ml`` ones, as scikit-learn models use, have none).
+  and ``MODEL_EXECUTION_PROVIDER=auto``, in full float32 unless ``MODEL_CUDA_TF32`` is on.
+  ``used_gpu`` is true only when the session really runs on CUDA (ONNX Runtime falls back
+  to CPU when CUDA cannot start) and the graph has operators with CUDA kernels
+  (``ai.onnx.ml`` ones, as scikit-learn models use, have none).
 - Runs go to a thread pool (ONNX Runtime releases the GIL), except those a model has shown
   to be tiny: once a CPU session's measured run time per row (an EWMA over its runs in the
   pool) times the request's rows is under ``INLINE_BUDGET_S`` (50 µs), the run happens on
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import io
 import logging
 import os
 import time
@@ -85,12 +88,44 @@ class Session:
         )
 
 
-def providers(mode: str) -> list[str]:
-    """Execution providers to ask for: CUDA first when present (``onnxruntime-gpu``)."""
+def providers(mode: str, *, tf32: bool = False) -> list[str | tuple[str, dict[str, str]]]:
+    """Execution providers to ask for: CUDA first when present (``onnxruntime-gpu``).
+
+    ONNX Runtime's CUDA provider multiplies float32 matrices in TF32 by default on Ampere and
+    newer GPUs (10-bit mantissa: errors near 1e-3 where the CPU gives 1e-7); it answers in
+    full float32 unless ``tf32`` (``MODEL_CUDA_TF32``) allows the faster, rougher mode.
+    """
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
-    return [CUDA, CPU] if mode == "auto" and CUDA in available else [CPU]
+    if mode != "auto" or CUDA not in ort.get_available_providers():
+        return [CPU]
+    preload_cuda()
+    return [(CUDA, {"use_tf32": "1" if tf32 else "0"}), CPU]
+
+
+@functools.cache
+def preload_cuda() -> None:
+    """Load the CUDA and cuDNN libraries from the ``nvidia-*`` pip packages, once.
+
+    ONNX Runtime's CUDA provider finds them only on the loader's path; ``onnxruntime-gpu``
+    installed with its ``cuda,cudnn`` extras puts them beside it, where ``preload_dlls``
+    looks. What it prints (libraries it could not load) goes to the log. Without the
+    libraries the session falls back to CPU, and ``used_gpu`` says so.
+    """
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:  # onnxruntime-gpu < 1.21
+        return
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            preload()
+    except Exception:  # a broken CUDA install must not stop model serving
+        log.warning("could not preload the CUDA libraries", exc_info=True)
+    for line in printed.getvalue().splitlines():
+        if line.strip():
+            log.warning("onnxruntime preload: %s", line.strip())
 
 
 class OnnxEngine:
@@ -104,12 +139,14 @@ class OnnxEngine:
         threads: int = 0,
         intra_op_threads: int = 1,
         execution_provider: str = "auto",
+        cuda_tf32: bool = False,
         batching: BatchConfig | None = None,
     ) -> None:
         self.storage = storage
         self.cache_bytes = cache_bytes
         self.intra_op_threads = intra_op_threads
         self.execution_provider = execution_provider
+        self.cuda_tf32 = cuda_tf32
         workers = threads or min(8, os.cpu_count() or 1)
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnx")
         self.batcher = Batcher(batching, self._run_sync) if batching else None
@@ -141,7 +178,7 @@ class OnnxEngine:
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(
-            str(path), options, providers=providers(self.execution_provider)
+            str(path), options, providers=providers(self.execution_provider, tf32=self.cuda_tf32)
         )
         on_cuda = session.get_providers()[0] == CUDA
         return Session(

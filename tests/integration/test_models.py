@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from infrastructure.models.engine import CUDA
 from infrastructure.settings import load_settings
 from tests.integration.test_models_support import (
     World,
@@ -58,6 +59,12 @@ def dense(world: World) -> tuple[str, Any]:
 # ------------------------------------------------------------------ uploads
 
 
+def on_cuda(world: World) -> bool:
+    """Whether the model service's (only) loaded session runs on the CUDA provider."""
+    (session,) = world.c.model_service().engine._sessions.values()  # type: ignore[attr-defined]
+    return bool(session.session.get_providers()[0] == CUDA)
+
+
 def test_onnx_upload_answers_as_the_seed_and_predicts(world: World, dense: tuple[str, Any]) -> None:
     model_id, reference = dense
     shown = world.client.get(f"/api/v1/models/{model_id}", headers=world.h("alice")).json()
@@ -74,7 +81,8 @@ def test_onnx_upload_answers_as_the_seed_and_predicts(world: World, dense: tuple
     body = answer.json()
     assert set(body) >= {"output", "latency_ms", "runtime", "used_gpu"}
     assert body["runtime"] == "onnxruntime"
-    assert body["used_gpu"] is False  # no CUDA provider on this machine
+    # true only where the session really runs on CUDA (onnxruntime-gpu and a GPU)
+    assert body["used_gpu"] is on_cuda(world)
     np.testing.assert_allclose(body["output"], reference([row])[0], atol=TOL)
     batch = np.random.default_rng(3).standard_normal((5, 4)).tolist()
     by_name = world.predict("alice", "dense", {"input": batch}).json()

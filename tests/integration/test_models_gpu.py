@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,19 +39,40 @@ def gpu_world(tmp_path: Path) -> Iterator[World]:
         yield w
 
 
-def test_dense_model_runs_on_cuda_and_says_so(gpu_world: World) -> None:
-    w = gpu_world
-    content, reference = dense_onnx(n_in=64, n_out=16, seed=3)
-    assert w.upload("alice", "d.onnx", content, name="d").status_code == 201
-    x = np.random.default_rng(1).standard_normal((32, 64)).astype(np.float32)
-    answer = w.predict("alice", "d", {"input": x.tolist()})
-    assert answer.status_code == 200, answer.text
-    body = answer.json()
+def _cuda_session(w: World) -> Any:
     session = next(iter(w.c.model_service().engine._sessions.values()))  # type: ignore[attr-defined]
     if session.session.get_providers()[0] != "CUDAExecutionProvider":
         pytest.skip("the CUDA provider is installed but could not start (no usable GPU)")
+    return session.session
+
+
+def test_dense_model_runs_on_cuda_in_float32_and_says_so(gpu_world: World) -> None:
+    w = gpu_world
+    content, reference = dense_onnx(n_in=256, n_out=16, seed=3)
+    assert w.upload("alice", "d.onnx", content, name="d").status_code == 201
+    x = np.random.default_rng(1).standard_normal((32, 256)).astype(np.float32)
+    answer = w.predict("alice", "d", {"input": x.tolist()})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    session = _cuda_session(w)
+    assert session.get_provider_options()["CUDAExecutionProvider"]["use_tf32"] == "0"
     assert body["used_gpu"] is True
-    np.testing.assert_allclose(body["output"], reference(x), atol=1e-4)
+    # float32 accuracy: TF32 (the provider's own default) misses this by ~100x on a 256-deep sum
+    np.testing.assert_allclose(body["output"], reference(x), atol=2e-5)
+
+
+def test_tf32_when_asked(tmp_path: Path) -> None:
+    settings = load_settings(
+        {"DATA_DIR": str(tmp_path / "data"), "MODEL_CUDA_TF32": "true"}, env_file=None
+    )
+    with make_world(settings) as w:
+        content, reference = dense_onnx(n_in=256, n_out=16, seed=3)
+        assert w.upload("alice", "d.onnx", content, name="d").status_code == 201
+        x = np.random.default_rng(1).standard_normal((32, 256)).astype(np.float32)
+        body = w.predict("alice", "d", {"input": x.tolist()}).json()
+        assert _cuda_session(w).get_provider_options()["CUDAExecutionProvider"]["use_tf32"] == "1"
+        assert body["used_gpu"] is True
+        np.testing.assert_allclose(body["output"], reference(x), atol=1e-2)
 
 
 def test_ml_operators_report_cpu_even_with_cuda(gpu_world: World) -> None:

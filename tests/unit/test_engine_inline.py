@@ -26,7 +26,7 @@ def test_cheap_runs_go_inline_after_measurement(
     threads: list[str] = []
 
     async def scenario() -> None:
-        engine = OnnxEngine(LocalStorage(tmp_path), cache_bytes=1 << 30)
+        engine = OnnxEngine(LocalStorage(tmp_path), cache_bytes=1 << 30, execution_provider="cpu")
         session = await engine.session(record)
         original = session.session
 
@@ -58,7 +58,7 @@ def test_a_slow_or_gpu_session_never_runs_inline(tmp_path: Path) -> None:
     record = stored_dense(tmp_path)
 
     async def scenario() -> None:
-        engine = OnnxEngine(LocalStorage(tmp_path), cache_bytes=1 << 30)
+        engine = OnnxEngine(LocalStorage(tmp_path), cache_bytes=1 << 30, execution_provider="cpu")
         session = await engine.session(record)
         session.measured, session.per_row = INLINE_AFTER, engine_module.INLINE_BUDGET_S * 2
         assert not session.inline(1)
