@@ -24,6 +24,7 @@ only the events they can fold (``PATTERNS``, filtered by the server).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -66,7 +67,10 @@ PATTERNS: dict[str, tuple[str, ...]] = {
 _RARE = ("Opened", "CapSet", "AutoRenewConfigured", "LimitsSet", "WindowsReset")
 _SPEND = tuple(name.removeprefix(ACCOUNT) for name in sorted(SPEND_EVENTS))
 _MONEY = {name.removeprefix(ACCOUNT): kind for name, kind in TRANSACTION_KINDS.items()}
-_EXTRACT = "rebuild_extract_"  # + a unique suffix per load
+_EXTRACT = "rebuild_extract_"  # + the epoch second it was made + a unique suffix
+#: A scratch table this old was left by a rebuild that died (a rebuild reads its extract for
+#: minutes, not a day); the next extract drops it.
+STALE_AFTER_S = 86_400
 MICROS_PER_MINUTE = 60_000_000
 MICROS_PER_DAY = 86_400_000_000
 
@@ -439,9 +443,12 @@ def extract(db: Database, events: EventLog, stop: int, *, start: int = 0) -> tup
     """Extract the account events in ``(start, stop]`` into a new scratch table (unlogged,
     committed, so that several connections can load from it); returns (its name, rows).
 
-    The caller drops it (``drop_extract``).
+    The caller drops it (``drop_extract``); one a killed process left behind is dropped by a
+    later extract once it is ``STALE_AFTER_S`` old.
     """
-    name = _EXTRACT + uuid4().hex
+    now = int(time.time())
+    drop_stale_extracts(db, now - STALE_AFTER_S)
+    name = f"{_EXTRACT}{now}_{uuid4().hex}"
     with db.transaction() as tx:
         _session(tx)
         # The extract is the per-event work: let the server's parallel workers share it
@@ -453,9 +460,27 @@ def extract(db: Database, events: EventLog, stop: int, *, start: int = 0) -> tup
     return name, count
 
 
+def drop_stale_extracts(db: Database, made_before: int) -> list[str]:
+    """Drop the scratch tables (of this schema) made before ``made_before`` (epoch seconds)."""
+    with db.read() as tx:
+        rows = tx.fetchall(
+            "SELECT relname FROM pg_class WHERE relkind = 'r' "
+            "AND relnamespace = current_schema()::regnamespace AND starts_with(relname, ?)",
+            (_EXTRACT,),
+        )
+    stale = []
+    for (name,) in rows:
+        made = str(name).removeprefix(_EXTRACT).split("_", 1)[0]
+        if not made.isdigit() or int(made) < made_before:  # no stamp: from before the stamps
+            stale.append(str(name))
+    for name in stale:
+        drop_extract(db, name)
+    return stale
+
+
 def drop_extract(db: Database, name: str) -> None:
     with db.transaction() as tx:
-        tx.execute(f"DROP TABLE IF EXISTS {name}")
+        tx.execute(f"DROP TABLE IF EXISTS {_quote(name)}")
 
 
 def load(tx: Tx, source: str, targets: Sequence[SqlTarget]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -28,7 +29,7 @@ from infrastructure.projection_store import (
     read_state,
 )
 from infrastructure.rebuild import Target, fill, fill_sql, rebuild, verify
-from infrastructure.rebuild_sql import PATTERNS, capable, translated
+from infrastructure.rebuild_sql import PATTERNS, STALE_AFTER_S, capable, translated
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, bootstrap
 from interfaces.cli.admin import main
@@ -363,4 +364,30 @@ def test_random_command_sequences(
     prefix = uuid.uuid4().hex[:8]  # the database is shared by the examples
     for command in sequence:
         _apply(pg, clock, prefix, command)
+    _compare(pg)
+
+
+def test_a_dead_rebuilds_scratch_table_is_dropped_by_the_next(
+    pg: Container, clock: FixedClock
+) -> None:
+    """A process killed between extract and drop leaves its unlogged extract behind; the next
+    extract drops it once it is a day old, and leaves a younger one (maybe another rebuild's)."""
+    _every_kind(pg, clock)
+    now = int(time.time())
+    old = f"rebuild_extract_{now - STALE_AFTER_S - 60}_{uuid.uuid4().hex}"
+    young = f"rebuild_extract_{now - 600}_{uuid.uuid4().hex}"
+    unstamped = f"rebuild_extract_{uuid.uuid4().hex}"  # named as before the stamps
+    with pg.db.transaction() as tx:
+        for name in (old, young, unstamped):
+            tx.execute(f"CREATE UNLOGGED TABLE {name} (position BIGINT)")
+
+    def scratch() -> set[str]:
+        with pg.db.read() as tx:
+            rows = tx.fetchall(
+                "SELECT tablename FROM pg_tables WHERE starts_with(tablename, 'rebuild_extract_')"
+            )
+        return {str(r[0]) for r in rows}
+
+    rebuild(pg.db, pg.events, ALL, method="sql")
+    assert scratch() == {young}  # and the rebuild's own extract is gone too
     _compare(pg)
