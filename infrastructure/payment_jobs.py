@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from uuid import UUID
 
+from domain.crypto_amounts import LATE_PAYMENT_WINDOW
 from domain.errors import DomainError
 from domain.payment_ports import ChainReader, PaymentError, TokenTransfer
 from domain.services.payments import PaymentRequest, PaymentService
@@ -22,7 +23,8 @@ from infrastructure.sql import Database
 log = logging.getLogger(__name__)
 SCAN_CHUNK = 5_000  # blocks per pass
 OPEN_STATES = frozenset({"initiated", "pending"})
-LATE_MATCH_WINDOW = 7 * 24 * 3600.0  # seconds: an expired request still takes a late payment
+#: Seconds after its deadline that a request still takes a late payment.
+LATE_MATCH_WINDOW = LATE_PAYMENT_WINDOW.total_seconds()
 
 
 @dataclass(frozen=True)
@@ -177,14 +179,20 @@ class PaymentJobs:
         return payment_id
 
     def _match(self, watch: CryptoWatch, transfer: TokenTransfer) -> tuple[str, str]:
-        """The payment a transfer pays: (payment id, "claimed"), or ("", why not).
+        """The payment a transfer pays: (payment id, "exact" or "claimed"), or ("", why not).
 
-        A transfer names only its sending wallet, and anyone can name any wallet in a payment
-        request. So it is credited only when every recent request from that wallet (open, or
-        made within ``LATE_MATCH_WINDOW``, as late payments are matched) is one user's: the
-        oldest open one, else the newest. Requests from several users: "ambiguous", credited
-        to no one and logged for an admin (a refund or a grant by hand).
+        Each request has an amount of its own (``domain.crypto_amounts.ExactAmount``): a
+        transfer of exactly that amount pays it, from whichever wallet ("exact"). Any other
+        amount (a part payment, a rounded one) names only its sending wallet, and anyone can
+        name any wallet in a request. So it is credited only when every recent request from
+        that wallet (open, or made within ``LATE_MATCH_WINDOW``, as late payments are matched)
+        is one user's: the oldest open one, else the newest ("claimed"). Requests from several
+        users: "ambiguous", credited to no one and logged for an admin (a refund or a grant by
+        hand).
         """
+        exact = self.payments.paid_by_exact_amount(watch.network, transfer.amount)
+        if exact is not None:
+            return exact, "exact"
         recent_since = (self._now() - LATE_MATCH_WINDOW) * 1e6
         candidates = [
             r

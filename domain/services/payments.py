@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
 from domain.credits import CreditAccount
+from domain.crypto_amounts import LATE_PAYMENT_WINDOW, TAG_UNITS, ExactAmount, exact_amount_id
 from domain.errors import DomainError, IdempotencyConflictError, InvalidArgumentError
 from domain.payment_ports import (
     CardDeclinedError,
@@ -57,6 +59,18 @@ class PaymentInProgressError(DomainError):
 class ProcessorNotConfiguredError(DomainError):
     status = 400
     title = "Payment provider not available"
+
+
+class NoExactAmountError(DomainError):
+    """Every exact amount tried for a crypto request was taken (or contended): retry."""
+
+    status = 503
+    title = "No exact amount free"
+
+
+#: Exact amounts tried for one crypto request before giving up (each is free with a
+#: probability of at least 1 - live requests of that size / ``TAG_UNITS``).
+EXACT_AMOUNT_TRIES = 32
 
 
 @dataclass(frozen=True)
@@ -128,37 +142,89 @@ class PaymentService:
         return await self._replay(existing, request), False
 
     def _initiate(self, request: PaymentRequest) -> Payment | None:
-        now = self.clock()
-        expires = None
-        method = dict(request.method)
         if request.processor == "crypto":
-            assert self.crypto is not None  # noqa: S101 - checked by create()
-            expires = now + self.crypto.ttl
-            method.update(
-                asset="usdc",
-                contract=self.crypto.token,
-                to=self.crypto.receiving_address,
-                chain_id=str(self.crypto.chain_id),
-            )
-        payment = Payment(
-            owner=request.owner,
-            key=request.key,
-            amount=request.amount,
-            currency=request.currency,
-            processor=request.processor,
-            method=method,
-            fingerprint=request.fingerprint(),
-            at=now,
-            expires_at=expires,
-            source=request.source,
-        )
-        if request.processor == "crypto":
-            payment.mark_pending("", now=now)
+            return self._initiate_crypto(request)
+        payment = self._payment(request, request.amount, {}, None, self.clock())
         try:
             self.app.save(payment)
         except IntegrityError:
             return None  # a concurrent request with the same key created it first
         return payment
+
+    def _payment(
+        self,
+        request: PaymentRequest,
+        amount: int,
+        extra: Mapping[str, str],
+        expires_at: datetime | None,
+        now: datetime,
+    ) -> Payment:
+        return Payment(
+            owner=request.owner,
+            key=request.key,
+            amount=amount,
+            currency=request.currency,
+            processor=request.processor,
+            method={**request.method, **extra},
+            fingerprint=request.fingerprint(),
+            at=now,
+            expires_at=expires_at,
+            source=request.source,
+        )
+
+    def _initiate_crypto(self, request: PaymentRequest) -> Payment | None:
+        """A crypto request with an exact amount of its own (``domain.crypto_amounts``):
+        the requested cents plus a random tag, reserved in the same save as the payment."""
+        crypto = self.crypto
+        assert crypto is not None  # noqa: S101 - checked by create()
+        payment_id = payment_id_for(request.owner, request.key)
+        extra = {
+            "asset": "usdc",
+            "contract": crypto.token,
+            "to": crypto.receiving_address,
+            "chain_id": str(crypto.chain_id),
+        }
+        for _ in range(EXACT_AMOUNT_TRIES):
+            now = self.clock()
+            expires = now + crypto.ttl
+            exact = request.amount + 1 + secrets.randbelow(TAG_UNITS)
+            until = expires + LATE_PAYMENT_WINDOW
+            reservation = self._reservation(crypto.network, exact, str(payment_id), until, now)
+            if reservation is None:
+                continue
+            payment = self._payment(request, exact, extra, expires, now)
+            payment.mark_pending("", now=now)
+            try:
+                self.app.save(payment, reservation)
+            except IntegrityError:
+                if self.find(payment_id) is not None:
+                    return None  # a concurrent request with the same key created it first
+                continue  # another request took this amount meanwhile
+            return payment
+        raise NoExactAmountError(
+            "could not reserve an exact amount for this request; retry", field="amount"
+        )
+
+    def _reservation(
+        self, network: str, amount: int, payment_id: str, until: datetime, now: datetime
+    ) -> ExactAmount | None:
+        """``amount`` reserved for the payment (unsaved), or ``None`` if it names another."""
+        try:
+            found: ExactAmount = self.app.repository.get(exact_amount_id(network, amount))
+        except AggregateNotFoundError:
+            return ExactAmount(network, amount, payment_id, until, now)
+        if found.holder(now) is not None:
+            return None
+        found.reserve(payment_id, until=until, now=now)
+        return found
+
+    def paid_by_exact_amount(self, network: str, amount: int) -> str | None:
+        """The payment a transfer of exactly ``amount`` pays on ``network`` now, if any."""
+        try:
+            found: ExactAmount = self.app.repository.get(exact_amount_id(network, amount))
+        except AggregateNotFoundError:
+            return None
+        return found.holder(self.clock())
 
     async def _replay(self, payment: Payment, request: PaymentRequest) -> Payment:
         if payment.fingerprint != request.fingerprint():

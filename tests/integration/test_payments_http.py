@@ -8,6 +8,8 @@ import dataclasses
 import json
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -15,6 +17,7 @@ from uuid import UUID
 import pytest
 from litestar.testing import TestClient
 
+from domain.services import payments as payment_service
 from domain.services.payments import PaymentRequest
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, bootstrap
@@ -405,7 +408,16 @@ def _crypto(shop: Shop, amount: str, key: str) -> dict[str, Any]:
     body: dict[str, Any] = response.json()
     assert body["status"] == "pending"
     assert body["crypto"]["pay_to"] == RECEIVER
+    # the request's own exact amount: the cents asked for plus a tag of 1-99,999 units
+    requested = int(Decimal(amount) * USD)
+    assert requested < body["crypto"]["amount_units"] < requested + USD // 10
+    assert Decimal(body["amount"]) * USD == body["crypto"]["amount_units"]
     return body
+
+
+def _units(body: dict[str, Any]) -> int:
+    units: int = body["crypto"]["amount_units"]
+    return units
 
 
 def _scan(shop: Shop) -> None:
@@ -418,26 +430,26 @@ def _scan(shop: Shop) -> None:
 def test_crypto_exact_under_over_duplicate(shop: Shop) -> None:
     _scan(shop)  # start the scanner at the current head
     exact = _crypto(shop, "10", "c1")
-    shop.chain.transfer(TOKEN, WALLET, RECEIVER, 10 * USD)
-    shop.chain.transfer("0x" + "44" * 20, WALLET, RECEIVER, 99 * USD)  # another token: ignored
+    shop.chain.transfer(TOKEN, WALLET, RECEIVER, _units(exact))
+    shop.chain.transfer("0x" + "44" * 20, WALLET, RECEIVER, _units(exact))  # another token
     _scan(shop)
     assert shop.c.payments.get(UUID(exact["id"])).state == "succeeded"
-    assert shop.balance() == 10 * USD
+    assert shop.balance() == _units(exact)
     under = _crypto(shop, "20", "c2")
-    shop.chain.transfer(TOKEN, WALLET, RECEIVER, 5 * USD)
+    shop.chain.transfer(TOKEN, WALLET, RECEIVER, 5 * USD)  # not its amount: matched by wallet
     _scan(shop)
     assert shop.c.payments.get(UUID(under["id"])).state == "pending"
-    assert shop.balance() == 10 * USD
-    shop.chain.transfer(TOKEN, WALLET, RECEIVER, 20 * USD)  # 25 of 20: overpaid, all credited
+    assert shop.balance() == _units(exact)
+    shop.chain.transfer(TOKEN, WALLET, RECEIVER, 20 * USD)  # 25 of 20.0x: overpaid, all credited
     _scan(shop)
     settled = shop.c.payments.get(UUID(under["id"]))
     assert settled.state == "succeeded"
     assert settled.flags == ["underpaid", "overpaid"]
-    assert shop.balance() == 35 * USD
+    assert shop.balance() == _units(exact) + 25 * USD
     with shop.c.db.transaction() as tx:  # rescan the same blocks: each transfer applies once
         tx.execute("UPDATE crypto_scan SET last_block = 0")
     _scan(shop)
-    assert shop.balance() == 35 * USD
+    assert shop.balance() == _units(exact) + 25 * USD
 
 
 def test_crypto_expiry_and_late_payment(shop: Shop, clock: FixedClock) -> None:
@@ -446,12 +458,12 @@ def test_crypto_expiry_and_late_payment(shop: Shop, clock: FixedClock) -> None:
     clock.advance(hours=2)  # past CRYPTO_PAYMENT_TTL (1 h)
     _scan(shop)
     assert shop.c.payments.get(UUID(request["id"])).state == "expired"
-    shop.chain.transfer(TOKEN, WALLET, RECEIVER, 10 * USD)
+    shop.chain.transfer(TOKEN, WALLET, RECEIVER, _units(request))
     _scan(shop)
     late = shop.c.payments.get(UUID(request["id"]))
     assert late.state == "succeeded"
     assert late.flags == ["late"]
-    assert shop.balance() == 10 * USD
+    assert shop.balance() == _units(request)
 
 
 def test_crypto_from_a_wallet_two_users_named_is_credited_to_no_one(
@@ -504,6 +516,98 @@ def test_crypto_from_a_wallet_two_users_named_is_credited_to_no_one(
     )
     assert admin_main(["crypto-transfers"]) == 0
     assert "ambiguous" in capsys.readouterr().out
+
+
+def _crypto_as(shop: Shop, auth: dict[str, str], amount: str, key: str) -> Any:
+    return shop.client.post(
+        "/api/v1/billing/payment",
+        json={"amount": amount, "currency": "USD"},
+        headers={
+            **auth,
+            "X-Billing": "Crypto",
+            "X-Preferred-Payment": f"crypto:ethereum:{WALLET}",
+            "Idempotency-Key": key,
+        },
+    )
+
+
+def test_crypto_from_a_shared_wallet_pays_each_request_by_its_exact_amount(shop: Shop) -> None:
+    """Two users pay from one exchange hot wallet: each transfer of a request's own amount pays
+    that request, whoever else names the wallet; a round amount still waits for an admin."""
+    _scan(shop)
+    mine = _crypto(shop, "10", "mine")
+    other = _login(shop.client, "neighbour@example.com")
+    theirs = _crypto_as(shop, other, "10", "theirs")
+    assert theirs.status_code == 201, theirs.text
+    assert _units(theirs.json()) != _units(mine)
+    shop.chain.transfer(TOKEN, WALLET, RECEIVER, _units(theirs.json()))
+    shop.chain.transfer(TOKEN, WALLET, RECEIVER, _units(mine))
+    shop.chain.transfer(TOKEN, WALLET, RECEIVER, 10 * USD)  # no request's amount
+    _scan(shop)
+    assert shop.c.payments.get(UUID(mine["id"])).state == "succeeded"
+    assert shop.c.payments.get(UUID(theirs.json()["id"])).state == "succeeded"
+    assert shop.balance() == _units(mine)
+    neighbour = shop.c.users.by_email("neighbour@example.com").id
+    assert shop.c.ledger.account(neighbour).balance == _units(theirs.json())
+    with shop.c.db.read() as tx:
+        kinds = sorted(r[0] for r in tx.fetchall("SELECT kind FROM crypto_transfers"))
+    assert kinds == ["ambiguous", "exact", "exact"]
+    _scan(shop)
+    assert shop.balance() == _units(mine)
+
+
+def test_crypto_exact_amounts_are_unique_until_a_request_can_no_longer_be_paid(
+    shop: Shop, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(payment_service, "TAG_UNITS", 2)  # two amounts per size: 10.000001/2
+    _scan(shop)
+    first, second = _crypto(shop, "10", "a"), _crypto(shop, "10", "b")
+    assert {_units(first), _units(second)} == {10 * USD + 1, 10 * USD + 2}
+    refused = shop.pay("10", method=f"crypto:ethereum:{WALLET}", billing="Crypto", key="c")
+    assert refused.status_code == 503, refused.text
+    assert "exact amount" in refused.json()["detail"]
+    assert len(shop.client.get("/api/v1/billing/payments", headers=shop.auth).json()) == 2
+    assert _crypto(shop, "11", "d")["status"] == "pending"  # another size has its own amounts
+    # a request past its deadline still takes a late payment for a week; then its amount is free
+    clock.advance(hours=2)
+    _scan(shop)
+    refused = shop.pay("10", method=f"crypto:ethereum:{WALLET}", billing="Crypto", key="e")
+    assert refused.status_code == 503
+    clock.advance(days=7)
+    again = _crypto(shop, "10", "f")
+    assert _units(again) in {_units(first), _units(second)}
+    shop.chain.transfer(TOKEN, WALLET, RECEIVER, _units(again))
+    _scan(shop)
+    assert shop.c.payments.get(UUID(again["id"])).state == "succeeded"
+    assert shop.balance() == _units(again)
+
+
+def test_crypto_requests_at_once_get_distinct_exact_amounts(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests racing for few amounts: each saved request holds an amount no other holds (a
+    reservation that lost the race is retried with another amount)."""
+    monkeypatch.setattr(payment_service, "TAG_UNITS", 40)
+    service = shop.c.payments
+
+    def start(n: int) -> Any:
+        request = PaymentRequest(
+            owner=shop.user_id,
+            amount=10 * USD,
+            currency="USD",
+            processor="crypto",
+            method={"type": "crypto", "network": "ethereum", "wallet": WALLET},
+            key=f"race-{n}",
+        )
+        return service._initiate(request)
+
+    with ThreadPoolExecutor(8) as pool:
+        payments = list(pool.map(start, range(24)))
+    amounts = [p.amount for p in payments]
+    assert len(set(amounts)) == 24
+    assert all(10 * USD < a <= 10 * USD + 40 for a in amounts)
+    for p in payments:
+        assert service.paid_by_exact_amount("ethereum", p.amount) == str(p.id)
 
 
 def test_afterdark_payment(settings: Settings, clock: FixedClock) -> None:
