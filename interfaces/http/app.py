@@ -27,6 +27,7 @@ from interfaces.http.errors import (
     on_validation_error,
 )
 from interfaces.http.fast_lane import FastLane
+from interfaces.http.json_body import AppRequest
 from interfaces.http.observability import Metrics, Observer, observe
 from interfaces.web import admin_api, dashboard
 from interfaces.ws.service import Streams, streams_socket
@@ -152,6 +153,7 @@ def create_app(
         openapi_config=openapi,
         cors_config=cors,
         request_max_body_size=settings.max_body_bytes,
+        request_class=AppRequest,
         debug=False,
         logging_config=None,  # the server process owns logging (file, syslog)
     )
