@@ -514,11 +514,17 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
             results = rebuild(c.db, c.events, targets, progress=report, method=args.method)
             end = max((r.position for r in results), default=0)
             progress.update(task, completed=end, total=max(end, 1))
+        seconds = max((datetime.now(UTC) - started).total_seconds(), 1e-6)
         for result in results:
             console.print(
                 f"{result.name}: generation {result.old_generation} -> "
                 f"{result.new_generation}, {result.events} events, at position {result.position}"
             )
+        events = max((r.events for r in results), default=0)
+        console.print(
+            f"rebuilt {len(results)} projection(s) from {events:,} events in {seconds:.1f} s "
+            f"({events / seconds:,.0f} events/s)"
+        )
     finally:
         c.close()
     return 0

@@ -76,7 +76,11 @@ def test_user_and_credit_commands(
     assert all(p["lag"] == 0 for p in stats["projections"].values())
     assert admin("verify-projections") == 0
     assert "MISMATCH" not in capsys.readouterr().out
+    capsys.readouterr()
     assert admin("rebuild-projections") == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("rebuilt 7 projection(s) from 4 events in ")
+    assert summary.endswith(" events/s)")
     assert admin("verify-projections", "balances") == 0
 
 
