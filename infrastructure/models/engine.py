@@ -92,8 +92,9 @@ def providers(mode: str, *, tf32: bool = False) -> list[str | tuple[str, dict[st
     """Execution providers to ask for: CUDA first when present (``onnxruntime-gpu``).
 
     ONNX Runtime's CUDA provider multiplies float32 matrices in TF32 by default on Ampere and
-    newer GPUs (10-bit mantissa: errors near 1e-3 where the CPU gives 1e-7); it answers in
-    full float32 unless ``tf32`` (``MODEL_CUDA_TF32``) allows the faster, rougher mode.
+    newer GPUs (a 10-bit mantissa: on an H100, errors of 1e-3 to 8e-3 where float32 gave
+    2e-5; docs/performance.md); here it answers in full float32 unless ``tf32``
+    (``MODEL_CUDA_TF32``) allows the faster, rougher mode.
     """
     import onnxruntime as ort
 
