@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from uuid import UUID
 
-from domain.crypto_amounts import LATE_PAYMENT_WINDOW
 from domain.errors import DomainError
 from domain.payment_ports import ChainReader, PaymentError, TokenTransfer
 from domain.services.payments import PaymentRequest, PaymentService
@@ -23,8 +22,6 @@ from infrastructure.sql import Database
 log = logging.getLogger(__name__)
 SCAN_CHUNK = 5_000  # blocks per pass
 OPEN_STATES = frozenset({"initiated", "pending"})
-#: Seconds after its deadline that a request still takes a late payment.
-LATE_MATCH_WINDOW = LATE_PAYMENT_WINDOW.total_seconds()
 
 
 @dataclass(frozen=True)
@@ -181,38 +178,28 @@ class PaymentJobs:
     def _match(self, watch: CryptoWatch, transfer: TokenTransfer) -> tuple[str, str]:
         """The payment a transfer pays: (payment id, "exact" or "claimed"), or ("", why not).
 
-        Each request has an amount of its own (``domain.crypto_amounts.ExactAmount``): a
-        transfer of exactly that amount pays it, from whichever wallet ("exact"). Any other
-        amount (a part payment, a rounded one) names only its sending wallet, and anyone can
-        name any wallet in a request. So it is credited only when every recent request from
-        that wallet (open, or made within ``LATE_MATCH_WINDOW``, as late payments are matched)
-        is one user's: the oldest open one, else the newest ("claimed"). Requests from several
-        users: "ambiguous", credited to no one and logged for an admin (a refund or a grant by
-        hand).
+        Both answers come from aggregates. Each request has an amount of its own
+        (``domain.crypto_amounts.ExactAmount``): a transfer of exactly that amount pays it,
+        from whichever wallet ("exact"). Any other amount (a part payment, a rounded one)
+        names only its sending wallet, and anyone can name any wallet in a request
+        (``domain.crypto_wallets.NamedWallet``): it is credited only when every request naming
+        that wallet that can still be paid (deadline + the late window) is one user's, to the
+        oldest open one, else the newest ("claimed"). Requests of several users: "ambiguous",
+        credited to no one and logged for an admin (a refund or a grant by hand).
         """
         exact = self.payments.paid_by_exact_amount(watch.network, transfer.amount)
         if exact is not None:
             return exact, "exact"
-        recent_since = (self._now() - LATE_MATCH_WINDOW) * 1e6
-        candidates = [
-            r
-            for r in self.queries.crypto_for_wallet(transfer.sender)
-            if r.method.split()[1:2] == [watch.network]
-            and (r.state in OPEN_STATES or r.created_at >= recent_since)
-        ]
-        if len({r.owner for r in candidates}) > 1:
+        payment_id, kind = self.payments.paid_by_wallet(watch.network, transfer.sender)
+        if kind == "ambiguous":
             log.warning(
-                "crypto transfer %s:%s from %s: recent requests from %d users name this wallet; "
+                "crypto transfer %s:%s from %s: requests of several users name this wallet; "
                 "not credited, needs an admin",
                 transfer.tx_hash,
                 transfer.log_index,
                 transfer.sender,
-                len({r.owner for r in candidates}),
             )
-            return "", "ambiguous"
-        open_rows = [r for r in candidates if r.state in OPEN_STATES]
-        chosen = (open_rows or candidates[::-1])[:1]
-        return (chosen[0].payment_id, "claimed") if chosen else ("", "unmatched")
+        return payment_id, kind
 
     def _last_block(self, watch: CryptoWatch) -> int | None:
         with self.db.read() as tx:

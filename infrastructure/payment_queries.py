@@ -97,12 +97,6 @@ class PaymentQueries:
             f"ORDER BY updated_at LIMIT {limit:d}",
         )
 
-    def crypto_for_wallet(self, wallet: str) -> list[PaymentRow]:
-        """A wallet's crypto payments, oldest first (open ones are matched first)."""
-        return self._rows(
-            "processor = 'crypto' AND wallet = ?", (wallet.lower(),), "ORDER BY created_at"
-        )
-
     def crypto_transfers(
         self, *, unclaimed: bool = False, limit: int = 200
     ) -> list[CryptoTransfer]:

@@ -22,6 +22,7 @@ from eventsourcing.persistence import IntegrityError, Recording
 from eventsourcing.utils import EnvType
 
 from domain.credits import CreditAccount, account_id_for, earlier_keys, event_key
+from domain.crypto_wallets import NamedWallet
 from domain.errors import AccountNotFoundError, ConcurrencyError
 from domain.guardrails import GuardrailPolicy
 from domain.ports import Clock, system_clock
@@ -58,7 +59,10 @@ class LedgerApp(Application[UUID]):
     """
 
     name = "ledger"
-    snapshotting_intervals: ClassVar[dict[Any, int]] = {CreditAccount: SNAPSHOT_INTERVAL}
+    snapshotting_intervals: ClassVar[dict[Any, int]] = {
+        CreditAccount: SNAPSHOT_INTERVAL,
+        NamedWallet: SNAPSHOT_INTERVAL,  # an exchange's wallet can be named by many requests
+    }
 
     def __init__(self, env: EnvType | None = None) -> None:
         super().__init__(env)

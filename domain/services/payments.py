@@ -25,6 +25,7 @@ from eventsourcing.persistence import IntegrityError
 
 from domain.credits import CreditAccount
 from domain.crypto_amounts import LATE_PAYMENT_WINDOW, TAG_UNITS, ExactAmount, exact_amount_id
+from domain.crypto_wallets import NamedWallet, named_wallet_id
 from domain.errors import DomainError, IdempotencyConflictError, InvalidArgumentError
 from domain.payment_ports import (
     CardDeclinedError,
@@ -174,7 +175,8 @@ class PaymentService:
 
     def _initiate_crypto(self, request: PaymentRequest) -> Payment | None:
         """A crypto request with an exact amount of its own (``domain.crypto_amounts``):
-        the requested cents plus a random tag, reserved in the same save as the payment."""
+        the requested cents plus a random tag, reserved in the same save as the payment, which
+        also records the request on its wallet (``domain.crypto_wallets``)."""
         crypto = self.crypto
         assert crypto is not None  # noqa: S101 - checked by create()
         payment_id = payment_id_for(request.owner, request.key)
@@ -194,12 +196,14 @@ class PaymentService:
                 continue
             payment = self._payment(request, exact, extra, expires, now)
             payment.mark_pending("", now=now)
+            wallet = self._named_wallet(crypto.network, request.method.get("wallet", ""))
+            wallet.name(str(payment_id), request.owner, until=until, now=now)
             try:
-                self.app.save(payment, reservation)
+                self.app.save(payment, reservation, wallet)
             except IntegrityError:
                 if self.find(payment_id) is not None:
                     return None  # a concurrent request with the same key created it first
-                continue  # another request took this amount meanwhile
+                continue  # another request took this amount, or named this wallet, meanwhile
             return payment
         raise NoExactAmountError(
             "could not reserve an exact amount for this request; retry", field="amount"
@@ -217,6 +221,32 @@ class PaymentService:
             return None
         found.reserve(payment_id, until=until, now=now)
         return found
+
+    def _named_wallet(self, network: str, wallet: str) -> NamedWallet:
+        try:
+            found: NamedWallet = self.app.repository.get(named_wallet_id(network, wallet))
+        except AggregateNotFoundError:
+            return NamedWallet(network, wallet)
+        return found
+
+    def paid_by_wallet(self, network: str, wallet: str) -> tuple[str, str]:
+        """The payment a transfer of any other amount from ``wallet`` pays: (payment id,
+        "claimed"), or ("", "ambiguous") when requests of several users name the wallet, or
+        ("", "unmatched") when none does. Of one user's requests: the oldest still open, else
+        the newest (a late or extra payment)."""
+        try:
+            named: NamedWallet = self.app.repository.get(named_wallet_id(network, wallet))
+        except AggregateNotFoundError:
+            return "", "unmatched"
+        now = self.clock()
+        payable = named.payable(now)
+        if not payable:
+            return "", "unmatched"
+        if named.payer(now) is None:
+            return "", "ambiguous"
+        requests = [self.get(UUID(payment_id)) for payment_id, _ in payable]
+        chosen = next((p for p in requests if p.is_open), requests[-1])
+        return str(chosen.id), "claimed"
 
     def paid_by_exact_amount(self, network: str, amount: int) -> str | None:
         """The payment a transfer of exactly ``amount`` pays on ``network`` now, if any."""

@@ -17,6 +17,7 @@ from uuid import UUID
 import pytest
 from litestar.testing import TestClient
 
+from domain.crypto_wallets import named_wallet_id
 from domain.services import payments as payment_service
 from domain.services.payments import PaymentRequest
 from infrastructure.settings import Settings
@@ -452,6 +453,27 @@ def test_crypto_exact_under_over_duplicate(shop: Shop) -> None:
     assert shop.balance() == _units(exact) + 25 * USD
 
 
+def test_a_wallet_forgets_requests_that_can_no_longer_be_paid(
+    shop: Shop, clock: FixedClock
+) -> None:
+    _scan(shop)
+    request = _crypto(shop, "10", "old")
+    clock.advance(hours=2)
+    _scan(shop)
+    assert shop.c.payments.get(UUID(request["id"])).state == "expired"  # still payable late
+    shop.chain.transfer(TOKEN, WALLET, RECEIVER, 3 * USD)  # not its amount: by wallet, late
+    _scan(shop)
+    assert shop.c.payments.get(UUID(request["id"])).flags == ["late"]
+    assert shop.balance() == 3 * USD
+    clock.advance(days=7)  # past the late window: nobody's wallet any more
+    shop.chain.transfer(TOKEN, WALLET, RECEIVER, 4 * USD)
+    _scan(shop)
+    assert shop.balance() == 3 * USD
+    with shop.c.db.read() as tx:
+        kinds = [r[0] for r in tx.fetchall("SELECT kind FROM crypto_transfers ORDER BY seen_at")]
+    assert kinds == ["late", "unmatched"]
+
+
 def test_crypto_expiry_and_late_payment(shop: Shop, clock: FixedClock) -> None:
     _scan(shop)
     request = _crypto(shop, "10", "late")
@@ -608,6 +630,16 @@ def test_crypto_requests_at_once_get_distinct_exact_amounts(
     assert all(10 * USD < a <= 10 * USD + 40 for a in amounts)
     for p in payments:
         assert service.paid_by_exact_amount("ethereum", p.amount) == str(p.id)
+    # all 24 named one wallet at once: each is on it (a save that lost the race was retried)
+    wallet = service.app.repository.get(named_wallet_id("ethereum", WALLET))
+    assert sorted(pid for pid, _ in wallet.payable(shop.c.payments.clock())) == sorted(
+        str(p.id) for p in payments
+    )
+    # a part payment from that wallet goes to the oldest open request
+    assert service.paid_by_wallet("ethereum", WALLET) == (
+        str(min(payments, key=lambda p: (p.created_at, str(p.id))).id),
+        "claimed",
+    )
 
 
 def test_afterdark_payment(settings: Settings, clock: FixedClock) -> None:
