@@ -63,7 +63,8 @@ class ProcessorNotConfiguredError(DomainError):
 
 
 class NoExactAmountError(DomainError):
-    """Every exact amount tried for a crypto request was taken (or contended): retry."""
+    """Every exact amount tried for a crypto request was taken, or every save lost a race
+    (for the amount or the wallet): retry."""
 
     status = 503
     title = "No exact amount free"
@@ -206,7 +207,9 @@ class PaymentService:
                 continue  # another request took this amount, or named this wallet, meanwhile
             return payment
         raise NoExactAmountError(
-            "could not reserve an exact amount for this request; retry", field="amount"
+            "could not reserve an exact amount for this request (every one tried was taken, "
+            "or too many requests named this wallet at once); retry",
+            field="amount",
         )
 
     def _reservation(
