@@ -14,6 +14,7 @@ later one is retried on fresh state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid5
@@ -57,3 +58,15 @@ class NamedWallet(Aggregate):
         """The one user whose requests name this wallet now, or ``None`` (none, or several)."""
         owners = {owner for _, owner in self.payable(now)}
         return owners.pop() if len(owners) == 1 else None
+
+    def claim(self, now: datetime, is_open: Callable[[str], bool]) -> tuple[str, str]:
+        """The request a transfer from this wallet pays: (payment id, "claimed"), or ("",
+        "ambiguous") when several users' requests name it, or ("", "unmatched") when none
+        does. Of one user's requests: the oldest still open (``is_open``, asked of the
+        payment), else the newest (a late or extra payment)."""
+        payable = [payment_id for payment_id, _ in self.payable(now)]
+        if not payable:
+            return "", "unmatched"
+        if self.payer(now) is None:
+            return "", "ambiguous"
+        return next((p for p in payable if is_open(p)), payable[-1]), "claimed"

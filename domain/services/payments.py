@@ -216,9 +216,8 @@ class PaymentService:
         self, network: str, amount: int, payment_id: str, until: datetime, now: datetime
     ) -> ExactAmount | None:
         """``amount`` reserved for the payment (unsaved), or ``None`` if it names another."""
-        try:
-            found: ExactAmount = self.app.repository.get(exact_amount_id(network, amount))
-        except AggregateNotFoundError:
+        found: ExactAmount | None = self._load(exact_amount_id(network, amount))
+        if found is None:
             return ExactAmount(network, amount, payment_id, until, now)
         if found.holder(now) is not None:
             return None
@@ -226,38 +225,21 @@ class PaymentService:
         return found
 
     def _named_wallet(self, network: str, wallet: str) -> NamedWallet:
-        try:
-            found: NamedWallet = self.app.repository.get(named_wallet_id(network, wallet))
-        except AggregateNotFoundError:
-            return NamedWallet(network, wallet)
-        return found
+        found: NamedWallet | None = self._load(named_wallet_id(network, wallet))
+        return NamedWallet(network, wallet) if found is None else found
 
     def paid_by_wallet(self, network: str, wallet: str) -> tuple[str, str]:
-        """The payment a transfer of any other amount from ``wallet`` pays: (payment id,
-        "claimed"), or ("", "ambiguous") when requests of several users name the wallet, or
-        ("", "unmatched") when none does. Of one user's requests: the oldest still open, else
-        the newest (a late or extra payment)."""
-        try:
-            named: NamedWallet = self.app.repository.get(named_wallet_id(network, wallet))
-        except AggregateNotFoundError:
+        """The payment a transfer of any other amount from ``wallet`` pays
+        (``NamedWallet.claim``): (payment id, "claimed"), or ("", "ambiguous"/"unmatched")."""
+        named: NamedWallet | None = self._load(named_wallet_id(network, wallet))
+        if named is None:
             return "", "unmatched"
-        now = self.clock()
-        payable = named.payable(now)
-        if not payable:
-            return "", "unmatched"
-        if named.payer(now) is None:
-            return "", "ambiguous"
-        requests = [self.get(UUID(payment_id)) for payment_id, _ in payable]
-        chosen = next((p for p in requests if p.is_open), requests[-1])
-        return str(chosen.id), "claimed"
+        return named.claim(self.clock(), lambda payment_id: self.get(UUID(payment_id)).is_open)
 
     def paid_by_exact_amount(self, network: str, amount: int) -> str | None:
         """The payment a transfer of exactly ``amount`` pays on ``network`` now, if any."""
-        try:
-            found: ExactAmount = self.app.repository.get(exact_amount_id(network, amount))
-        except AggregateNotFoundError:
-            return None
-        return found.holder(self.clock())
+        found: ExactAmount | None = self._load(exact_amount_id(network, amount))
+        return None if found is None else found.holder(self.clock())
 
     async def _replay(self, payment: Payment, request: PaymentRequest) -> Payment:
         if payment.fingerprint != request.fingerprint():
@@ -554,11 +536,15 @@ class PaymentService:
 
     # ------------------------------------------------------------------ reads
 
-    def find(self, payment_id: UUID) -> Payment | None:
+    def _load(self, aggregate_id: UUID) -> Any:
+        """The aggregate with this id, or ``None``."""
         try:
-            payment: Any = self.app.repository.get(payment_id)
+            return self.app.repository.get(aggregate_id)
         except AggregateNotFoundError:
             return None
+
+    def find(self, payment_id: UUID) -> Payment | None:
+        payment = self._load(payment_id)
         return payment if isinstance(payment, Payment) else None
 
     def get(self, payment_id: UUID) -> Payment:
