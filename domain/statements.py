@@ -50,8 +50,11 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
     if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
         raise InvalidArgumentError("month must be YYYY-MM", field="month")
     year, number = int(month[:4]), int(month[5:])
-    start = datetime(year, number, 1, tzinfo=UTC)
-    end = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=UTC)
+    try:  # year 0 and 9999-12 (which ends in year 10000) are past what datetime holds
+        start = datetime(year, number, 1, tzinfo=UTC)
+        end = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=UTC)
+    except ValueError:
+        raise InvalidArgumentError("month must be from 0001-01 to 9999-11", field="month") from None
     return start, end
 
 

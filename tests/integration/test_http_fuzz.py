@@ -344,3 +344,92 @@ def test_random_json_bodies_never_get_a_server_error(sqlite_settings: Settings) 
         refused_input = {400, 402, 404, 409, 413, 415, 422}
         assert all(statuses & refused_input for statuses in seen.values()), seen
         assert t.container.users.by_id(t.admin_id).is_admin
+
+
+# ------------------------------------------------------------- boundary path and query values
+
+# Strings at the edges of what a route's parameters parse: dates out of datetime's range,
+# integers past int64, non-UUIDs, empty-ish, controls, unicode and overlong values.
+BOUNDARY_VALUES = [
+    "0000-01",
+    "9999-12",
+    "0000-00",
+    "2026-13",
+    "10000-01",
+    "-0001-01",
+    "0",
+    "-1",
+    str(MAX_INT64),
+    str(MAX_INT64 + 1),
+    str(-(2**63) - 1),
+    "9" * 400,
+    "1e400",
+    "NaN",
+    "-Infinity",
+    "00000000-0000-0000-0000-000000000000",
+    "ffffffff-ffff-ffff-ffff-ffffffffffff",
+    "not-a-uuid",
+    " ",
+    ".",
+    "..",
+    "null",
+    "true",
+    "\x00",
+    "\x7f",
+    "\u202e",
+    "é",
+    "\U0001f600",
+    "a/b",
+    "%",
+    "x" * 5000,
+]
+
+
+def _operations(spec: dict[str, Any]) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if isinstance(operation, dict) and "responses" in operation:
+                yield method.upper(), path, operation.get("parameters", [])
+
+
+def test_boundary_path_and_query_values_never_get_a_server_error(
+    sqlite_settings: Settings,
+) -> None:
+    """Every path parameter, then every query parameter, of every route gets each boundary."""
+    from urllib.parse import quote
+
+    with test_client(_fuzz_settings(sqlite_settings)) as client:
+        t = _populate(client.app.state.container)
+        spec = client.get(SCHEMA_PATH).json()
+        headers = {**t.headers, "content-type": "application/json"}
+        failures: list[str] = []
+        sent = {"path": 0, "query": 0}
+
+        def send(method: str, url: str, **kwargs: Any) -> None:
+            body = b"{}" if method in {"POST", "PUT", "PATCH"} else None
+            response = client.request(method, url, content=body, headers=headers, **kwargs)
+            if response.status_code >= 500:
+                failures.append(f"{method} {url[:120]} {kwargs} -> {response.status_code}")
+
+        for method, path, parameters in _operations(spec):
+            names = [p["name"] for p in parameters if p["in"] == "path"]
+            zero = "00000000-0000-0000-0000-000000000000"
+            for name in names:
+                for value in BOUNDARY_VALUES:
+                    url = path
+                    for other in names:
+                        url = url.replace(
+                            f"{{{other}}}", quote(value, safe="") if other == name else zero
+                        )
+                    send(method, url)
+                    sent["path"] += 1
+            if names:
+                continue  # query values are tried on routes without path ids (they get past 404)
+            for parameter in (p for p in parameters if p["in"] == "query"):
+                for value in BOUNDARY_VALUES:
+                    send(method, path, params={parameter["name"]: value})
+                    sent["query"] += 1
+        assert not failures, "\n".join(failures[:40])
+        assert sent["path"] >= 40 * len(BOUNDARY_VALUES), sent
+        assert sent["query"] >= 10 * len(BOUNDARY_VALUES), sent
+        assert t.container.users.by_id(t.admin_id).is_admin

@@ -158,6 +158,15 @@ def test_month_bounds() -> None:
             month_bounds(bad)
 
 
+def test_month_bounds_past_datetime_range_is_invalid_input() -> None:
+    assert month_bounds("0001-01")[0] == datetime(1, 1, 1, tzinfo=UTC)
+    assert month_bounds("9999-11")[1] == datetime(9999, 12, 1, tzinfo=UTC)
+    for bad in ("0000-01", "9999-12"):  # year 0; an end in year 10000
+        with pytest.raises(InvalidArgumentError) as caught:
+            month_bounds(bad)
+        assert caught.value.details["field"] == "month"
+
+
 def test_processor_choice() -> None:
     assert processor_of("Stripe", None) == "stripe"
     assert processor_of("AFTERDARK", "afterdark") == "afterdark"
