@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -37,6 +40,12 @@ class User:
     name: str
     is_admin: bool
     created_at: str
+
+
+@cache
+def _dummy_hash() -> str:
+    """A hash with the real parameters, checked when no account matches (equal timing)."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 def normalise_email(email: str) -> str:
@@ -112,10 +121,16 @@ class UserStore:
         return int(row[0]) if row else 0
 
     def verify_password(self, email: str, password: str) -> User | None:
-        """The user if the password matches, else None (and a failed attempt is recorded)."""
+        """The user if the password matches, else None (and a failed attempt is recorded).
+
+        An unknown email still costs one argon2 check, against a dummy hash, so the answer
+        takes as long as for an account that exists (no user enumeration by timing).
+        """
         try:
             user = self.by_email(email)
         except (UserNotFoundError, InvalidArgumentError):
+            with contextlib.suppress(VerificationError, InvalidHashError):
+                _hasher.verify(_dummy_hash(), password)
             return None
         with self.db.read() as tx:
             row = tx.fetchone("SELECT password_hash FROM users WHERE id = ?", (user.id,))
