@@ -56,6 +56,9 @@ class Settings:
     rate_limit_per_minute: int = 100
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 1_048_576
+    http_header_timeout: float = 10.0  # seconds to receive a request's headers
+    http_keepalive_seconds: int = 5
+    http_max_connections: int = 500
     price_markup_ppm: int = 0
     metering_interval: float = 60.0
     instance_poll_interval: float = 5.0
@@ -318,6 +321,9 @@ def _http(env: Mapping[str, str]) -> dict[str, Any]:
         "rate_limit_per_minute": _int(env, "RATE_LIMIT_PER_MINUTE", 100, 1, 1_000_000),
         "cors_origins": origins,
         "max_body_bytes": _int(env, "MAX_BODY_BYTES", 1_048_576, 1024, 1_073_741_824),
+        "http_header_timeout": _float(env, "HTTP_HEADER_TIMEOUT_SECONDS", 10.0, 0.1, 3600.0),
+        "http_keepalive_seconds": _int(env, "HTTP_KEEPALIVE_SECONDS", 5, 1, 3600),
+        "http_max_connections": _int(env, "HTTP_MAX_CONNECTIONS", 500, 1, 1_000_000),
     }
 
 

@@ -82,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from interfaces.bootstrap import bootstrap
     from interfaces.http.app import create_app
+    from interfaces.http_limits import uvicorn_limits
 
     try:
         container = bootstrap(settings, run_projections=True, migrate=not args.no_migrate)
@@ -113,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lifespan="on",
             timeout_graceful_shutdown=30,
             server_header=False,
+            **uvicorn_limits(settings),  # header deadline, keep-alive, connection cap
         )
     )
     try:
