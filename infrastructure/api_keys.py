@@ -77,9 +77,18 @@ class ApiKeyStore:
         self._lock = threading.Lock()
 
     def create(
-        self, user_id: str, name: str, *, expires_at: int | None = None, actor: str = ""
+        self,
+        user_id: str,
+        name: str,
+        *,
+        expires_at: int | None = None,
+        actor: str = "",
+        session_id: str | None = None,
     ) -> tuple[ApiKey, str]:
-        """Create a key; returns its record and the plaintext (shown once, never stored)."""
+        """Create a key; returns its record and the plaintext (shown once, never stored).
+
+        ``session_id``: the login session it is bound to (revoked with it), if any.
+        """
         name = name.strip()
         if not name or len(name) > 100 or "\x00" in name:
             raise InvalidArgumentError("name must be 1 to 100 characters, no NUL", field="name")
@@ -93,9 +102,9 @@ class ApiKeyStore:
         record = ApiKey(key_id, user_id, name, now, expires_at, None)
         with self.db.transaction() as tx:
             tx.execute(
-                "INSERT INTO api_keys (id, user_id, name, secret_hash, created_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (key_id, user_id, name, _hasher.hash(secret), now, expires_at),
+                "INSERT INTO api_keys (id, user_id, name, secret_hash, created_at, expires_at, "
+                "session_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (key_id, user_id, name, _hasher.hash(secret), now, expires_at, session_id),
             )
             UserStore.record(tx, actor or user_id, "apikey.created", user_id, key_id)
         return record, plaintext
@@ -135,6 +144,26 @@ class ApiKeyStore:
         with self._lock:
             self._verified.pop(key_id, None)
         self.signal.bump()  # after the commit: every process re-reads the row from now on
+
+    def revoke_session_keys(self, session_id: str, *, actor: str = "") -> tuple[str, ...]:
+        """Revoke every active key bound to a login session (at its logout); their ids."""
+        now = int(time.time())
+        with self.db.transaction() as tx:
+            rows = tx.fetchall(
+                "SELECT id, user_id FROM api_keys WHERE session_id = ? AND revoked_at IS NULL",
+                (session_id,),
+            )
+            for key_id, user_id in rows:
+                tx.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (now, key_id))
+                UserStore.record(
+                    tx, actor or str(user_id), "apikey.revoked", str(user_id), str(key_id)
+                )
+        if rows:
+            with self._lock:
+                for key_id, _ in rows:
+                    self._verified.pop(str(key_id), None)
+            self.signal.bump()
+        return tuple(str(r[0]) for r in rows)
 
     def is_cached(self, presented: str) -> bool:
         """True if this exact key was verified before (checking it again needs no argon2)."""

@@ -32,6 +32,7 @@ class Principal:
     is_admin: bool
     method: str  # "jwt" or "apikey"
     credential_id: str  # session id or API key id
+    expires_at: int | None = None  # a JWT's (and so its login session's) expiry
 
     def require_admin(self) -> None:
         if not self.is_admin:
@@ -66,17 +67,45 @@ class AuthService:
         return LoginResult(user, token, expires, session_id)
 
     def logout(self, principal: Principal) -> None:
+        """End the session at once, and the API keys it made without the password."""
         if principal.method != "jwt":
             raise InvalidArgumentError(
                 "API keys are not sessions: revoke the key with DELETE /api/v1/auth/apikey/{id}"
             )
         self.sessions.revoke(principal.credential_id)
+        self.keys.revoke_session_keys(principal.credential_id, actor=principal.user_id)
 
     def create_api_key(
-        self, principal: Principal, name: str, expires_at: int | None = None
+        self,
+        principal: Principal,
+        name: str,
+        expires_at: int | None = None,
+        *,
+        password: str | None = None,
     ) -> tuple[ApiKey, str]:
+        """A new key for the caller, who must hold a login session (an API key cannot mint
+        keys). The key never outlives that session (expiry capped, revoked at logout) unless
+        ``password`` re-confirms the user: then any expiry, or none, is allowed."""
+        if principal.method != "jwt":
+            raise ForbiddenError(
+                "API keys cannot create API keys: log in (POST /api/v1/auth/login) and use "
+                "the session's token"
+            )
+        session_id: str | None = principal.credential_id
+        if password is not None:
+            if self.users.verify_password(principal.email, password) is None:
+                raise ForbiddenError("password is incorrect", field="password")
+            session_id = None
+        elif principal.expires_at is not None and (
+            expires_at is None or expires_at > principal.expires_at
+        ):
+            expires_at = principal.expires_at
         return self.keys.create(
-            principal.user_id, name, expires_at=expires_at, actor=principal.user_id
+            principal.user_id,
+            name,
+            expires_at=expires_at,
+            actor=principal.user_id,
+            session_id=session_id,
         )
 
     def authenticate(self, api_key: str | None, authorization: str | None) -> Principal:
@@ -115,4 +144,6 @@ class AuthService:
             user = self.users.by_id(claims.user_id)
         except UserNotFoundError:
             raise AuthenticationError("Invalid token") from None
-        return Principal(user.id, user.email, user.is_admin, "jwt", claims.session_id)
+        return Principal(
+            user.id, user.email, user.is_admin, "jwt", claims.session_id, claims.expires_at
+        )

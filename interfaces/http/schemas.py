@@ -31,6 +31,8 @@ class LoginBody(Struct, forbid_unknown_fields=True):
 class ApiKeyBody(Struct, forbid_unknown_fields=True):
     name: Annotated[str, Meta(min_length=1, max_length=100, pattern=NO_NUL)]
     expires_at: datetime | None = None
+    # re-entered to make a key that outlives the login session (any expiry, or none)
+    password: Annotated[str, Meta(min_length=1, max_length=1024, pattern=NO_NUL)] | None = None
 
 
 class SpendCheckBody(Struct, forbid_unknown_fields=True):

@@ -93,7 +93,12 @@ def logout(
     "/apikey",
     status_code=201,
     sync_to_thread=True,
-    summary="Create an API key (shown once)",
+    summary="Create an API key (shown once); needs a login session's token",
+    description=(
+        "Only a JWT from /auth/login may create keys (an API key gets 403). The key expires "
+        "with that session at the latest and is revoked at its logout, unless the body "
+        "re-enters the user's `password`: then any `expires_at`, or none, is kept."
+    ),
     dependencies={"principal": Provide(provide_principal)},
 )
 def create_api_key(
@@ -105,7 +110,9 @@ def create_api_key(
     if data.expires_at is not None:
         moment = data.expires_at if data.expires_at.tzinfo else data.expires_at.replace(tzinfo=UTC)
         expires = int(moment.timestamp())
-    key, plaintext = container_of(request).auth.create_api_key(principal, data.name, expires)
+    key, plaintext = container_of(request).auth.create_api_key(
+        principal, data.name, expires, password=data.password
+    )
     return {
         **key_json(key),
         "api_key": plaintext,
