@@ -17,6 +17,12 @@ runs first on the states alone; a key they no longer hold that is used again mak
 fail, and the batch is replayed on fresh state with every key it names looked up at once
 (``keys.scope``). A refusal from an aggregate that dropped keys recently is re-checked the
 same way, so a replay is never answered with a refusal.
+
+A command that fails with anything other than a ``DomainError`` (or, if ``atomic``, fails
+after changing its aggregate) fails alone: its aggregate is reloaded and the rest of its
+group runs again without it, so one bad command never fails the other callers of its
+batch. A command may return ``SaveWith(result, aggregates)`` to have other aggregates saved
+in the same transaction (``LedgerService.transact`` under contention).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -64,6 +70,14 @@ class KeyCheck(Protocol[A_contra]):
         ...
 
 
+@dataclass(frozen=True)
+class SaveWith:
+    """A command's result plus other aggregates to save in the same transaction."""
+
+    result: Any
+    aggregates: tuple[Aggregate, ...]
+
+
 @dataclass
 class _Item(Generic[A]):
     aggregate_id: UUID
@@ -74,6 +88,9 @@ class _Item(Generic[A]):
     result: Any = None
     error: BaseException | None = None
     position: int | None = None
+    atomic: bool = False  # a refusal drops every change the command made
+    failed: bool = False  # failed on its own: skipped when its group runs again
+    others: tuple[Aggregate, ...] = ()
 
 
 _STOP = object()
@@ -117,13 +134,16 @@ class GroupCommitter(Generic[A]):
         create: Factory[A] | None = None,
         *,
         key: str | None = None,
+        atomic: bool = False,
     ) -> tuple[Any, int | None]:
         """Run ``command(aggregate, now)``; return its result and the commit position.
 
         ``key``: the idempotency key the command uses, if any (looked up with its batch's).
+        ``atomic``: if the command raises, none of its changes are saved (by default a
+        refused command keeps what it did before refusing, such as expiring due holds).
         """
         self._ensure_started()
-        item: _Item[A] = _Item(aggregate_id, command, create, key)
+        item: _Item[A] = _Item(aggregate_id, command, create, key, atomic=atomic)
         self._queue.put(item)
         item.done.wait()
         if item.error is not None:
@@ -236,7 +256,7 @@ class GroupCommitter(Generic[A]):
                 aggregate = self._apply_group(aggregate_id, group, now, aggregate, cached, checked)
                 if aggregate is not None:
                     aggregates[aggregate_id] = aggregate
-        dirty = [a for a in aggregates.values() if a.pending_events]
+        dirty = _dirty(aggregates.values(), groups.values())
         recordings = self._app.save(*dirty) if dirty else []
         self._finish(groups, aggregates, recordings)
 
@@ -271,9 +291,8 @@ class GroupCommitter(Generic[A]):
                     {aggregate_id: (aggregate, False)}, {aggregate_id: group}, checked=True
                 ):
                     aggregate = self._apply_group(aggregate_id, group, now, aggregate, False, True)
-                recordings = (
-                    self._app.save(aggregate) if aggregate and aggregate.pending_events else []
-                )
+                dirty = _dirty([aggregate] if aggregate else [], [group])
+                recordings = self._app.save(*dirty) if dirty else []
             except IntegrityError:
                 time.sleep(random.uniform(0, 0.002 * (2**attempt)))  # noqa: S311 - jitter
                 continue
@@ -293,17 +312,15 @@ class GroupCommitter(Generic[A]):
         cached: bool,
         checked: bool,
     ) -> A | None:
-        """Run the group's commands on ``aggregate``; ``checked``: every key is known."""
-        for item in group:
-            item.result, item.error = None, None
-            if aggregate is None:
-                item.error = AccountNotFoundError("No such account", aggregate_id=str(aggregate_id))
-                continue
-            try:
-                item.result = item.command(aggregate, now)
-            except DomainError as exc:
-                item.error = exc
-        if checked or not any(isinstance(item.error, DomainError) for item in group):
+        """Run the group's commands on ``aggregate``; ``checked``: every key is known.
+
+        A command that fails alone (see the module docstring) is marked ``failed`` and the
+        group starts again on freshly loaded state without it.
+        """
+        while not self._run_commands(group, now, aggregate):
+            self._cache.pop(aggregate_id, None)
+            aggregate, cached = self._load(aggregate_id, group, now, use_cache=False), False
+        if checked or not any(_refused(item) for item in group):
             return aggregate
         incomplete = (
             self._keys is not None
@@ -320,6 +337,39 @@ class GroupCommitter(Generic[A]):
             return self._apply_group(aggregate_id, group, now, fresh, False, True)
         with self._scope({aggregate_id: (fresh, False)}, {aggregate_id: group}, checked=True):
             return self._apply_group(aggregate_id, group, now, fresh, False, True)
+
+    @staticmethod
+    def _run_commands(group: list[_Item[A]], now: datetime, aggregate: A | None) -> bool:
+        """Run each command not failed yet; False if one failed alone (state to reload)."""
+        for item in group:
+            if item.failed:
+                continue
+            item.result, item.error, item.others = None, None, ()
+            if aggregate is None:
+                item.error = AccountNotFoundError(
+                    "No such account", aggregate_id=str(item.aggregate_id)
+                )
+                continue
+            before = len(aggregate.pending_events)
+            try:
+                outcome = item.command(aggregate, now)
+            except DomainError as exc:
+                item.error = exc
+                if not item.atomic or len(aggregate.pending_events) == before:
+                    continue
+                item.failed = True  # refused half-way: the state it leaves is not saved
+                return False
+            except Exception as exc:
+                log.exception(
+                    "command on %s failed; the rest of its batch goes on", item.aggregate_id
+                )
+                item.error, item.failed = exc, True
+                return False
+            if isinstance(outcome, SaveWith):
+                item.result, item.others = outcome.result, outcome.aggregates
+            else:
+                item.result = outcome
+        return True
 
     def _load(
         self, aggregate_id: UUID, group: list[_Item[A]], now: datetime, *, use_cache: bool
@@ -359,3 +409,17 @@ class GroupCommitter(Generic[A]):
                 self.commands += 1
         if positions and self._on_saved is not None:
             self._on_saved(max(positions.values()))
+
+
+def _refused(item: _Item[Any]) -> bool:
+    return isinstance(item.error, DomainError) and not item.failed
+
+
+def _dirty(aggregates: Iterable[Aggregate], groups: Iterable[list[_Item[Any]]]) -> list[Aggregate]:
+    """The aggregates to save: those with new events, and those commands asked to save along."""
+    found: dict[int, Aggregate] = {id(a): a for a in aggregates}
+    for group in groups:
+        for item in group:
+            if item.error is None:
+                found.update((id(a), a) for a in item.others)
+    return [a for a in found.values() if a.pending_events]

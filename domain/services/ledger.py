@@ -23,12 +23,13 @@ from eventsourcing.utils import EnvType
 
 from domain.credits import CreditAccount, account_id_for, earlier_keys, event_key
 from domain.crypto_wallets import NamedWallet
-from domain.errors import AccountNotFoundError, ConcurrencyError
-from domain.guardrails import GuardrailPolicy
+from domain.errors import AccountNotFoundError
+from domain.guardrails import GuardrailPolicy, SpendingReport
 from domain.ports import Clock, system_clock
-from domain.services.committer import GroupCommitter
+from domain.services.committer import GroupCommitter, SaveWith
 
 SNAPSHOT_INTERVAL = 100
+OPTIMISTIC_TRIES = 3  # then ``transact`` runs on the committer's thread
 T = TypeVar("T")
 Pair = tuple[UUID, str]
 
@@ -184,6 +185,7 @@ class AccountView:
     effective_limits: dict[str, int]
     window_spend: dict[str, int]
     holds: tuple[HoldView, ...]
+    spending: SpendingReport  # what enforcement decides at ``as_of`` (spent, held, remaining)
 
 
 @dataclass(frozen=True)
@@ -242,20 +244,25 @@ class LedgerService:
     ) -> T:
         """Run ``run`` on the owner's account and save it with the aggregate it returns.
 
-        Both are saved in one transaction under optimistic concurrency; on a conflict both are
-        reloaded and ``run`` is called again (bounded, with jitter). The committer's cached copy
-        of the account is dropped afterwards, since it is now behind. Keys no longer in the
-        account's state are looked up one by one (after a conflict: every key not in it).
+        Due holds are expired first (the state a charge would see). Both are saved in one
+        transaction under optimistic concurrency; on a conflict both are reloaded and ``run``
+        is called again. After ``OPTIMISTIC_TRIES`` conflicts (a busy account: the group
+        commits keep winning) it runs on the committer's thread, in turn with those commits,
+        so settlement never starves. The committer's cached copy of the account is dropped
+        after an optimistic save, since it is now behind. Keys no longer in the account's
+        state are looked up one by one (after a conflict: every key not in it). ``clock``
+        times the optimistic tries; on the committer, the ledger's clock decides.
         """
         account_id = account_id_for(owner)
         clock = clock or self.clock
-        for attempt in range(10):
+        for attempt in range(OPTIMISTIC_TRIES):
             now = clock()
             try:
                 account: CreditAccount = self.app.repository.get(account_id)
             except AggregateNotFoundError:
                 account = CreditAccount(user_id=owner, at=now)
             with earlier_keys(_BatchKeys(self.app.keys, ()), always=attempt > 0):
+                account.expire_holds(now)
                 result, other = run(account, now)
             try:
                 self.app.save(account, other)
@@ -264,7 +271,17 @@ class LedgerService:
                 continue
             self.committer.evict(account_id)
             return result
-        raise ConcurrencyError("Too many concurrent updates; retry")
+
+        def command(account: CreditAccount, now: datetime) -> SaveWith:
+            account.expire_holds(now)
+            result, other = run(account, now)
+            return SaveWith(result, (other,))
+
+        def create(now: datetime) -> CreditAccount:
+            return CreditAccount(user_id=owner, at=now)
+
+        found, _position = self.committer.execute(account_id, command, create, atomic=True)
+        return cast(T, found)
 
     def open_account(self, user_id: str) -> Outcome:
         return self._run(user_id, lambda _account, _now: None)
@@ -311,6 +328,11 @@ class LedgerService:
 
     def expire_holds(self, user_id: str) -> Outcome:
         return self._run(user_id, lambda a, now: a.expire_holds(now) > 0)
+
+    def expire_due(self, account_id: UUID) -> int:
+        """Expire the account's due holds (the aggregate decides which); how many it did."""
+        expired, _position = self.committer.execute(account_id, lambda a, now: a.expire_holds(now))
+        return int(expired)
 
     def debit(self, user_id: str, amount: int, *, key: str, **audit: str) -> Outcome:
         return self._run(user_id, lambda a, now: a.debit(amount, key=key, now=now, **audit), key)
@@ -371,11 +393,27 @@ class LedgerService:
         return self._view(self._get(user_id), self.clock())
 
     def check_spend(self, user_id: str, amount: int) -> AccountView:
-        """Raise the 402 errors a charge of ``amount`` would get now; change nothing."""
+        """Raise the 402 errors a charge of ``amount`` would get now; change nothing.
+
+        Evaluated as a charge is: on the state with due holds expired (in this copy only;
+        the hold sweep records the expiries).
+        """
         account = self._get(user_id)
         now = self.clock()
+        account.expire_holds(now)
         account.check_spend(amount, now, self.policy)
         return self._view(account, now)
+
+    def spending(self, user_id: str) -> SpendingReport:
+        """Every guard-rail window as a charge now would see it (read from the aggregate, at
+        the service clock's time, never before the account's newest event)."""
+        now = self.clock()
+        try:
+            return self._get(user_id).spending_report(now, self.policy)
+        except AccountNotFoundError:
+            limits = self.policy.effective_limits({})
+            enabled = self.policy.enabled
+            return SpendingReport.of(now, enabled=enabled, spent={}, held=0, limits=limits)
 
     def account_at(self, user_id: str, at: datetime) -> AccountView:
         """Time travel: the account folded from its events recorded up to ``at``."""
@@ -422,9 +460,8 @@ class LedgerService:
             raise AccountNotFoundError("No credit account for this user", user_id=user_id)
 
     def _view(self, account: CreditAccount, now: datetime) -> AccountView:
-        held = sum(
-            h["amount"] - h["captured"] for h in account.holds.values() if h["expires_at"] > now
-        )
+        now = account.business_time(now)
+        held = account.held_at(now)
         return AccountView(
             user_id=account.user_id,
             account_id=account.id,
@@ -447,4 +484,5 @@ class LedgerService:
                 for hid, h in account.holds.items()
                 if h["expires_at"] > now
             ),
+            spending=account.spending_report(now, self.policy),
         )
