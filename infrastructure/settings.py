@@ -92,6 +92,7 @@ class Settings:
     crypto_token_address: str = ""  # USDC contract; empty: the network's official one
     crypto_confirmations: int = 12
     crypto_payment_ttl: float = 3600.0
+    crypto_max_open_requests: int = 5  # per user
     crypto_poll_interval: float = 15.0
     afterdark_api_url: str = "https://billing.afterdarksys.com"
     afterdark_api_key: str = field(default="", repr=False)
@@ -444,6 +445,7 @@ def _payments(env: Mapping[str, str]) -> dict[str, Any]:
         "crypto_token_address": token,
         "crypto_confirmations": _int(env, "CRYPTO_CONFIRMATIONS", 12, 1, 10_000),
         "crypto_payment_ttl": _float(env, "CRYPTO_PAYMENT_TTL_SECONDS", 3600.0, 10.0, 30 * 86400.0),
+        "crypto_max_open_requests": _int(env, "CRYPTO_MAX_OPEN_REQUESTS", 5, 1, 1000),
         "crypto_poll_interval": _float(env, "CRYPTO_POLL_SECONDS", 15.0, 0.05, 3600.0),
         "afterdark_api_url": _url(env, "AFTERDARK_API_URL", "https://billing.afterdarksys.com"),
         "afterdark_api_key": env.get("AFTERDARK_API_KEY", "").strip(),

@@ -221,6 +221,7 @@ def open_chain(settings: Settings) -> tuple[ChainReader | None, CryptoConfig | N
         token=settings.crypto_token_address or USDC_CONTRACTS[network].lower(),
         receiving_address=settings.crypto_receiving_address,
         ttl=timedelta(seconds=settings.crypto_payment_ttl),
+        max_open=settings.crypto_max_open_requests,
     )
     return JsonRpcChainReader(settings.crypto_rpc_url), config
 

@@ -25,6 +25,7 @@ from eventsourcing.persistence import IntegrityError
 
 from domain.credits import CreditAccount
 from domain.crypto_amounts import LATE_PAYMENT_WINDOW, TAG_UNITS, ExactAmount, exact_amount_id
+from domain.crypto_requests import OpenCryptoRequests, open_crypto_requests_id
 from domain.crypto_wallets import NamedWallet, named_wallet_id
 from domain.errors import DomainError, IdempotencyConflictError, InvalidArgumentError
 from domain.payment_ports import (
@@ -82,6 +83,7 @@ class CryptoConfig:
     token: str  # contract address, lower-case
     receiving_address: str
     ttl: timedelta
+    max_open: int = 5  # open requests per user (``domain.crypto_requests``)
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,8 @@ class PaymentService:
     def _initiate_crypto(self, request: PaymentRequest) -> Payment | None:
         """A crypto request with an exact amount of its own (``domain.crypto_amounts``):
         the requested cents plus a random tag, reserved in the same save as the payment, which
-        also records the request on its wallet (``domain.crypto_wallets``)."""
+        also records the request on its wallet (``domain.crypto_wallets``) and among its
+        user's open requests, refused past ``max_open`` (``domain.crypto_requests``)."""
         crypto = self.crypto
         assert crypto is not None  # noqa: S101 - checked by create()
         payment_id = payment_id_for(request.owner, request.key)
@@ -192,6 +195,10 @@ class PaymentService:
             expires = now + crypto.ttl
             exact = request.amount + 1 + secrets.randbelow(TAG_UNITS)
             until = expires + LATE_PAYMENT_WINDOW
+            mine = self._open_requests(request.owner)
+            mine.admit(
+                str(payment_id), until=expires, now=now, limit=crypto.max_open, is_open=self._open
+            )
             reservation = self._reservation(crypto.network, exact, str(payment_id), until, now)
             if reservation is None:
                 continue
@@ -200,7 +207,7 @@ class PaymentService:
             wallet = self._named_wallet(crypto.network, request.method.get("wallet", ""))
             wallet.name(str(payment_id), request.owner, until=until, now=now)
             try:
-                self.app.save(payment, reservation, wallet)
+                self.app.save(payment, reservation, wallet, mine)
             except IntegrityError:
                 if self.find(payment_id) is not None:
                     return None  # a concurrent request with the same key created it first
@@ -223,6 +230,14 @@ class PaymentService:
             return None
         found.reserve(payment_id, until=until, now=now)
         return found
+
+    def _open_requests(self, owner: str) -> OpenCryptoRequests:
+        found: OpenCryptoRequests | None = self._load(open_crypto_requests_id(owner))
+        return OpenCryptoRequests(owner) if found is None else found
+
+    def _open(self, payment_id: str) -> bool:
+        payment = self.find(UUID(payment_id))
+        return payment is not None and payment.is_open
 
     def _named_wallet(self, network: str, wallet: str) -> NamedWallet:
         found: NamedWallet | None = self._load(named_wallet_id(network, wallet))

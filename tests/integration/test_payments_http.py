@@ -17,6 +17,7 @@ from uuid import UUID
 import pytest
 from litestar.testing import TestClient
 
+from domain.crypto_requests import TooManyOpenRequestsError
 from domain.crypto_wallets import named_wallet_id
 from domain.services import payments as payment_service
 from domain.services.payments import PaymentRequest
@@ -611,6 +612,8 @@ def test_crypto_requests_at_once_get_distinct_exact_amounts(
     reservation that lost the race is retried with another amount)."""
     monkeypatch.setattr(payment_service, "TAG_UNITS", 40)
     service = shop.c.payments
+    assert service.crypto is not None
+    service.crypto = dataclasses.replace(service.crypto, max_open=24)  # one user's 24 requests
 
     def start(n: int) -> Any:
         request = PaymentRequest(
@@ -704,3 +707,83 @@ def test_transactions_list_payments_in_every_state(shop: Shop) -> None:
     states = {p["amount"]: p["status"] for p in listed["payments"]}
     assert states == {"10.00": "succeeded", "11.00": "failed", "12.00": "pending"}
     assert [t["type"] for t in listed["transactions"]] == ["grant"]
+
+
+def test_crypto_open_requests_are_capped_per_user(shop: Shop, clock: FixedClock) -> None:
+    """Five open crypto requests per user (the default); the sixth is a 429 and reserves
+    nothing; paying one or letting one expire frees a place; other users are not affected."""
+    _scan(shop)
+    first, *_ = [_crypto(shop, "10", f"open-{n}") for n in range(5)]
+    refused = shop.pay("10", method=f"crypto:ethereum:{WALLET}", billing="Crypto", key="sixth")
+    assert refused.status_code == 429, refused.text
+    problem = refused.json()
+    assert problem["limit"] == 5
+    assert problem["open"] == 5
+    assert "5 crypto payment requests are open" in problem["detail"]
+    assert 0 < problem["retry_after"] <= 3600
+    shop.c.runner.catch_up()
+    assert shop.client.get("/api/v1/billing/payments", headers=shop.auth).json()["count"] == 5
+    # a retry of a request already made is its replay, not a new request
+    again = shop.pay("10", method=f"crypto:ethereum:{WALLET}", billing="Crypto", key="open-0")
+    assert again.status_code == 200
+    assert again.json()["id"] == first["id"]
+    assert _crypto_as(shop, _login(shop.client, "other@example.com"), "10", "o").status_code == 201
+    # paying one request frees its place
+    shop.chain.transfer(TOKEN, WALLET, RECEIVER, _units(first))
+    _scan(shop)
+    assert shop.c.payments.get(UUID(first["id"])).state == "succeeded"
+    _crypto(shop, "10", "sixth")
+    refused = shop.pay("10", method=f"crypto:ethereum:{WALLET}", billing="Crypto", key="seventh")
+    assert refused.status_code == 429
+    # past their deadline (one hour) requests are no longer open
+    clock.advance(hours=1, seconds=1)
+    _crypto(shop, "10", "seventh")
+
+
+def test_crypto_request_cap_holds_when_requests_race(shop: Shop) -> None:
+    """Twelve requests of one user at once: exactly five are saved (the per-user aggregate's
+    version makes the later saves retry on fresh state, and those find the cap reached)."""
+    service = shop.c.payments
+
+    def start(n: int) -> str:
+        request = PaymentRequest(
+            owner=shop.user_id,
+            amount=10 * USD,
+            currency="USD",
+            processor="crypto",
+            method={"type": "crypto", "network": "ethereum", "wallet": WALLET},
+            key=f"race-{n}",
+        )
+        try:
+            service._initiate(request)
+        except TooManyOpenRequestsError:
+            return "refused"
+        return "saved"
+
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = list(pool.map(start, range(12)))
+    assert sorted(outcomes) == ["refused"] * 7 + ["saved"] * 5
+    shop.c.runner.catch_up()
+    listed = shop.client.get("/api/v1/billing/payments", headers=shop.auth).json()
+    assert listed["count"] == 5
+
+
+def test_crypto_exact_amounts_exhausted_is_a_clear_503_for_everyone(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All tags of an amount taken (by other users, each under the cap): the next request for
+    that amount, whoever asks, is a 503 that says why and to retry; other amounts still work."""
+    monkeypatch.setattr(payment_service, "TAG_UNITS", 3)
+    _scan(shop)
+    _crypto(shop, "10", "a")
+    for n in range(2):
+        taker = _login(shop.client, f"taker{n}@example.com")
+        assert _crypto_as(shop, taker, "10", f"t{n}").status_code == 201
+    refused = _crypto_as(shop, _login(shop.client, "late@example.com"), "10", "late")
+    assert refused.status_code == 503, refused.text
+    problem = refused.json()
+    assert problem["title"] == "No exact amount free"
+    assert "every one tried was taken" in problem["detail"]
+    assert "retry" in problem["detail"]
+    assert problem["field"] == "amount"
+    assert _crypto(shop, "10.01", "b")["status"] == "pending"
