@@ -15,7 +15,7 @@ Python folds by default, so it checks whatever built the live tables against the
 
 from __future__ import annotations
 
-import os
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -247,7 +247,7 @@ def verify(
             generations[p.name] = state.generation
             digest, rows = checksum(tx, p, state.generation)
             live[p.name] = (state.position, digest, rows)
-    scratch = f"verify{os.getpid()}"
+    scratch = f"verify{uuid.uuid4().hex[:12]}"  # its own: runs at once never share tables
     with db.transaction() as tx:
         for p in projections:
             create_generation(tx, p, generations[p.name], scratch)
