@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from dotenv import dotenv_values
 
@@ -51,6 +51,8 @@ class Settings:
     port: int = 8080
     jwt_secret: str = field(default="", repr=False)
     jwt_expiration_seconds: int = 24 * 3600
+    public_url: str = ""  # the origin clients reach us at (agent card, discovery); see base_url
+    access_log: bool = False
     session_mode: str = "sql"
     redis_url: str = ""
     rate_limit_per_minute: int = 100
@@ -148,6 +150,15 @@ class Settings:
         return path if path.is_absolute() else self.data_dir / path
 
     @property
+    @property
+    def base_url(self) -> str:
+        """Public origin for URLs we advertise: ``PUBLIC_URL``, else the listening address
+        (never a request's ``Host``)."""
+        if self.public_url:
+            return self.public_url
+        host = self.host if self.host not in {"0.0.0.0", "::", ""} else "127.0.0.1"  # noqa: S104
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
     def postgres_conninfo(self) -> str:
         from psycopg.conninfo import make_conninfo
 
@@ -300,6 +311,16 @@ def _http(env: Mapping[str, str]) -> dict[str, Any]:
     session_mode = _choice(env, "SESSION_MODE", "sql", {"sql", "redis", "balanced"})
     if session_mode != "sql" and not redis_url:
         raise ConfigError(f"SESSION_MODE={session_mode} needs REDIS_URL or REDIS_HOST")
+def _public_url(env: Mapping[str, str]) -> str:
+    raw = env.get("PUBLIC_URL", "").strip()
+    if not raw:
+        return ""
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"PUBLIC_URL={raw!r} must be an http(s) URL without query or fragment")
+    return raw.rstrip("/")
+
+
     origins = tuple(o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
     return {
         "log_file": (env.get("AISERVE_LOG_FILE") or env.get("LOG_FILE") or "").strip(),
@@ -323,6 +344,8 @@ def _http(env: Mapping[str, str]) -> dict[str, Any]:
         "cors_origins": origins,
         "max_body_bytes": _int(env, "MAX_BODY_BYTES", 1_048_576, 1024, 1_073_741_824),
         "http_header_timeout": _float(env, "HTTP_HEADER_TIMEOUT_SECONDS", 10.0, 0.1, 3600.0),
+        "public_url": _public_url(env),
+        "access_log": _bool(env, "ACCESS_LOG", False),
         "http_keepalive_seconds": _int(env, "HTTP_KEEPALIVE_SECONDS", 5, 1, 3600),
         "http_max_connections": _int(env, "HTTP_MAX_CONNECTIONS", 500, 1, 1_000_000),
     }

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from infrastructure import log_redaction
 from interfaces.cli.common import OneLineParser
 
 if TYPE_CHECKING:
@@ -58,7 +59,16 @@ def configure_logging(settings: Settings, *, debug: bool) -> None:
         handlers=handlers,
         force=True,
     )
-    for noisy in ("httpx", "httpcore", "uvicorn.access"):
+    log_redaction.install(handlers)  # no credential in any line, whoever logs it
+    # hpack logs raw (Huffman-coded) header blocks at debug level: no filter can read those
+    quiet = (
+        "httpx",
+        "httpcore",
+        "hpack",
+        "h2",
+        *(() if settings.access_log else ("uvicorn.access",)),
+    )
+    for noisy in quiet:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -110,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=settings.host,
             port=settings.port,
             log_config=None,
-            access_log=False,
+            access_log=settings.access_log,
             lifespan="on",
             timeout_graceful_shutdown=30,
             server_header=False,

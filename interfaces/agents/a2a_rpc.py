@@ -231,7 +231,7 @@ class A2ARpc:
         handler = DefaultRequestHandler(
             agent_executor=GpuProxyExecutor(container, runtime),
             task_store=BoundedTaskStore(),
-            agent_card=agent_card("http://localhost"),  # only its capabilities are read
+            agent_card=agent_card(container.settings.base_url),
         )
         self.dispatcher = JsonRpcDispatcher(
             handler, context_builder=PrincipalContextBuilder(), enable_v0_3_compat=True

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar, Request, Response, Router, asgi, get, post
+from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency, Provide
 from litestar.handlers import ASGIRouteHandler, HTTPRouteHandler
 
@@ -157,14 +158,22 @@ async def agent(
     return answer
 
 
-@get("/agent/discover", summary="Agent protocols, endpoints and capabilities (public)")
+PUBLIC_CACHE = CacheControlHeader(public=True, max_age=300)
+
+
+@get(
+    "/agent/discover",
+    summary="Agent protocols, endpoints and capabilities (public)",
+    cache_control=PUBLIC_CACHE,
+)
 async def discover() -> dict[str, Any]:
     return discover_document()
 
 
-@get("/.well-known/agent-card.json", summary="A2A agent card (public)")
+@get("/.well-known/agent-card.json", summary="A2A agent card (public)", cache_control=PUBLIC_CACHE)
 async def agent_card(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    return agent_card_json(str(request.base_url))
+    """URLs from ``PUBLIC_URL`` (or the listening address), never the request's ``Host``."""
+    return agent_card_json(doors_of(request).container.settings.base_url)
 
 
 @asgi(MCP_PATH, copy_scope=False)

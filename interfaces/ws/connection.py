@@ -1,9 +1,11 @@
 """One ``/ws`` connection from handshake to close: authenticate, then read, dispatch, keep alive.
 
 Authentication happens at the handshake, before the connection is accepted: ``X-API-Key`` or
-``Authorization: Bearer`` headers, or (browsers cannot set headers) a ``token`` (JWT) or
-``api_key`` query parameter. A refused handshake is answered with an HTTP 401/429 problem
-body where the server supports it, otherwise with 403. Every connection counts once against
+``Authorization: Bearer`` headers, or (browsers cannot set headers) the subprotocols
+``["bearer", "<JWT or API key>"]`` in ``Sec-WebSocket-Protocol``, answered with ``bearer``.
+Credentials in the URL (``?token=``, ``?api_key=``) are refused with 400: URLs end up in
+logs. A refused handshake is answered with an HTTP 400/401/429 problem body where the server
+supports it, otherwise with 403. Every connection counts once against
 the rate limit, and each ``infer`` message once more. The credential is checked again every
 minute: a revoked key or ended session closes the connection with 4401.
 """
@@ -39,13 +41,33 @@ REAUTH_EVERY = 60.0
 _refs = itertools.count(1)
 
 
+BEARER = "bearer"  # the subprotocol that carries a credential (and is selected on accept)
+URL_CREDENTIALS = ("token", "api_key", "access_token", "key")
+
+
+def offered_protocols(socket: Any) -> list[str]:
+    """The client's ``Sec-WebSocket-Protocol`` values, in order."""
+    offered: list[str] = socket.scope.get("subprotocols") or []
+    return offered
+
+
 def credentials_of(socket: Any) -> tuple[str | None, str | None]:
-    headers, query = socket.headers, socket.query_params
-    api_key = headers.get("x-api-key") or query.get("api_key") or None
+    """``(api key, authorization)`` from the headers or the ``bearer`` subprotocol."""
+    for name in URL_CREDENTIALS:
+        if name in socket.query_params:
+            raise DomainError(
+                f"{name}: credentials in the URL are not accepted (they end up in logs); send "
+                'them as WebSocket subprotocols ["bearer", "<JWT or API key>"] or in a header',
+                field=name,
+            )
+    headers = socket.headers
+    api_key = headers.get("x-api-key") or None
     authorization = headers.get("authorization") or None
-    token = query.get("token")
-    if not api_key and not authorization and token:
-        authorization = f"Bearer {token}"
+    offered = offered_protocols(socket)
+    if not api_key and not authorization and BEARER in offered:
+        at = offered.index(BEARER)
+        if at + 1 < len(offered):
+            authorization = f"Bearer {offered[at + 1]}"
     return api_key, authorization
 
 
@@ -70,6 +92,7 @@ async def refuse(socket: Any, exc: DomainError) -> None:
             "status": exc.status,
             "detail": exc.message,
             "error": exc.message,
+            **{k: v for k, v in exc.details.items() if k == "field"},
         }
     ).encode()
     headers = [(b"content-type", b"application/problem+json")]

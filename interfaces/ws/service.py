@@ -11,7 +11,14 @@ from domain.errors import DomainError
 from infrastructure.event_feed import Bus, EventFeed
 from infrastructure.event_feed_bus import MemoryBus, RedisBus, feed_namespace
 from interfaces.ws import protocol
-from interfaces.ws.connection import Connection, authenticate, credentials_of, refuse
+from interfaces.ws.connection import (
+    BEARER,
+    Connection,
+    authenticate,
+    credentials_of,
+    offered_protocols,
+    refuse,
+)
 from interfaces.ws.hub import StreamHub
 from interfaces.ws.session import Session
 
@@ -41,13 +48,13 @@ class Streams:
         await self.bus.aclose()
 
     async def handle(self, socket: WebSocket[Any, Any, Any]) -> None:
-        creds = credentials_of(socket)
         try:
+            creds = credentials_of(socket)
             principal = await asyncio.to_thread(authenticate, self.c, creds)
         except DomainError as exc:
             await refuse(socket, exc)
             return
-        await socket.accept()
+        await socket.accept(subprotocols=BEARER if BEARER in offered_protocols(socket) else None)
         session = Session(socket, principal, creds, queue_size=self.c.settings.ws_queue_size)
         await Connection(self.c, self.hub, socket.app.state.proxy, session).serve()
 

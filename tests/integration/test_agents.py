@@ -102,6 +102,53 @@ def test_discovery_and_agent_card_are_public(server: Server) -> None:
         assert card.json()["url"] == f"{server.url}/api/v1/a2a"  # the 0.3 field, too
 
 
+EVIL = {
+    "Host": "evil.example",
+    "X-Forwarded-Host": "evil.example",
+    "X-Forwarded-Proto": "https",
+    "Forwarded": "host=evil.example;proto=https",
+}
+
+
+def test_public_documents_never_take_urls_from_request_headers(server: Server) -> None:
+    """A forged ``Host`` must not end up in a (cacheable) discovery document."""
+    with httpx.Client(base_url=server.url, headers=EVIL, timeout=30) as evil:
+        for path in (
+            "/.well-known/agent-card.json",
+            "/agent/discover",
+            "/schema/openapi.json",
+            "/schema/swagger",
+            "/schema/redoc",
+            "/admin",
+        ):
+            answer = evil.get(path)
+            assert answer.status_code == 200, path
+            assert "evil.example" not in answer.text, path
+        tools = evil.get("/api/v1/langchain/tools", headers={"X-API-Key": server.alice})
+        assert tools.status_code == 200
+        assert "evil.example" not in tools.text
+        card = evil.get("/.well-known/agent-card.json")
+        assert card.json()["url"] == f"{server.url}/api/v1/a2a"  # HOST:PORT, no PUBLIC_URL set
+        assert card.headers["cache-control"] == "max-age=300, public"
+
+
+def test_agent_card_urls_come_from_public_url(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "DATA_DIR": str(tmp_path),
+            "JWT_SECRET": JWT_SECRET,
+            "PUBLIC_URL": "https://gpu.example.com/",
+        },
+        env_file=None,
+    )
+    with test_client(settings) as client:
+        card = client.get("/.well-known/agent-card.json", headers=EVIL).json()
+    assert card["url"] == "https://gpu.example.com/api/v1/a2a"
+    assert {i["url"] for i in card["supportedInterfaces"]} == {card["url"]}
+    assert card["documentationUrl"] == "https://gpu.example.com/agent/discover"
+    assert card["provider"]["url"] == "https://gpu.example.com"
+
+
 @pytest.mark.parametrize(
     "path",
     [

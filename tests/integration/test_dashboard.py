@@ -25,6 +25,7 @@ from tests.integration.test_ws import BASE_ENV, PASSWORD, Account, make_user
 from tests.support.http import JWT_SECRET, ROOT, env_of, server_process
 
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
+LOG = ARTIFACTS / "server.log"
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
 ADMIN_ENDPOINTS = [
     ("GET", "/api/v1/admin/stats"),
@@ -59,9 +60,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Contai
         **BASE_ENV,
         "SANDBOX_PROVIDER_ENABLED": "true",
         "SANDBOX_PROVISIONING_DELAY": "0",
+        "LOG_LEVEL": "DEBUG",  # the WebSocket handshake's headers are logged at debug level
     }
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    LOG.unlink(missing_ok=True)
     try:
-        with server_process(env) as url:
+        with server_process(env, log_file=LOG) as url:
             yield url, c
     finally:
         c.close()
@@ -129,6 +133,10 @@ def test_dashboard_grants_limits_and_live_updates_in_a_real_browser(
             _non_admin_session(browser, url, plain)
         finally:
             browser.close()
+    # the live feed authenticated with the admin's JWT, which never reached the server log
+    logged = LOG.read_text()
+    assert '"WebSocket /ws" [accepted]' in logged
+    assert "eyJ" not in logged  # every JWT starts so
 
 
 def _admin_session(browser: Any, url: str, boss: Account, target: Account) -> None:

@@ -94,10 +94,18 @@ def ws_url(base: str) -> str:
 
 @contextlib.contextmanager
 def open_ws(
-    base: str, *, key: str | None = None, query: str = "", headers: dict[str, str] | None = None
+    base: str,
+    *,
+    key: str | None = None,
+    query: str = "",
+    headers: dict[str, str] | None = None,
+    protocols: list[str] | None = None,
 ) -> Iterator[Ws]:
     sent = {"X-API-Key": key} if key else dict(headers or {})
-    with connect(ws_url(base) + query, additional_headers=sent, open_timeout=10) as conn:
+    offered: Any = protocols
+    with connect(
+        ws_url(base) + query, additional_headers=sent, subprotocols=offered, open_timeout=10
+    ) as conn:
         yield Ws(conn)
 
 
@@ -185,29 +193,51 @@ def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Conta
 
 def test_unauthenticated_connections_are_refused(embedded: tuple[str, Container]) -> None:
     url, _c = embedded
-    for query, headers in [
-        ("", {}),
-        ("?token=not-a-jwt", {}),
-        ("?api_key=gpx_0123456789abcdef_" + "A" * 43, {}),
-        ("", {"Authorization": "Basic Zm9vOmJhcg=="}),
+    for protocols, headers in [
+        (None, {}),
+        (["bearer", "not-a-jwt"], {}),
+        (["bearer", "gpx_0123456789abcdef_" + "A" * 43], {}),
+        (["bearer"], {}),
+        (["chat", "bearer"], {}),
+        (None, {"Authorization": "Basic Zm9vOmJhcg=="}),
     ]:
-        with pytest.raises(InvalidStatus) as refused, open_ws(url, query=query, headers=headers):
+        with (
+            pytest.raises(InvalidStatus) as refused,
+            open_ws(url, protocols=protocols, headers=headers),
+        ):
             pass
         assert refused.value.response.status_code == 401
         assert b"error" in refused.value.response.body
 
 
-def test_jwt_in_query_or_header_and_api_key_in_query(embedded: tuple[str, Container]) -> None:
+def test_credentials_in_the_url_are_refused_with_400(embedded: tuple[str, Container]) -> None:
+    """URLs end up in logs, so ``?token=``/``?api_key=`` are refused, even when valid."""
+    url, c = embedded
+    me = make_user(c, "url")
+    for field, value in [("token", "whatever"), ("api_key", me.key)]:
+        with pytest.raises(InvalidStatus) as refused, open_ws(url, query=f"?{field}={value}"):
+            pass
+        assert refused.value.response.status_code == 400
+        problem = json.loads(refused.value.response.body)
+        assert problem["field"] == field
+        assert "subprotocol" in problem["error"]
+
+
+def test_jwt_or_api_key_in_the_bearer_subprotocol_or_a_header(
+    embedded: tuple[str, Container],
+) -> None:
     url, c = embedded
     me = make_user(c, "jwt")
     token = httpx.post(
         f"{url}/api/v1/auth/login", json={"email": me.email, "password": PASSWORD}, timeout=30
     ).json()["tokens"]["access_token"]
-    with open_ws(url, query=f"?token={token}") as ws:
+    with open_ws(url, protocols=["bearer", token]) as ws:
+        assert ws.conn.subprotocol == "bearer"  # browsers insist on one offered protocol back
         assert ws.subscribe(topics=["account"])["user_id"] == me.user_id
     with open_ws(url, headers={"Authorization": f"Bearer {token}"}) as ws:
+        assert ws.conn.subprotocol is None
         assert ws.subscribe()["user_id"] == me.user_id
-    with open_ws(url, query=f"?api_key={me.key}") as ws:
+    with open_ws(url, protocols=["bearer", me.key]) as ws:
         assert ws.subscribe()["scope"] == "user"
 
 

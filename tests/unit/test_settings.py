@@ -163,3 +163,28 @@ def test_process_environment_is_used_when_environ_is_none(
     settings = load_settings(None, env_file=None)
     assert settings.db_port == 1234
     assert settings.log_level == "WARNING"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "http://127.0.0.1:8080"),  # a wildcard listener is advertised as loopback
+        ({"HOST": "10.1.2.3", "PORT": "9000"}, "http://10.1.2.3:9000"),
+        ({"HOST": "::1"}, "http://[::1]:8080"),
+        ({"PUBLIC_URL": "https://gpu.example.com/", "HOST": "10.1.2.3"}, "https://gpu.example.com"),
+        ({"PUBLIC_URL": "https://example.com/gpu"}, "https://example.com/gpu"),
+    ],
+)
+def test_base_url_is_public_url_or_the_listening_address(
+    env: dict[str, str], expected: str
+) -> None:
+    assert load_settings(env, env_file=None).base_url == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["gpu.example.com", "ftp://gpu.example.com", "https://", "https://a.example/?x=1"]
+)
+def test_public_url_must_be_a_plain_http_url(value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"PUBLIC_URL": value}, env_file=None)
+    assert "PUBLIC_URL" in str(info.value)

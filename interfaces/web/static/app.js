@@ -170,7 +170,8 @@
   function openSocket() {
     closeSocket();
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const socket = new WebSocket(scheme + "//" + location.host + "/ws?token=" + encodeURIComponent(state.token));
+    // the JWT travels as a subprotocol, never in the URL (URLs end up in server logs)
+    const socket = new WebSocket(scheme + "//" + location.host + "/ws", ["bearer", state.token]);
     state.socket = socket;
     socket.onopen = () => {
       const message = { type: "subscribe", all: true };
