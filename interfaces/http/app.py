@@ -11,12 +11,12 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.config import OpenAPIConfig
-from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from domain.errors import DomainError
 from infrastructure.proxy.runtime import ProxyRuntime
 from interfaces.agents import routes as agents
+from interfaces.http import docs_assets
 from interfaces.http.controllers import admin, auth, billing, gpu, health, money, oip, proxy
 from interfaces.http.controllers import models as model_routes
 from interfaces.http.errors import (
@@ -69,7 +69,7 @@ def create_app(
         title="GPU Proxy",
         version=VERSION,
         path="/schema",
-        render_plugins=[SwaggerRenderPlugin(), RedocRenderPlugin(path="/redoc")],
+        render_plugins=docs_assets.render_plugins(),  # assets served by this app, no CDN
         components=Components(
             security_schemes={
                 "ApiKey": SecurityScheme(
@@ -149,6 +149,7 @@ def create_app(
         ],
         lifespan=[agents.lifespan],
         exception_handlers=handlers,
+            docs_assets.docs_asset,
         middleware=[observe(observer)],
         openapi_config=openapi,
         cors_config=cors,
