@@ -3,7 +3,9 @@
 A key looks like ``gpx_<id>_<secret>``. Verifying runs argon2 once per key per process; after
 that a SHA-256 of the key is compared in memory. The verified owner is reused without reading
 the row again only while the revocation signal is unchanged (``infrastructure.revocation``),
-so a revocation by any process takes effect at the next request.
+so a revocation by any process takes effect at the next request. A check that needs argon2
+goes through the caller's gate (``infrastructure.auth_throttle``: failure limits, bounded
+argon2 slots).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import re
 import secrets
 import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Protocol
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -64,8 +68,21 @@ class _Verified:
     signal: object
 
 
+class HashGate(Protocol):
+    """What a check that needs argon2 must pass: a refusal check, then a hashing slot."""
+
+    def check(self) -> None: ...
+    def hashing(self) -> AbstractContextManager[None]: ...
+
+
 def looks_like_key(value: str) -> bool:
     return value.startswith(PREFIX)
+
+
+def key_id_of(presented: str) -> str | None:
+    """The lookup id of a well-formed key, else None."""
+    match = KEY_PATTERN.match(presented)
+    return None if match is None else match.group(1)
 
 
 class ApiKeyStore:
@@ -175,8 +192,12 @@ class ApiKeyStore:
             known.digest, hashlib.sha256(presented.encode()).digest()
         )
 
-    def verify(self, presented: str) -> KeyOwner | None:
-        """The owner of a valid, unrevoked, unexpired key; None otherwise."""
+    def verify(self, presented: str, gate: HashGate | None = None) -> KeyOwner | None:
+        """The owner of a valid, unrevoked, unexpired key; None otherwise.
+
+        A key not verified before in this process passes ``gate.check()`` before its row is
+        read, and runs argon2 inside ``gate.hashing()``.
+        """
         match = KEY_PATTERN.match(presented)
         if match is None:
             return None
@@ -191,6 +212,9 @@ class ApiKeyStore:
             and (cached.expires_at is None or cached.expires_at > time.time())
         ):
             return cached.owner
+        needs_hash = cached is None or not hmac.compare_digest(cached.digest, digest)
+        if needs_hash and gate is not None:
+            gate.check()
         with self.db.read() as tx:
             row = tx.fetchone(
                 "SELECT k.secret_hash, k.expires_at, k.revoked_at, u.id, u.email, u.is_admin "
@@ -202,11 +226,12 @@ class ApiKeyStore:
         expires_at = None if row[1] is None else int(row[1])
         if expires_at is not None and expires_at <= time.time():
             return None
-        if cached is None or not hmac.compare_digest(cached.digest, digest):
-            try:
-                _hasher.verify(str(row[0]), secret)
-            except (VerificationError, InvalidHashError):
-                return None
+        if needs_hash:
+            with gate.hashing() if gate is not None else nullcontext():
+                try:
+                    _hasher.verify(str(row[0]), secret)
+                except (VerificationError, InvalidHashError):
+                    return None
         owner = KeyOwner(key_id, str(row[3]), str(row[4]), bool(row[5]))
         with self._lock:
             self._verified[key_id] = _Verified(digest, owner, expires_at, signal)

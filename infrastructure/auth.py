@@ -7,7 +7,8 @@ import time
 from dataclasses import dataclass
 
 from domain.errors import DomainError, InvalidArgumentError
-from infrastructure.api_keys import ApiKey, ApiKeyStore, looks_like_key
+from infrastructure.api_keys import ApiKey, ApiKeyStore, key_id_of, looks_like_key
+from infrastructure.auth_throttle import AuthThrottle
 from infrastructure.identity import User, UserNotFoundError, UserStore
 from infrastructure.sessions import Session, SessionStore
 from infrastructure.tokens import InvalidTokenError, TokenCodec
@@ -49,12 +50,18 @@ class LoginResult:
 
 class AuthService:
     def __init__(
-        self, users: UserStore, keys: ApiKeyStore, sessions: SessionStore, tokens: TokenCodec
+        self,
+        users: UserStore,
+        keys: ApiKeyStore,
+        sessions: SessionStore,
+        tokens: TokenCodec,
+        throttle: AuthThrottle,
     ) -> None:
         self.users = users
         self.keys = keys
         self.sessions = sessions
         self.tokens = tokens
+        self.throttle = throttle
 
     def login(self, email: str, password: str, *, ip: str = "", agent: str = "") -> LoginResult:
         user = self.users.verify_password(email, password)
@@ -108,10 +115,16 @@ class AuthService:
             session_id=session_id,
         )
 
-    def authenticate(self, api_key: str | None, authorization: str | None) -> Principal:
-        """Resolve the caller from ``X-API-Key`` or ``Authorization: Bearer`` (JWT or key)."""
+    def authenticate(
+        self, api_key: str | None, authorization: str | None, address: str = ""
+    ) -> Principal:
+        """Resolve the caller from ``X-API-Key`` or ``Authorization: Bearer`` (JWT or key).
+
+        ``address`` is the client's: failed API-key attempts are limited per key id and per
+        address (``AuthThrottle``; 429 once over either).
+        """
         if api_key:
-            return self._by_key(api_key.strip())
+            return self._by_key(api_key.strip(), address)
         if not authorization:
             raise AuthenticationError("Missing authorization")
         scheme, _, credential = authorization.strip().partition(" ")
@@ -119,17 +132,24 @@ class AuthService:
         if scheme.lower() != "bearer" or not credential:
             raise AuthenticationError("Invalid authorization format")
         if looks_like_key(credential):
-            return self._by_key(credential)
+            return self._by_key(credential, address)
         return self._by_token(credential)
 
-    def is_cheap(self, api_key: str | None, authorization: str | None) -> bool:
-        """True when authenticating needs no password hashing (a JWT or an already-seen key)."""
-        credential = api_key or (authorization or "").partition(" ")[2].strip()
-        return not looks_like_key(credential) or self.keys.is_cached(credential)
+    def is_cheap(self, api_key: str | None, authorization: str | None, address: str = "") -> bool:
+        """True when authenticating needs no password hashing: a JWT, an already-seen key, or
+        a key refused at once because its id or the address is over the failure limit."""
+        credential = (api_key or (authorization or "").partition(" ")[2]).strip()
+        return (
+            not looks_like_key(credential)
+            or self.keys.is_cached(credential)
+            or self.throttle.locked_locally(key_id_of(credential), address)
+        )
 
-    def _by_key(self, presented: str) -> Principal:
-        owner = self.keys.verify(presented)
+    def _by_key(self, presented: str, address: str) -> Principal:
+        key_id = key_id_of(presented)
+        owner = self.keys.verify(presented, self.throttle.gate(key_id, address))
         if owner is None:
+            self.throttle.failed(key_id, address)
             raise AuthenticationError("Invalid API key")
         return Principal(owner.user_id, owner.email, owner.is_admin, "apikey", owner.key_id)
 

@@ -56,6 +56,10 @@ class Settings:
     session_mode: str = "sql"
     redis_url: str = ""
     rate_limit_per_minute: int = 100
+    auth_failures_per_key: int = 10  # failed API-key attempts per key id per window
+    auth_failures_per_address: int = 50  # ... per client address per window
+    auth_failure_window_seconds: int = 300
+    auth_max_concurrent_hashes: int = 2  # argon2 API-key checks at once per process
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 1_048_576
     http_header_timeout: float = 10.0  # seconds to receive a request's headers
@@ -341,6 +345,10 @@ def _public_url(env: Mapping[str, str]) -> str:
         "session_mode": session_mode,
         "redis_url": redis_url,
         "rate_limit_per_minute": _int(env, "RATE_LIMIT_PER_MINUTE", 100, 1, 1_000_000),
+        "auth_failures_per_key": _int(env, "AUTH_FAILURES_PER_KEY", 10, 1, 1_000_000),
+        "auth_failures_per_address": _int(env, "AUTH_FAILURES_PER_ADDRESS", 50, 1, 1_000_000),
+        "auth_failure_window_seconds": _int(env, "AUTH_FAILURE_WINDOW_SECONDS", 300, 1, 86_400),
+        "auth_max_concurrent_hashes": _int(env, "AUTH_MAX_CONCURRENT_HASHES", 2, 1, 256),
         "cors_origins": origins,
         "max_body_bytes": _int(env, "MAX_BODY_BYTES", 1_048_576, 1024, 1_073_741_824),
         "http_header_timeout": _float(env, "HTTP_HEADER_TIMEOUT_SECONDS", 10.0, 0.1, 3600.0),

@@ -17,6 +17,7 @@ from domain.services.models import ModelService
 from domain.services.payments import CryptoConfig, PaymentService
 from infrastructure.api_keys import ApiKeyStore
 from infrastructure.auth import AuthService
+from infrastructure.auth_throttle import open_throttle
 from infrastructure.event_log import EventLog
 from infrastructure.eventstore import events_channel, eventstore_env
 from infrastructure.identity import UserStore
@@ -296,6 +297,7 @@ def bootstrap(
                 load_or_create_secret(settings.jwt_secret, settings.data_dir),
                 settings.jwt_expiration_seconds,
             ),
+            open_throttle(settings, redis),
         ),
         limiter=(
             RedisRateLimiter(redis, settings.rate_limit_per_minute)

@@ -8,7 +8,7 @@ per-minute limit; Login counts against the caller's address, sharing REST's coun
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from infrastructure.auth import Principal
 from interfaces.http.errors import RateLimitedError
@@ -20,12 +20,15 @@ if TYPE_CHECKING:
 MAX_CREDENTIAL = 4096
 
 
-async def authenticate(c: Container, api_key: str | None, authorization: str | None) -> Principal:
+async def authenticate(
+    c: Container, api_key: str | None, authorization: str | None, address: str = ""
+) -> Principal:
     """The caller, counted against their rate limit (RateLimitedError when over it), exactly
-    as REST does it (``identify``); over-long credentials are cut first."""
+    as REST does it (``identify``, failed key attempts limited per key id and ``address``);
+    over-long credentials are cut first."""
     api_key = (api_key or "")[:MAX_CREDENTIAL] or None
     authorization = (authorization or "")[:MAX_CREDENTIAL] or None
-    principal, decision = await identify(c, api_key, authorization)
+    principal, decision = await identify(c, api_key, authorization, address)
     if not decision.allowed:
         raise RateLimitedError(decision)
     return principal
@@ -39,6 +42,12 @@ async def count_request(c: Container, principal: Principal) -> None:
         decision = await asyncio.to_thread(c.limiter.hit, principal.user_id)
     if not decision.allowed:
         raise RateLimitedError(decision)
+
+
+def peer_of(stream: Any) -> str:
+    """The client's address on a grpclib stream ("" when unknown)."""
+    address = stream.peer.addr() if stream.peer else None
+    return str(address[0]) if address else ""
 
 
 def limit_anonymous(c: Container, address: str) -> None:

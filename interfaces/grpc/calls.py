@@ -19,7 +19,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from domain.errors import DomainError
 from infrastructure.auth import AuthenticationError, Principal
-from interfaces.grpc.auth import authenticate
+from interfaces.grpc.auth import authenticate, peer_of
 from interfaces.grpc.errors import to_grpc
 from interfaces.http.security import reads_are_local
 
@@ -54,8 +54,7 @@ class Call:
 
     @property
     def peer_host(self) -> str:
-        address = self.stream.peer.addr() if self.stream.peer else None
-        return str(address[0]) if address else ""
+        return peer_of(self.stream)
 
     @property
     def user_agent(self) -> str:
@@ -94,7 +93,10 @@ class Guard:
                 principal = None
                 if not open_method:
                     principal = await authenticate(
-                        self.c, stream.metadata.get("x-api-key"), _authorization(stream)
+                        self.c,
+                        stream.metadata.get("x-api-key"),
+                        _authorization(stream),
+                        peer_of(stream),
                     )
                 token = CURRENT.set(Call(method, stream, principal))
                 try:

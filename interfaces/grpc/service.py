@@ -111,7 +111,7 @@ class GpuProxyService(BillingRpcs, pb.GpuProxyServiceBase):
         api_key, authorization = call.header("x-api-key"), call.header("authorization")
         if not (api_key or authorization) and request.token:
             authorization = f"Bearer {request.token}"
-        principal = await authenticate(self.c, api_key, authorization)
+        principal = await authenticate(self.c, api_key, authorization, call.peer_host)
         expires = request.expires_at or None
         key, plaintext = await asyncio.to_thread(
             self.c.auth.create_api_key, principal, request.name, expires

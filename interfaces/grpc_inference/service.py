@@ -30,7 +30,7 @@ from domain.errors import DomainError
 from domain.models import ModelInputError, ModelNotFoundError, ModelRecord
 from infrastructure.auth import Principal
 from infrastructure.models import tensors
-from interfaces.grpc.auth import authenticate
+from interfaces.grpc.auth import authenticate, peer_of
 from interfaces.grpc.errors import to_grpc
 from interfaces.grpc_inference import messages as pb
 
@@ -109,7 +109,10 @@ class InferenceService:
                     reply = await method(request)
                 else:
                     principal = await authenticate(
-                        self.c, _header(stream, "x-api-key"), _header(stream, "authorization")
+                        self.c,
+                        _header(stream, "x-api-key"),
+                        _header(stream, "authorization"),
+                        peer_of(stream),
                     )
                     token = CALLER.set(principal)
                     try:

@@ -11,6 +11,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from domain.errors import DomainError, SpendingLimitExceededError
 from domain.money import micros_to_usd
+from infrastructure.auth_throttle import TooManyAttemptsError
 from infrastructure.rate_limit import RateDecision
 
 log = logging.getLogger("aiserve.http")
@@ -80,8 +81,10 @@ def on_domain_error(_: Request[Any, Any, Any], exc: DomainError) -> Response[dic
     amounts = {"available", "cap", "requested", "remaining"}
     for key in amounts & details.keys():
         details[key] = micros_to_usd(int(details[key]))
-    auth_headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return problem(exc.status, exc.title, exc.message, headers=auth_headers, **details)
+    extra: dict[str, str] | None = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    if isinstance(exc, TooManyAttemptsError):
+        extra = {"Retry-After": str(exc.retry_after)}
+    return problem(exc.status, exc.title, exc.message, headers=extra, **details)
 
 
 def on_validation_error(

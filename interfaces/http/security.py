@@ -42,25 +42,33 @@ async def read(c: Container, fn: Callable[P, T], *args: P.args, **kwargs: P.kwar
 
 
 def _authenticate(
-    c: Container, api_key: str | None, authorization: str | None
+    c: Container, api_key: str | None, authorization: str | None, address: str
 ) -> tuple[Principal, RateDecision]:
-    principal = c.auth.authenticate(api_key, authorization)
+    principal = c.auth.authenticate(api_key, authorization, address)
     return principal, c.limiter.hit(principal.user_id)
 
 
 async def identify(
-    c: Container, api_key: str | None, authorization: str | None
+    c: Container, api_key: str | None, authorization: str | None, address: str = ""
 ) -> tuple[Principal, RateDecision]:
     """Authenticate (X-API-Key or Bearer JWT/key) and count the request against the limit.
+
+    ``address`` is the client's: failed API-key attempts are limited per key id and per
+    address, and argon2 checks are bounded (``infrastructure.auth_throttle``).
 
     On the embedded set-up (SQLite in WAL mode, where readers never wait, and no Redis) a
     credential that needs no password hashing is checked on the event loop: the row reads
     take microseconds, less than a hop to the thread pool. Anything else runs in a thread.
     Every door (REST, the fast lane, gRPC) calls this.
     """
-    if reads_are_local(c) and c.auth.is_cheap(api_key, authorization):
-        return _authenticate(c, api_key, authorization)
-    return await sync_to_thread(_authenticate, c, api_key, authorization)
+    if reads_are_local(c) and c.auth.is_cheap(api_key, authorization, address):
+        return _authenticate(c, api_key, authorization, address)
+    return await sync_to_thread(_authenticate, c, api_key, authorization, address)
+
+
+def client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else ""
 
 
 async def principal_for(
@@ -68,7 +76,7 @@ async def principal_for(
 ) -> Principal:
     """The caller (``identify``); the rate-limit headers go into the scope's state for the
     access middleware to add, and a request over the limit raises ``RateLimitedError``."""
-    principal, decision = await identify(c, api_key, authorization)
+    principal, decision = await identify(c, api_key, authorization, client_address(scope))
     scope.setdefault("state", {})[RATE_HEADERS] = decision.headers()
     if not decision.allowed:
         raise RateLimitedError(decision)
