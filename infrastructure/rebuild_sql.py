@@ -61,6 +61,7 @@ PATTERNS: dict[str, tuple[str, ...]] = {
     "instances": ("GpuInstance.%",),
     "payments": ("Payment.%", "CreditAccount.AutoRenewTriggered"),
     "proxy_load": ("ProxyUsage.Recorded",),
+    "holds": tuple(f"CreditAccount.Hold{kind}" for kind in ("Placed", "Released", "Expired")),
 }
 
 # Account events whose rarely used fields stay as JSON in the extract (``extra``).

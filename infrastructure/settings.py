@@ -41,6 +41,7 @@ class Settings:
     data_dir: Path = Path("./data")
     guardrails: GuardrailPolicy = field(default_factory=GuardrailPolicy)
     projection_poll_interval: float = 1.0
+    hold_sweep_interval: float = 30.0  # seconds between sweeps expiring due holds
     log_level: str = "INFO"
     log_file: str = ""
     syslog_enabled: bool = False
@@ -263,6 +264,7 @@ def load_settings(
         data_dir=Path(env.get("DATA_DIR", "./data").strip() or "./data"),
         guardrails=_guardrails(env),
         projection_poll_interval=_float(env, "PROJECTION_POLL_INTERVAL", 1.0, 0.01, 60.0),
+        hold_sweep_interval=_float(env, "HOLD_SWEEP_SECONDS", 30.0, 0.05, 3600.0),
         log_level=log_level,
         **http,
         **market,

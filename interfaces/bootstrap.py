@@ -18,8 +18,10 @@ from domain.services.payments import CryptoConfig, PaymentService
 from infrastructure.api_keys import ApiKeyStore
 from infrastructure.auth import AuthService
 from infrastructure.auth_throttle import open_throttle
+from infrastructure.election import HOLD_SWEEP_LOCK_KEY, Election, PgElection, SoleProcess
 from infrastructure.event_log import EventLog
 from infrastructure.eventstore import events_channel, eventstore_env
+from infrastructure.hold_sweep import HoldSweep
 from infrastructure.identity import UserStore
 from infrastructure.ledger_queries import LedgerQueries
 from infrastructure.marketplace_jobs import MarketplaceJobs
@@ -85,6 +87,18 @@ class Container:
             poll_interval=self.settings.instance_poll_interval,
             metering_interval=self.settings.metering_interval,
             reconcile_interval=self.settings.reconcile_interval,
+        )
+
+    def hold_sweep(self) -> HoldSweep:
+        """The job expiring due holds; on PostgreSQL one elected process sweeps."""
+        s = self.settings
+        election: Election = (
+            PgElection(s.postgres_conninfo, HOLD_SWEEP_LOCK_KEY)
+            if s.db_type == "postgres"
+            else SoleProcess()
+        )
+        return HoldSweep(
+            self.ledger, self.db, election, interval=s.hold_sweep_interval, clock=self.ledger.clock
         )
 
     def payment_jobs(self) -> PaymentJobs:

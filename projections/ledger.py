@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from projections.base import Insert, Op, Projection, Recorded, Upsert
+from projections.base import Insert, Op, Projection, Recorded, Upsert, to_micros
 from projections.instances import InstancesProjection
 from projections.payments import PaymentsProjection
 from projections.proxy_load import ProxyLoadProjection
@@ -130,6 +130,23 @@ class SpendingProjection:
         return []
 
 
+class HoldsProjection:
+    """One row per hold: when it expires and whether it is still live (for the hold sweep)."""
+
+    name = "holds"
+    tables = ("holds",)
+
+    def fold(self, event: Recorded) -> Iterable[Op]:
+        if event.name == "CreditAccount.HoldPlaced":
+            put = {"expires_at": to_micros(event.data["expires_at"]), "live": 1}
+        elif event.name in {"CreditAccount.HoldReleased", "CreditAccount.HoldExpired"}:
+            put = {"live": 0}
+        else:
+            return []
+        key = {"account_id": _account(event), "hold_id": str(event.data["hold_id"])}
+        return [Upsert("holds", key, put=put)]
+
+
 def _limit(account_id: str, window: str, limit: int | None) -> Op:
     """A per-user override; ``None`` (back to the default) is stored as -1."""
     return Upsert(
@@ -163,6 +180,7 @@ ALL: tuple[Projection, ...] = (
     TransactionsProjection(),
     SpendingProjection(),
     UsageProjection(),
+    HoldsProjection(),
     InstancesProjection(),
     PaymentsProjection(),
     ProxyLoadProjection(),

@@ -109,6 +109,7 @@ def create_app(
         if run_jobs:
             tasks.append(asyncio.create_task(container.jobs().run_forever()))
             tasks.append(asyncio.create_task(container.payment_jobs().run_forever()))
+            tasks.append(asyncio.create_task(container.hold_sweep().run_forever()))
 
     async def stop_jobs() -> None:
         for task in tasks:

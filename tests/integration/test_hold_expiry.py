@@ -5,7 +5,9 @@ SQLite and PostgreSQL (the ``settings`` fixture).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -70,3 +72,93 @@ def test_the_check_answers_what_the_charge_then_does(limited: Container, clock: 
             disagreements.append((granted, held, spent, minutes, amount, check, charge))
         clock.advance(hours=2)  # the next case starts with empty windows
     assert disagreements == []
+
+
+def _held(c: Container, user: str) -> int:
+    c.runner.catch_up()
+    row = c.queries.balance(user)
+    assert row is not None
+    return int(row["held"])
+
+
+def test_an_idle_accounts_expired_hold_leaves_the_balances_in_one_sweep(
+    container: Container, clock: FixedClock
+) -> None:
+    ledger = container.ledger
+    ledger.grant("idle", 20 * USD, key="g")
+    ledger.place_hold("idle", "h", 9 * USD, expires_at=clock.now + timedelta(minutes=5), key="h")
+    sweep = container.hold_sweep()
+    try:
+        assert _held(container, "idle") == 9 * USD
+        assert sweep.sweep_once() == 0  # not due yet
+        clock.advance(minutes=6)
+        assert _held(container, "idle") == 9 * USD  # nothing else happens to the account
+        assert sweep.sweep_once() == 1
+        assert _held(container, "idle") == 0
+        row = container.queries.balance("idle")
+        assert row is not None
+        assert row["balance"] == 20 * USD
+        assert [e.name for e in ledger.history("idle")][-1] == "HoldExpired"
+        assert sweep.sweep_once() == 0  # expired once
+    finally:
+        sweep.election.close()
+
+
+def test_the_running_sweep_expires_within_its_interval(
+    container: Container, clock: FixedClock
+) -> None:
+    ledger = container.ledger
+    for n in range(3):
+        ledger.grant(f"idle-{n}", 20 * USD, key="g")
+        ledger.place_hold(
+            f"idle-{n}", "h", USD, expires_at=clock.now + timedelta(minutes=1), key="h"
+        )
+    ledger.place_hold("idle-0", "later", USD, expires_at=clock.now + timedelta(hours=1), key="l")
+    container.runner.start()
+    sweep = container.hold_sweep()
+    sweep.interval, sweep.page = 0.05, 2  # two pages per sweep
+    clock.advance(minutes=2)
+
+    async def watch() -> list[int]:
+        task = asyncio.create_task(sweep.run_forever())
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                held = [await asyncio.to_thread(_held, container, f"idle-{n}") for n in range(3)]
+                if held == [USD, 0, 0]:
+                    break
+                await asyncio.sleep(0.05)
+            return held
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    assert asyncio.run(watch()) == [USD, 0, 0]
+
+
+@pytest.mark.postgres
+def test_one_replica_sweeps_and_another_takes_over(
+    pg_settings: Settings, clock: FixedClock
+) -> None:
+    first, second = bootstrap(pg_settings, clock=clock), bootstrap(pg_settings, clock=clock)
+    sweeps = [first.hold_sweep(), second.hold_sweep()]
+    try:
+        for n in range(2):
+            first.ledger.grant(f"u{n}", 20 * USD, key="g")
+            expires = clock.now + timedelta(minutes=n + 1)
+            first.ledger.place_hold(f"u{n}", "h", USD, expires_at=expires, key="h")
+        first.runner.catch_up()
+        clock.advance(seconds=90)
+        assert sweeps[0].election.leading()
+        assert sweeps[1].sweep_once() == 0  # not elected: sweeps nothing, though u0 is due
+        assert _held(second, "u0") == USD
+        assert sweeps[0].sweep_once() == 1
+        sweeps[0].election.close()  # the leader goes away (or dies: its session ends)
+        clock.advance(seconds=60)
+        assert sweeps[1].sweep_once() == 1
+        assert [_held(second, f"u{n}") for n in range(2)] == [0, 0]
+    finally:
+        for sweep in sweeps:
+            sweep.election.close()
+        first.close()
+        second.close()
