@@ -30,6 +30,7 @@ from infrastructure.payment_jobs import CryptoWatch, PaymentJobs
 from infrastructure.payment_queries import PaymentQueries
 from infrastructure.pg_listen import PgWakeup
 from infrastructure.projection_runner import ProjectionRunner
+from infrastructure.proxy.instance_signal import InstanceSignal, instance_signal
 from infrastructure.rate_limit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from infrastructure.revocation import FileSignal, NoSignal, RedisSignal, RevocationSignal
 from infrastructure.sessions import (
@@ -67,6 +68,7 @@ class Container:
     payment_queries: PaymentQueries
     stripe: Any | None = None  # StripeGateway when STRIPE_SECRET_KEY is set (webhooks)
     chain: ChainReader | None = None
+    instances_signal: InstanceSignal | None = None  # "an owner's instances changed" (proxy)
     _closers: list[Any] = field(default_factory=list)
     _models: ModelService | None = None
 
@@ -290,6 +292,7 @@ def bootstrap(
     runner = ProjectionRunner(db, events, ALL, poll_interval=settings.projection_poll_interval)
     ledger = LedgerService(app, policy=settings.guardrails, clock=clock, on_saved=runner.wake)
     redis = open_redis(settings)
+    instances = instance_signal(settings.db_type, settings.data_dir, redis)
     signal = revocation_signal(settings, redis)
     processors = open_processors(settings)
     chain, crypto = open_chain(settings)
@@ -328,11 +331,13 @@ def bootstrap(
                 guardrails_action=settings.guardrails_action,
                 spread=settings.lb_strategy,
             ),
+            on_instances_changed=instances.bump,
         ),
         payments=PaymentService(ledger, processors, clock=clock, crypto=crypto),
         payment_queries=PaymentQueries(db),
         stripe=processors.get("stripe"),
         chain=chain,
+        instances_signal=instances,
     )
     if run_projections:
         if settings.db_type == "postgres":

@@ -3,6 +3,8 @@
 Every money step is a ``CreditAccount`` command and every lifecycle step a ``GpuInstance``
 command; when both change they are saved in one transaction (optimistic concurrency on both,
 bounded retries). Provider calls happen between those transactions, never inside them.
+A change into or out of ``running`` calls ``on_instances_changed(owner)`` once it is saved,
+before the command answers (the proxy's caches on every process listen to it).
 """
 
 from __future__ import annotations
@@ -98,8 +100,10 @@ class MarketplaceService:
         *,
         clock: Clock,
         config: MarketplaceConfig | None = None,
+        on_instances_changed: Callable[[str], None] | None = None,
     ) -> None:
         self.ledger = ledger
+        self.on_instances_changed = on_instances_changed
         self.app = ledger.app
         for key, adapter in providers.items():
             if key != adapter.name:  # instances record the name; lookups use the key
@@ -657,13 +661,23 @@ class MarketplaceService:
         instance_id: UUID,
         command: Callable[[CreditAccount, GpuInstance, datetime], T],
     ) -> T:
-        """Run ``command`` on the owner's account and the instance; save both at once."""
+        """Run ``command`` on the owner's account and the instance; save both at once.
+
+        A saved change into or out of ``running`` is announced (``on_instances_changed``).
+        """
+        states: list[str] = []
 
         def run(account: CreditAccount, now: datetime) -> tuple[T, GpuInstance]:
             gpu = self.get(instance_id)
-            return command(account, gpu, now), gpu
+            before = gpu.state
+            result = command(account, gpu, now)
+            states[:] = [before, gpu.state]
+            return result, gpu
 
-        return self._retrying(owner, run)
+        result = self._retrying(owner, run)
+        if self.on_instances_changed is not None and "running" in states and len(set(states)) > 1:
+            self.on_instances_changed(owner)
+        return result
 
     def _retrying(
         self,

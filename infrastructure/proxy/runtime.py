@@ -1,11 +1,21 @@
 """The proxy's per-process state and the one forwarding path every proxy route uses.
 
-Per request: the caller's running instances (read model, cached a second), the target check
+Per request: the caller's running instances (read model, cached a second and only while the
+user's instance signal is unchanged: see "Read your writes" below), the target check
 (``TargetGuard``: only their own instances, no SSRF), one credit-lease spend (in memory),
 a balancing pick (``LoadTracker``, this process's live figures), the upstream call
 (``Forwarder``), and a retry on another instance for connect errors and 502/503 within the
 retry budget. Counters are flushed as ``ProxyUsage`` events every few seconds; nothing is
 written to the event store per request.
+
+Read your writes: the marketplace bumps the owner's ``InstanceSignal`` after saving a change
+into or out of ``running``, before it answers. A cached list is used only while the signal
+reads what it read before the list was loaded; otherwise the ``instances`` read model is
+first caught up with the log (this process applies the missing events itself, exactly once
+like any runner, bounded by ``SYNC_TIMEOUT``) and then read. A lookup that misses (the
+instance is not in the list, or the list is empty) on a list loaded without that catch-up is
+retried once after it. So an answer that said ``running`` or ``terminated`` is what the next
+proxied request sees, on any process; a stopping or ended instance is never a target.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from domain.ports import Clock
 from domain.services.ledger import LedgerApp, LedgerService
 from domain.services.proxy_leases import ProxyLeases
 from domain.usage import ProxyUsage
+from infrastructure.projection_runner import ProjectionRunner
 from infrastructure.proxy.forwarder import (
     Body,
     Forwarder,
@@ -33,12 +44,21 @@ from infrastructure.proxy.forwarder import (
     UpstreamConnectError,
     UpstreamResponse,
 )
-from infrastructure.proxy.targets import Endpoint, Target, TargetGuard, parse_host
+from infrastructure.proxy.instance_signal import InstanceSignal, LocalInstanceSignal
+from infrastructure.proxy.targets import (
+    NOT_YOURS,
+    Endpoint,
+    Target,
+    TargetGuard,
+    TargetRefusedError,
+    parse_host,
+)
 from infrastructure.sql import Database
 
 log = logging.getLogger(__name__)
 RETRY_STATUSES = frozenset({502, 503})
-ENDPOINTS_TTL = 1.0  # seconds a user's instance list is reused
+ENDPOINTS_TTL = 1.0  # seconds a user's instance list is reused (while its signal holds)
+SYNC_TIMEOUT = 2.0  # seconds a lookup may spend catching the instances read model up
 TARGETS_KEPT = 4096  # checked targets remembered (endpoints with an IP-literal host only)
 STRATEGY_TTL = 2.0  # seconds a user's strategy is reused (changes reach other processes then)
 
@@ -46,6 +66,13 @@ STRATEGY_TTL = 2.0  # seconds a user's strategy is reused (changes reach other p
 class InstanceNotReachableError(DomainError):
     status = 404
     title = "Instance not found"
+
+
+class InstancesBehindError(DomainError):
+    """The instances read model could not be caught up in time: try again shortly."""
+
+    status = 503
+    title = "Instances catching up"
 
 
 class NoRunningInstancesError(DomainError):
@@ -78,6 +105,8 @@ class _Pool:
     at: float
     endpoints: list[Endpoint]
     backends: list[Backend]
+    mark: object = 0  # the user's instance signal, read before this list was loaded
+    synced: bool = False  # loaded right after catching the read model up with the log
 
 
 class ProxyRuntime:
@@ -95,6 +124,8 @@ class ProxyRuntime:
         default_timeout: float,
         flush_interval: float,
         clock: Clock,
+        signal: InstanceSignal | None = None,
+        runner: ProjectionRunner | None = None,
     ) -> None:
         self.db = db
         self.app = app
@@ -115,13 +146,21 @@ class ProxyRuntime:
             clock=clock,
         )
         self._pools: dict[str, _Pool] = {}
+        self._loads: dict[str, tuple[object, bool, asyncio.Future[_Pool]]] = {}
+        self.signal: InstanceSignal = signal or LocalInstanceSignal()
+        self._runner = runner
+        self._instances = next(
+            (p for p in (runner.projections if runner else []) if p.name == "instances"), None
+        )
         self._strategies: dict[str, tuple[float, str]] = {}
         self._owners: dict[str, tuple[str, str]] = {}  # instance id -> (owner, provider)
         self._targets: dict[tuple[Endpoint, str, str], Target] = {}
 
     # ------------------------------------------------------------ instances
 
-    def _running(self, user_id: str) -> _Pool:
+    def _running(self, user_id: str, mark: object = 0, sync: bool = False) -> _Pool:
+        if sync and not self._catch_up(time.monotonic() + SYNC_TIMEOUT):
+            raise InstancesBehindError("your instance list is catching up; try again shortly")
         with self.db.read() as tx:
             rows = tx.fetchall(
                 "SELECT instance_id, provider, host, port, vram_gb, num_gpus, price_per_hour "
@@ -135,13 +174,46 @@ class ProxyRuntime:
         ]
         for endpoint in endpoints:
             self._owners[endpoint.instance_id] = (user_id, endpoint.provider)
-        return _Pool(time.monotonic(), endpoints, backends)
+        return _Pool(time.monotonic(), endpoints, backends, mark, sync)
 
-    async def pool(self, user_id: str) -> _Pool:
+    def _catch_up(self, deadline: float) -> bool:
+        """Apply what the log holds to the instances read model; False if out of time."""
+        if self._runner is None or self._instances is None:
+            return True
+        while time.monotonic() < deadline:
+            if self._runner.step(self._instances) == 0:
+                return True
+        return False
+
+    async def pool(self, user_id: str, *, fresh: bool = False) -> _Pool:
+        """The caller's running instances (see "Read your writes" in the module docstring).
+
+        ``fresh``: catch the read model up and reload even if the signal has not moved.
+        """
+        if self.signal.cheap:
+            mark = self.signal.read(user_id)
+        else:
+            mark = await asyncio.to_thread(self.signal.read, user_id)
         pool = self._pools.get(user_id)
-        if pool is None or time.monotonic() - pool.at > ENDPOINTS_TTL:
-            pool = await asyncio.to_thread(self._running, user_id)
-            self._pools[user_id] = pool
+        if pool is not None and not fresh and pool.mark == mark:
+            if time.monotonic() - pool.at <= ENDPOINTS_TTL:
+                return pool
+            return await self._load(user_id, mark, sync=False)
+        return await self._load(user_id, mark, sync=True)
+
+    async def _load(self, user_id: str, mark: object, *, sync: bool) -> _Pool:
+        """Load once per process for concurrent lookups that read the same signal."""
+        flight = self._loads.get(user_id)
+        if flight is not None and flight[0] == mark and (flight[1] or not sync):
+            return await asyncio.shield(flight[2])
+        loading = asyncio.ensure_future(asyncio.to_thread(self._running, user_id, mark, sync))
+        self._loads[user_id] = (mark, sync, loading)
+        try:
+            pool = await asyncio.shield(loading)
+        finally:
+            if self._loads.get(user_id, (None, None, None))[2] is loading:
+                del self._loads[user_id]
+        self._pools[user_id] = pool
         return pool
 
     def forget_pool(self, user_id: str) -> None:
@@ -197,7 +269,13 @@ class ProxyRuntime:
     ) -> Upstream:
         """Send one request to the caller's own instance(s); see the module docstring."""
         pool = await self.pool(user_id)
-        fixed = await self._fixed_target(pool, target_url, instance_id, path, query)
+        try:
+            fixed = await self._fixed_target(pool, target_url, instance_id, path, query)
+        except (InstanceNotReachableError, NoRunningInstancesError, TargetRefusedError) as exc:
+            if pool.synced or (isinstance(exc, TargetRefusedError) and exc.reason != NOT_YOURS):
+                raise
+            pool = await self.pool(user_id, fresh=True)  # a miss: make sure it is one
+            fixed = await self._fixed_target(pool, target_url, instance_id, path, query)
         if not self.leases.try_spend(user_id):
             await self.leases.spend(user_id)
         deadline = time.monotonic() + (self.default_timeout if timeout is None else timeout)

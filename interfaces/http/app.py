@@ -100,6 +100,8 @@ def create_app(
         default_timeout=settings.proxy_default_timeout,
         flush_interval=settings.proxy_usage_flush_interval,
         clock=container.ledger.clock,
+        signal=container.instances_signal,
+        runner=container.runner,
     )
     streams = Streams(container)
 
