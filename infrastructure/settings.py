@@ -50,10 +50,10 @@ class Settings:
     syslog_facility: str = "local0"
     host: str = "0.0.0.0"  # noqa: S104 - a server binds all interfaces unless told otherwise
     port: int = 8080
-    jwt_secret: str = field(default="", repr=False)
-    jwt_expiration_seconds: int = 24 * 3600
     public_url: str = ""  # the origin clients reach us at (agent card, discovery); see base_url
     access_log: bool = False
+    jwt_secret: str = field(default="", repr=False)
+    jwt_expiration_seconds: int = 24 * 3600
     session_mode: str = "sql"
     redis_url: str = ""
     rate_limit_per_minute: int = 100
@@ -150,12 +150,6 @@ class Settings:
     model_usage_flush_interval: float = 10.0
 
     @property
-    def sqlite_path(self) -> Path:
-        path = Path(self.db_name)
-        return path if path.is_absolute() else self.data_dir / path
-
-    @property
-    @property
     def base_url(self) -> str:
         """Public origin for URLs we advertise: ``PUBLIC_URL``, else the listening address
         (never a request's ``Host``)."""
@@ -164,6 +158,12 @@ class Settings:
         host = self.host if self.host not in {"0.0.0.0", "::", ""} else "127.0.0.1"  # noqa: S104
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
+    @property
+    def sqlite_path(self) -> Path:
+        path = Path(self.db_name)
+        return path if path.is_absolute() else self.data_dir / path
+
+    @property
     def postgres_conninfo(self) -> str:
         from psycopg.conninfo import make_conninfo
 
@@ -309,14 +309,6 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: set[str]) 
     return value
 
 
-def _http(env: Mapping[str, str]) -> dict[str, Any]:
-    secret = env.get("JWT_SECRET", "")
-    if secret and len(secret.encode()) < MIN_JWT_SECRET_BYTES:
-        raise ConfigError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes long")
-    redis_url = _redis_url(env)
-    session_mode = _choice(env, "SESSION_MODE", "sql", {"sql", "redis", "balanced"})
-    if session_mode != "sql" and not redis_url:
-        raise ConfigError(f"SESSION_MODE={session_mode} needs REDIS_URL or REDIS_HOST")
 def _public_url(env: Mapping[str, str]) -> str:
     raw = env.get("PUBLIC_URL", "").strip()
     if not raw:
@@ -327,6 +319,14 @@ def _public_url(env: Mapping[str, str]) -> str:
     return raw.rstrip("/")
 
 
+def _http(env: Mapping[str, str]) -> dict[str, Any]:
+    secret = env.get("JWT_SECRET", "")
+    if secret and len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+        raise ConfigError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes long")
+    redis_url = _redis_url(env)
+    session_mode = _choice(env, "SESSION_MODE", "sql", {"sql", "redis", "balanced"})
+    if session_mode != "sql" and not redis_url:
+        raise ConfigError(f"SESSION_MODE={session_mode} needs REDIS_URL or REDIS_HOST")
     origins = tuple(o.strip() for o in env.get("CORS_ORIGINS", "").split(",") if o.strip())
     return {
         "log_file": (env.get("AISERVE_LOG_FILE") or env.get("LOG_FILE") or "").strip(),
@@ -342,6 +342,8 @@ def _public_url(env: Mapping[str, str]) -> str:
         ),
         "host": env.get("HOST", "").strip() or "0.0.0.0",  # noqa: S104
         "port": _int(env, "PORT", 8080, 1, 65535),
+        "public_url": _public_url(env),
+        "access_log": _bool(env, "ACCESS_LOG", False),
         "jwt_secret": secret,
         "jwt_expiration_seconds": _duration(env, "JWT_EXPIRATION", 24 * 3600),
         "session_mode": session_mode,
@@ -354,8 +356,6 @@ def _public_url(env: Mapping[str, str]) -> str:
         "cors_origins": origins,
         "max_body_bytes": _int(env, "MAX_BODY_BYTES", 1_048_576, 1024, 1_073_741_824),
         "http_header_timeout": _float(env, "HTTP_HEADER_TIMEOUT_SECONDS", 10.0, 0.1, 3600.0),
-        "public_url": _public_url(env),
-        "access_log": _bool(env, "ACCESS_LOG", False),
         "http_keepalive_seconds": _int(env, "HTTP_KEEPALIVE_SECONDS", 5, 1, 3600),
         "http_max_connections": _int(env, "HTTP_MAX_CONNECTIONS", 500, 1, 1_000_000),
     }
