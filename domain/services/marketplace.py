@@ -246,6 +246,15 @@ class MarketplaceService:
             error = ProviderFailedError(f"Rent failed: {_describe(exc)}", provider=adapter.name)
             error.status = 503 if exc.retryable else status
             raise error from exc
+        except Exception as exc:
+            # Not an answer from the provider (a bug, a broken connection): the machine may
+            # exist there. Close the rental (hold released); the reconciler destroys whatever
+            # carries its label.
+            await asyncio.to_thread(self._close_failed, instance_id, f"rent failed: {exc!r}")
+            self._cache.clear()
+            raise ProviderFailedError(
+                f"Rent failed: {_describe(exc)}", provider=adapter.name
+            ) from exc
 
         def provisioned(_: CreditAccount, gpu: GpuInstance, now: datetime) -> None:
             gpu.mark_provisioning(remote.instance_id, now=now)
@@ -338,6 +347,8 @@ class MarketplaceService:
         Orphans (a provider instance with no live rental of ours behind it, e.g. a rent whose
         answer was lost) are destroyed. Vanished rentals (live here, gone there for longer
         than ``grace`` seconds after they were requested) are closed and billed up to now.
+        A rental still ``requested`` after ``grace`` (its rent died half-way) is closed, and
+        the machine carrying its label, if the provider made one, is destroyed.
         ``live``: the ids of our live instances (from the read model).
         """
         counts = {"orphans": 0, "vanished": 0}
@@ -347,8 +358,9 @@ class MarketplaceService:
             except ProviderError:
                 continue  # a provider that is down is reconciled next time
             seen = {r.instance_id for r in remote}
+            labels = {r.label for r in remote}
             for item in remote:
-                if await asyncio.to_thread(self._is_orphan, item.label, item.instance_id):
+                if await asyncio.to_thread(self._is_orphan, item.label, item.instance_id, grace):
                     try:
                         await provider.destroy(item.instance_id)
                         counts["orphans"] += 1
@@ -360,24 +372,35 @@ class MarketplaceService:
                     gpu is None
                     or gpu.provider != name
                     or not gpu.is_live
-                    or not gpu.provider_instance_id
                     or gpu.provider_instance_id in seen
-                    or (self.clock() - gpu.requested_at).total_seconds() < grace
+                    or (not gpu.provider_instance_id and str(gpu.id) in labels)
+                    or self._age(gpu) < grace
                 ):
                     continue
-                await asyncio.to_thread(self._close_failed, instance_id, "vanished at the provider")
+                reason = (
+                    "vanished at the provider"
+                    if gpu.provider_instance_id
+                    else "rent did not complete; no machine at the provider"
+                )
+                await asyncio.to_thread(self._close_failed, instance_id, reason)
                 counts["vanished"] += 1
         return counts
 
-    def _is_orphan(self, label: str | None, remote_id: str) -> bool:
+    def _age(self, gpu: GpuInstance) -> float:
+        return (self.clock() - gpu.requested_at).total_seconds()
+
+    def _is_orphan(self, label: str | None, remote_id: str, grace: float) -> bool:
         try:
             gpu = self._find(UUID(str(label)))
         except ValueError:
             gpu = None  # not ours at all
         if gpu is None:
             return True
-        if gpu.state == "requested":
-            return False  # our rent is still in flight
+        if gpu.state == "requested" and not gpu.provider_instance_id:
+            if self._age(gpu) < grace:
+                return False  # our rent is still in flight
+            self._close_failed(gpu.id, "rent did not complete; its machine was destroyed")
+            return True
         return not gpu.is_live or gpu.provider_instance_id != remote_id
 
     # ----------------------------------------------------------- reservations
