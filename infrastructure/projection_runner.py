@@ -81,6 +81,15 @@ class ProjectionRunner:
             self._progress.notify_all()
         return total
 
+    def catch_up_one(self, name: str, deadline: float) -> bool:
+        """Apply the whole log to one projection now, for a read that must see every answered
+        write (exactly once, as ``step``); False if ``deadline`` (monotonic) came first."""
+        projection = next(p for p in self.projections if p.name == name)
+        while time.monotonic() < deadline:
+            if self.step(projection) == 0:
+                return True
+        return False
+
     # ------------------------------------------------------------ background
 
     def start(self) -> None:

@@ -149,9 +149,6 @@ class ProxyRuntime:
         self._loads: dict[str, tuple[object, bool, asyncio.Future[_Pool]]] = {}
         self.signal: InstanceSignal = signal or LocalInstanceSignal()
         self._runner = runner
-        self._instances = next(
-            (p for p in (runner.projections if runner else []) if p.name == "instances"), None
-        )
         self._strategies: dict[str, tuple[float, str]] = {}
         self._owners: dict[str, tuple[str, str]] = {}  # instance id -> (owner, provider)
         self._targets: dict[tuple[Endpoint, str, str], Target] = {}
@@ -159,7 +156,8 @@ class ProxyRuntime:
     # ------------------------------------------------------------ instances
 
     def _running(self, user_id: str, mark: object = 0, sync: bool = False) -> _Pool:
-        if sync and not self._catch_up(time.monotonic() + SYNC_TIMEOUT):
+        deadline = time.monotonic() + SYNC_TIMEOUT
+        if sync and self._runner and not self._runner.catch_up_one("instances", deadline):
             raise InstancesBehindError("your instance list is catching up; try again shortly")
         with self.db.read() as tx:
             rows = tx.fetchall(
@@ -175,15 +173,6 @@ class ProxyRuntime:
         for endpoint in endpoints:
             self._owners[endpoint.instance_id] = (user_id, endpoint.provider)
         return _Pool(time.monotonic(), endpoints, backends, mark, sync)
-
-    def _catch_up(self, deadline: float) -> bool:
-        """Apply what the log holds to the instances read model; False if out of time."""
-        if self._runner is None or self._instances is None:
-            return True
-        while time.monotonic() < deadline:
-            if self._runner.step(self._instances) == 0:
-                return True
-        return False
 
     async def pool(self, user_id: str, *, fresh: bool = False) -> _Pool:
         """The caller's running instances (see "Read your writes" in the module docstring).

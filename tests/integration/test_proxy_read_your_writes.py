@@ -145,7 +145,7 @@ def shared(request: pytest.FixtureRequest) -> Settings:
 
 def test_proxy_follows_answers_of_other_containers(shared: Settings) -> None:
     """Three containers on one database (as three processes would be): ``a`` rents and
-    destroys, ``host`` hosts instances that outlive their destroy, ``b`` proxies."""
+    destroys, ``host`` hosts instances that outlive their destroy, ``b`` lists and proxies."""
     user_id, key = _user_key(shared)
     a, host, b = bootstrap(shared), bootstrap(shared), bootstrap(shared)
     failures: list[str] = []
@@ -164,6 +164,9 @@ def test_proxy_follows_answers_of_other_containers(shared: Settings) -> None:
                         renter.marketplace.rent(user_id, "sandbox", offer, RentSpec())
                     )
                     assert gpu.state == "running"
+                    listed = client.get("/api/v1/gpu/rentals").json()["rentals"]
+                    if [r["state"] for r in listed if r["id"] == str(gpu.id)] != ["running"]:
+                        failures.append(f"{round_} {name}: rentals do not list it")
                     own = client.get(f"/api/v1/gpu/proxy/{gpu.id}/health").status_code
                     pool = client.get("/api/v1/gpu/proxy/pool/health").status_code
                     if (own, pool) != (200, 200):

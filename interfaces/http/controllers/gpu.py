@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -22,6 +23,7 @@ from infrastructure.auth import Principal
 from interfaces.http.schemas import NO_NUL
 from interfaces.http.security import container_of, provide_principal
 
+RENTALS_CATCH_UP = 2.0  # seconds the list may wait for the instances read model
 Text = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 
 
@@ -276,6 +278,8 @@ def rentals(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
 ) -> dict[str, Any]:
     c = container_of(request)
+    # Read your writes: the list holds every instance an answer (any process) reported.
+    c.runner.catch_up_one("instances", time.monotonic() + RENTALS_CATCH_UP)
     with c.db.read() as tx:
         rows = tx.fetchall(
             "SELECT instance_id FROM instances WHERE owner = ? ORDER BY requested_at DESC "
