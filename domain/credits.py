@@ -132,7 +132,8 @@ def earlier_keys(source: EarlierKeys, *, always: bool = False) -> Iterator[None]
 class CreditAccount(Aggregate):
     """A user's prepaid credit balance, holds, overage cap, auto-renew and guard-rail state."""
 
-    class_version = 2  # snapshots: v1 kept every idempotency key of 72 h in ``keys``
+    # snapshots: v1 kept every idempotency key of 72 h in ``keys``; v2 had no ``last_at``
+    class_version = 3
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -142,6 +143,16 @@ class CreditAccount(Aggregate):
         state["keys_dropped"] = _trim_keys(keys, newest - IDEMPOTENCY_RETENTION_MINUTES, 0)
 
     @staticmethod
+    def upcast_v2_v3(state: dict[str, Any]) -> None:
+        """A v2 snapshot's business time: the newest minute its state records (a lower bound)."""
+        minutes = [b[0] for b in state["buckets"]]
+        minutes += [entry[1] for entry in state["keys"].values()]
+        minutes += [reset[0] for reset in state["resets"].values()]
+        opened: datetime = state["opened_at"]
+        newest = max(minutes, default=0) * 60
+        state.setdefault("last_at", max(opened, datetime.fromtimestamp(newest, opened.tzinfo)))
+
+    @staticmethod
     def create_id(user_id: str, **_: Any) -> UUID:
         return account_id_for(user_id)
 
@@ -149,6 +160,7 @@ class CreditAccount(Aggregate):
     def __init__(self, user_id: str, at: datetime) -> None:
         self.user_id = user_id
         self.opened_at = at
+        self.last_at = at  # business time of the newest event: commands never run before it
         self.balance = 0
         self.total_granted = 0
         self.total_charged = 0
@@ -176,12 +188,28 @@ class CreditAccount(Aggregate):
         """Balance minus outstanding holds (holds past expiry included until expired)."""
         return self.balance - self.held
 
-    def available_at(self, now: datetime) -> int:
-        """Available credit as of ``now``: holds past their expiry no longer count."""
-        live: int = sum(
+    def business_time(self, now: datetime) -> datetime:
+        """The time a command or read given ``now`` runs at: never before the newest event.
+
+        Writers' clocks differ (replicas, NTP steps); taking the later of the two keeps the
+        account's own time monotonic, so nothing recorded later sorts before a reset, a
+        spend or a key already recorded (docs/consistency.md).
+        """
+        last: datetime = self.last_at
+        return now if now >= last else last
+
+    def held_at(self, now: datetime) -> int:
+        """Outstanding holds that still count at ``now`` (those past expiry no longer do)."""
+        if not self.holds:
+            return 0
+        now = self.business_time(now)
+        return sum(
             h["amount"] - h["captured"] for h in self.holds.values() if h["expires_at"] > now
         )
-        return self.balance - live
+
+    def available_at(self, now: datetime) -> int:
+        """Available credit as of ``now``: holds past their expiry no longer count."""
+        return self.balance - self.held_at(now)
 
     @property
     def overage(self) -> int:
@@ -189,18 +217,28 @@ class CreditAccount(Aggregate):
 
     def window_spend(self, now: datetime) -> dict[str, int]:
         """Captured and charged spend per guard-rail window at ``now`` (holds excluded)."""
-        return guardrails.window_spend(self.buckets, minute_of(now), self.resets)
+        minute = minute_of(self.business_time(now))
+        return guardrails.window_spend(self.buckets, minute, self.resets)
 
     def check_funds(self, amount: int) -> None:
         """Raise if taking ``amount`` would put available credit below minus the cap."""
-        if self.available - amount < -self.cap:
+        self._check_funds(amount, self.available)
+
+    def _check_funds(self, amount: int, available: int) -> None:
+        if available - amount < -self.cap:
             raise InsufficientCreditsError(
-                "Insufficient credits", available=self.available, cap=self.cap, requested=amount
+                "Insufficient credits", available=available, cap=self.cap, requested=amount
             )
 
     def check_spend(self, amount: int, now: datetime, policy: GuardrailPolicy) -> None:
-        """Raise if spending ``amount`` now would break the funds or a guard-rail window."""
-        self.check_funds(amount)
+        """Raise if spending ``amount`` now would break the funds or a guard-rail window.
+
+        Exactly what a charge at ``now`` decides (holds due by then no longer count), so
+        ``spending_report`` shows ``remaining >= amount`` in every window iff this passes.
+        """
+        now = self.business_time(now)
+        held = self.held_at(now)
+        self._check_funds(amount, self.balance - held)
         limits = policy.effective_limits(self.limits)
         if not limits:
             return
@@ -210,18 +248,30 @@ class CreditAccount(Aggregate):
                 "window": name,
                 "limit": limit,
                 "spent": spent[name],
-                "held": self.held,
+                "held": held,
                 "requested": amount,
             }
             for name, limit in limits.items()
-            if spent[name] + self.held + amount > limit
+            if spent[name] + held + amount > limit
         ]
         if violations:
             raise SpendingLimitExceededError(violations, spent)
 
+    def spending_report(self, now: datetime, policy: GuardrailPolicy) -> guardrails.SpendingReport:
+        """Spend, holds, limit and room left per window at ``now``, as ``check_spend`` sees them."""
+        now = self.business_time(now)
+        return guardrails.SpendingReport.of(
+            now,
+            enabled=policy.enabled,
+            spent=guardrails.window_spend(self.buckets, minute_of(now), self.resets),
+            held=self.held_at(now),
+            limits=policy.effective_limits(self.limits),
+        )
+
     def dropped_keys_since(self, now: datetime) -> bool:
         """True if keys recorded in the last 72 h left the state (too many to keep)."""
-        return self.keys_dropped > minute_of(now) - IDEMPOTENCY_RETENTION_MINUTES
+        minute = minute_of(self.business_time(now))
+        return self.keys_dropped > minute - IDEMPOTENCY_RETENTION_MINUTES
 
     def seen(self, key: str, fingerprint: str, now: datetime) -> bool:
         """True if this key was already applied with these parameters; raise if with others."""
@@ -258,6 +308,7 @@ class CreditAccount(Aggregate):
         actor: str = "",
     ) -> bool:
         """Add credits (settled payment, admin grant, auto-renew). Returns False if replayed."""
+        now = self.business_time(now)
         _positive(amount)
         if source not in GRANT_SOURCES:
             raise InvalidArgumentError(f"unknown grant source {source!r}", field="source")
@@ -287,6 +338,7 @@ class CreditAccount(Aggregate):
         actor: str = "",
     ) -> bool:
         """Spend credits directly (per-request fee, one-off charge). Returns False if replayed."""
+        now = self.business_time(now)
         _positive(amount)
         if self.seen(key, _fingerprint("charge", amount, reference), now):
             return False
@@ -317,6 +369,7 @@ class CreditAccount(Aggregate):
         actor: str = "",
     ) -> bool:
         """Reserve funds until ``expires_at``; they count as spend for the guard rails."""
+        now = self.business_time(now)
         _positive(amount)
         _text(hold_id, "hold_id", required=True)
         if self.seen(key, _fingerprint("hold", hold_id, amount, expires_at.isoformat()), now):
@@ -351,6 +404,7 @@ class CreditAccount(Aggregate):
         actor: str = "",
     ) -> bool:
         """Turn part of a hold into a charge. Pre-approved: no new funds or window check."""
+        now = self.business_time(now)
         _positive(amount)
         if self.seen(key, _fingerprint("capture", hold_id, amount), now):
             return False
@@ -376,6 +430,7 @@ class CreditAccount(Aggregate):
 
     def release(self, hold_id: str, *, key: str, now: datetime, actor: str = "") -> bool:
         """Free what remains of a hold."""
+        now = self.business_time(now)
         if self.seen(key, _fingerprint("release", hold_id), now):
             return False
         self._expire_due(now)
@@ -391,6 +446,7 @@ class CreditAccount(Aggregate):
 
     def expire_holds(self, now: datetime) -> int:
         """Expire every hold whose deadline has passed; returns how many."""
+        now = self.business_time(now)
         return self._expire_due(now)
 
     def debit(
@@ -405,6 +461,7 @@ class CreditAccount(Aggregate):
         actor: str = "",
     ) -> bool:
         """Take back credits (refund, dispute, adjustment); not spend, so no window counts it."""
+        now = self.business_time(now)
         _positive(amount)
         if kind not in DEBIT_KINDS:
             raise InvalidArgumentError(f"unknown debit kind {kind!r}", field="kind")
@@ -426,6 +483,7 @@ class CreditAccount(Aggregate):
 
     def set_cap(self, cap: int, *, now: datetime, actor: str, reason: str = "") -> None:
         """Set the maximum overage (how far below zero the balance may go)."""
+        now = self.business_time(now)
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0 or cap > MAX_MICROS:
             raise InvalidAmountError("cap", "must be a non-negative integer number of micro-USD")
         self._cap_set(cap=cap, actor=_text(actor, "actor"), reason=_text(reason, "reason"), at=now)
@@ -441,6 +499,7 @@ class CreditAccount(Aggregate):
         actor: str,
     ) -> None:
         """Save auto-renew settings: below ``threshold`` available, buy ``amount`` once."""
+        now = self.business_time(now)
         if enabled:
             _positive(amount)
             _positive(threshold, "threshold")
@@ -458,6 +517,7 @@ class CreditAccount(Aggregate):
         self, changes: dict[str, int | None], *, now: datetime, actor: str, reason: str = ""
     ) -> None:
         """Override guard-rail limits for this user (micro-USD; 0 = off; None = back to default)."""
+        now = self.business_time(now)
         normalised: dict[str, int | None] = {}
         for name, limit in changes.items():
             try:
@@ -482,6 +542,7 @@ class CreditAccount(Aggregate):
         self, windows: list[str] | None, *, now: datetime, actor: str, reason: str
     ) -> list[str]:
         """Admin only: forget spend so far in the given windows (all if none); reason required."""
+        now = self.business_time(now)
         _text(reason, "reason", required=True)
         _text(actor, "actor", required=True)
         try:
@@ -529,6 +590,10 @@ class CreditAccount(Aggregate):
                 at=now,
             )
 
+    def _moved(self, at: datetime) -> None:
+        # max: events stored before business time was monotonic may be out of order
+        self.last_at = max(self.last_at, at)
+
     def _remember(self, key: str, fingerprint: str, at: datetime) -> None:
         minute = minute_of(at)
         keys = self.keys
@@ -556,6 +621,7 @@ class CreditAccount(Aggregate):
         key: str,
         at: datetime,
     ) -> None:
+        self._moved(at)
         self.balance += amount
         self.total_granted += amount
         self._remember(key, _fingerprint("grant", amount, source, reference), at)
@@ -566,6 +632,7 @@ class CreditAccount(Aggregate):
     def _charged(
         self, amount: int, reason: str, reference: str, actor: str, key: str, at: datetime
     ) -> None:
+        self._moved(at)
         self.balance -= amount
         self._spend(amount, at)
         self._remember(key, _fingerprint("charge", amount, reference), at)
@@ -582,6 +649,7 @@ class CreditAccount(Aggregate):
         key: str,
         at: datetime,
     ) -> None:
+        self._moved(at)
         self.holds[hold_id] = {"amount": amount, "captured": 0, "expires_at": expires_at}
         self.held += amount
         self._remember(key, _fingerprint("hold", hold_id, amount, expires_at.isoformat()), at)
@@ -590,6 +658,7 @@ class CreditAccount(Aggregate):
     def _hold_captured(
         self, hold_id: str, amount: int, reason: str, actor: str, key: str, at: datetime
     ) -> None:
+        self._moved(at)
         self.holds[hold_id]["captured"] += amount
         self.held -= amount
         self.balance -= amount
@@ -598,12 +667,14 @@ class CreditAccount(Aggregate):
 
     @event("HoldReleased")
     def _hold_released(self, hold_id: str, amount: int, actor: str, key: str, at: datetime) -> None:
+        self._moved(at)
         del self.holds[hold_id]
         self.held -= amount
         self._remember(key, _fingerprint("release", hold_id), at)
 
     @event("HoldExpired")
     def _hold_expired(self, hold_id: str, amount: int, at: datetime) -> None:
+        self._moved(at)
         del self.holds[hold_id]
         self.held -= amount
 
@@ -618,12 +689,14 @@ class CreditAccount(Aggregate):
         key: str,
         at: datetime,
     ) -> None:
+        self._moved(at)
         self.balance -= amount
         self.total_debited += amount
         self._remember(key, _fingerprint("debit", amount, kind, reference), at)
 
     @event("CapSet")
     def _cap_set(self, cap: int, actor: str, reason: str, at: datetime) -> None:
+        self._moved(at)
         self.cap = cap
 
     @event("AutoRenewConfigured")
@@ -636,6 +709,7 @@ class CreditAccount(Aggregate):
         actor: str,
         at: datetime,
     ) -> None:
+        self._moved(at)
         self.auto_renew = {
             "enabled": enabled,
             "threshold": threshold,
@@ -648,12 +722,14 @@ class CreditAccount(Aggregate):
     def _auto_renew_triggered(
         self, amount: int, threshold: int, payment_method: str, available: int, at: datetime
     ) -> None:
+        self._moved(at)
         self.auto_renew_armed = False
 
     @event("LimitsSet")
     def _limits_set(
         self, changes: dict[str, int | None], actor: str, reason: str, at: datetime
     ) -> None:
+        self._moved(at)
         for window, limit in changes.items():
             if limit is None:
                 self.limits.pop(window, None)
@@ -670,6 +746,7 @@ class CreditAccount(Aggregate):
         reason: str,
         at: datetime,
     ) -> None:
+        self._moved(at)
         for window in windows:
             self.resets[window] = [minute, bucket_amount]
 

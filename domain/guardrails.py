@@ -144,3 +144,77 @@ def bucket_amount(buckets: Sequence[Sequence[int]], minute: int) -> int:
     if index and buckets[index - 1][0] == minute:
         return buckets[index - 1][1]
     return 0
+
+
+@dataclass(frozen=True)
+class WindowState:
+    """One window as enforcement sees it (micro-USD); ``limit`` 0 means the window is off.
+
+    ``remaining`` is the largest spend a charge may still add (``limit - spent - held``, not
+    below 0); ``exceeded``: no spend at all is allowed (``remaining`` is 0).
+    """
+
+    window: str
+    spent: int
+    held: int
+    limit: int
+
+    @property
+    def limited(self) -> bool:
+        return self.limit > 0
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.spent - self.held) if self.limit else 0
+
+    @property
+    def exceeded(self) -> bool:
+        return self.limited and self.spent + self.held >= self.limit
+
+
+@dataclass(frozen=True)
+class SpendingReport:
+    """Every window at one business time: what ``CreditAccount.check_spend`` would decide."""
+
+    as_of: datetime
+    enabled: bool
+    held: int
+    windows: tuple[WindowState, ...]
+
+    @classmethod
+    def of(
+        cls,
+        as_of: datetime,
+        *,
+        enabled: bool,
+        spent: Mapping[str, int],
+        held: int,
+        limits: Mapping[str, int],
+    ) -> SpendingReport:
+        return cls(
+            as_of,
+            enabled,
+            held,
+            tuple(WindowState(n, spent.get(n, 0), held, limits.get(n, 0)) for n in WINDOW_NAMES),
+        )
+
+    @property
+    def spent(self) -> dict[str, int]:
+        return {w.window: w.spent for w in self.windows}
+
+    @property
+    def limits(self) -> dict[str, int]:
+        """The windows in force and their limits."""
+        return {w.window: w.limit for w in self.windows if w.limited}
+
+    @property
+    def remaining(self) -> dict[str, int]:
+        return {w.window: w.remaining for w in self.windows if w.limited}
+
+    @property
+    def exceeded(self) -> list[str]:
+        return [w.window for w in self.windows if w.exceeded]
+
+    def allows(self, amount: int) -> bool:
+        """True if no window refuses spending ``amount`` (funds are not part of the report)."""
+        return all(amount <= w.remaining for w in self.windows if w.limited)

@@ -13,7 +13,8 @@ migration: it must exist wherever ``ledger_events`` does (benchmarks and tools b
 store without running migrations), and when it is first created, the keys of the events of the
 last 72 h (+ a day) are copied into it in the same transaction, so an upgrade forgets none.
 Rows older than 72 h are pruned every ``PRUNE_EVERY`` rows written, by the writing process,
-on a background thread.
+on a background thread: older than the newest row written and than the database's clock, so
+rows written by a clock far ahead cannot make the prune take keys still inside 72 h.
 """
 
 from __future__ import annotations
@@ -162,7 +163,10 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
             "SELECT account_id, key, fingerprint FROM {} "
             "JOIN unnest(%b::uuid[], %b::text[]) AS q (account_id, key) USING (account_id, key)"
         ).format(table)
-        self._sql_prune_keys = SQL("DELETE FROM {} WHERE minute < %s").format(table)
+        self._sql_prune_keys = SQL(
+            "DELETE FROM {} WHERE minute < LEAST(%s, "
+            "floor(extract(epoch FROM clock_timestamp()) / 60)::bigint - %s)"
+        ).format(table)
         self._sql_insert_stored = SQL(
             "INSERT INTO {}.{} (originator_id, originator_version, topic, state) "
             "SELECT * FROM unnest(%b::{}[], %b::bigint[], %b::text[], %b::bytea[]) "
@@ -246,9 +250,11 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         )
 
     def prune(self, before_minute: int) -> int:
-        """Delete key rows recorded before ``before_minute``; return how many."""
+        """Delete key rows recorded before ``before_minute`` and more than 72 h before the
+        database's clock; return how many."""
         with self.datastore.transaction(commit=True) as curs:
-            curs.execute(self._sql_prune_keys, (before_minute,), prepare=False)
+            params = (before_minute, IDEMPOTENCY_RETENTION_MINUTES)
+            curs.execute(self._sql_prune_keys, params, prepare=False)
             return curs.rowcount
 
     # ------------------------------------------------------------ reads
@@ -289,7 +295,10 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
         ]
         self._sql_insert_keys = f"INSERT INTO {table} VALUES (?, ?, ?, ?)"
         self._sql_backfill_keys = f"INSERT OR IGNORE INTO {table} VALUES (?, ?, ?, ?)"
-        self._sql_prune_keys = f"DELETE FROM {table} WHERE minute < ?"
+        self._sql_prune_keys = (
+            f"DELETE FROM {table} WHERE minute < "
+            "MIN(?, CAST(strftime('%s', 'now') AS INTEGER) / 60 - ?)"
+        )
         self._sql_page = (
             f"SELECT rowid, originator_id, topic, state FROM {events_table_name} "
             "WHERE rowid < ? ORDER BY rowid DESC LIMIT ?"
@@ -339,9 +348,10 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
         return returning
 
     def prune(self, before_minute: int) -> int:
-        """Delete key rows recorded before ``before_minute``; return how many."""
+        """Delete key rows recorded before ``before_minute`` and more than 72 h before the
+        database's clock; return how many."""
         with self.datastore.transaction(commit=True) as c:
-            c.execute(self._sql_prune_keys, (before_minute,))
+            c.execute(self._sql_prune_keys, (before_minute, IDEMPOTENCY_RETENTION_MINUTES))
             return int(c.sqlite_cursor.rowcount)
 
     def idempotency_fingerprints(self, pairs: Sequence[Pair]) -> dict[Pair, str]:

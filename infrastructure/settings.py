@@ -42,6 +42,7 @@ class Settings:
     guardrails: GuardrailPolicy = field(default_factory=GuardrailPolicy)
     projection_poll_interval: float = 1.0
     hold_sweep_interval: float = 30.0  # seconds between sweeps expiring due holds
+    clock_max_ahead_seconds: float = 5.0  # business time: at most this ahead of the DB clock
     log_level: str = "INFO"
     log_file: str = ""
     syslog_enabled: bool = False
@@ -265,6 +266,7 @@ def load_settings(
         guardrails=_guardrails(env),
         projection_poll_interval=_float(env, "PROJECTION_POLL_INTERVAL", 1.0, 0.01, 60.0),
         hold_sweep_interval=_float(env, "HOLD_SWEEP_SECONDS", 30.0, 0.05, 3600.0),
+        clock_max_ahead_seconds=_float(env, "CLOCK_MAX_AHEAD_SECONDS", 5.0, 0.0, 3600.0),
         log_level=log_level,
         **http,
         **market,

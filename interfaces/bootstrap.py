@@ -18,6 +18,7 @@ from domain.services.payments import CryptoConfig, PaymentService
 from infrastructure.api_keys import ApiKeyStore
 from infrastructure.auth import AuthService
 from infrastructure.auth_throttle import open_throttle
+from infrastructure.db_clock import business_clock
 from infrastructure.election import HOLD_SWEEP_LOCK_KEY, Election, PgElection, SoleProcess
 from infrastructure.event_log import EventLog
 from infrastructure.eventstore import events_channel, eventstore_env
@@ -272,12 +273,17 @@ def bootstrap(
     settings: Settings | None = None,
     *,
     clock: Clock = system_clock,
+    reference_clock: Clock | None = None,
     run_projections: bool = False,
     migrate: bool = True,
 ) -> Container:
-    """Build the service graph. ``run_projections`` starts the runner (and PG listener)."""
+    """Build the service graph. ``run_projections`` starts the runner (and PG listener).
+
+    ``reference_clock`` bounds ``clock`` (default: PostgreSQL's clock bounds the real one).
+    """
     settings = settings or load_settings()
     db = open_database(settings)
+    clock = business_clock(settings, db, clock, reference_clock)
     if migrate:
         apply_migrations(db)
     if settings.db_type == "postgres":

@@ -9,6 +9,13 @@ its invariants, and equal an aggregate rebuilt by replaying every event it emitt
 A refused command must leave the aggregate as it was, except that commands which expire
 due holds first (``_expire_due``) may have done so: those ``HoldExpired`` events are
 legitimate and are kept (the group committer saves them even when the command is refused).
+
+Commands come from writers whose clocks differ (issue 17): the true clock, one 2 min ahead
+or behind, one 10 min behind (an NTP step back) and one 100 h ahead, the last held to the
+true clock plus ``MAX_AHEAD`` by the ``BoundedClock`` every service clock goes through. The
+model runs each command at its business time, ``max(writer clock, newest event)``; windows
+(resets included) must then count exactly what the model counts, and no key or spend
+bucket is forgotten because one writer's clock was wild.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from domain.clocks import BoundedClock
 from domain.credits import MAX_TEXT, CreditAccount
 from domain.errors import (
     DomainError,
@@ -49,6 +57,9 @@ from tests.conftest import FixedClock
 DEFAULT_LIMITS = {"5MIN": 30_000, "60MIN": 50_000, "1440MIN": 120_000, "72H": 250_000}
 POLICY = GuardrailPolicy(enabled=True, limits=DEFAULT_LIMITS)
 KEY_RETENTION = LONGEST_WINDOW_MINUTES  # minutes an idempotency key is remembered
+MAX_AHEAD = timedelta(minutes=3)  # how far a writer's clock may run ahead of the true one
+# Writers' clock offsets (seconds): true, 2 min ahead/behind, 10 min behind, 100 h ahead.
+WRITER_OFFSETS = [0, 120, -120, -600, 100 * 3600]
 
 amounts = st.integers(min_value=1, max_value=30_000)
 grant_amounts = st.integers(min_value=1, max_value=400_000)
@@ -127,6 +138,7 @@ class Model:
     resets: dict[str, tuple[int, int]] = field(default_factory=dict)  # window -> (minute, seq)
     limits: dict[str, int] = field(default_factory=dict)
     keys: dict[str, tuple[int, str, dict[str, Any]]] = field(default_factory=dict)
+    last_at: datetime = field(default_factory=lambda: FixedClock().now)  # newest event's time
 
     @property
     def held(self) -> int:
@@ -195,7 +207,11 @@ class Model:
 class CreditAccountMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.clock = FixedClock()
+        self.clock = FixedClock()  # the true time
+        self.offset = timedelta(0)  # the current writer's clock, relative to the true one
+        self.writer = BoundedClock(
+            lambda: self.clock.now + self.offset, reference=self.clock, max_ahead=MAX_AHEAD
+        )
         self.account = CreditAccount(user_id="user-1", at=self.clock.now)
         self.events: list[DomainEvent] = list(self.account.collect_events())
         self.model = Model()
@@ -204,12 +220,20 @@ class CreditAccountMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ plumbing
 
+    def raw(self) -> datetime:
+        """The current writer's clock (as bounded): what commands are given as ``now``."""
+        return self.writer()
+
+    def business(self) -> datetime:
+        """The time the next command runs at: never before the newest event."""
+        return max(self.raw(), self.model.last_at)
+
     def fresh(self, prefix: str) -> str:
         self.counter += 1
         return f"{prefix}-{self.counter}"
 
     def invoke(self, kind: str, params: dict[str, Any], key: str) -> Any:
-        now = self.clock.now
+        now = self.raw()
         account = self.account
         if kind == "grant":
             return account.grant(params["amount"], key=key, now=now, reason="top-up")
@@ -236,7 +260,7 @@ class CreditAccountMachine(RuleBasedStateMachine):
         self, call: Callable[[], Any], expected: tuple[type[DomainError], ...] | None
     ) -> Outcome:
         """Run ``call``; ``expected`` None means it must apply, else the errors it may raise."""
-        now = self.clock.now
+        now = self.business()
         due = self.model.due(now)
         before = state_of(self.account)
         after_expiry = None  # the state if the command expires the due holds, then refuses
@@ -253,6 +277,7 @@ class CreditAccountMachine(RuleBasedStateMachine):
                 raise AssertionError(f"{exc!r} is not one of {expected}") from exc
             emitted = self.account.collect_events()
             self.events.extend(emitted)
+            self.moved(emitted, now)
             assert all(event_name(e) == "HoldExpired" for e in emitted), emitted
             expired = {e.hold_id for e in emitted}
             assert expired in (set(), due)
@@ -266,6 +291,7 @@ class CreditAccountMachine(RuleBasedStateMachine):
         assert expected is None, f"expected one of {expected}, but the command applied"
         emitted = self.account.collect_events()
         self.events.extend(emitted)
+        self.moved(emitted, now)
         expiring = [e for e in emitted if event_name(e) == "HoldExpired"]
         assert emitted[: len(expiring)] == expiring, "hold expiry comes first"
         self.expire_in_model({e.hold_id for e in expiring})
@@ -275,17 +301,23 @@ class CreditAccountMachine(RuleBasedStateMachine):
         event(f"applied: {'+'.join(names) or 'no event'}{' after expiry' if expiring else ''}")
         return Outcome(result=result, emitted=names)
 
+    def moved(self, emitted: list[DomainEvent], now: datetime) -> None:
+        """Every event a command emits is at its business time, which becomes the newest."""
+        assert [getattr(e, "at", now) for e in emitted] == [now] * len(emitted)
+        if emitted:
+            self.model.last_at = now
+
     def expire_in_model(self, expired: set[str]) -> None:
-        assert expired <= self.model.due(self.clock.now)
+        assert expired <= self.model.due(self.business())
         for hold_id in expired:
             del self.model.holds[hold_id]
 
     def check_spend_accepted(self) -> None:
         """After an applied charge or hold: funds and every enabled window are within limits."""
-        now = self.clock.now
+        now = self.business()
         account = self.account
         assert account.available >= -account.cap
-        spent = account.window_spend(now)
+        spent = account.window_spend(self.raw())
         limits = POLICY.effective_limits(account.limits)
         assert limits == self.model.effective_limits()
         model_spent = self.model.window_spend(now)
@@ -303,7 +335,7 @@ class CreditAccountMachine(RuleBasedStateMachine):
     @rule(amount=grant_amounts)
     def grant(self, amount: int) -> None:
         key = self.fresh("grant")
-        now = self.clock.now
+        now = self.business()
         outcome = self.execute(lambda: self.invoke("grant", {"amount": amount}, key), None)
         assert outcome.result is True
         assert outcome.emitted == ["Granted"]
@@ -314,7 +346,7 @@ class CreditAccountMachine(RuleBasedStateMachine):
     @rule(amount=amounts)
     def charge(self, amount: int) -> None:
         key = self.fresh("charge")
-        now = self.clock.now
+        now = self.business()
         short, over = self.model.spend_refusals(amount, now)
         expected = refusal(short, over)
         outcome = self.execute(lambda: self.invoke("charge", {"amount": amount}, key), expected)
@@ -334,7 +366,7 @@ class CreditAccountMachine(RuleBasedStateMachine):
         data=st.data(),
     )
     def place_hold(self, amount: int, ttl: int, reuse: bool, data: st.DataObject) -> None:
-        now = self.clock.now
+        now = self.business()
         if reuse and self.hold_ids:
             hold_id = data.draw(st.sampled_from(self.hold_ids), label="hold_id")
         else:
@@ -360,7 +392,7 @@ class CreditAccountMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.model.holds)
     @rule(data=st.data(), fraction=st.floats(min_value=0.0, max_value=1.3), extra=st.booleans())
     def capture(self, data: st.DataObject, fraction: float, extra: bool) -> None:
-        now = self.clock.now
+        now = self.business()
         hold_id = data.draw(st.sampled_from(sorted(self.model.holds)), label="hold_id")
         hold = self.model.holds[hold_id]
         remaining = hold["amount"] - hold["captured"]
@@ -384,7 +416,7 @@ class CreditAccountMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.hold_ids)
     @rule(data=st.data(), current=st.booleans())
     def release(self, data: st.DataObject, current: bool) -> None:
-        now = self.clock.now
+        now = self.business()
         # A hold the account still has, or any hold id ever used (released ones included).
         choices = sorted(self.model.holds) if current and self.model.holds else self.hold_ids
         hold_id = data.draw(st.sampled_from(choices), label="hold_id")
@@ -404,7 +436,7 @@ class CreditAccountMachine(RuleBasedStateMachine):
     @rule(amount=amounts)
     def debit(self, amount: int) -> None:
         key = self.fresh("debit")
-        now = self.clock.now
+        now = self.business()
         held = self.model.live_held(now)
         short = self.model.balance - held - amount < -self.model.cap
         expected = (InsufficientCreditsError,) if short else None
@@ -425,7 +457,7 @@ class CreditAccountMachine(RuleBasedStateMachine):
     )
     def spend_at_edge(self, kind: str, offset: int, data: st.DataObject) -> None:
         """Spend exactly what the tightest of funds and windows allows, or one micro-USD off."""
-        now = self.clock.now
+        now = self.business()
         held = self.model.live_held(now)
         room = self.model.balance - held + self.model.cap  # the funds edge
         if kind != "debit":  # debits are not spend: no window counts them
@@ -448,15 +480,16 @@ class CreditAccountMachine(RuleBasedStateMachine):
         """Move the clock to exactly a hold's deadline (or a microsecond past it)."""
         hold_id = data.draw(st.sampled_from(sorted(self.model.holds)), label="hold_id")
         target = self.model.holds[hold_id]["expires_at"] + timedelta(microseconds=after)
-        self.clock.now = max(self.clock.now, target)
+        skew = self.raw() - self.clock.now  # the current writer's clock reaches the target
+        self.clock.now = max(self.clock.now, target - skew)
 
     @rule()
     def expire_holds(self) -> None:
-        due = self.model.due(self.clock.now)
-        outcome = self.execute(lambda: self.account.expire_holds(self.clock.now), None)
+        due = self.model.due(self.business())
+        outcome = self.execute(lambda: self.account.expire_holds(self.raw()), None)
         assert outcome.result == len(due)
         assert outcome.emitted == []
-        assert self.model.due(self.clock.now) == set()
+        assert self.model.due(self.business()) == set()
 
     @rule(
         seconds=st.one_of(
@@ -468,10 +501,15 @@ class CreditAccountMachine(RuleBasedStateMachine):
     def advance_clock(self, seconds: int) -> None:
         self.clock.advance(seconds=seconds)
 
+    @rule(offset=st.sampled_from(WRITER_OFFSETS))
+    def switch_writer(self, offset: int) -> None:
+        """The next commands come from another replica (or after an NTP step)."""
+        self.offset = timedelta(seconds=offset)
+
     @rule(cap=st.integers(min_value=0, max_value=60_000))
     def set_cap(self, cap: int) -> None:
         outcome = self.execute(
-            lambda: self.account.set_cap(cap, now=self.clock.now, actor="admin"), None
+            lambda: self.account.set_cap(cap, now=self.raw(), actor="admin"), None
         )
         assert outcome.emitted == ["CapSet"]
         self.model.cap = cap
@@ -480,7 +518,7 @@ class CreditAccountMachine(RuleBasedStateMachine):
     @rule(changes=st.dictionaries(window_spellings, limit_values, min_size=1, max_size=3))
     def set_limits(self, changes: dict[str, int | None]) -> None:
         outcome = self.execute(
-            lambda: self.account.set_limits(changes, now=self.clock.now, actor="admin"), None
+            lambda: self.account.set_limits(changes, now=self.raw(), actor="admin"), None
         )
         assert outcome.emitted == ["LimitsSet"]
         for name, limit in changes.items():
@@ -494,7 +532,7 @@ class CreditAccountMachine(RuleBasedStateMachine):
     def reset_windows(self, windows: list[str] | None) -> None:
         outcome = self.execute(
             lambda: self.account.reset_windows(
-                windows, now=self.clock.now, actor="admin", reason="support ticket"
+                windows, now=self.raw(), actor="admin", reason="support ticket"
             ),
             None,
         )
@@ -502,7 +540,7 @@ class CreditAccountMachine(RuleBasedStateMachine):
         expected = [w.upper() for w in windows] if windows else [name for name, _ in WINDOWS]
         assert outcome.result == expected
         for name in expected:
-            self.model.resets[name] = (minute(self.clock.now), len(self.model.spends))
+            self.model.resets[name] = (minute(self.model.last_at), len(self.model.spends))
 
     @precondition(lambda self: self.model.keys)
     @rule(data=st.data())
@@ -551,7 +589,7 @@ class CreditAccountMachine(RuleBasedStateMachine):
         )
     )
     def invalid_command(self, variant: str) -> None:
-        account, now = self.account, self.clock.now
+        account, now = self.account, self.raw()
         key = self.fresh("bad")
         calls: dict[str, tuple[Callable[[], Any], type[DomainError]]] = {
             "zero": (
@@ -617,10 +655,16 @@ class CreditAccountMachine(RuleBasedStateMachine):
         assert {w: r[0] for w, r in account.resets.items()} == {
             w: r[0] for w, r in model.resets.items()
         }
-        assert account.window_spend(self.clock.now) == model.window_spend(self.clock.now)
-        assert account.available_at(self.clock.now) == model.balance - model.live_held(
-            self.clock.now
-        )
+        now = self.business()
+        assert account.last_at == model.last_at
+        assert account.window_spend(self.raw()) == model.window_spend(now)
+        assert account.available_at(self.raw()) == model.balance - model.live_held(now)
+
+    @invariant()
+    def no_wild_clock_moves_business_time(self) -> None:
+        """However far ahead a writer's clock is, the account's time stays near the truth,
+        so no spend bucket, key or hold is aged by it."""
+        assert self.account.last_at <= self.clock.now + MAX_AHEAD
 
     @invariant()
     def money_invariants(self) -> None:

@@ -1,0 +1,70 @@
+"""The database server's clock, the reference every replica's business time is bounded by.
+
+Sampled at most every ``refresh`` seconds (one ``SELECT clock_timestamp()``); in between it
+advances on this process's monotonic clock, so a step of the wall clock does not move it.
+SQLite has no server: its clock is this machine's, so there is nothing to bound against.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+from domain.clocks import BoundedClock
+from domain.ports import Clock, system_clock
+from infrastructure.settings import Settings
+from infrastructure.sql import Database
+
+log = logging.getLogger(__name__)
+
+
+class DatabaseClock:
+    """PostgreSQL's ``clock_timestamp()``, as of now (estimated between samples)."""
+
+    def __init__(self, db: Database, *, refresh: float = 10.0) -> None:
+        self.db = db
+        self.refresh = refresh
+        self._lock = threading.Lock()
+        self._sample: tuple[datetime, float] | None = None  # (server time, monotonic then)
+        self._next = 0.0
+
+    def _read(self) -> None:
+        started = time.monotonic()
+        try:
+            with self.db.read() as tx:
+                row = tx.fetchone("SELECT clock_timestamp()")
+        except Exception:  # keep the last sample; the next call tries again after refresh
+            log.warning("reading the database clock failed", exc_info=True)
+            return
+        finally:
+            self._next = time.monotonic() + self.refresh
+        ended = time.monotonic()
+        server: datetime = row[0] if row else datetime.now(UTC)
+        self._sample = (server.astimezone(UTC), (started + ended) / 2)
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            if time.monotonic() >= self._next:
+                self._read()
+            sample = self._sample
+        if sample is None:  # never read: nothing to bound against
+            return datetime.now(UTC)
+        server, at = sample
+        return server + timedelta(seconds=time.monotonic() - at)
+
+
+def business_clock(
+    settings: Settings, db: Database, clock: Clock, reference: Clock | None = None
+) -> Clock:
+    """The clock the services run on: ``clock`` bounded by ``reference`` (if given) or, for
+    the real clock on PostgreSQL, by the server's clock (``CLOCK_MAX_AHEAD_SECONDS``).
+
+    An injected clock (tests) is taken as it is unless a reference comes with it.
+    """
+    if reference is None:
+        if clock is not system_clock or settings.db_type != "postgres":
+            return clock
+        reference = DatabaseClock(db)
+    return BoundedClock(clock, reference, timedelta(seconds=settings.clock_max_ahead_seconds))
