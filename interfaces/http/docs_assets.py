@@ -1,14 +1,15 @@
 """Swagger UI and Redoc for ``/schema/swagger`` and ``/schema/redoc``, served by this app.
 
-The dist files come from the ``drf-spectacular-sidecar`` package (Swagger UI and Redoc
-builds, refreshed upstream monthly); only its static folder is read, the package itself (which
-imports Django) is never imported. The pages therefore load no script, style, font or icon
-from another origin and work offline.
+The dist files are vendored in ``interfaces/web/docs_assets/`` (Swagger UI 5.x, Apache-2.0;
+Redoc 2.x, MIT; licences beside them), copied from the ``drf-spectacular-sidecar`` release
+2026.10.1 (which we do not depend on: it pulls in Django). They ship inside the wheel and are
+read through ``importlib.resources``, so the pages load no script, style, font or icon from
+another origin and work offline.
 """
 
 from __future__ import annotations
 
-import importlib.util
+from importlib.resources import as_file, files
 from pathlib import Path
 
 from litestar import get
@@ -20,20 +21,18 @@ from litestar.response import File
 
 ASSETS_PATH = "/schema/assets"
 JS, CSS = "text/javascript", "text/css"
-FILES = {  # served name: (path under the package's static folder, media type)
-    "swagger-ui-bundle.js": ("swagger-ui-dist/swagger-ui-bundle.js", JS),
-    "swagger-ui-standalone-preset.js": ("swagger-ui-dist/swagger-ui-standalone-preset.js", JS),
-    "swagger-ui.css": ("swagger-ui-dist/swagger-ui.css", CSS),
-    "redoc.standalone.js": ("redoc/bundles/redoc.standalone.js", JS),
+FILES = {  # served name: media type
+    "swagger-ui-bundle.js": JS,
+    "swagger-ui-standalone-preset.js": JS,
+    "swagger-ui.css": CSS,
+    "redoc.standalone.js": JS,
 }
 HEADERS = {"X-Content-Type-Options": "nosniff", "Cross-Origin-Resource-Policy": "same-origin"}
 
 
 def _static_root() -> Path:
-    spec = importlib.util.find_spec("drf_spectacular_sidecar")  # finds it without running it
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("drf-spectacular-sidecar is not installed (pip install -e .)")
-    return Path(next(iter(spec.submodule_search_locations))) / "static" / "drf_spectacular_sidecar"
+    with as_file(files("interfaces.web") / "docs_assets") as root:  # a real folder in the wheel
+        return root
 
 
 ROOT = _static_root()
@@ -66,7 +65,4 @@ async def docs_asset(name: FromPath[str]) -> File:
     found = FILES.get(name)
     if found is None:
         raise NotFoundException(f"no documentation asset {name!r}")
-    relative, media_type = found
-    return File(
-        ROOT / relative, media_type=media_type, content_disposition_type="inline", headers=HEADERS
-    )
+    return File(ROOT / name, media_type=found, content_disposition_type="inline", headers=HEADERS)
