@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import re
+import logging
 import secrets
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,10 +15,11 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from domain.errors import DomainError, InvalidArgumentError
+from infrastructure.emails import EMAIL, legacy_form, normalise_email, refuse_mixed_script, skeleton
 from infrastructure.revocation import NoSignal, RevocationSignal
 from infrastructure.sql import Database, Tx
 
-EMAIL = re.compile(r"^[^@\s\x00]{1,64}@[^@\s\x00]{1,190}\.[^@\s.\x00]{2,63}$")
+log = logging.getLogger(__name__)
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
@@ -26,6 +28,14 @@ _hasher = PasswordHasher()  # argon2id with the library's current recommended pa
 class UserExistsError(DomainError):
     status = 409
     title = "User exists"
+
+
+def _skeleton_of(stored: str) -> str:
+    """The skeleton of an address as stored (older rows may predate ``normalise_email``)."""
+    try:
+        return skeleton(normalise_email(stored))
+    except InvalidArgumentError:
+        return skeleton(stored)
 
 
 class UserNotFoundError(DomainError):
@@ -48,13 +58,6 @@ def _dummy_hash() -> str:
     return _hasher.hash(secrets.token_urlsafe(16))
 
 
-def normalise_email(email: str) -> str:
-    value = email.strip().lower()
-    if not EMAIL.match(value):
-        raise InvalidArgumentError(f"{email!r} is not a valid email address", field="email")
-    return value
-
-
 def _check_password(password: str) -> None:
     if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
         raise InvalidArgumentError(
@@ -75,30 +78,73 @@ class UserStore:
     def __init__(self, db: Database, signal: RevocationSignal | None = None) -> None:
         self.db = db
         self.signal = signal or NoSignal()
+        self._skeletons_filled = False
+        self._fill_lock = threading.Lock()
 
     def create(self, email: str, password: str, name: str, *, actor: str = "system") -> User:
+        """A new account: 400 naming ``email`` if it mixes scripts, 409 if it is, or looks
+        like (same UTS #39 skeleton), an existing account's address."""
         email = normalise_email(email)
+        refuse_mixed_script(email)
         _check_password(password)
         name = name.strip()
         if not name or len(name) > 200 or "\x00" in name:
             raise InvalidArgumentError("name must be 1 to 200 characters, no NUL", field="name")
         user = User(str(uuid.uuid4()), email, name, False, datetime.now(UTC).isoformat())
         digest = _hasher.hash(password)
+        self._fill_skeletons()
         with self.db.transaction() as tx:
             inserted = tx.execute(  # one statement: concurrent sign-ups cannot both insert
-                "INSERT INTO users (id, email, name, password_hash, is_admin, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (email) DO NOTHING",
-                (user.id, email, name, digest, False, user.created_at),
+                "INSERT INTO users (id, email, name, password_hash, is_admin, created_at, "
+                "email_skeleton) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (user.id, email, name, digest, False, user.created_at, skeleton(email)),
             )
             if not inserted:
-                raise UserExistsError("A user with this email already exists", email=email)
+                if tx.fetchone("SELECT 1 FROM users WHERE email = ?", (email,)):
+                    raise UserExistsError("A user with this email already exists", email=email)
+                raise UserExistsError(
+                    "An account whose email looks the same already exists", field="email"
+                )
             self.record(tx, actor, "user.created", user.id)
         return user
 
+    def _fill_skeletons(self) -> None:
+        """Give accounts made before migration 0011 their skeleton (once per process; the
+        oldest of look-alikes gets it, the others keep NULL and keep working)."""
+        with self._fill_lock:
+            if self._skeletons_filled:
+                return
+            with self.db.read() as tx:
+                rows = tx.fetchall(
+                    "SELECT id, email FROM users WHERE email_skeleton IS NULL ORDER BY created_at"
+                )
+            for user_id, stored in rows:
+                mark = _skeleton_of(str(stored))
+                try:
+                    with self.db.transaction() as tx:
+                        tx.execute(
+                            "UPDATE users SET email_skeleton = ? WHERE id = ? AND "
+                            "email_skeleton IS NULL AND NOT EXISTS "
+                            "(SELECT 1 FROM users WHERE email_skeleton = ?)",
+                            (mark, user_id, mark),
+                        )
+                except Exception:  # another process gave it to a look-alike at the same time
+                    log.info("email skeleton of user %s left empty (a look-alike has it)", user_id)
+            self._skeletons_filled = True
+
     def by_email(self, email: str) -> User:
-        email = normalise_email(email)
+        """The account with this address, normalised as at sign-up (or as stored before)."""
+        legacy = legacy_form(email)
+        try:
+            email = normalise_email(email)
+        except InvalidArgumentError:
+            if not EMAIL.match(legacy):  # not even valid by the rule accounts were made under
+                raise
+            email = legacy
         with self.db.read() as tx:
             row = tx.fetchone(f"SELECT {_COLUMNS} FROM users WHERE email = ?", (email,))
+            if row is None and legacy != email:
+                row = tx.fetchone(f"SELECT {_COLUMNS} FROM users WHERE email = ?", (legacy,))
         if row is None:
             raise UserNotFoundError("No user with this email", email=email)
         return _row_to_user(row)
