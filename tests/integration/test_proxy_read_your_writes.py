@@ -17,14 +17,17 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from litestar.testing import TestClient
 
 from domain.marketplace import OfferQuery
 from domain.services.marketplace import RentSpec
+from infrastructure.proxy.instance_signal import RedisInstanceSignal
 from infrastructure.settings import Settings
 from interfaces.bootstrap import bootstrap
 from interfaces.http.app import create_app
 from tests.support.http import JWT_SECRET, env_of, server_process
+from tests.support.pg import free_port
 
 USD = 1_000_000
 ROUNDS = 4
@@ -185,3 +188,18 @@ def test_proxy_follows_answers_of_other_containers(shared: Settings) -> None:
         for c in (a, host, b):
             c.close()
     assert not failures, failures
+
+
+def test_instance_signal_unreachable_redis_reads_as_changed(redis_url: str) -> None:
+    """Redis down: every read differs (lists are reloaded, never trusted) and a bump fails
+    quietly (the destroy it follows is already saved); Redis up: reads are stable."""
+    live = RedisInstanceSignal(redis.Redis.from_url(redis_url))
+    owner = f"user-{time.monotonic_ns()}"
+    assert live.read(owner) == live.read(owner) == 0
+    live.bump(owner)
+    assert live.read(owner) == 1
+    dead = RedisInstanceSignal(
+        redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}", socket_connect_timeout=0.2)
+    )
+    assert dead.read(owner) != dead.read(owner)
+    dead.bump(owner)  # logged, not raised
