@@ -20,6 +20,7 @@ from interfaces.http.errors import spending_body
 from interfaces.http.payment_rows import payment_row_json
 from interfaces.http.schemas import SpendCheckBody
 from interfaces.http.security import read
+from interfaces.spending_view import spending_json
 
 if TYPE_CHECKING:
     from infrastructure.auth import Principal
@@ -37,18 +38,7 @@ async def get_credits(c: Container, _rt: ProxyRuntime, p: Principal, _a: NoArgs)
 
 
 def _spending(c: Container, user_id: str) -> Result:
-    now = datetime.now(UTC)
-    spent = c.queries.window_spend(user_id, now)
-    limits = c.settings.guardrails.effective_limits(c.queries.limit_overrides(user_id))
-    return {
-        "user_id": user_id,
-        "guard_rails_enabled": c.settings.guardrails.enabled,
-        "window_spent": {k: micros_to_usd(v) for k, v in spent.items()},
-        "limits": {k: micros_to_usd(v) for k, v in limits.items()},
-        "remaining": {k: micros_to_usd(max(0, v - spent[k])) for k, v in limits.items()},
-        "exceeded": [k for k, v in limits.items() if spent[k] >= v],
-        "timestamp": now.isoformat(),
-    }
+    return {"user_id": user_id, **spending_json(c.ledger.spending(user_id))}
 
 
 async def get_spending_info(c: Container, _rt: ProxyRuntime, p: Principal, _a: NoArgs) -> Result:

@@ -16,11 +16,12 @@ from rich.console import Console
 from rich.table import Table
 
 from domain.errors import DomainError
-from domain.guardrails import WINDOW_NAMES, normalise_window
+from domain.guardrails import SpendingReport, normalise_window
 from domain.money import usd_to_micros
 from domain.services.ledger import AccountView
 from domain.statements import month_bounds
 from interfaces.cli.common import OneLineParser, fail, parse_time, print_json, usd
+from interfaces.spending_view import spending_json
 from interfaces.statement_view import statement_json
 
 console = Console()
@@ -267,7 +268,7 @@ def cmd_balance(args: argparse.Namespace) -> int:
         for h in view.holds:
             holds.add_row(h.hold_id, usd(h.amount), usd(h.captured), h.expires_at.isoformat())
         console.print(holds)
-    _print_windows(view.window_spend, view.effective_limits)
+    _print_windows(view.spending)
     return 0
 
 
@@ -338,40 +339,34 @@ def cmd_crypto_transfers(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_windows(spent: dict[str, int], limits: dict[str, int]) -> None:
-    table = Table("window", "spent USD", "limit USD", "remaining USD")
-    for name in WINDOW_NAMES:
-        limit = limits.get(name)
-        remaining = "" if limit is None else usd(max(0, limit - spent.get(name, 0)))
-        table.add_row(
-            name, usd(spent.get(name, 0)), "off" if limit is None else usd(limit), remaining
-        )
+def _print_windows(report: SpendingReport) -> None:
+    table = Table(
+        "window",
+        "spent USD",
+        "held USD",
+        "limit USD",
+        "remaining USD",
+        title=f"as of {report.as_of.isoformat()}",
+    )
+    for w in report.windows:
+        limit, remaining = (usd(w.limit), usd(w.remaining)) if w.limited else ("off", "")
+        table.add_row(w.window, usd(w.spent), usd(w.held), limit, remaining)
     console.print(table)
 
 
 def cmd_spending(args: argparse.Namespace) -> int:
+    """What a charge would be told now: spend and holds per window, at the service's clock."""
     c = _container(args)
     try:
         user = c.users.by_email(args.email)
-        c.runner.catch_up()
-        now = datetime.now(UTC)
-        spent = c.queries.window_spend(user.id, now)
-        try:
-            limits = c.ledger.account(user.id).effective_limits
-        except DomainError:
-            limits = c.settings.guardrails.effective_limits({})
+        report = c.ledger.spending(user.id)
     finally:
         c.close()
     if args.json:
-        print_json(
-            {
-                "enabled": bool(limits) or c.settings.guardrails.enabled,
-                "spent": {k: usd(v) for k, v in spent.items()},
-                "limits": {k: usd(v) for k, v in limits.items()},
-            }
-        )
+        body = spending_json(report)
+        print_json({"enabled": report.enabled, "spent": body["window_spent"], **body})
         return 0
-    _print_windows(spent, limits)
+    _print_windows(report)
     return 0
 
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from domain.errors import InsufficientCreditsError, InvalidArgumentError, SpendingLimitExceededError
-from domain.guardrails import WINDOW_NAMES
 from domain.money import micros_to_usd
 from domain.services.payments import PaymentRequest
 from interfaces.grpc import convert, queries
@@ -195,18 +194,11 @@ class BillingRpcs:
         self, get_spending_info_request: pb.GetSpendingInfoRequest
     ) -> pb.GetSpendingInfoResponse:
         user = current().user
-        c = self.c
-
-        def report() -> tuple[dict[str, int], dict[str, int]]:
-            spent = c.queries.window_spend(user.user_id, datetime.now(UTC))
-            overrides = c.queries.limit_overrides(user.user_id)
-            return spent, c.settings.guardrails.effective_limits(overrides)
-
-        spent, limits = await read(self.c, report)
+        report = await read(self.c, self.c.ledger.spending, user.user_id)
         return pb.GetSpendingInfoResponse(
-            windows=convert.spending_windows(WINDOW_NAMES, spent, limits),
-            guard_rails_enabled=c.settings.guardrails.enabled,
-            total_spent_24_h=usd_out(spent.get("1440MIN", 0)),
+            windows=convert.spending_windows(report),
+            guard_rails_enabled=report.enabled,
+            total_spent_24_h=usd_out(report.spent.get("1440MIN", 0)),
         )
 
     async def check_spending_limit(

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from domain.errors import InvalidArgumentError
+from domain.guardrails import SpendingReport, WindowState
 from domain.instances import GpuInstance
 from domain.marketplace import Offer
 from domain.money import MICROS_PER_USD, usd_to_micros
@@ -202,25 +203,24 @@ def credits_message(row: dict[str, int] | None) -> pb.GetCreditsResponse:
 
 
 @functools.lru_cache(maxsize=8192)
-def _window(name: str, used: int, limit: int) -> pb.SpendingWindow:
+def _window(state: WindowState) -> pb.SpendingWindow:
     """One window's message; shared between answers (messages are never changed once built,
     and building one costs more than encoding it)."""
     return pb.SpendingWindow(
-        window=name,
-        spent=usd_out(used),
-        limit=usd_out(limit),
-        remaining=usd_out(max(0, limit - used)) if limit else 0.0,
-        exceeded=bool(limit) and used >= limit,
-        limited=bool(limit),
-        held=0.0,
+        window=state.window,
+        spent=usd_out(state.spent),
+        limit=usd_out(state.limit),
+        remaining=usd_out(state.remaining),
+        exceeded=state.exceeded,
+        limited=state.limited,
+        held=usd_out(state.held),
         requested=0.0,
     )
 
 
-def spending_windows(
-    names: Iterable[str], spent: dict[str, int], limits: dict[str, int]
-) -> list[pb.SpendingWindow]:
-    return [_window(name, spent.get(name, 0), limits.get(name, 0)) for name in names]
+def spending_windows(report: SpendingReport) -> list[pb.SpendingWindow]:
+    """Every window of the ledger's spending report (spent, held, remaining as enforced)."""
+    return [_window(state) for state in report.windows]
 
 
 def violation_windows(violations: Iterable[dict[str, Any]]) -> list[pb.SpendingWindow]:

@@ -149,6 +149,7 @@ def spending_json(s: pb.GetSpendingInfoResponse) -> dict[str, Any]:
     return {
         "guard_rails_enabled": s.guard_rails_enabled,
         "window_spent": {w.window: usd(w.spent) for w in s.windows},
+        "held": usd(s.windows[0].held if s.windows else 0.0),
         "limits": {w.window: usd(w.limit) for w in limited},
         "remaining": {w.window: usd(w.remaining) for w in limited},
         "exceeded": [w.window for w in limited if w.exceeded],

@@ -18,6 +18,7 @@ from domain.money import micros_to_usd
 from domain.services.ledger import AccountView
 from infrastructure.event_feed_owners import OwnerIndex
 from interfaces.http.controllers.gpu import instance_json, reservation_json
+from interfaces.spending_view import spending_json as report_json
 from interfaces.ws.topics import Prepared, Subscription, topics_of, visible
 from projections.base import Recorded
 
@@ -40,12 +41,8 @@ def account_json(view: AccountView) -> dict[str, Any]:
 
 
 def spending_json(view: AccountView) -> dict[str, Any]:
-    spent, limits = view.window_spend, view.effective_limits
-    return {
-        "window_spent": {k: micros_to_usd(v) for k, v in spent.items()},
-        "limits": {k: micros_to_usd(v) for k, v in limits.items()},
-        "exceeded": [k for k, v in limits.items() if spent.get(k, 0) >= v],
-    }
+    """The account's spending report (the same as ``GET /api/v1/guardrails/spending``)."""
+    return report_json(view.spending)
 
 
 class StatePreparer:

@@ -34,7 +34,7 @@ import grpc
 from grpclib.client import Channel
 from grpclib.server import Server
 
-from domain.guardrails import WINDOW_NAMES
+from domain.guardrails import WINDOW_NAMES, SpendingReport
 from infrastructure.settings import load_settings
 from interfaces.bootstrap import bootstrap
 from interfaces.grpc.convert import spending_windows
@@ -56,7 +56,15 @@ class Bare(pb.GpuProxyServiceBase):
             status="ok", timestamp=int(time.time()), details={"service": "bare", "version": "0"}
         )
         self.spending = pb.GetSpendingInfoResponse(
-            windows=spending_windows(WINDOW_NAMES, {}, {"60MIN": 100_000_000}),
+            windows=spending_windows(
+                SpendingReport.of(
+                    datetime.now(UTC),
+                    enabled=True,
+                    spent={},
+                    held=0,
+                    limits={"60MIN": 100_000_000},
+                )
+            ),
             guard_rails_enabled=True,
         )
 

@@ -767,7 +767,7 @@ def test_cli_grpc_mode_matches_rest(world: World, capsys: pytest.CaptureFixture[
     history, history_rest = both("transactions", "--limit", "5", "--json")
     assert history["transactions"] == history_rest["transactions"]
     spend, spend_rest = both("spending", "--json")
-    for name in ("window_spent", "limits", "remaining", "exceeded"):
+    for name in ("window_spent", "held", "limits", "remaining", "exceeded"):
         assert spend[name] == spend_rest[name], name
     assert run("lb-strategy", "least_connections").out.strip() == "strategy: least_connections"
     assert run("lb-strategy", grpc_mode=False).out.strip() == "strategy: least_connections"

@@ -910,6 +910,7 @@ def test_spending_view_shape(client: Client) -> None:
         "user_id",
         "guard_rails_enabled",
         "window_spent",
+        "held",
         "limits",
         "remaining",
         "exceeded",
@@ -920,6 +921,7 @@ def test_spending_view_shape(client: Client) -> None:
     assert list(body["window_spent"]) == list(WINDOW_NAMES)
     assert set(body["window_spent"].values()) == {"0.00"}
     assert body["limits"] == body["remaining"] == {}
+    assert body["held"] == "0.00"
     assert body["exceeded"] == []
     datetime.fromisoformat(body["timestamp"])
     assert response.headers["X-GuardRails-Enabled"] == "true"

@@ -16,6 +16,7 @@ from interfaces.http.errors import guardrail_headers
 from interfaces.http.payment_rows import payment_row_json
 from interfaces.http.schemas import SpendCheckBody
 from interfaces.http.security import container_of, provide_principal, read
+from interfaces.spending_view import spending_json
 
 Limit = Annotated[int, QueryParameter(ge=1, le=500, description="page size")]
 Before = Annotated[
@@ -119,20 +120,9 @@ def usage(
 def spending(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
 ) -> Response[dict[str, Any]]:
-    c = container_of(request)
-    now = datetime.now(UTC)
-    spent = c.queries.window_spend(principal.user_id, now)
-    limits = c.settings.guardrails.effective_limits(c.queries.limit_overrides(principal.user_id))
-    body = {
-        "user_id": principal.user_id,
-        "guard_rails_enabled": c.settings.guardrails.enabled,
-        "window_spent": {k: micros_to_usd(v) for k, v in spent.items()},
-        "limits": {k: micros_to_usd(v) for k, v in limits.items()},
-        "remaining": {k: micros_to_usd(max(0, v - spent[k])) for k, v in limits.items()},
-        "exceeded": [k for k, v in limits.items() if spent[k] >= v],
-        "timestamp": now.isoformat(),
-    }
-    return Response(body, headers=guardrail_headers(spent, exceeded=bool(body["exceeded"])))
+    report = container_of(request).ledger.spending(principal.user_id)
+    body = {"user_id": principal.user_id, **spending_json(report)}
+    return Response(body, headers=guardrail_headers(report.spent, exceeded=bool(report.exceeded)))
 
 
 @post(
