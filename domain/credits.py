@@ -43,6 +43,7 @@ from domain.errors import (
 )
 from domain.guardrails import GuardrailPolicy, minute_of
 from domain.money import MAX_MICROS
+from domain.pan import refuse_pan
 
 ACCOUNT_NAMESPACE = UUID("6f0b8f3e-6f2e-4f5e-9d51-6a1c2b7d9e01")
 IDEMPOTENCY_RETENTION_MINUTES = guardrails.LONGEST_WINDOW_MINUTES
@@ -78,7 +79,7 @@ def _text(value: str, field: str, *, required: bool = False) -> str:
         raise InvalidArgumentError(f"{field} is longer than {MAX_TEXT} characters", field=field)
     if "\x00" in value:
         raise InvalidArgumentError(f"{field} must not contain NUL characters", field=field)
-    return value
+    return refuse_pan(value, field)  # last line: no card number in an event
 
 
 def _fingerprint(command: str, *parameters: object) -> str:

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 
 from domain.errors import InvalidArgumentError
+from domain.pan import refuse_pan
 
 PROCESSOR_NAMES = {"stripe": "stripe", "crypto": "crypto", "afterdark": "afterdark"}
 TOKEN = re.compile(r"^[A-Za-z0-9_\-]{3,255}$")
@@ -65,7 +66,7 @@ def payment_method(
         raise InvalidArgumentError(
             "X-Preferred-Payment card token is malformed", field="X-Preferred-Payment"
         )
-    return {"type": "card", "token": parts[0]}
+    return {"type": "card", "token": refuse_pan(parts[0], "X-Preferred-Payment")}
 
 
 def _test_card(

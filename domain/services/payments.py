@@ -28,6 +28,7 @@ from domain.crypto_amounts import LATE_PAYMENT_WINDOW, TAG_UNITS, ExactAmount, e
 from domain.crypto_requests import OpenCryptoRequests, open_crypto_requests_id
 from domain.crypto_wallets import NamedWallet, named_wallet_id
 from domain.errors import DomainError, IdempotencyConflictError, InvalidArgumentError
+from domain.pan import refuse_pan
 from domain.payment_ports import (
     CardDeclinedError,
     CardProcessor,
@@ -136,6 +137,9 @@ class PaymentService:
             raise ProcessorNotConfiguredError("crypto payments are not configured")
         if request.amount % CENT:
             raise InvalidArgumentError("amount must be whole cents", field="amount")
+        refuse_pan(request.key, "Idempotency-Key")  # both are kept in the payment's events
+        for value in request.method.values():
+            refuse_pan(value, "X-Preferred-Payment")
         payment_id = payment_id_for(request.owner, request.key)
         existing = await asyncio.to_thread(self.find, payment_id)
         if existing is None:

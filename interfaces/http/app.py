@@ -17,6 +17,7 @@ from domain.errors import DomainError
 from infrastructure.proxy.runtime import ProxyRuntime
 from interfaces.agents import routes as agents
 from interfaces.http import docs_assets
+from interfaces.http.card_guard import refuse_card_numbers
 from interfaces.http.controllers import admin, auth, billing, gpu, health, money, oip, proxy
 from interfaces.http.controllers import models as model_routes
 from interfaces.http.errors import (
@@ -158,6 +159,7 @@ def create_app(
         cors_config=cors,
         request_max_body_size=settings.max_body_bytes,
         request_class=AppRequest,
+        before_request=refuse_card_numbers,  # no card number in a header that is stored
         debug=False,
         logging_config=None,  # the server process owns logging (file, syslog)
     )

@@ -1,12 +1,15 @@
-"""Request bodies: strict msgspec structs (unknown fields refused, lengths bounded)."""
+"""Request bodies: strict msgspec structs (unknown fields refused, lengths bounded, no card
+numbers in their text)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
 from msgspec import Meta, Struct
+
+from domain.pan import refuse_pan
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL; nobody means to send one
 Email = Annotated[str, Meta(min_length=3, max_length=254, pattern=NO_NUL)]
@@ -15,49 +18,72 @@ Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 Reason = Annotated[str, Meta(max_length=500, pattern=NO_NUL)]
 RequiredReason = Annotated[str, Meta(min_length=1, max_length=500, pattern=NO_NUL)]
 Window = Annotated[str, Meta(min_length=1, max_length=16, pattern=NO_NUL)]
+UNCHECKED = frozenset({"password"})  # hashed, never stored as sent
 
 
-class RegisterBody(Struct, forbid_unknown_fields=True):
+def _refuse_pans(value: Any, field: str) -> None:
+    if isinstance(value, str):
+        refuse_pan(value, field)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_pans(key, field)
+            _refuse_pans(item, field)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _refuse_pans(item, field)
+
+
+class Body(Struct, forbid_unknown_fields=True):
+    """A request body none of whose text fields (nor the text in their dicts and lists)
+    holds a card number: such a body is a 400 naming the field (``domain.pan``)."""
+
+    def __post_init__(self) -> None:
+        for name in self.__struct_fields__:
+            if name not in UNCHECKED:
+                _refuse_pans(getattr(self, name), name)
+
+
+class RegisterBody(Body):
     email: Email
     password: Password
     name: Name
 
 
-class LoginBody(Struct, forbid_unknown_fields=True):
+class LoginBody(Body):
     email: Email
     password: Annotated[str, Meta(min_length=1, max_length=1024, pattern=NO_NUL)]
 
 
-class ApiKeyBody(Struct, forbid_unknown_fields=True):
+class ApiKeyBody(Body):
     name: Annotated[str, Meta(min_length=1, max_length=100, pattern=NO_NUL)]
     expires_at: datetime | None = None
     # re-entered to make a key that outlives the login session (any expiry, or none)
     password: Annotated[str, Meta(min_length=1, max_length=1024, pattern=NO_NUL)] | None = None
 
 
-class SpendCheckBody(Struct, forbid_unknown_fields=True):
+class SpendCheckBody(Body):
     estimated_cost: Decimal
 
 
-class GrantBody(Struct, forbid_unknown_fields=True):
+class GrantBody(Body):
     amount: Decimal
     reason: Reason = "admin grant"
 
 
-class LimitsBody(Struct, forbid_unknown_fields=True):
+class LimitsBody(Body):
     limits: dict[Window, Decimal | None]
     reason: Reason = ""
 
 
-class ResetBody(Struct, forbid_unknown_fields=True):
+class ResetBody(Body):
     reason: RequiredReason
     window: Window | None = None
 
 
-class CapBody(Struct, forbid_unknown_fields=True):
+class CapBody(Body):
     cap: Decimal
     reason: Reason = ""
 
 
-class RoleBody(Struct, forbid_unknown_fields=True):
+class RoleBody(Body):
     is_admin: bool

@@ -12,7 +12,7 @@ from litestar import Request, Response, Router, get, post, put
 from litestar.concurrency import sync_to_thread
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
-from msgspec import Meta, Struct
+from msgspec import Meta
 
 from domain.errors import DomainError, InvalidArgumentError
 from domain.money import micros_to_usd
@@ -22,7 +22,7 @@ from domain.services.payments import PaymentNotFoundError, PaymentRequest
 from infrastructure.auth import Principal
 from interfaces.http.controllers.money import positive_usd
 from interfaces.http.payment_rows import payment_row_json
-from interfaces.http.schemas import NO_NUL, Reason
+from interfaces.http.schemas import NO_NUL, Body, Reason
 from interfaces.http.security import container_of, provide_admin, provide_principal
 from interfaces.payment_input import payment_method, processor_of
 from interfaces.statement_view import statement_json
@@ -36,13 +36,13 @@ HANDLED_WEBHOOKS = {
 }
 
 
-class PaymentBody(Struct, forbid_unknown_fields=True):
+class PaymentBody(Body):
     amount: Decimal
     currency: Annotated[str, Meta(min_length=1, max_length=8, pattern=NO_NUL)] = "USD"
     provider: Annotated[str, Meta(max_length=32, pattern=NO_NUL)] | None = None
 
 
-class AutoRenewBody(Struct, forbid_unknown_fields=True):
+class AutoRenewBody(Body):
     enabled: bool
     threshold: Decimal = Decimal(0)
     amount: Decimal = Decimal(0)
@@ -50,7 +50,7 @@ class AutoRenewBody(Struct, forbid_unknown_fields=True):
     provider: Annotated[str, Meta(max_length=32, pattern=NO_NUL)] = "stripe"
 
 
-class RefundBody(Struct, forbid_unknown_fields=True):
+class RefundBody(Body):
     amount: Decimal | None = None
     reason: Reason = ""
 

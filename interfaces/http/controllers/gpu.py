@@ -12,7 +12,7 @@ from litestar import Request, Router, delete, get, post
 from litestar.concurrency import sync_to_thread
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
-from msgspec import Meta, Struct
+from msgspec import Meta
 
 from domain.instances import GpuInstance
 from domain.marketplace import Offer, OfferQuery
@@ -20,21 +20,21 @@ from domain.money import micros_to_usd, usd_to_micros
 from domain.reservations import Reservation
 from domain.services.marketplace import InstanceNotFoundError, RentSpec
 from infrastructure.auth import Principal
-from interfaces.http.schemas import NO_NUL
+from interfaces.http.schemas import NO_NUL, Body
 from interfaces.http.security import container_of, provide_principal
 
 RENTALS_CATCH_UP = 2.0  # seconds the list may wait for the instances read model
 Text = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 
 
-class RentBody(Struct, forbid_unknown_fields=True):
+class RentBody(Body):
     image: Annotated[str, Meta(min_length=1, max_length=300, pattern=NO_NUL)] = (
         "nvidia/cuda:12.4.1-base-ubuntu22.04"
     )
     env: dict[
         Annotated[str, Meta(max_length=100, pattern=NO_NUL)],
         Annotated[str, Meta(max_length=2000, pattern=NO_NUL)],
-    ] = {}
+    ] = msgspec.field(default_factory=dict)
     ports: Annotated[list[Annotated[int, Meta(ge=1, le=65535)]], Meta(max_length=16)] = (
         msgspec.field(default_factory=lambda: [8000])
     )
@@ -42,7 +42,7 @@ class RentBody(Struct, forbid_unknown_fields=True):
     onstart: Annotated[str, Meta(max_length=4000, pattern=NO_NUL)] = ""
 
 
-class ReserveBody(Struct, forbid_unknown_fields=True):
+class ReserveBody(Body):
     count: Annotated[int, Meta(ge=1, le=16)]
     provider: Annotated[str, Meta(max_length=32, pattern=NO_NUL)] = "all"
     min_vram: Annotated[float, Meta(ge=0, le=10_000)] | None = None

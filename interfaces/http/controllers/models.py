@@ -37,6 +37,7 @@ from domain.models import (
     parse_features,
     parse_shape,
 )
+from domain.pan import refuse_pan
 from domain.services.models import ModelService
 from infrastructure.auth import Principal
 from infrastructure.models.staging import receive_multipart
@@ -83,14 +84,15 @@ def model_json(record: ModelRecord) -> dict[str, Any]:
 
 def _form(filename: str, fields: dict[str, str]) -> UploadForm:
     fmt = format_of(filename, fields.get("format") or None)
-    name = check_name(fields.get("name") or Path(filename).stem or "model")
+    name = check_name(refuse_pan(fields.get("name") or Path(filename).stem or "model", "name"))
     shape = fields.get("input_shape", "").strip()
     features = fields.get("n_features", "").strip()
     options = ConvertOptions(
         input_shape=parse_shape(shape) if shape else None,
         n_features=parse_features(features) if features else None,
     )
-    return UploadForm(name=name, format=fmt, filename=Path(filename).name[:255], options=options)
+    filename = refuse_pan(Path(filename).name[:255], "filename")
+    return UploadForm(name=name, format=fmt, filename=filename, options=options)
 
 
 @post(
