@@ -194,7 +194,8 @@ class BillingRpcs:
         self, get_spending_info_request: pb.GetSpendingInfoRequest
     ) -> pb.GetSpendingInfoResponse:
         user = current().user
-        report = await read(self.c, self.c.ledger.spending, user.user_id)
+        # An aggregate load (snapshot + newer events), not a short read: off the loop.
+        report = await asyncio.to_thread(self.c.ledger.spending, user.user_id)
         return pb.GetSpendingInfoResponse(
             windows=convert.spending_windows(report),
             guard_rails_enabled=report.enabled,
