@@ -589,6 +589,39 @@ def test_errors_map_to_status_codes(world: World) -> None:
     assert "more than 6 decimal" in out["check 0.1234567"][1]
 
 
+def test_card_numbers_in_payment_text_are_invalid_argument(world: World) -> None:
+    """gRPC payments refuse a card number in the idempotency key or the method token, as REST
+    does (``domain.pan``), without echoing it."""
+
+    async def check(stub: pb.GpuProxyServiceStub) -> dict[str, tuple[Status, str]]:
+        out: dict[str, tuple[Status, str]] = {}
+        alice = {"x-api-key": world.keys["alice"]}
+        for name, method, key in (
+            ("key", "card:pm_card_visa", "5555555555554444"),
+            ("spaced key", "card:pm_card_visa", "5555 5555 5555 4444"),
+            ("token", "card:pm_4012888888881881", "grpc-pan-token"),
+        ):
+            request = pb.CreatePaymentRequest(amount=10, provider="stripe", payment_method=method)
+            try:
+                await stub.create_payment(request, metadata={**alice, "idempotency-key": key})
+            except GRPCError as exc:
+                out[name] = (exc.status, exc.message or "")
+            else:
+                out[name] = (Status.OK, "")
+        return out
+
+    intents = len(world.stripe.payment_intents)
+    out = grpclib_run(world, "alice", check)
+    assert {k: v[0] for k, v in out.items()} == dict.fromkeys(out, Status.INVALID_ARGUMENT), out
+    assert "Idempotency-Key" in out["key"][1]
+    assert "X-Preferred-Payment" in out["token"][1]
+    for _, message in out.values():
+        assert "card number" in message
+        assert "5555" not in message
+        assert "4012888888881881" not in message
+    assert len(world.stripe.payment_intents) == intents  # nothing reached the processor
+
+
 def test_streams_over_grpclib(world: World) -> None:
     """A chunked upstream body arrives as chunks; the account stream sees a new movement."""
 
