@@ -24,6 +24,7 @@ from interfaces.bootstrap import Container, bootstrap
 from interfaces.http.app import create_app
 from tests.conftest import FixedClock
 from tests.fakes.stripe_server import running_stripe
+from tests.integration.test_models_support import dense_onnx
 from tests.support.http import JWT_SECRET
 
 PASSWORD = "correct-horse-battery"
@@ -251,3 +252,28 @@ def test_the_aggregates_refuse_card_numbers_whatever_the_door(world: World) -> N
         world.client.blocking_portal.call(world.c.payments.create, request)
     assert caught.value.details["field"] == "Idempotency-Key"
     assert "5555555555554444" not in _everything_stored(world.c).replace("-", "")
+
+
+def test_model_upload_names_are_checked(world: World) -> None:
+    for fields, filename, field in (
+        ({"name": "5555 5555 5555 4444"}, "model.onnx", "name"),
+        ({}, "4012888888881881.onnx", "name"),  # the default name is the file's stem
+    ):
+        response = world.client.post(
+            "/api/v1/models/upload",
+            files={"model": (filename, dense_onnx()[0], "application/octet-stream")},
+            data=fields,
+            headers=world.user,
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["field"] == field
+    kept = world.client.post(
+        "/api/v1/models/upload",
+        files={"model": ("model.onnx", dense_onnx()[0], "application/octet-stream")},
+        data={"name": "dense-2026"},
+        headers=world.user,
+    )
+    assert kept.status_code == 201, kept.text  # the same upload, with an ordinary name
+    stored = _everything_stored(world.c)
+    assert "5555555555554444" not in stored.replace(" ", "")
+    assert "4012888888881881" not in stored
