@@ -2,13 +2,16 @@
 
 Every API-key check whose key is not already verified in this process costs an argon2 hash.
 Failures are counted in fixed windows per key id and per client address (in Redis when it is
-configured, so every replica sees the same counts; in-process otherwise). Over either limit,
-a key that would need hashing is refused at once with 429 and ``Retry-After``, without
-reading its row or running argon2. A key this process has already verified (the SHA-256
-cache in ``ApiKeyStore``) still works: a flood of wrong secrets against a key id cannot lock
-its owner out of a process that has seen the right one, and one address's failures cannot
-refuse anyone else's. At most ``max_hashing`` argon2 checks run at once; an attempt that
-cannot get a slot within ``HASH_WAIT_SECONDS`` is refused with 429 too.
+configured, so every replica sees the same counts; in-process otherwise). A key that would
+need hashing is refused at once with 429 and ``Retry-After``, without reading its row or
+running argon2, when its address is over the address limit, or when its key id is over the
+key limit and the address has failed before in this window.
+
+So a flood of wrong secrets against a key id cannot lock its owner out: a key this process
+has verified (the SHA-256 cache in ``ApiKeyStore``) always works, and from an address with
+no failures the owner's key is still checked. A flooder pays at most one argon2 per address
+per locked key id per window, and at most ``max_hashing`` argon2 checks run at once (an
+attempt that gets no slot within ``HASH_WAIT_SECONDS`` is refused with 429 too).
 """
 
 from __future__ import annotations
@@ -117,13 +120,17 @@ class AuthThrottle:
         return max(1, self.window - int(time.time()) % self.window)
 
     def locked(self, key_id: str | None, address: str) -> bool:
-        """True if the key id or the address is over its failure limit in this window."""
+        """True if the address is over its limit, or the key id is over its limit and the
+        address (unknown counts as such) has failed before in this window."""
         subjects = self._subjects(key_id, address)
         if not subjects:
             return False
         counts = self.counts.read(subjects)
-        limits = ([self.per_key] if key_id else []) + ([self.per_address] if address else [])
-        return any(count >= limit for count, limit in zip(counts, limits, strict=True))
+        key_failures = counts[0] if key_id else 0
+        address_failures = counts[-1] if address else None
+        if address_failures is not None and address_failures >= self.per_address:
+            return True
+        return key_failures >= self.per_key and address_failures != 0
 
     def locked_locally(self, key_id: str | None, address: str) -> bool:
         """``locked`` when the counts need no network round trip, else False."""

@@ -1,9 +1,10 @@
 """Failed API-key attempts: limited per key id and per client address, argon2 bounded.
 
-Semantics (``infrastructure.auth_throttle``): over the failure limit of its key id or of the
-client's address, a key this process has not verified before is refused with 429 and
-``Retry-After``, without argon2. A key already verified keeps working, so a flood of wrong
-secrets cannot lock the owner out; one address's failures refuse no other address.
+Semantics (``infrastructure.auth_throttle``): a key this process has not verified before is
+refused with 429 and ``Retry-After``, without argon2, when the client's address is over its
+failure limit, or when the key id is over its limit and the address has failed before. A key
+already verified keeps working, and an address with no failures still gets the owner's key
+checked, so a flood of wrong secrets cannot lock the owner out.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from infrastructure import api_keys
+from infrastructure.auth import AuthenticationError
 from infrastructure.auth_throttle import TooManyAttemptsError
 from infrastructure.settings import Settings
 from interfaces.bootstrap import bootstrap
@@ -105,9 +107,16 @@ def test_bad_secrets_for_a_key_id_get_429_with_retry_after_and_no_argon2(
         assert 1 <= int(response.headers["retry-after"]) <= 300
         assert "retry after" in response.json()["detail"]
     assert hasher.calls == 3  # locked out: no argon2 at all
-    # The right secret, never verified by this process, waits for the window too.
+    # The right secret, never verified by this process, waits too at an address that failed.
     assert client.get(CREDITS, headers={"X-API-Key": key}).status_code == 429
     assert hasher.calls == 3
+    # An address with no failures gets one check for the locked key id, then waits as well.
+    auth = client.app.state.container.auth
+    with pytest.raises(AuthenticationError):
+        auth.authenticate(wrong(key, 8), None, "192.0.2.7")
+    with pytest.raises(TooManyAttemptsError):
+        auth.authenticate(wrong(key, 9), None, "192.0.2.7")
+    assert hasher.calls == 4
 
 
 def test_the_owner_keeps_working_and_other_addresses_are_not_refused(
@@ -117,6 +126,7 @@ def test_the_owner_keeps_working_and_other_addresses_are_not_refused(
     c = bootstrap(settings)
     try:
         alice, bob = new_key(c, "alice@example.com"), new_key(c, "bob@example.com")
+        carol = new_key(c, "carol@example.com")
     finally:
         c.close()
     env = {**env_of(settings), "AUTH_FAILURES_PER_KEY": "3", "AUTH_FAILURES_PER_ADDRESS": "20"}
@@ -126,18 +136,25 @@ def test_the_owner_keeps_working_and_other_addresses_are_not_refused(
         there = httpx.Client(base_url=url, transport=httpx.HTTPTransport(local_address="127.0.0.2"))
         with here, there:
             assert here.get(CREDITS, headers={"X-API-Key": alice}).status_code == 200
-            # Someone at another address floods Alice's key id, then other key ids.
+            # Someone at another address floods Alice's and Carol's key ids, then others.
             codes = [
                 there.get(CREDITS, headers={"X-API-Key": wrong(alice, n)}).status_code
                 for n in range(10)
             ]
             assert codes == [401] * 3 + [429] * 7
             codes = [
+                there.get(CREDITS, headers={"X-API-Key": wrong(carol, n)}).status_code
+                for n in range(4)
+            ]
+            assert codes == [401] * 3 + [429]
+            # Carol's key, never verified by the server, is checked from her clean address.
+            assert here.get(CREDITS, headers={"X-API-Key": carol}).status_code == 200
+            codes = [
                 there.get(CREDITS, headers={"X-API-Key": f"gpx_{n:016x}_{'A' * 43}"}).status_code
                 for n in range(30)
             ]
-            assert codes[:17] == [401] * 17  # 3 on Alice's id + 17 = the address's 20
-            assert set(codes[17:]) == {429}
+            assert codes[:14] == [401] * 14  # 6 on Alice's and Carol's ids + 14 = the 20
+            assert set(codes[14:]) == {429}
             # Alice's verified key still works, from her address and from the flooding one.
             assert here.get(CREDITS, headers={"X-API-Key": alice}).status_code == 200
             assert there.get(CREDITS, headers={"X-API-Key": alice}).status_code == 200
