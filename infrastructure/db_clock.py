@@ -1,7 +1,8 @@
 """The database server's clock, the reference every replica's business time is bounded by.
 
-Sampled at most every ``refresh`` seconds (one ``SELECT clock_timestamp()``); in between it
-advances on this process's monotonic clock, so a step of the wall clock does not move it.
+Sampled at most every ``refresh`` seconds (one ``SELECT clock_timestamp()``, in the
+background after the first); in between it advances on this process's monotonic clock, so a
+step of the wall clock does not move it.
 SQLite has no server: its clock is this machine's, so there is nothing to bound against.
 """
 
@@ -35,21 +36,25 @@ class DatabaseClock:
         try:
             with self.db.read() as tx:
                 row = tx.fetchone("SELECT clock_timestamp()")
-        except Exception:  # keep the last sample; the next call tries again after refresh
+        except Exception:  # keep the last sample; the next call after ``refresh`` tries again
             log.warning("reading the database clock failed", exc_info=True)
             return
-        finally:
-            self._next = time.monotonic() + self.refresh
         ended = time.monotonic()
         server: datetime = row[0] if row else datetime.now(UTC)
-        self._sample = (server.astimezone(UTC), (started + ended) / 2)
+        with self._lock:
+            self._sample = (server.astimezone(UTC), (started + ended) / 2)
 
     def __call__(self) -> datetime:
         with self._lock:
-            if time.monotonic() >= self._next:
-                self._read()
+            sample, due = self._sample, time.monotonic() >= self._next
+            if due:
+                self._next = time.monotonic() + self.refresh
+        if due and sample is None:  # the first reading waits for the server
+            self._read()
             sample = self._sample
-        if sample is None:  # never read: nothing to bound against
+        elif due:  # later ones refresh in the background: the caller is a committer
+            threading.Thread(target=self._read, name="db-clock", daemon=True).start()
+        if sample is None:  # the server could not be read: nothing to bound against
             return datetime.now(UTC)
         server, at = sample
         return server + timedelta(seconds=time.monotonic() - at)
