@@ -20,6 +20,7 @@ from infrastructure.revocation import NoSignal, RevocationSignal
 from infrastructure.sql import Database, Tx
 
 log = logging.getLogger(__name__)
+_FILL_BATCH = 1000  # accounts per transaction when filling in skeletons
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
@@ -118,19 +119,33 @@ class UserStore:
                 rows = tx.fetchall(
                     "SELECT id, email FROM users WHERE email_skeleton IS NULL ORDER BY created_at"
                 )
+            marks: dict[str, str] = {}  # skeleton -> the oldest account without one
             for user_id, stored in rows:
-                mark = _skeleton_of(str(stored))
-                try:
-                    with self.db.transaction() as tx:
-                        tx.execute(
-                            "UPDATE users SET email_skeleton = ? WHERE id = ? AND "
-                            "email_skeleton IS NULL AND NOT EXISTS "
-                            "(SELECT 1 FROM users WHERE email_skeleton = ?)",
-                            (mark, user_id, mark),
-                        )
-                except Exception:  # another process gave it to a look-alike at the same time
-                    log.info("email skeleton of user %s left empty (a look-alike has it)", user_id)
+                marks.setdefault(_skeleton_of(str(stored)), str(user_id))
+            pending = list(marks.items())
+            for start in range(0, len(pending), _FILL_BATCH):
+                self._fill_batch(pending[start : start + _FILL_BATCH])
             self._skeletons_filled = True
+
+    def _fill_batch(self, batch: list[tuple[str, str]]) -> None:
+        """One transaction for the batch; row by row if a concurrent filler collides."""
+        sql = (
+            "UPDATE users SET email_skeleton = ? WHERE id = ? AND email_skeleton IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM users WHERE email_skeleton = ?)"
+        )
+        try:
+            with self.db.transaction() as tx:
+                for mark, user_id in batch:
+                    tx.execute(sql, (mark, user_id, mark))
+            return
+        except Exception:  # another process filled a look-alike at the same time
+            log.info("email skeletons: a concurrent filler collided; filling row by row")
+        for mark, user_id in batch:
+            try:
+                with self.db.transaction() as tx:
+                    tx.execute(sql, (mark, user_id, mark))
+            except Exception:  # the look-alike that got it keeps it
+                log.info("email skeleton of user %s left empty (a look-alike has it)", user_id)
 
     def by_email(self, email: str) -> User:
         """The account with this address, normalised as at sign-up (or as stored before)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -75,18 +74,20 @@ def test_accounts_made_before_keep_working_and_are_compared(client: Client) -> N
     """Rows as the earlier code stored them: no skeleton, an address it accepted."""
     c = client.app.state.container
     digest = PasswordHasher().hash(PASSWORD)
-    for email in ("carol@example.com", "dave@under_score.com"):
+    older = ("carol@example.com", "dave@under_score.com", "mary@example.com", "rnary@example.com")
+    for n, email in enumerate(older):  # mary@ and rnary@ look alike: both made before
         with c.db.transaction() as tx:
             tx.execute(
                 "INSERT INTO users (id, email, name, password_hash, is_admin, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (str(uuid.uuid4()), email, "Old", digest, False, datetime.now(UTC).isoformat()),
+                (str(uuid.uuid4()), email, "Old", digest, False, f"2026-01-0{n + 1}T00:00:00"),
             )
-    for email in ("carol@example.com", "Dave@under_score.com"):
-        assert login(client, email).status_code == 200, email
     response = register(client, "caro1@example.com")  # looks like the older carol@
     assert response.status_code == 409, response.text
     with c.db.read() as tx:
-        row = tx.fetchone("SELECT email_skeleton FROM users WHERE email = 'carol@example.com'")
-    assert row is not None
-    assert row[0]
+        marked = dict(tx.fetchall("SELECT email, email_skeleton FROM users"))
+    assert marked["carol@example.com"]
+    assert marked["mary@example.com"]  # the older look-alike holds the skeleton
+    assert marked["rnary@example.com"] is None
+    for email in ("carol@example.com", "Dave@under_score.com", *older[2:]):
+        assert login(client, email).status_code == 200, email
