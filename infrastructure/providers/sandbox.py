@@ -21,8 +21,11 @@ Every response carries ``x-sandbox-instance-id`` so load-balancing tests can see
 
 How the servers run: all instances of one provider share a single background thread running
 its own asyncio event loop; each instance is one ``uvicorn.Server`` task in that loop, started
-on a socket bound beforehand (so the port is known at once) with lifespan, logging config,
-websockets and proxy headers off. Callers in any event loop await the start and stop through
+on a socket bound beforehand (so the port is known at once; created with ``IPPROTO_TCP`` so
+asyncio sets ``TCP_NODELAY`` on accepted connections) with lifespan, logging config,
+websockets and proxy headers off. uvicorn's INFO lifecycle lines from that thread are dropped
+(they read like restarts of the hosting server); each start logs ``sandbox instance ID
+serving on 127.0.0.1:PORT`` instead. Callers in any event loop await the start and stop through
 ``asyncio.run_coroutine_threadsafe`` + ``asyncio.wrap_future``, so instances survive the
 caller's loop and 16+ of them cost one thread. ``destroy`` closes the listening socket at once
 and waits (bounded) for uvicorn's graceful shutdown; ``aclose`` destroys everything and stops
@@ -44,6 +47,7 @@ import base64
 import concurrent.futures
 import contextlib
 import json
+import logging
 import math
 import random
 import socket
@@ -75,6 +79,9 @@ SANDBOX_HOST = "127.0.0.1"
 MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_DELAY_MS = 30_000
 MAX_STREAM_CHUNKS = 10_000
+
+SERVER_THREAD = "sandbox-servers"
+log = logging.getLogger(__name__)
 
 FailureMode = Literal["rent", "failed", "stuck"]
 FAILURE_MODES: tuple[FailureMode, ...] = ("rent", "failed", "stuck")
@@ -565,6 +572,18 @@ class InstanceApp:
 # --------------------------------------------------------------------------------------------
 
 
+class _QuietLifecycle(logging.Filter):
+    """Drops uvicorn's INFO lifecycle lines (``Started server process``, ``Shutting down``…)
+    when logged from the sandbox thread: one set per instance, they read like restarts of the
+    hosting server. Warnings and errors pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.threadName != SERVER_THREAD
+
+
+_QUIET_LIFECYCLE = _QuietLifecycle()
+
+
 class _ServerLoop:
     """One daemon thread running an asyncio loop; coroutines are submitted from any loop."""
 
@@ -576,10 +595,11 @@ class _ServerLoop:
     def _ensure(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
+                logging.getLogger("uvicorn.error").addFilter(_QUIET_LIFECYCLE)  # idempotent
                 loop = asyncio.new_event_loop()
                 started = threading.Event()
                 thread = threading.Thread(
-                    target=self._run, args=(loop, started), name="sandbox-servers", daemon=True
+                    target=self._run, args=(loop, started), name=SERVER_THREAD, daemon=True
                 )
                 thread.start()
                 started.wait()
@@ -798,6 +818,12 @@ class SandboxProvider:
                 raise ProviderUnavailableError(
                     PROVIDER_NAME, f"could not start sandbox instance: {exc}"
                 ) from exc
+            log.info(
+                "sandbox instance %s serving on %s:%s",
+                instance.instance_id,
+                SANDBOX_HOST,
+                instance.port,
+            )
         return self._view(instance)
 
     def _prepare_server(self, instance: _Instance) -> None:

@@ -19,10 +19,10 @@ Two upstreams, each reached all three ways:
   background jobs; its ``GET /health``. The sandbox provider serves its instances from a
   thread *inside the server process*, so in (c) the proxy and its upstream share one
   process (and one GIL), while in (a) and (b) the upstream has the server process to itself.
-  As of this writing every sandbox answer takes ~44 ms (its listening socket is created with
-  ``proto=0``, so asyncio does not set ``TCP_NODELAY`` on accepted connections: Nagle +
-  delayed ACK), which hides any proxy overhead behind it; the dedicated upstream is the one to
-  judge the aims by.
+  Its listening socket is created with ``IPPROTO_TCP``, so asyncio sets ``TCP_NODELAY`` on
+  accepted connections (with ``proto=0`` every answer waited ~44 ms: Nagle + delayed ACK);
+  sandbox round trips are now sub-millisecond direct, about 1 ms through the proxy. The
+  dedicated upstream is still the one to judge the aims by (no shared GIL).
 - **dedicated**: ``tests.bench.bench_forwarder_clients:upstream_app`` (a raw ASGI app, a
   small JSON body) in its own uvicorn process. A second user's sandbox instance is rented the
   same way, then its row in the ``instances`` read model (what the proxy reads its endpoints
