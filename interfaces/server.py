@@ -88,6 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aiserve-gpuproxyd: cannot set up logging: {exc}", file=sys.stderr)
         return 2
 
+    from interfaces.listeners import PortUnavailableError, bind_ports, close_all
+
+    try:  # before the heavy imports and start-up: a busy port is one line naming its variable
+        http_sockets, grpc_sockets = bind_ports(settings)
+    except PortUnavailableError as exc:
+        print(f"aiserve-gpuproxyd: {exc}", file=sys.stderr)
+        return 2
+
     import uvicorn
 
     from interfaces.bootstrap import bootstrap
@@ -97,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         container = bootstrap(settings, run_projections=True, migrate=not args.no_migrate)
     except Exception as exc:
+        close_all([*http_sockets, *grpc_sockets])
         if developer or args.debug_mode:
             raise
         print(f"aiserve-gpuproxyd: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -107,7 +116,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from interfaces.grpc_inference.service import InferenceService
 
         # the HTTP app's proxy runtime, shared; OIP v2 inference on the same port
-        grpc = GrpcServer(container, app.state.proxy, extra_services=[InferenceService(container)])
+        grpc = GrpcServer(
+            container,
+            app.state.proxy,
+            extra_services=[InferenceService(container)],
+            sockets=grpc_sockets,
+        )
         app.on_startup.append(grpc.start)
         app.on_shutdown.append(grpc.stop)  # shutdown hooks run last-first: before the runtime
     where = settings.sqlite_path if settings.db_type == "sqlite" else settings.db_host
@@ -128,7 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     try:
-        server.run()  # SIGINT/SIGTERM: stop accepting, finish in-flight requests, then return
+        server.run(
+            sockets=http_sockets
+        )  # SIGINT/SIGTERM: stop accepting, finish in-flight requests, then return
     finally:
         container.close()
         log.info("stopped")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,9 +75,15 @@ class GrpcServer:
     """Start and stop the gRPC side of one server process."""
 
     def __init__(
-        self, container: Container, runtime: ProxyRuntime, extra_services: Sequence[Any] = ()
+        self,
+        container: Container,
+        runtime: ProxyRuntime,
+        extra_services: Sequence[Any] = (),
+        sockets: Sequence[socket.socket] = (),
     ) -> None:
-        """``extra_services``: more grpclib servicers to serve on the same port."""
+        """``extra_services``: more grpclib servicers to serve on the same port. ``sockets``:
+        ``GRPC_PORT`` already bound (``interfaces.listeners``); one is served as it is."""
+        self.sockets = list(sockets)
         self.c = container
         self.runtime = runtime
         self.extra_services = list(extra_services)
@@ -104,7 +111,12 @@ class GrpcServer:
         if settings.grpc_tls_cert and settings.grpc_tls_key:
             tls = tls_context(settings.grpc_tls_cert, settings.grpc_tls_key)
         try:
-            await server.start(settings.host, settings.grpc_port, ssl=tls, reuse_address=True)
+            if len(self.sockets) == 1:
+                await server.start(sock=self.sockets[0], ssl=tls)
+            else:  # none bound, or a host name with several addresses: grpclib binds them all
+                for sock in self.sockets:
+                    sock.close()
+                await server.start(settings.host, settings.grpc_port, ssl=tls, reuse_address=True)
         except OSError as exc:
             raise RuntimeError(
                 f"cannot listen for gRPC on {settings.host}:{settings.grpc_port} "
