@@ -1,4 +1,5 @@
-.PHONY: bench bench-ledger bench-http bench-quick bench-catalog test lint protos bench-grpc
+.PHONY: help bench bench-ledger bench-http bench-quick bench-catalog test lint protos bench-grpc bench-models
+.DEFAULT_GOAL := help
 
 PYTHON ?= .venv/bin/python
 BENCH_ARGS ?=
@@ -7,11 +8,16 @@ HTTP_ARGS ?= --duration 10 --repeat 3
 # waits of one `make bench` share this many seconds (then they measure anyway).
 BENCH_MAX_WAIT ?= 900
 
+# `make help` lists every target with the `## text` after its name.
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
+
 # Ledger (throwaway durable PostgreSQL) and HTTP (wrk) benchmarks vs their physical
 # baselines (about 6 minutes plus waiting; docs/performance.md), then the marketplace
 # benchmark (bench-catalog); JSON in bench-results/.
 # make bench BENCH_ARGS="--proposals" also measures the changes proposed but not applied.
-bench:
+bench: ## ledger, HTTP, catalog, proxy, gRPC and model benchmarks (long; JSON in bench-results/)
 	@deadline=$$(( $$(date +%s) + $(BENCH_MAX_WAIT) )); \
 	BENCH_WAIT_UNTIL=$$deadline $(PYTHON) -m tests.bench.bench_ledger $(BENCH_ARGS) && \
 	BENCH_WAIT_UNTIL=$$deadline $(PYTHON) -m tests.bench.bench_http $(HTTP_ARGS) && \
@@ -20,35 +26,35 @@ bench:
 	BENCH_WAIT_UNTIL=$$deadline $(PYTHON) -m tests.bench.bench_grpc && \
 	BENCH_WAIT_UNTIL=$$deadline $(PYTHON) -m tests.bench.bench_models
 
-bench-ledger:
+bench-ledger: ## ledger benchmark on a throwaway durable PostgreSQL
 	$(PYTHON) -m tests.bench.bench_ledger --max-wait $(BENCH_MAX_WAIT) $(BENCH_ARGS)
 
-bench-http:
+bench-http: ## HTTP benchmark (wrk)
 	$(PYTHON) -m tests.bench.bench_http --max-wait $(BENCH_MAX_WAIT) $(HTTP_ARGS)
 
 # Marketplace: catalog over three 100 ms providers (cold/warm), 16 GPUs rented at once.
-bench-catalog:
+bench-catalog: ## marketplace benchmark: catalog over slow providers, 16 GPUs rented
 	$(PYTHON) -m tests.bench.bench_catalog --max-wait $(BENCH_MAX_WAIT)
 
-bench-quick:
+bench-quick: ## a short ledger benchmark
 	$(PYTHON) -m tests.bench.bench_ledger --quick $(BENCH_ARGS)
 
 # gRPC: regenerate interfaces/grpc/generated/ from protos/gpuproxy.proto (commit the result;
 # a test fails while it is stale). Needs the dev extra (grpcio-tools, betterproto[compiler]).
-protos:
+protos: ## regenerate interfaces/grpc/generated/ from protos/
 	$(PYTHON) protos/generate.py
 
 # gRPC: HealthCheck and GetSpendingInfo vs a bare grpclib servicer, 16 calls in flight.
-bench-grpc:
+bench-grpc: ## gRPC benchmark vs a bare grpclib servicer
 	$(PYTHON) -m tests.bench.bench_grpc --max-wait $(BENCH_MAX_WAIT)
 
-test:
+test: ## the whole test suite (pytest)
 	.venv/bin/pytest -q
 
-lint:
+lint: ## ruff check, ruff format --check, mypy (strict)
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
 
 # Model serving: predict / OIP latency vs a direct session.run, 16 clients with and without
 # batching (about 4 minutes plus waiting; docs/performance.md "Model serving").
-bench-models:
+bench-models: ## model-serving benchmark (predict / OIP)
 	$(PYTHON) -m tests.bench.bench_models --max-wait $(BENCH_MAX_WAIT)

@@ -21,10 +21,12 @@ from domain.money import usd_to_micros
 from domain.services.ledger import AccountView
 from domain.statements import month_bounds
 from interfaces.cli.common import OneLineParser, fail, parse_time, print_json, usd
+from interfaces.cli.output import print_table, to_terminal
 from interfaces.spending_view import spending_json
 from interfaces.statement_view import statement_json
 
 console = Console()
+BAD_INPUT = frozenset({400, 422})  # exit 2 like an argparse error; any other refusal exits 1
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -85,7 +87,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     finally:
         db.close()
     bootstrap(settings, migrate=False).close()  # creates the event store tables
-    if applied:
+    if args.json:
+        print_json({"applied": [f"{m.version:04d}_{m.name}" for m in applied]})
+    elif applied:
         for m in applied:
             print(f"applied {m.version:04d}_{m.name}")
     else:
@@ -115,7 +119,10 @@ def cmd_make_admin(args: argparse.Namespace) -> int:
         user = c.users.set_admin(args.email, not args.revoke, actor=_actor())
     finally:
         c.close()
-    print(f"{user.email} is {'now' if user.is_admin else 'no longer'} an admin")
+    if args.json:
+        print_json(asdict(user))
+    else:
+        print(f"{user.email} is {'now' if user.is_admin else 'no longer'} an admin")
     return 0
 
 
@@ -131,7 +138,7 @@ def cmd_users(args: argparse.Namespace) -> int:
     table = Table("email", "name", "admin", "id", "created")
     for u in users:
         table.add_row(u.email, u.name, "yes" if u.is_admin else "", u.id, u.created_at[:19])
-    console.print(table)
+    print_table(table)
     return 0
 
 
@@ -181,7 +188,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     )
     for d in days:
         table.add_row(d.day, usd(d.spent), str(d.spend_count), usd(d.granted), usd(d.debited))
-    console.print(table)
+    print_table(table)
     return 0
 
 
@@ -200,6 +207,17 @@ def cmd_grant(args: argparse.Namespace) -> int:
         view = c.ledger.account(user.id)
     finally:
         _settle(c)
+    if args.json:
+        print_json(
+            {
+                "user_id": user.id,
+                "email": user.email,
+                "granted": usd(args.amount),
+                "applied": outcome.applied,
+                "credits_remaining": usd(view.balance),
+            }
+        )
+        return 0
     verb = "granted" if outcome.applied else "already granted (same idempotency key)"
     print(f"{verb} {usd(args.amount)} USD to {user.email}; balance {usd(view.balance)} USD")
     return 0
@@ -262,12 +280,12 @@ def cmd_balance(args: argparse.Namespace) -> int:
         "credits_cap",
     ):
         table.add_row(key, str(data[key]))
-    console.print(table)
+    print_table(table)
     if view.holds:
         holds = Table("hold", "amount", "captured", "expires")
         for h in view.holds:
             holds.add_row(h.hold_id, usd(h.amount), usd(h.captured), h.expires_at.isoformat())
-        console.print(holds)
+        print_table(holds)
     _print_windows(view.spending)
     return 0
 
@@ -294,7 +312,7 @@ def cmd_statement(args: argparse.Namespace) -> int:
     for instance, amount in data["charges_by_instance"].items():
         table.add_row(f"  charges {instance}", str(amount))
     table.add_row("closing_balance", str(data["closing_balance"]))
-    console.print(table)
+    print_table(table)
     if not data["reconciles"]:
         console.print("[red]does not reconcile[/red]")
         return 1
@@ -335,7 +353,7 @@ def cmd_crypto_transfers(args: argparse.Namespace) -> int:
             str(r["payment_id"] or "-"),
             str(r["ref"]),
         )
-    console.print(table)
+    print_table(table)
     return 0
 
 
@@ -351,7 +369,7 @@ def _print_windows(report: SpendingReport) -> None:
     for w in report.windows:
         limit, remaining = (usd(w.limit), usd(w.remaining)) if w.limited else ("off", "")
         table.add_row(w.window, usd(w.spent), usd(w.held), limit, remaining)
-    console.print(table)
+    print_table(table)
 
 
 def cmd_spending(args: argparse.Namespace) -> int:
@@ -378,7 +396,10 @@ def cmd_reset(args: argparse.Namespace) -> int:
         c.ledger.reset_windows(user.id, windows, actor=_actor(), reason=args.reason)
     finally:
         _settle(c)
-    print(f"reset {args.window or 'all windows'} for {user.email} (reason recorded)")
+    if args.json:
+        print_json({"user_id": user.id, "email": user.email, "reset": windows or "all"})
+    else:
+        print(f"reset {args.window or 'all windows'} for {user.email} (reason recorded)")
     return 0
 
 
@@ -399,7 +420,11 @@ def cmd_set_limits(args: argparse.Namespace) -> int:
         c.ledger.set_limits(user.id, changes, actor=_actor(), reason=args.reason)
     finally:
         _settle(c)
-    print(f"limits updated for {user.email}")
+    if args.json:
+        limits = {k: None if v is None else usd(v) for k, v in changes.items()}
+        print_json({"user_id": user.id, "email": user.email, "limits": limits})
+    else:
+        print(f"limits updated for {user.email}")
     return 0
 
 
@@ -410,7 +435,10 @@ def cmd_set_cap(args: argparse.Namespace) -> int:
         c.ledger.set_cap(user.id, args.cap, actor=_actor(), reason=args.reason)
     finally:
         _settle(c)
-    print(f"overage cap for {user.email} is now {usd(args.cap)} USD")
+    if args.json:
+        print_json({"user_id": user.id, "email": user.email, "cap": usd(args.cap)})
+    else:
+        print(f"overage cap for {user.email} is now {usd(args.cap)} USD")
     return 0
 
 
@@ -457,12 +485,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
             e.name,
             _describe(e.data),
         )
-    console.print(table)
+    print_table(table)
     if security:
         sec = Table("time (UTC)", "actor", "action", title="security events")
         for at, actor, action, _detail in security:
             sec.add_row(at[:23], actor, action)
-        console.print(sec)
+        print_table(sec)
     return 0
 
 
@@ -510,6 +538,9 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
             end = max((r.position for r in results), default=0)
             progress.update(task, completed=end, total=max(end, 1))
         seconds = max((datetime.now(UTC) - started).total_seconds(), 1e-6)
+        if args.json:
+            print_json({"projections": [asdict(r) for r in results], "seconds": seconds})
+            return 0
         for result in results:
             console.print(
                 f"{result.name}: generation {result.old_generation} -> "
@@ -541,11 +572,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         print_json([{**asdict(r), "ok": r.ok} for r in results])
     else:
+        cut = 16 if to_terminal() else None  # whole fingerprints in pipes and files
         for r in results:
             status = "OK" if r.ok else "MISMATCH"
             print(
                 f"{r.name:<13} {status:<8} position {r.position:<10} rows {r.rows:<8} "
-                f"live {r.live[:16]} rebuilt {r.rebuilt[:16]}"
+                f"live {r.live[:cut]} rebuilt {r.rebuilt[:cut]}"
             )
     return 0 if ok else 1
 
@@ -580,7 +612,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             table.add_row(key, str(value))
     for name, p in stats["projections"].items():
         table.add_row(f"projection {name}", f"position {p['position']}, lag {p['lag']}")
-    console.print(table)
+    print_table(table)
     return 0
 
 
@@ -596,11 +628,11 @@ def build_parser() -> OneLineParser:
     parser.add_argument("-dm", "--debug-mode", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
-    def add(name: str, handler: Handler, help_text: str, *, json: bool = False) -> OneLineParser:
+    def add(name: str, handler: Handler, help_text: str, **_ignored: Any) -> OneLineParser:
+        """A command; every one takes ``--json`` (a ``json=`` keyword is accepted, unused)."""
         p: OneLineParser = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(handler=handler)
-        if json:
-            p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
 
     _user_commands(add)
@@ -613,7 +645,7 @@ Add = Callable[..., OneLineParser]
 
 def _user_commands(add: Add) -> None:
     add("migrate", cmd_migrate, "apply database migrations (idempotent)")
-    p = add("create-user", cmd_create_user, "create a user", json=True)
+    p = add("create-user", cmd_create_user, "create a user")
     p.add_argument("email")
     p.add_argument("password")
     p.add_argument("name")
@@ -621,32 +653,30 @@ def _user_commands(add: Add) -> None:
     p = add("make-admin", cmd_make_admin, "give (or --revoke) the admin role")
     p.add_argument("email")
     p.add_argument("--revoke", action="store_true")
-    add("users", cmd_users, "list users", json=True)
-    p = add(
-        "create-apikey", cmd_create_apikey, "create an API key for a user (shown once)", json=True
-    )
+    add("users", cmd_users, "list users")
+    p = add("create-apikey", cmd_create_apikey, "create an API key for a user (shown once)")
     p.add_argument("email")
     p.add_argument("name")
 
 
 def _ledger_commands(add: Add) -> None:
-    p = add("usage", cmd_usage, "a user's daily usage", json=True)
+    p = add("usage", cmd_usage, "a user's daily usage")
     p.add_argument("email")
     p.add_argument("--since", type=_day, help="YYYY-MM-DD (UTC)")
     p.add_argument("--until", type=_day, help="YYYY-MM-DD (UTC)")
     p = add("grant-credits", cmd_grant, "grant credits (USD) to a user")
     p.add_argument("email")
-    p.add_argument("amount", type=_usd, help="USD, e.g. 50.00")
+    p.add_argument("amount", type=_positive_usd, help="USD, e.g. 50.00")
     p.add_argument("--reason", default="admin grant")
     p.add_argument("--idempotency-key", help="retrying with the same key grants once")
-    p = add("audit", cmd_audit, "a user's ledger events, human-readable", json=True)
+    p = add("audit", cmd_audit, "a user's ledger events, human-readable")
     p.add_argument("email")
     p.add_argument("--since", type=parse_time)
     p.add_argument("--until", type=parse_time)
-    p = add("balance", cmd_balance, "balance, holds and window spend (now or --at TIME)", json=True)
+    p = add("balance", cmd_balance, "balance, holds and window spend (now or --at TIME)")
     p.add_argument("email")
     p.add_argument("--at", type=parse_time, help="ISO 8601 instant to replay the account to")
-    p = add("guardrails-spending", cmd_spending, "spend per guard-rail window", json=True)
+    p = add("guardrails-spending", cmd_spending, "spend per guard-rail window")
     p.add_argument("email")
     p = add("guardrails-reset", cmd_reset, "reset a user's spending windows (all or one)")
     p.add_argument("email")
@@ -668,12 +698,7 @@ def _ledger_commands(add: Add) -> None:
         default="auto",
         help="sql: set-based in PostgreSQL; python: the folds; auto: sql where it applies",
     )
-    p = add(
-        "verify-projections",
-        cmd_verify,
-        "exit 0 only if live read models equal a rebuild",
-        json=True,
-    )
+    p = add("verify-projections", cmd_verify, "exit 0 only if live read models equal a rebuild")
     p.add_argument("name", nargs="?")
     p.add_argument(
         "--method",
@@ -681,16 +706,15 @@ def _ledger_commands(add: Add) -> None:
         default="python",
         help="how to rebuild for the comparison (default: the Python folds, the reference)",
     )
-    add("stats", cmd_stats, "ledger statistics", json=True)
+    add("stats", cmd_stats, "ledger statistics")
     p = add(
         "crypto-transfers",
         cmd_crypto_transfers,
         "token transfers the crypto scanner saw (--unclaimed: credited to no one)",
-        json=True,
     )
     p.add_argument("--unclaimed", action="store_true", help="only ambiguous/unmatched ones")
     p.add_argument("--limit", type=_count, default=200, help="newest N (default 200)")
-    p = add("statement", cmd_statement, "a user's monthly statement from events", json=True)
+    p = add("statement", cmd_statement, "a user's monthly statement from events")
     p.add_argument("email")
     p.add_argument("--month", required=True, type=_month, help="YYYY-MM")
 
@@ -723,6 +747,13 @@ def _window(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _positive_usd(value: str) -> int:
+    micros = _usd(value)
+    if micros <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be a positive USD amount (e.g. 50.00)")
+    return micros
+
+
 def _cap(value: str) -> int:
     micros = _usd(value)
     if micros < 0:
@@ -740,8 +771,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except ConfigError as exc:
         fail(f"configuration: {exc}", 2)
-    except DomainError as exc:
-        fail(exc.message, 1)
+    except DomainError as exc:  # refused as bad input (400/422): 2; the operation failed: 1
+        fail(exc.message, 2 if exc.status in BAD_INPUT else 1)
     except KeyboardInterrupt:
         fail("interrupted", 130)
     except Exception as exc:  # one line, never a traceback (use -dm for details)

@@ -4,8 +4,9 @@ Flags follow the seed: ``-key`` (or ``GPUPROXY_API_KEY``), ``-server`` (or ``GPU
 default http://localhost:8080), ``-dv``/``-dm``; ``--grpc`` sends every command through the gRPC
 API instead (``--grpc-target`` or ``GPUPROXY_GRPC``, default localhost:9090; ``--grpc-tls``,
 ``--grpc-ca FILE``), with the same output. Human-readable tables by default, ``--json``
-(before or after the command) for scripts. Errors are one line on stderr: exit code 2 for bad
-arguments, 1 for everything the server or the network refused.
+(before or after the command) for scripts; in a pipe, tables are tab-separated with every value
+whole. Errors are one line on stderr: exit code 2 for bad arguments or input (the CLI's checks,
+or the server's 400/422), 1 when the operation failed (refused, not found, network).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from interfaces.cli.output import CliError, print_json, print_table
 console = Console()
 PROG = "aiserve-gpuproxy-client"
 SETTLED_STATES = frozenset({"running", "failed", "stopping", "terminated"})
+# exit 2 like argparse: the server refused the input (400/422), or a usage error (status 2)
+BAD_INPUT = frozenset({2, 400, 422})
 
 
 class ApiError(CliError):
@@ -493,13 +496,33 @@ def _add_gpu_commands(sub: Any, common: OneLineParser) -> None:
 
 
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog=PROG, description="GPU Proxy user CLI")
-    parser.add_argument(
-        "-server", "--server", default=os.environ.get("GPUPROXY_SERVER", "http://localhost:8080")
+    parser = OneLineParser(
+        prog=PROG,
+        description="GPU Proxy user CLI",
+        epilog=(
+            "environment: GPUPROXY_API_KEY (the API key, instead of -key), GPUPROXY_SERVER "
+            "(instead of -server), GPUPROXY_GRPC (instead of --grpc-target). Tables on a "
+            "terminal, tab-separated full values in a pipe, --json for scripts. Exit codes: "
+            "0 done, 2 bad arguments or input (also a 400/422 from the server), 1 the "
+            "operation failed."
+        ),
     )
-    parser.add_argument("-key", "--key", default=os.environ.get("GPUPROXY_API_KEY"))
-    parser.add_argument("-dv", "--developer-mode", action="store_true")
-    parser.add_argument("-dm", "--debug-mode", action="store_true")
+    parser.add_argument(
+        "-server",
+        "--server",
+        default=os.environ.get("GPUPROXY_SERVER", "http://localhost:8080"),
+        metavar="URL",
+        help="server base URL (default $GPUPROXY_SERVER or http://localhost:8080)",
+    )
+    parser.add_argument(
+        "-key",
+        "--key",
+        default=os.environ.get("GPUPROXY_API_KEY"),
+        metavar="KEY",
+        help="API key, gpx_... (default $GPUPROXY_API_KEY)",
+    )
+    parser.add_argument("-dv", "--developer-mode", action="store_true", help="same as -dm")
+    parser.add_argument("-dm", "--debug-mode", action="store_true", help="requests on stderr")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--grpc", action="store_true", help="use the gRPC API instead of REST")
     parser.add_argument(
@@ -545,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         COMMANDS[args.command](api, args)
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if getattr(exc, "status", None) in BAD_INPUT else 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

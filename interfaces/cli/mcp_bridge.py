@@ -5,10 +5,12 @@ official SDK client, authenticated by an API key (``X-API-Key``) or a Bearer tok
 the same tools over stdio: ``tools/list`` and ``tools/call`` are forwarded, ``initialize`` and
 ``ping`` are answered locally. Configure with flags or ``GPUPROXY_SERVER`` /
 ``GPUPROXY_API_KEY`` / ``GPUPROXY_TOKEN``. Logs go to stderr; stdout carries the protocol.
+Exit codes: 2 bad arguments or no credential, 1 the bridge failed (unreachable, refused).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -38,6 +40,7 @@ def build_parser() -> OneLineParser:
     )
     parser.add_argument(
         "--server",
+        type=server_url,
         default=os.environ.get("GPUPROXY_SERVER", DEFAULT_SERVER),
         help="server base URL or MCP endpoint (env GPUPROXY_SERVER, default %(default)s)",
     )
@@ -53,6 +56,14 @@ def build_parser() -> OneLineParser:
     )
     parser.add_argument("-dm", "--debug-mode", action="store_true", help="debug logs to stderr")
     return parser
+
+
+def server_url(text: str) -> str:
+    """An http(s) URL with a host; anything else is a usage error (exit 2)."""
+    url = httpx.URL(text.strip()) if "://" in text else None
+    if url is None or url.scheme not in {"http", "https"} or not url.host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) URL (e.g. {DEFAULT_SERVER})")
+    return text.strip()
 
 
 def endpoint(server: str) -> str:

@@ -1,26 +1,43 @@
-"""How the user CLI reports: one-line errors, tables that fit, JSON."""
+"""How the CLIs report: one-line errors, tables on a terminal, full-value TSV in pipes, JSON."""
 
 from __future__ import annotations
 
 import json
-import os
+import sys
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-
-PIPE_WIDTH = 240  # tables written to a pipe or file are not wrapped at 80 columns
 
 
 class CliError(Exception):
     """A one-line failure reported with exit code 1."""
 
 
+def to_terminal() -> bool:
+    """Whether stdout is a terminal (as rich sees it: ``FORCE_TERMINAL``/``TTY_COMPATIBLE``)."""
+    return Console().is_terminal
+
+
 def print_table(table: Table) -> None:
-    out = Console()  # writes to whatever sys.stdout is now
-    if not out.is_terminal and "COLUMNS" not in os.environ:
-        out = Console(width=PIPE_WIDTH)
-    out.print(table)
+    """A rich table on a terminal; elsewhere (a pipe, a file) TSV with every value whole.
+
+    The TSV has one header line and one line per row; tabs and line breaks inside a value
+    become spaces, so ``| grep``, ``| cut -f`` and copy-paste see full emails and ids.
+    """
+    if to_terminal():
+        Console().print(table)
+        return
+    columns = table.columns
+    lines = ["\t".join(_cell(c.header) for c in columns)]
+    rows = zip(*(c.cells for c in columns), strict=True)
+    lines += ["\t".join(_cell(cell) for cell in row) for row in rows]
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _cell(value: Any) -> str:
+    text = value if isinstance(value, str) else str(getattr(value, "plain", value))
+    return " ".join(text.replace("\t", " ").splitlines())
 
 
 def print_json(data: Any) -> None:

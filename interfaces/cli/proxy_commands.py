@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 from rich.table import Table
 
+from domain.errors import DomainError
+from domain.money import usd_to_micros
 from interfaces.cli.output import CliError, print_json, print_table
 
 PROTOCOLS = ("http", "https", "openinference", "mcp")
@@ -40,6 +42,17 @@ def _body(data: str | None) -> Any:
         return data
 
 
+def _pay_amount(text: str) -> str:
+    """A positive USD amount with at most 6 decimals, checked before anything is sent."""
+    try:
+        positive = usd_to_micros(text) > 0
+    except DomainError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    if not positive:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive USD amount (e.g. 50.00)")
+    return text.strip()
+
+
 def proxy(api: Any, args: argparse.Namespace) -> None:
     """Send one request through the proxy; print the upstream's body (status on stderr)."""
     envelope: dict[str, Any] = {"protocol": args.protocol, "method": args.method}
@@ -61,6 +74,9 @@ def proxy(api: Any, args: argparse.Namespace) -> None:
         status, instance, text = grpc_proxy(envelope, args.timelimit)
     else:
         status, instance, text = _post_envelope(api, envelope, args.timelimit)
+    if args.json:  # the answer in an envelope: status, instance, body (parsed when JSON)
+        print_json({"status": status, "instance_id": instance, "body": _body(text)})
+        return
     print(f"{status} from instance {instance}", file=sys.stderr)
     sys.stdout.write(text)
     if not text.endswith("\n"):
@@ -188,7 +204,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     ld = sub.add_parser("load", parents=[common], help="server and provider load")
     ld.add_argument("kind", nargs="?", choices=("server", "provider", "all"), default="all")
     pay_parser = sub.add_parser("pay", parents=[common], help="buy credits")
-    pay_parser.add_argument("amount", help="USD, e.g. 50.00")
+    pay_parser.add_argument("amount", type=_pay_amount, help="USD, e.g. 50.00")
     pay_parser.add_argument("--provider", default="stripe", help="stripe, crypto or afterdark")
     pay_parser.add_argument("--method", required=True, help="card:pm_… or crypto:NETWORK:WALLET")
     pay_parser.add_argument("--idempotency-key", metavar="K")

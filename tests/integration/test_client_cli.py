@@ -230,7 +230,7 @@ def test_refusals_exit_1_in_one_line(cli: Callable[..., Result]) -> None:
     assert err.startswith("error: 404")
     err = _one_line_error(cli("instance", "sandbox", str(uuid.uuid4())), 1)
     assert err.startswith("error: 404")
-    err = _one_line_error(cli("list", "nowhere"), 1)
+    err = _one_line_error(cli("list", "nowhere"), 2)  # the server refuses the input: 422
     assert "unknown provider" in err
 
 
@@ -343,7 +343,7 @@ def test_proxy_lb_strategy_and_load(cli: Callable[..., Result]) -> None:
 
 def test_pay_without_a_configured_provider_is_a_clear_error(cli: Callable[..., Result]) -> None:
     refused = cli("pay", "10.00", "--provider", "stripe", "--method", "card:pm_card_visa")
-    assert "not configured" in _one_line_error(refused, 1)
+    assert "not configured" in _one_line_error(refused, 2)  # 400: an input this server refuses
     raw = cli("pay", "10.00", "--method", "card:4242424242424242:12/30:123")
     assert "4242424242424242" not in raw.err
     listed = cli("--json", "payments")
