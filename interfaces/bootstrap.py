@@ -29,6 +29,7 @@ from infrastructure.marketplace_jobs import MarketplaceJobs
 from infrastructure.migrate import migrate as apply_migrations
 from infrastructure.payment_jobs import CryptoWatch, PaymentJobs
 from infrastructure.payment_queries import PaymentQueries
+from infrastructure.payments import SETUP_VARIABLES as PAYMENT_SETUP_VARIABLES
 from infrastructure.pg_listen import PgWakeup
 from infrastructure.projection_runner import ProjectionRunner
 from infrastructure.proxy.instance_signal import InstanceSignal, instance_signal
@@ -339,7 +340,9 @@ def bootstrap(
             ),
             on_instances_changed=instances.bump,
         ),
-        payments=PaymentService(ledger, processors, clock=clock, crypto=crypto),
+        payments=PaymentService(
+            ledger, processors, clock=clock, crypto=crypto, setup=PAYMENT_SETUP_VARIABLES
+        ),
         payment_queries=PaymentQueries(db),
         stripe=processors.get("stripe"),
         chain=chain,

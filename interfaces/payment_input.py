@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from domain.errors import InvalidArgumentError
 from domain.pan import refuse_pan
+from infrastructure.payments import SETUP_VARIABLES
 
 PROCESSOR_NAMES = {"stripe": "stripe", "crypto": "crypto", "afterdark": "afterdark"}
 TOKEN = re.compile(r"^[A-Za-z0-9_\-]{3,255}$")
@@ -92,10 +93,17 @@ def _crypto(kind: str, rest: str, networks: tuple[str, ...]) -> dict[str, str]:
         )
     network, wallet = parts[0].lower(), parts[-1]
     asset = parts[1].lower() if len(parts) == 3 else "usdc"
-    supported = ", ".join(networks) or "none"
+    if not networks:
+        raise InvalidArgumentError(
+            "crypto payments are not configured on this server: the operator sets "
+            + SETUP_VARIABLES["crypto"],
+            field="provider",
+        )
+    supported = ", ".join(networks)
     if network not in networks:
         raise InvalidArgumentError(
-            f"network {network[:40]!r} is not supported; supported: {supported} (USDC)",
+            f"network {network[:40]!r} is not supported; supported: {supported} (USDC; the "
+            "server's CRYPTO_NETWORK)",
             field="X-Preferred-Payment",
         )
     if asset != "usdc":

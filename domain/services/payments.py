@@ -115,8 +115,12 @@ class PaymentService:
         clock: Clock,
         crypto: CryptoConfig | None = None,
         wait_for_peer: float = 10.0,
+        setup: Mapping[str, str] | None = None,
     ) -> None:
+        """``setup``: per processor, what the operator sets to configure it (named in the
+        "not configured" error)."""
         self.ledger = ledger
+        self.setup = dict(setup or {})
         self.app = ledger.app
         self.processors = dict(processors)
         self.clock = clock
@@ -125,16 +129,22 @@ class PaymentService:
 
     # ------------------------------------------------------------------ start
 
+    def require(self, processor: str, field: str = "provider") -> None:
+        """Refuse a processor this server has not configured, naming what would configure it."""
+        configured = [*self.processors, *(["crypto"] if self.crypto else [])]
+        if processor in configured:
+            return
+        setup = self.setup.get(processor)
+        raise ProcessorNotConfiguredError(
+            f"payment provider {processor!r} is not configured on this server"
+            + (f": the operator sets {setup}" if setup else ""),
+            field=field,
+            available=sorted(configured),
+        )
+
     async def create(self, request: PaymentRequest) -> tuple[Payment, bool]:
         """Start a payment, or find the one this key already started. Returns (payment, new)."""
-        if request.processor != "crypto" and request.processor not in self.processors:
-            raise ProcessorNotConfiguredError(
-                f"payment provider {request.processor!r} is not configured",
-                field="provider",
-                available=sorted([*self.processors, *(["crypto"] if self.crypto else [])]),
-            )
-        if request.processor == "crypto" and self.crypto is None:
-            raise ProcessorNotConfiguredError("crypto payments are not configured")
+        self.require(request.processor)
         if request.amount % CENT:
             raise InvalidArgumentError("amount must be whole cents", field="amount")
         refuse_pan(request.key, "Idempotency-Key")  # both are kept in the payment's events

@@ -42,6 +42,7 @@ class BillingRpcs:
         call = current()
         settings = self.c.settings
         processor = processor_of(call.header("x-billing"), request.provider or None)
+        self.c.payments.require(processor)
         if (request.currency or "USD").upper() != "USD":
             raise InvalidArgumentError("only USD is supported", field="currency")
         amount = positive_usd_in(request.amount, "amount")

@@ -20,6 +20,7 @@ from domain.payment_ports import InvalidWebhookError
 from domain.payments import Payment
 from domain.services.payments import PaymentNotFoundError, PaymentRequest
 from infrastructure.auth import Principal
+from infrastructure.payments import SETUP_VARIABLES
 from interfaces.http.controllers.money import positive_usd
 from interfaces.http.payment_rows import payment_row_json
 from interfaces.http.schemas import NO_NUL, Body, Reason
@@ -105,6 +106,7 @@ async def create_payment(
     c = container_of(request)
     headers = request.headers
     processor = processor_of(headers.get("x-billing"), data.provider)
+    c.payments.require(processor)  # before the method: its errors would hide the real one
     if data.currency.upper() != "USD":
         raise InvalidArgumentError("only USD is supported", field="currency")
     amount = positive_usd(data.amount, "amount")
@@ -188,6 +190,7 @@ def auto_renew(
             raise InvalidArgumentError(
                 "auto-renew needs a saved card (Stripe or AfterDark)", field="provider"
             )
+        c.payments.require(processor)  # a renewal this server could never pay is refused now
         if not c.settings.payment_min <= amount <= c.settings.payment_max or amount % 10_000:
             raise InvalidArgumentError("amount is outside the payment limits", field="amount")
         chosen = payment_method(processor, data.payment_method)
@@ -231,7 +234,10 @@ async def stripe_webhook(request: Request[Any, Any, Any]) -> Response[dict[str, 
     c = container_of(request)
     gateway = c.stripe
     if gateway is None or not c.settings.stripe_webhook_secret:
-        raise InvalidArgumentError("Stripe webhooks are not configured on this server")
+        raise InvalidArgumentError(
+            "Stripe webhooks are not configured on this server: the operator sets "
+            + SETUP_VARIABLES["stripe"]
+        )
     payload = await request.body()
     try:
         event = gateway.parse_webhook(payload, request.headers.get("stripe-signature", ""))
