@@ -71,8 +71,9 @@ def credentials_of(socket: Any) -> tuple[str | None, str | None]:
     return api_key, authorization
 
 
-def authenticate(c: Container, creds: tuple[str | None, str | None]) -> Principal:
-    principal = c.auth.authenticate(*creds)
+def authenticate(c: Container, creds: tuple[str | None, str | None], address: str) -> Principal:
+    """The handshake's caller; ``address`` counts failed API-key attempts as every door does."""
+    principal = c.auth.authenticate(*creds, address)
     decision = c.limiter.hit(principal.user_id)
     if not decision.allowed:
         raise RateLimitedError(decision)
@@ -230,7 +231,9 @@ class Connection:
     async def _recheck(self) -> None:
         session = self.session
         try:
-            principal = await asyncio.to_thread(self.c.auth.authenticate, *session.credentials)
+            principal = await asyncio.to_thread(
+                self.c.auth.authenticate, *session.credentials, session.address
+            )
         except DomainError as exc:
             session.close(protocol.CLOSE_UNAUTHORIZED, f"credential no longer valid: {exc.message}")
             return

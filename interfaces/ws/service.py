@@ -10,6 +10,7 @@ from litestar import WebSocket, websocket
 from domain.errors import DomainError
 from infrastructure.event_feed import Bus, EventFeed
 from infrastructure.event_feed_bus import MemoryBus, RedisBus, feed_namespace
+from interfaces.http.security import client_address
 from interfaces.ws import protocol
 from interfaces.ws.connection import (
     BEARER,
@@ -50,12 +51,15 @@ class Streams:
     async def handle(self, socket: WebSocket[Any, Any, Any]) -> None:
         try:
             creds = credentials_of(socket)
-            principal = await asyncio.to_thread(authenticate, self.c, creds)
+            address = client_address(socket.scope)
+            principal = await asyncio.to_thread(authenticate, self.c, creds, address)
         except DomainError as exc:
             await refuse(socket, exc)
             return
         await socket.accept(subprotocols=BEARER if BEARER in offered_protocols(socket) else None)
-        session = Session(socket, principal, creds, queue_size=self.c.settings.ws_queue_size)
+        session = Session(
+            socket, principal, creds, address=address, queue_size=self.c.settings.ws_queue_size
+        )
         await Connection(self.c, self.hub, socket.app.state.proxy, session).serve()
 
 

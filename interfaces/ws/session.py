@@ -24,11 +24,13 @@ class Session:
         principal: Principal,
         credentials: tuple[str | None, str | None],
         *,
+        address: str = "",
         queue_size: int,
     ) -> None:
         self.socket = socket
         self.principal = principal
         self.credentials = credentials  # (api key, authorization) to re-check now and then
+        self.address = address  # the client's, for the failed-attempt limits on re-checks
         self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
         self.sub: Subscription | None = None
         self.live = False

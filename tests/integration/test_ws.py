@@ -634,4 +634,31 @@ def test_model_inference_over_ws_matches_predict(embedded: tuple[str, Container]
         assert json.loads(text)["outputs"] == expected["outputs"]
         assert end["chunks"] == 1
         ws.send({"type": "infer", "id": "m2", "model_id": model_id, "payload": [1, 2]})
-        assert ws.expect("error")["status"] == 422
+        assert ws.expect("error")["status"] == 400
+
+
+def test_failed_handshakes_count_against_the_client_address(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The WebSocket door passes the client address, so its failed key attempts are limited too."""
+    data = tmp_path_factory.mktemp("ws-throttle") / "data"
+    settings = load_settings({"DATA_DIR": str(data), "JWT_SECRET": JWT_SECRET}, env_file=None)
+    c = bootstrap(settings)
+    env = {**env_of(settings), **BASE_ENV, "AUTH_FAILURES_PER_ADDRESS": "3"}
+    try:
+        me = make_user(c, "throttled")
+        prefix, key_id, secret = me.key.split("_", 2)
+        with server_process(env) as url:
+            statuses = []
+            for n in range(5):
+                bad = f"{prefix}_{key_id}_{str(n) * len(secret)}"
+                with pytest.raises(InvalidStatus) as refused, open_ws(url, key=bad):
+                    pass
+                statuses.append(refused.value.response.status_code)
+            assert statuses[:3] == [401, 401, 401]
+            assert statuses[3:] == [429, 429]  # this address is over its limit
+            with pytest.raises(InvalidStatus) as refused, open_ws(url, key=me.key):
+                pass  # a key this process never verified waits at this address too
+            assert refused.value.response.status_code == 429
+    finally:
+        c.close()
