@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infrastructure.sql import Database, Tx
-from projections.base import Batch, Projection
+from projections.base import Batch, Projection, Span
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,8 @@ def write_batch(tx: Tx, batch: Batch, suffix: int | str, *, bulk: bool = False) 
                 for u in upserts
             ],
         )
+    if batch.spans:
+        _write_spans(tx, batch.spans, suffix)
     for table, rows in batch.inserts.items():
         target = physical(table, suffix)
         columns = tuple(rows[0])
@@ -89,6 +91,97 @@ def write_batch(tx: Tx, batch: Batch, suffix: int | str, *, bulk: bool = False) 
                 f"INSERT INTO {target} ({', '.join(columns)}) "
                 f"VALUES ({', '.join('?' for _ in columns)})",
                 values,
+            )
+
+
+@dataclass
+class _Row:
+    """A span row as the spans of one batch leave it: opened here (``new``) or extended."""
+
+    ident: dict[str, Any]
+    seq: int
+    start_at: int
+    end_at: int
+    new: bool
+    put: dict[str, Any]
+    add: dict[str, int]
+
+
+def _newest(tx: Tx, span: Span, target: str) -> _Row | None:
+    where = " AND ".join(f"{c} = ?" for c in span.group)
+    idents = list(span.ident)
+    found = tx.fetchone(
+        f"SELECT {', '.join(idents)}, seq, start_at, end_at FROM {target} "
+        f"WHERE {where} ORDER BY seq DESC LIMIT 1",
+        tuple(span.group.values()),
+    )
+    if found is None:
+        return None
+    seq, start, end = (int(v) for v in found[-3:])
+    return _Row(dict(zip(idents, found[:-3], strict=True)), seq, start, end, False, {}, {})
+
+
+def _write_spans(tx: Tx, spans: list[Span], suffix: int | str) -> None:
+    """Apply spans in log order (see ``Span``): each group's newest row is read once and
+    every touched row written once."""
+    newest: dict[tuple[str, tuple[Any, ...]], _Row | None] = {}
+    touched: list[tuple[str, _Row]] = []
+    for span in spans:
+        target = physical(span.table, suffix)
+        group = (span.table, tuple(span.group.items()))
+        if group not in newest:
+            newest[group] = row = _newest(tx, span, target)
+            if row is not None:
+                touched.append((target, row))
+        row = newest[group]
+        near = row is not None and (
+            span.first <= row.end_at + span.gap and span.last >= row.start_at - span.gap
+        )
+        if row is not None and near:
+            row.start_at, row.end_at = min(row.start_at, span.first), max(row.end_at, span.last)
+            row.put.update(span.put)
+            for column, delta in span.add.items():
+                row.add[column] = row.add.get(column, 0) + delta
+            continue
+        row = _Row(
+            dict(span.ident),
+            span.seq,
+            span.first,
+            span.last,
+            True,
+            {**span.group, **span.put},
+            dict(span.add),
+        )
+        newest[group] = row
+        touched.append((target, row))
+    for target, row in touched:
+        if row.new:
+            values = {
+                **row.ident,
+                "seq": row.seq,
+                "start_at": row.start_at,
+                "end_at": row.end_at,
+                **row.put,
+                **row.add,
+            }
+            tx.execute(
+                f"INSERT INTO {target} ({', '.join(values)}) "
+                f"VALUES ({', '.join('?' for _ in values)})",
+                tuple(values.values()),
+            )
+        elif row.put or row.add:
+            sets = ["start_at = ?", "end_at = ?"] + [f"{c} = ?" for c in row.put]
+            sets += [f"{c} = {c} + ?" for c in row.add]
+            tx.execute(
+                f"UPDATE {target} SET {', '.join(sets)} "
+                f"WHERE {' AND '.join(f'{c} = ?' for c in row.ident)}",
+                (
+                    row.start_at,
+                    row.end_at,
+                    *row.put.values(),
+                    *row.add.values(),
+                    *row.ident.values(),
+                ),
             )
 
 

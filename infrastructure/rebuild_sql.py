@@ -61,6 +61,7 @@ PATTERNS: dict[str, tuple[str, ...]] = {
     "instances": ("GpuInstance.%",),
     "payments": ("Payment.%", "CreditAccount.AutoRenewTriggered"),
     "proxy_load": ("ProxyUsage.Recorded",),
+    "usage_sessions": ("ProxyUsage.Recorded",),
     "holds": tuple(f"CreditAccount.Hold{kind}" for kind in ("Placed", "Released", "Expired")),
 }
 

@@ -85,6 +85,7 @@ class Settings:
     proxy_request_price: int = 0  # micro-USD per proxied request
     proxy_lease_amount: int = 1_000_000  # micro-USD each serving process holds per user
     proxy_usage_flush_interval: float = 10.0
+    usage_session_idle_minutes: int = 30  # a usage session ends after this long without requests
     proxy_connect_timeout: float = 5.0
     proxy_default_timeout: float = 300.0
     # payments
@@ -438,6 +439,7 @@ def _proxy(env: Mapping[str, str]) -> dict[str, Any]:
         "proxy_request_price": price,
         "proxy_lease_amount": lease,
         "proxy_usage_flush_interval": _float(env, "PROXY_USAGE_FLUSH_SECONDS", 10.0, 0.05, 3600.0),
+        "usage_session_idle_minutes": _int(env, "USAGE_SESSION_IDLE_MINUTES", 30, 1, 10080),
         "proxy_connect_timeout": _float(env, "PROXY_CONNECT_TIMEOUT", 5.0, 0.1, 120.0),
         "proxy_default_timeout": _float(env, "GPU_API_TIMEOUT", 300.0, 0.1, 86400.0),
     }

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from msgspec import UNSET
 
 from domain.errors import InvalidArgumentError
+from domain.usage import Caller
 from infrastructure.proxy.targets import TargetRefusedError
 
 if TYPE_CHECKING:
@@ -86,9 +87,15 @@ def prepare(
 
 
 async def send(
-    runtime: ProxyRuntime, user_id: str, envelope: Envelope, timeout: float | None
+    runtime: ProxyRuntime,
+    user_id: str,
+    envelope: Envelope,
+    timeout: float | None,
+    caller: Caller | None = None,
 ) -> Upstream:
-    """Forward a prepared envelope for ``user_id``; a refused target is logged, then raised."""
+    """Forward a prepared envelope for ``user_id``; a refused target is logged, then raised.
+
+    ``caller``: who sent it, for their usage session."""
     try:
         return await runtime.forward(
             user_id,
@@ -100,6 +107,7 @@ async def send(
             instance_id=envelope.instance_id,
             path=envelope.path,
             query=envelope.query,
+            caller=caller,
         )
     except TargetRefusedError as exc:
         refused(user_id, exc, envelope.target_url or envelope.path)

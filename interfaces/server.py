@@ -142,9 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     try:
-        server.run(
-            sockets=http_sockets
-        )  # SIGINT/SIGTERM: stop accepting, finish in-flight requests, then return
+        # SIGINT/SIGTERM: stop accepting, finish in-flight requests, then return
+        server.run(sockets=http_sockets)
     finally:
         container.close()
         log.info("stopped")

@@ -82,7 +82,28 @@ class Insert:
     row: dict[str, Any]
 
 
-Op = Upsert | Insert
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Requests from ``first`` to ``last`` (epoch microseconds) of one ``group``.
+
+    The store extends the group's newest row (the highest ``seq``; columns ``start_at`` and
+    ``end_at``) when the span comes within ``gap`` of it, else opens a new row keyed
+    ``ident`` with ``seq`` (which must grow in log order). Decided from event times and the
+    rows folded before, in log order only: a rebuild gives the same rows.
+    """
+
+    table: str
+    group: dict[str, Any]
+    ident: dict[str, Any]
+    seq: int
+    first: int
+    last: int
+    gap: int
+    put: dict[str, Any] = field(default_factory=dict)
+    add: dict[str, int] = field(default_factory=dict)
+
+
+Op = Upsert | Insert | Span
 
 
 class Projection(Protocol):
@@ -103,6 +124,7 @@ class Batch:
     def __init__(self) -> None:
         self.upserts: dict[tuple[str, tuple[Any, ...]], Upsert] = {}
         self.inserts: dict[str, list[dict[str, Any]]] = {}
+        self.spans: list[Span] = []
         self.events = 0
 
     def add(self, ops: Iterable[Op]) -> None:
@@ -110,6 +132,9 @@ class Batch:
         for op in ops:
             if isinstance(op, Insert):
                 self.inserts.setdefault(op.table, []).append(op.row)
+                continue
+            if isinstance(op, Span):
+                self.spans.append(op)
                 continue
             ident = (op.table, tuple(op.key.items()))
             existing = self.upserts.get(ident)
@@ -119,4 +144,4 @@ class Batch:
                 existing.merge(op)
 
     def __bool__(self) -> bool:
-        return bool(self.upserts or self.inserts)
+        return bool(self.upserts or self.inserts or self.spans)

@@ -8,6 +8,7 @@ from projections.base import Insert, Op, Projection, Recorded, Upsert, to_micros
 from projections.instances import InstancesProjection
 from projections.payments import PaymentsProjection
 from projections.proxy_load import ProxyLoadProjection
+from projections.usage_sessions import UsageSessionsProjection
 
 ACCOUNT = "CreditAccount."
 SPEND_EVENTS = {"CreditAccount.Charged", "CreditAccount.HoldCaptured"}
@@ -184,5 +185,6 @@ ALL: tuple[Projection, ...] = (
     InstancesProjection(),
     PaymentsProjection(),
     ProxyLoadProjection(),
+    UsageSessionsProjection(),
 )
 BY_NAME: dict[str, Projection] = {p.name: p for p in ALL}

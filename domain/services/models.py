@@ -42,7 +42,7 @@ from domain.models import (
 from domain.ports import Clock, system_clock
 from domain.services.ledger import LedgerService
 from domain.services.proxy_leases import ProxyLeases, unique_process_id
-from domain.usage import ProxyUsage
+from domain.usage import Caller, ProxyUsage, SessionTally
 
 log = logging.getLogger(__name__)
 USAGE_PROVIDER = "model"
@@ -56,6 +56,7 @@ class ModelServingConfig:
     price: int = 0  # micro-USD per prediction
     lease_amount: int = 1_000_000
     flush_interval: float = 10.0
+    session_idle_minutes: int = 30  # recorded with each flush's usage-session rows
     record_ttl: float = 2.0  # seconds a looked-up record is reused (deletes elsewhere: then)
 
 
@@ -140,6 +141,7 @@ class ModelService:
             clock=clock,
         )
         self.usage = ModelUsage()
+        self.sessions = SessionTally()
         self._save_usage = save_usage
         self._records: dict[tuple[str, str], tuple[float, ModelRecord]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -291,8 +293,10 @@ class ModelService:
         *,
         outputs: Sequence[str] = (),
         strict: bool = False,
+        caller: Caller | None = None,
     ) -> tuple[ModelRecord, Prediction]:
-        """Check the input, pay (402 without a lease), run; counted into usage."""
+        """Check the input, pay (402 without a lease), run; counted into usage (and, given
+        ``caller``, into the caller's usage session)."""
         record = await self.find(owner, ref)
         known = [s.name for s in record.signature.outputs]
         unknown = [name for name in outputs if name not in known]
@@ -304,6 +308,8 @@ class ModelService:
         prepared = self.engine.prepare(record, inputs, strict=strict)
         if not self.leases.try_spend(owner):
             await self.leases.spend(owner)
+        if caller is not None:
+            self.sessions.count(owner, caller, self.leases.price, "model_fees")
         started = time.perf_counter()
         try:
             prediction = await self.engine.run(record, prepared, outputs)
@@ -318,8 +324,19 @@ class ModelService:
     def flush(self) -> int:
         """Record the counters since the last flush as one ProxyUsage event; returns rows."""
         rows = self.usage.drain()
-        if rows:
-            self._save_usage(ProxyUsage(process_id=self.process_id, rows=rows, at=self.clock()))
+        if rows or self.sessions:
+            at = self.clock()
+            sessions = self.sessions.drain(at)
+            idle = self.config.session_idle_minutes
+            self._save_usage(
+                ProxyUsage(
+                    process_id=self.process_id,
+                    rows=rows,
+                    at=at,
+                    sessions=sessions,
+                    idle_minutes=idle,
+                )
+            )
         return len(rows)
 
     def start(self) -> None:

@@ -59,6 +59,7 @@ def build_model_service(
         price=settings.model_predict_price,
         lease_amount=settings.model_lease_amount,
         flush_interval=settings.model_usage_flush_interval,
+        session_idle_minutes=settings.usage_session_idle_minutes,
     )
     return ModelService(
         SqlModelCatalog(db),

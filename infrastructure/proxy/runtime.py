@@ -5,8 +5,9 @@ user's instance signal is unchanged: see "Read your writes" below), the target c
 (``TargetGuard``: only their own instances, no SSRF), one credit-lease spend (in memory),
 a balancing pick (``LoadTracker``, this process's live figures), the upstream call
 (``Forwarder``), and a retry on another instance for connect errors and 502/503 within the
-retry budget. Counters are flushed as ``ProxyUsage`` events every few seconds; nothing is
-written to the event store per request.
+retry budget. Counters are flushed as ``ProxyUsage`` events every few seconds, with the
+per-caller tallies the usage sessions are folded from; nothing is written to the event store
+per request.
 
 Read your writes: the marketplace bumps the owner's ``InstanceSignal`` after saving a change
 into or out of ``running``, before it answers. A cached list is used only while the signal
@@ -35,7 +36,7 @@ from domain.errors import DomainError
 from domain.ports import Clock
 from domain.services.ledger import LedgerApp, LedgerService
 from domain.services.proxy_leases import ProxyLeases
-from domain.usage import ProxyUsage
+from domain.usage import Caller, ProxyUsage, SessionTally
 from infrastructure.projection_runner import ProjectionRunner
 from infrastructure.proxy.forwarder import (
     Body,
@@ -126,6 +127,7 @@ class ProxyRuntime:
         clock: Clock,
         signal: InstanceSignal | None = None,
         runner: ProjectionRunner | None = None,
+        session_idle_minutes: int = 30,
     ) -> None:
         self.db = db
         self.app = app
@@ -135,6 +137,8 @@ class ProxyRuntime:
         self.flush_interval = flush_interval
         self.process_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.tracker = LoadTracker()
+        self.sessions = SessionTally()
+        self.session_idle_minutes = session_idle_minutes
         self.guard = TargetGuard(allow_private=allow_private)
         self.forwarder = Forwarder(connect_timeout=connect_timeout)
         self.leases = ProxyLeases(
@@ -255,8 +259,12 @@ class ProxyRuntime:
         instance_id: str | None = None,
         path: str = "/",
         query: str = "",
+        caller: Caller | None = None,
     ) -> Upstream:
-        """Send one request to the caller's own instance(s); see the module docstring."""
+        """Send one request to the caller's own instance(s); see the module docstring.
+
+        ``caller`` (credential and address) puts the request and its fee into a usage session.
+        """
         pool = await self.pool(user_id)
         try:
             fixed = await self._fixed_target(pool, target_url, instance_id, path, query)
@@ -267,6 +275,8 @@ class ProxyRuntime:
             fixed = await self._fixed_target(pool, target_url, instance_id, path, query)
         if not self.leases.try_spend(user_id):
             await self.leases.spend(user_id)
+        if caller is not None:
+            self.sessions.count(user_id, caller, self.leases.price, "proxy_fees")
         deadline = time.monotonic() + (self.default_timeout if timeout is None else timeout)
         may_retry = fixed is None and not isinstance(body, AsyncIterator)
         strategy = await self.strategy(user_id) if fixed is None else ""
@@ -286,7 +296,8 @@ class ProxyRuntime:
             if not (may_retry and self._can_retry(pool, tried)):
                 if isinstance(sent, UpstreamResponse):
                     return Upstream(sent, target.endpoint, lambda _ok: None)
-                self.leases.refund(user_id)  # nothing was delivered: no fee
+                if self.leases.refund(user_id) and caller is not None:  # nothing delivered
+                    self.sessions.refund(user_id, caller, self.leases.price, "proxy_fees")
                 raise sent
             if isinstance(sent, UpstreamResponse):
                 sent.release()
@@ -394,8 +405,18 @@ class ProxyRuntime:
                     "latency_ms_sum": round(usage.latency_ms_sum),
                 }
             )
-        if rows:
-            self.app.save(ProxyUsage(process_id=self.process_id, rows=rows, at=self.clock()))
+        if rows or self.sessions:
+            at = self.clock()
+            sessions = self.sessions.drain(at)
+            self.app.save(
+                ProxyUsage(
+                    process_id=self.process_id,
+                    rows=rows,
+                    at=at,
+                    sessions=sessions,
+                    idle_minutes=self.session_idle_minutes,
+                )
+            )
         return len(rows)
 
     async def run_forever(self) -> None:

@@ -20,6 +20,7 @@ from domain.guardrails import SpendingReport, normalise_window
 from domain.money import usd_to_micros
 from domain.services.ledger import AccountView
 from domain.statements import month_bounds
+from interfaces.cli import sessions_commands
 from interfaces.cli.common import OneLineParser, fail, parse_time, print_json, usd
 from interfaces.cli.output import print_table, to_terminal
 from interfaces.spending_view import spending_json
@@ -189,6 +190,15 @@ def cmd_usage(args: argparse.Namespace) -> int:
     for d in days:
         table.add_row(d.day, usd(d.spent), str(d.spend_count), usd(d.granted), usd(d.debited))
     print_table(table)
+    return 0
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    c = _container(args)
+    try:
+        sessions_commands.admin_sessions(c, args)
+    finally:
+        c.close()
     return 0
 
 
@@ -664,6 +674,9 @@ def _ledger_commands(add: Add) -> None:
     p.add_argument("email")
     p.add_argument("--since", type=_day, help="YYYY-MM-DD (UTC)")
     p.add_argument("--until", type=_day, help="YYYY-MM-DD (UTC)")
+    p = add("sessions", cmd_sessions, "a user's usage sessions, newest first")
+    p.add_argument("email")
+    sessions_commands.add_paging(p)
     p = add("grant-credits", cmd_grant, "grant credits (USD) to a user")
     p.add_argument("email")
     p.add_argument("amount", type=_positive_usd, help="USD, e.g. 50.00")

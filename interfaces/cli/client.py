@@ -27,7 +27,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
 from domain.guardrails import WINDOW_NAMES
-from interfaces.cli import proxy_commands
+from interfaces.cli import proxy_commands, sessions_commands
 from interfaces.cli.common import OneLineParser
 from interfaces.cli.output import CliError, print_json, print_table
 
@@ -387,6 +387,7 @@ COMMANDS: dict[str, Callable[[Api, argparse.Namespace], None]] = {
     "release": release_reservation,
     "credits": show_credits,
     "transactions": show_transactions,
+    "sessions": sessions_commands.show_sessions,
     "spending": show_spending,
     "list": list_offers,
     "create": create_instance,
@@ -540,6 +541,8 @@ def build_parser() -> OneLineParser:
     t.add_argument("--limit", type=int, default=20)
     t.add_argument("--before", type=int)
     sub.add_parser("spending", parents=[common], help="your spend per guard-rail window")
+    s = sub.add_parser("sessions", parents=[common], help="your usage sessions, newest first")
+    sessions_commands.add_paging(s)
     _add_gpu_commands(sub, common)
     proxy_commands.add_commands(sub, common)
     return parser

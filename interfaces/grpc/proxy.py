@@ -32,6 +32,7 @@ from interfaces.grpc.calls import Call
 from interfaces.grpc.convert import usd_out
 from interfaces.grpc.generated import gpuproxy as pb
 from interfaces.http.controllers.proxy import ProxyBody
+from interfaces.usage_sessions_view import caller_of
 
 if TYPE_CHECKING:
     from interfaces.bootstrap import Container
@@ -84,7 +85,8 @@ async def forward(runtime: ProxyRuntime, call: Call, msg: pb.ProxyRequestMessage
     left = call.time_left()
     if left is not None:
         timeout = left if timeout is None else min(timeout, left)
-    return await envelope.send(runtime, call.user.user_id, prepared, timeout)
+    caller = caller_of(call.user, call.peer_host, call.user_agent)
+    return await envelope.send(runtime, call.user.user_id, prepared, timeout, caller)
 
 
 def _body(upstream: Upstream) -> AsyncGenerator[bytes, None]:

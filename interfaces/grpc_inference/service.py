@@ -28,11 +28,13 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from domain.errors import DomainError
 from domain.models import ModelInputError, ModelNotFoundError, ModelRecord
+from domain.usage import Caller
 from infrastructure.auth import Principal
 from infrastructure.models import tensors
 from interfaces.grpc.auth import authenticate, peer_of
 from interfaces.grpc.errors import to_grpc
 from interfaces.grpc_inference import messages as pb
+from interfaces.usage_sessions_view import caller_of
 
 if TYPE_CHECKING:
     from interfaces.bootstrap import Container
@@ -57,6 +59,7 @@ CONTENTS = {
     "BYTES": "bytes_contents",
 }
 CALLER: ContextVar[Principal] = ContextVar("oip_grpc_caller")
+USAGE_CALLER: ContextVar[Caller] = ContextVar("oip_grpc_usage_caller")  # for usage sessions
 Handler = Callable[[Any], Awaitable[None]]
 
 
@@ -115,9 +118,12 @@ class InferenceService:
                         peer_of(stream),
                     )
                     token = CALLER.set(principal)
+                    agent = str(getattr(stream, "user_agent", "") or "")
+                    usage = USAGE_CALLER.set(caller_of(principal, peer_of(stream), agent))
                     try:
                         reply = await method(request)
                     finally:
+                        USAGE_CALLER.reset(usage)
                         CALLER.reset(token)
             except (GRPCError, StreamTerminatedError, asyncio.CancelledError):
                 raise
@@ -181,7 +187,12 @@ class InferenceService:
         inputs = _inputs(request, record)
         wanted = tuple(o.name for o in request.outputs)
         _, result = await self.models.predict(
-            CALLER.get().user_id, request.model_name, inputs, outputs=wanted, strict=True
+            CALLER.get().user_id,
+            request.model_name,
+            inputs,
+            outputs=wanted,
+            strict=True,
+            caller=USAGE_CALLER.get(),
         )
         datatypes = {s.name: s.datatype for s in record.signature.outputs}
         reply = pb.ModelInferResponse(

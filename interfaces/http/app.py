@@ -18,7 +18,17 @@ from infrastructure.proxy.runtime import ProxyRuntime
 from interfaces.agents import routes as agents
 from interfaces.http import docs_assets
 from interfaces.http.card_guard import refuse_card_numbers
-from interfaces.http.controllers import admin, auth, billing, gpu, health, money, oip, proxy
+from interfaces.http.controllers import (
+    admin,
+    auth,
+    billing,
+    gpu,
+    health,
+    money,
+    oip,
+    proxy,
+    usage_sessions,
+)
 from interfaces.http.controllers import models as model_routes
 from interfaces.http.errors import (
     make_internal_handler,
@@ -103,6 +113,7 @@ def create_app(
         clock=container.ledger.clock,
         signal=container.instances_signal,
         runner=container.runner,
+        session_idle_minutes=settings.usage_session_idle_minutes,
     )
     streams = Streams(container)
 
@@ -137,6 +148,7 @@ def create_app(
             *health.handlers,
             auth.router,
             money.router,
+            usage_sessions.router,
             admin.router,
             gpu.router,
             billing.router,

@@ -20,10 +20,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from domain.errors import DomainError, InvalidArgumentError
+from domain.usage import Caller
 from infrastructure.models.tensors import to_json
 from infrastructure.proxy.runtime import ProxyRuntime
 from interfaces.http.controllers.models import _inputs
+from interfaces.http.security import client_address
 from interfaces.proxy_envelope import Envelope, prepare, send
+from interfaces.usage_sessions_view import caller_of
 from interfaces.ws.protocol import Infer
 from interfaces.ws.session import Session
 
@@ -77,6 +80,13 @@ class _RateLimitedError(DomainError):
         super().__init__("rate limit exceeded", retry_after=retry_after)
 
 
+def _caller(session: Session) -> Caller:
+    """The socket's credential and client address, for the caller's usage session."""
+    scope = session.socket.scope
+    agent = dict(scope.get("headers") or ()).get(b"user-agent", b"").decode("latin-1")
+    return caller_of(session.principal, client_address(scope), agent)
+
+
 async def run_infer(
     c: Container, runtime: ProxyRuntime, session: Session, msg: Infer, ref: str
 ) -> None:
@@ -92,7 +102,7 @@ async def run_infer(
             return
         envelope = _request(msg)
         await _check_rate(c, session)
-        upstream = await send(runtime, session.user_id, envelope, msg.timeout)
+        upstream = await send(runtime, session.user_id, envelope, msg.timeout, _caller(session))
         content_type = next(
             (v for k, v in upstream.response.headers if k.lower() == "content-type"), ""
         )
@@ -139,7 +149,11 @@ async def _predict(c: Container, session: Session, model_id: str, payload: Any, 
     service = c.model_service()
     record = await service.find(session.user_id, model_id)
     _, result = await service.predict(
-        session.user_id, model_id, _inputs(record, payload["input"]), outputs=tuple(outputs)
+        session.user_id,
+        model_id,
+        _inputs(record, payload["input"]),
+        outputs=tuple(outputs),
+        caller=_caller(session),
     )
     row = result.rows is None
     values = {name: to_json(value, row=row) for name, value in result.outputs.items()}

@@ -58,17 +58,25 @@ def visible(prepared: Prepared, sub: Subscription) -> frozenset[str]:
     if sub.user_id is None:
         return wanted
     if prepared.event.name.startswith("ProxyUsage."):
-        rows = prepared.event.data.get("rows") or []
-        return wanted if any(r.get("owner") == sub.user_id for r in rows) else frozenset()
+        data = prepared.event.data
+        rows = data.get("rows") or []
+        mine = any(r.get("owner") == sub.user_id for r in rows) or any(
+            s.get("user_id") == sub.user_id for s in data.get("sessions") or []
+        )
+        return wanted if mine else frozenset()
     return wanted if prepared.owner == sub.user_id else frozenset()
 
 
 def render(prepared: Prepared, topics: frozenset[str], user_id: str | None) -> str:
-    """The JSON text of one event message for a subscriber (usage rows cut to their own)."""
+    """The JSON text of one event message for a subscriber (usage rows and usage-session
+    tallies cut to their own)."""
     event = prepared.event
     data = {k: v for k, v in event.data.items() if k not in HIDDEN_FIELDS}
-    if user_id is not None and "rows" in data and event.name.startswith("ProxyUsage."):
-        data["rows"] = [r for r in data["rows"] if r.get("owner") == user_id]
+    if user_id is not None and event.name.startswith("ProxyUsage."):
+        if "rows" in data:
+            data["rows"] = [r for r in data["rows"] if r.get("owner") == user_id]
+        if "sessions" in data:
+            data["sessions"] = [s for s in data["sessions"] if s.get("user_id") == user_id]
     message: dict[str, Any] = {
         "type": "event",
         "id": event.position,

@@ -79,7 +79,7 @@ def test_user_and_credit_commands(
     capsys.readouterr()
     assert admin("rebuild-projections") == 0
     summary = capsys.readouterr().out.strip().splitlines()[-1]
-    assert summary.startswith("rebuilt 8 projection(s) from 4 events in ")
+    assert summary.startswith("rebuilt 9 projection(s) from 4 events in ")
     assert summary.endswith(" events/s)")
     assert admin("verify-projections", "balances") == 0
 

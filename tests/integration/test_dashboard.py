@@ -12,12 +12,14 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from domain.usage import ProxyUsage
 from infrastructure.settings import load_settings
 from interfaces.bootstrap import Container, bootstrap
 from tests.conftest import IN_CI
@@ -106,6 +108,24 @@ def _browser() -> Any:
     return sync_playwright()
 
 
+def usage_flush(user_id: str, address: str) -> ProxyUsage:
+    """A proxy's usage flush holding one caller's tally (what ``SessionTally.drain`` gives)."""
+    at = datetime.now(UTC)
+    micros = int(at.timestamp() * 1_000_000)
+    row = {
+        "user_id": user_id,
+        "credential": "apikey:key-1",
+        "address": address,
+        "user_agent": "dashboard-test",
+        "first_at": micros - 60_000_000,
+        "last_at": micros,
+        "requests": 4,
+        "proxy_fees": 4_000,
+        "model_fees": 0,
+    }
+    return ProxyUsage(process_id="t", rows=[], at=at, sessions=[row], idle_minutes=30)
+
+
 def _login(page: Any, url: str, email: str) -> None:
     page.goto(f"{url}/admin")
     page.fill("#login-email", email)
@@ -125,6 +145,7 @@ def test_dashboard_grants_limits_and_live_updates_in_a_real_browser(
     boss = make_user(c, "ops", admin=True)
     target = make_user(c, f"target{uuid.uuid4().hex[:4]}")
     c.ledger.grant(target.user_id, 5_000_000, key="seed", source="admin", reason="seed", actor="t")
+    c.app.save(usage_flush(target.user_id, "203.0.113.9"))  # one usage session, 4 requests
     plain = make_user(c, "viewer")
     with _browser() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -157,6 +178,8 @@ def _admin_session(browser: Any, url: str, boss: Account, target: Account) -> No
     page.click(f"#user-results a:has-text('{target.email}')")
     balance = page.locator("#credit-balance")
     expect(balance).to_have_text("$5.00", timeout=10_000)
+    expect(page.locator("#usage-sessions")).to_contain_text("203.0.113.9", timeout=10_000)
+    expect(page.locator("#usage-sessions")).to_contain_text("apikey:key-1")
     _shot(page, "02-user.png")
 
     # grant through the form: the balance changes when the event arrives over /ws

@@ -42,7 +42,8 @@ from domain.services.models import ModelService
 from infrastructure.auth import Principal
 from infrastructure.models.staging import receive_multipart
 from infrastructure.models.tensors import to_json
-from interfaces.http.security import container_of, provide_principal
+from interfaces.http.security import client_address, container_of, provide_principal
+from interfaces.usage_sessions_view import caller_of
 
 FORM_SLACK = 1_048_576  # multipart framing and small fields around the file
 OutputName = Annotated[str, Meta(min_length=1, max_length=256)]
@@ -189,8 +190,11 @@ async def predict(
     service = service_of(request)
     record = await service.find(principal.user_id, model_id)
     inputs = _inputs(record, data.input)
+    caller = caller_of(
+        principal, client_address(request.scope), request.headers.get("user-agent", "")
+    )
     _, result = await service.predict(
-        principal.user_id, model_id, inputs, outputs=tuple(data.outputs or ())
+        principal.user_id, model_id, inputs, outputs=tuple(data.outputs or ()), caller=caller
     )
     row = result.rows is None
     outputs = {name: to_json(value, row=row) for name, value in result.outputs.items()}

@@ -25,7 +25,8 @@ from domain.models import ModelNotFoundError, ModelRecord
 from domain.services.models import ModelService
 from infrastructure.auth import Principal
 from infrastructure.models import tensors
-from interfaces.http.security import container_of, provide_principal
+from interfaces.http.security import client_address, container_of, provide_principal
+from interfaces.usage_sessions_view import caller_of
 
 SERVER_NAME = "gpuproxy"
 VERSION = "1"
@@ -127,7 +128,12 @@ async def _infer(
     parsed, binary = _parse(body, request.headers.get(HEADER_LENGTH))
     inputs = _inputs(parsed, binary, record)
     wanted = tuple(o.name for o in parsed.outputs or ())
-    _, result = await service.predict(principal.user_id, name, inputs, outputs=wanted, strict=True)
+    caller = caller_of(
+        principal, client_address(request.scope), request.headers.get("user-agent", "")
+    )
+    _, result = await service.predict(
+        principal.user_id, name, inputs, outputs=wanted, strict=True, caller=caller
+    )
     return _answer(parsed, record, name, result.outputs)
 
 

@@ -34,7 +34,8 @@ from interfaces import proxy_envelope as proxy_envelope_input
 from interfaces.http import raw_proxy
 from interfaces.http.raw_proxy import BUFFER_LIMIT, MAX_TIMELIMIT
 from interfaces.http.schemas import NO_NUL
-from interfaces.http.security import container_of, provide_principal
+from interfaces.http.security import client_address, container_of, provide_principal
+from interfaces.usage_sessions_view import caller_of
 
 log = logging.getLogger(__name__)
 PROTOCOLS = proxy_envelope_input.PROTOCOLS
@@ -125,8 +126,11 @@ async def proxy_envelope(
         model=data.model,
     )
     timeout = raw_proxy.timelimit(request.headers.get("x-timelimit"), data.timeout)
+    caller = caller_of(
+        principal, client_address(request.scope), request.headers.get("user-agent", "")
+    )
     upstream = await proxy_envelope_input.send(
-        runtime_of(request), principal.user_id, envelope, timeout
+        runtime_of(request), principal.user_id, envelope, timeout, caller
     )
     return await answer(upstream)
 

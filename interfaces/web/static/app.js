@@ -297,6 +297,7 @@
     const holds = h("div");
     const ledger = h("div", { id: "ledger" });
     const keys = h("div", { id: "api-keys" });
+    const sessions = h("div", { id: "usage-sessions" });
     const audit = h("div", { id: "audit" });
     let points = [];
     let user = null;
@@ -326,7 +327,8 @@
         panel("Guard-rail limits", limitForm, resetForm, capForm)),
       h("div", { class: "grid" }, panel("Balance over time", chart), panel("Spend per window", spending)),
       h("div", { class: "grid" }, panel("Ledger", ledger), panel("Holds", holds)),
-      h("div", { class: "grid" }, panel("API keys", keys), panel("Audit trail", audit)));
+      h("div", { class: "grid" }, panel("API keys", keys), panel("Audit trail", audit)),
+      panel("Usage sessions", sessions));
 
     function drawCredits(c) {
       if (!c) { fill(credits, h("p", { class: "muted" }, "No credit account yet.")); return; }
@@ -363,11 +365,25 @@
       { label: "Actor", key: "actor" }, { label: "Reason", key: "reason" }, { label: "At", render: (t) => when(t.at) },
     ];
 
+    function drawSessions(list) {
+      fill(sessions, list.length ? table([
+        { label: "Started", render: (s) => when(s.started_at) }, { label: "Ended", render: (s) => when(s.ended_at) },
+        { label: "Seconds", render: (s) => String(Math.round(s.duration_seconds)), num: true },
+        { label: "Client", render: (s) => h("code", {}, s.credential + ":" + s.client_id) }, { label: "IP", key: "ip_address" },
+        { label: "Requests", key: "requests", num: true },
+        { label: "Proxy", render: (s) => usd(s.credits_spent.proxy_fees), num: true },
+        { label: "Models", render: (s) => usd(s.credits_spent.model_predictions), num: true },
+        { label: "Total", render: (s) => usd(s.credits_spent.total), num: true }, { label: "User agent", key: "user_agent" },
+      ], list, { key: (s) => s.id }) : h("p", { class: "muted" }, "No usage sessions yet."));
+    }
+
     async function loadAll() {
-      const [acct, tx, history, keyList, trail] = await Promise.all([
+      const [acct, tx, history, keyList, trail, usage] = await Promise.all([
         api("GET", base + "/account"), api("GET", base + "/transactions?limit=50"),
         api("GET", base + "/balance-history?limit=200"), api("GET", base + "/apikeys"), api("GET", base + "/audit?limit=50"),
+        api("GET", "/api/v1/usage/sessions?limit=20&user_id=" + encodeURIComponent(userId)),
       ]);
+      drawSessions(usage.sessions);
       user = acct.user;
       fill(title, user.email + " ", h("span", { class: "muted" }, user.name + " "), user.is_admin ? badge("admin") : null);
       roleButton.textContent = user.is_admin ? "Revoke admin" : "Make admin";

@@ -1,0 +1,49 @@
+"""GET /api/v1/usage/sessions: usage sessions (client, address, time, credits), newest first."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+from litestar import Request, Router, get
+from litestar.di import NamedDependency, Provide
+from litestar.params import QueryParameter
+
+from domain.errors import InvalidArgumentError
+from infrastructure.auth import Principal
+from infrastructure.usage_sessions import usage_sessions
+from interfaces.http.controllers.money import Before, Limit
+from interfaces.http.security import container_of, provide_principal
+from interfaces.usage_sessions_view import page_json
+
+
+@get(
+    "/usage/sessions",
+    sync_to_thread=True,
+    summary="Usage sessions (yours; an admin may name any user by user_id or email)",
+)
+def sessions(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    limit: Limit = 50,
+    before: Before = None,
+    user_id: Annotated[UUID | None, QueryParameter(description="admins: whose")] = None,
+    email: Annotated[str | None, QueryParameter(description="admins: whose")] = None,
+) -> dict[str, Any]:
+    c = container_of(request)
+    if user_id is not None and email is not None:
+        raise InvalidArgumentError("give user_id or email, not both", field="email")
+    whose = principal.user_id
+    if user_id is not None or email is not None:
+        principal.require_admin()
+        user = c.users.by_id(str(user_id)) if user_id is not None else c.users.by_email(email or "")
+        whose = user.id
+    return page_json(usage_sessions(c.db, whose, limit=limit, before=before), limit)
+
+
+router = Router(
+    path="/api/v1",
+    tags=["usage"],
+    dependencies={"principal": Provide(provide_principal)},
+    route_handlers=[sessions],
+)

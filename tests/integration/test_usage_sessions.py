@@ -1,0 +1,294 @@
+"""Usage sessions: folded from the proxy's batched usage events, per credential and address."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+from litestar.types import Receive, Scope, Send
+
+from domain.usage import ProxyUsage
+from infrastructure.rebuild import rebuild, verify
+from infrastructure.rebuild_sql import capable
+from infrastructure.settings import Settings
+from interfaces.bootstrap import Container, bootstrap
+from interfaces.cli import admin as admin_cli
+from interfaces.cli import client as client_cli
+from interfaces.http.app import create_app
+from projections.ledger import BY_NAME
+from tests.conftest import FixedClock
+from tests.integration import test_models_support as models
+from tests.integration.test_proxy_http import USD, _rent, _running, _user
+from tests.support.http import JWT_SECRET
+from tests.support.pg import env_of
+
+PRICE = 1_000  # micro-USD per proxied request
+ADDRESS = "x-test-address"  # the test's stand-in for the client's IP (see ``Addressed``)
+
+
+class Addressed:
+    """The app, with the scope's client address taken from a test header (default 10.0.0.1)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.app, name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            address = headers.get(ADDRESS.encode(), b"10.0.0.1").decode()
+            scope = {**scope, "client": (address, 40000)}  # type: ignore[typeddict-item]
+        await self.app(scope, receive, send)
+
+
+@dataclasses.dataclass
+class World:
+    client: TestClient[Any]
+    c: Container
+    clock: FixedClock
+    alice_id: str
+    alice_key_id: str
+    alice: dict[str, str]  # API key headers
+    bob: dict[str, str]  # a login session (JWT)
+
+    def proxy(self, n: int, address: str = "10.0.0.1", agent: str = "tests/1") -> None:
+        headers = {**self.alice, ADDRESS: address, "User-Agent": agent}
+        for _ in range(n):
+            answer = self.client.get("/api/v1/gpu/proxy/pool/echo", headers=headers)
+            assert answer.status_code == 200, answer.text
+
+    def flush(self) -> None:
+        self.client.app.state.proxy.flush()
+        self.c.runner.catch_up()
+
+    def sessions(self, headers: dict[str, str], query: str = "") -> Any:
+        return self.client.get(f"/api/v1/usage/sessions{query}", headers=headers)
+
+
+class InProcessApi:
+    """The client CLI's ``Api`` over the in-process app (the CLI's HTTP path is tested in
+    test_client_cli.py)."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def get(self, path: str, **params: Any) -> Any:
+        query = {k: v for k, v in params.items() if v is not None}
+        answer = self.world.client.get(path, params=query, headers=self.world.alice)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+
+@pytest.fixture
+def world(settings: Settings, clock: FixedClock) -> Iterator[World]:
+    tuned = dataclasses.replace(
+        settings,
+        jwt_secret=JWT_SECRET,
+        sandbox_enabled=True,
+        sandbox_provisioning_delay=0.0,
+        rate_limit_per_minute=100_000,
+        proxy_request_price=PRICE,
+        proxy_lease_amount=USD,
+        proxy_usage_flush_interval=3600.0,  # flushed by the tests only
+    )
+    c = bootstrap(tuned, clock=clock)
+    try:
+        with TestClient(create_app(c)) as client:
+            client.app = Addressed(client.app)
+            jwt = _user(client, c, "alice@example.com", 100 * USD)
+            bob = _user(client, c, "bob@example.com", 100 * USD)
+            _running(c, _rent(client, jwt, 2))
+            alice_id = c.users.by_email("alice@example.com").id
+            key, plaintext = c.auth.keys.create(alice_id, "laptop")
+            yield World(client, c, clock, alice_id, key.id, {"X-API-Key": plaintext}, bob)
+    finally:
+        c.close()
+
+
+def test_api_key_requests_from_one_address_make_one_session(world: World) -> None:
+    world.proxy(1)  # the first request places the lease (a hold: one event)
+    head = world.c.events.head()
+    world.proxy(24, agent="tests/2")
+    assert world.c.events.head() == head  # no event-store write per proxied request
+    world.flush()
+    assert world.c.events.head() == head + 1  # the one flush
+    page = world.sessions(world.alice).json()
+    assert page["next_before"] is None
+    [session] = page["sessions"]
+    assert session["requests"] == 25
+    assert session["client_id"] == world.alice_key_id
+    assert session["credential"] == "apikey"
+    assert session["ip_address"] == "10.0.0.1"
+    assert session["user_agent"] == "tests/2"
+    assert session["user_id"] == world.alice_id
+    assert Decimal(session["credits_spent"]["proxy_fees"]) == Decimal("0.025")
+    assert Decimal(session["credits_spent"]["total"]) == Decimal("0.025")
+    assert session["started_at"] <= session["ended_at"]
+    assert session["duration_seconds"] >= 0
+
+
+def test_more_than_idle_minutes_apart_opens_a_second_session(world: World) -> None:
+    world.proxy(2)
+    world.flush()
+    world.clock.advance(minutes=29)
+    world.proxy(3)
+    world.flush()
+    [one] = world.sessions(world.alice).json()["sessions"]
+    assert one["requests"] == 5
+    assert 29 * 60 - 1 < one["duration_seconds"] < 29 * 60 + 1
+    world.clock.advance(minutes=31)
+    world.proxy(4)
+    world.flush()
+    newer, older = world.sessions(world.alice).json()["sessions"]
+    assert (newer["requests"], older["requests"]) == (4, 5)
+    assert newer["started_at"] > older["ended_at"]
+
+
+def test_two_addresses_make_two_sessions(world: World) -> None:
+    world.proxy(2, address="10.0.0.1")
+    world.proxy(3, address="192.0.2.7")
+    world.flush()
+    sessions = world.sessions(world.alice).json()["sessions"]
+    assert {s["ip_address"]: s["requests"] for s in sessions} == {"10.0.0.1": 2, "192.0.2.7": 3}
+
+
+def test_own_sessions_only_admins_see_anyones(world: World) -> None:
+    world.proxy(2)
+    world.flush()
+    assert world.sessions(world.bob).json()["sessions"] == []
+    assert world.sessions(world.bob, f"?user_id={world.alice_id}").status_code == 403
+    assert world.sessions(world.bob, "?email=alice@example.com").status_code == 403
+    world.c.users.set_admin("bob@example.com")
+    for query in (f"?user_id={world.alice_id}", "?email=alice@example.com"):
+        answer = world.sessions(world.bob, query)
+        assert answer.status_code == 200, answer.text
+        assert [s["requests"] for s in answer.json()["sessions"]] == [2]
+    both = world.sessions(world.bob, f"?user_id={world.alice_id}&email=alice@example.com")
+    assert both.status_code == 400
+
+
+def test_paging_newest_first(world: World) -> None:
+    for i in range(5):
+        world.proxy(i + 1, address=f"198.51.100.{i}")
+        world.flush()
+    first = world.sessions(world.alice, "?limit=2").json()
+    assert [s["requests"] for s in first["sessions"]] == [5, 4]
+    second = world.sessions(world.alice, f"?limit=2&before={first['next_before']}").json()
+    assert [s["requests"] for s in second["sessions"]] == [3, 2]
+    third = world.sessions(world.alice, f"?limit=2&before={second['next_before']}").json()
+    assert [s["requests"] for s in third["sessions"]] == [1]
+    assert third["next_before"] is None
+
+
+def _rows(c: Container) -> list[tuple[Any, ...]]:
+    with c.db.read() as tx:
+        return sorted(tuple(r) for r in tx.fetchall("SELECT * FROM usage_sessions"))
+
+
+def test_rebuild_and_verify_give_the_live_rows(world: World) -> None:
+    projection = BY_NAME["usage_sessions"]
+    world.proxy(2)
+    world.proxy(1, address="192.0.2.7")
+    world.flush()
+    world.clock.advance(minutes=45)
+    world.proxy(3)
+    world.flush()
+    world.clock.advance(minutes=10)
+    world.proxy(1)  # extends the second session: a later flush updates a row
+    world.flush()
+    live = _rows(world.c)
+    assert len(live) == 3
+    methods = ["python", "sql"] if capable(world.c.db, world.c.events) else ["python"]
+    for method in methods:
+        [checked] = verify(world.c.db, world.c.events, [projection], method=method)  # type: ignore[arg-type]
+        assert checked.ok, method
+        assert checked.rows == 3
+        rebuild(world.c.db, world.c.events, [projection], method=method)  # type: ignore[arg-type]
+        assert _rows(world.c) == live, method
+
+
+def test_usage_events_recorded_before_sessions_still_load(world: World) -> None:
+    old = ProxyUsage(process_id="old", rows=[], at=datetime(2026, 1, 1, tzinfo=UTC))
+    [recorded] = old.collect_events()
+    for field in ("sessions", "idle_minutes"):  # as stored before these fields existed
+        del recorded.__dict__[field]
+    stored = world.c.app.mapper.to_stored_event(recorded)
+    assert b"sessions" not in stored.state
+    world.c.app.recorder.insert_events([stored])
+    loaded = world.c.app.repository.get(old.id)
+    assert (loaded.sessions, loaded.idle_minutes, loaded.process_id) == ([], 0, "old")
+    world.proxy(1)
+    world.flush()  # the runner folds the old event next to a new one
+    assert [s["requests"] for s in world.sessions(world.alice).json()["sessions"]] == [1]
+
+
+def test_client_and_admin_cli_sessions(
+    world: World,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    world.proxy(3, agent="cli-test/1")
+    world.flush()
+    capsys.readouterr()
+    args = client_cli.build_parser().parse_args(["sessions", "--json", "--limit", "5"])
+    client_cli.COMMANDS[args.command](InProcessApi(world), args)
+    page = json.loads(capsys.readouterr().out)
+    assert [s["requests"] for s in page["sessions"]] == [3]
+    args = client_cli.build_parser().parse_args(["sessions"])
+    client_cli.COMMANDS[args.command](InProcessApi(world), args)
+    table = capsys.readouterr().out  # not a terminal: TSV with whole values
+    assert world.alice_key_id in table
+    assert "cli-test/1" in table
+    assert "0.003" in table
+
+    for key, value in env_of(settings).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    assert admin_cli.main(["sessions", "alice@example.com", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == page
+    assert admin_cli.main(["sessions", "alice@example.com"]) == 0
+    assert world.alice_key_id in capsys.readouterr().out
+    with pytest.raises(SystemExit) as unknown:
+        admin_cli.main(["sessions", "nobody@example.com"])
+    assert unknown.value.code == 1  # the operation failed
+    with pytest.raises(SystemExit) as bad:
+        admin_cli.main(["sessions", "alice@example.com", "--limit", "0"])
+    assert bad.value.code == 2  # bad arguments
+
+
+def test_model_predictions_count_with_their_fees(
+    sqlite_settings: Settings, clock: FixedClock
+) -> None:
+    with models.make_world(
+        sqlite_settings,
+        clock,
+        model_predict_price=10_000,
+        model_lease_amount=50_000,
+        model_usage_flush_interval=3600.0,
+    ) as w:
+        content, _ = models.dense_onnx()
+        assert w.upload("alice", "p.onnx", content, name="p").status_code == 201
+        for _ in range(7):
+            assert w.predict("alice", "p", {"input": [1, 2, 3, 4]}).status_code == 200
+        w.c.model_service().flush()
+        w.c.runner.catch_up()
+        answer = w.client.get("/api/v1/usage/sessions", headers=w.h("alice"))
+        [session] = answer.json()["sessions"]
+        assert session["requests"] == 7
+        assert session["credential"] == "apikey"
+        spent = {kind: Decimal(usd) for kind, usd in session["credits_spent"].items()}
+        assert spent == {
+            "proxy_fees": Decimal(0),
+            "model_predictions": Decimal("0.07"),
+            "total": Decimal("0.07"),
+        }
