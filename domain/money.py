@@ -41,6 +41,14 @@ def usd_to_micros(value: str | int | Decimal, *, field: str = "amount") -> int:
     return -result if sign else result
 
 
+def format_usd(micros: int) -> str:
+    """Format micro-USD with exactly six decimals ("50.000000", "0.000125"): exact, and every
+    amount in a column lines up (the CLIs' tables; README "Money format")."""
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), MICROS_PER_USD)
+    return f"{sign}{whole}.{frac:06d}"
+
+
 def micros_to_usd(micros: int) -> str:
     """Format micro-USD as a USD decimal string with at least two decimals ("50.00", "0.000125")."""
     sign = "-" if micros < 0 else ""

@@ -22,7 +22,7 @@ from domain.services.ledger import AccountView
 from domain.statements import month_bounds
 from interfaces.cli import sessions_commands
 from interfaces.cli.common import OneLineParser, fail, parse_time, print_json, usd
-from interfaces.cli.output import print_table, to_terminal
+from interfaces.cli.output import money, print_table, to_terminal
 from interfaces.spending_view import spending_json
 from interfaces.statement_view import statement_json
 
@@ -229,7 +229,7 @@ def cmd_grant(args: argparse.Namespace) -> int:
         )
         return 0
     verb = "granted" if outcome.applied else "already granted (same idempotency key)"
-    print(f"{verb} {usd(args.amount)} USD to {user.email}; balance {usd(view.balance)} USD")
+    print(f"{verb} {money(args.amount)} USD to {user.email}; balance {money(view.balance)} USD")
     return 0
 
 
@@ -292,7 +292,7 @@ def cmd_balance(args: argparse.Namespace) -> int:
         table.add_row(key, str(data[key]))
     print_table(table)
     if view.holds:
-        holds = Table("hold", "amount", "captured", "expires")
+        holds = Table("hold", "USD", "captured USD", "expires")
         for h in view.holds:
             holds.add_row(h.hold_id, usd(h.amount), usd(h.captured), h.expires_at.isoformat())
         print_table(holds)
@@ -448,7 +448,7 @@ def cmd_set_cap(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"user_id": user.id, "email": user.email, "cap": usd(args.cap)})
     else:
-        print(f"overage cap for {user.email} is now {usd(args.cap)} USD")
+        print(f"overage cap for {user.email} is now {money(args.cap)} USD")
     return 0
 
 
@@ -458,7 +458,7 @@ def _describe(data: dict[str, Any]) -> str:
         if key in {"amount", "cap", "threshold", "available", "bucket_amount"} and isinstance(
             value, int
         ):
-            parts.append(f"{key}={usd(value)}")
+            parts.append(f"{key}={money(value)}")
         elif key == "originator_topic" or value in ("", None):
             continue
         elif isinstance(value, datetime):
@@ -619,7 +619,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     table = Table("metric", "value", title="GPU Proxy ledger")
     for key, value in stats.items():
         if key != "projections":
-            table.add_row(key, str(value))
+            table.add_row(key, money(value) if key.endswith("_total") else str(value))
     for name, p in stats["projections"].items():
         table.add_row(f"projection {name}", f"position {p['position']}, lag {p['lag']}")
     print_table(table)

@@ -29,7 +29,7 @@ from rich.table import Column, Table
 from domain.guardrails import WINDOW_NAMES
 from interfaces.cli import proxy_commands, sessions_commands
 from interfaces.cli.common import OneLineParser
-from interfaces.cli.output import CliError, print_json, print_table
+from interfaces.cli.output import CliError, money, print_json, print_table
 
 console = Console()
 PROG = "aiserve-gpuproxy-client"
@@ -111,7 +111,7 @@ def show_credits(api: Api, args: argparse.Namespace) -> None:
         text = str(value)
         if key == "credits_auto_renew":
             state = "on" if value["enabled"] else "off"
-            text = f"{state} (below {value['threshold']} buy {value['amount']})"
+            text = f"{state} (below {money(value['threshold'])} buy {money(value['amount'])})"
         if key != "currency":
             table.add_row(key, text)
     print_table(table)
@@ -221,6 +221,9 @@ INSTANCE_FIELDS = (
 )
 
 
+MONEY_FIELDS = frozenset({"price_per_hour", "billed", "cost_so_far", "held"})
+
+
 def show_instance_data(instance: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json({"instance": instance})
@@ -228,7 +231,8 @@ def show_instance_data(instance: dict[str, Any], as_json: bool) -> None:
     table = Table("field", "value")
     for name in INSTANCE_FIELDS:
         value = instance.get(name)
-        table.add_row(name, "" if value is None else str(value))
+        text = "" if value is None else str(value)
+        table.add_row(name, money(text) if name in MONEY_FIELDS else text)
     print_table(table)
 
 
@@ -341,7 +345,8 @@ def show_reservation(data: dict[str, Any], as_json: bool) -> None:
         return
     table = Table(_folded("field"), _folded("value"))
     for key in ("id", "state", "count", "provider", "held", "reason"):
-        table.add_row(key, str(data.get(key)))
+        text = str(data.get(key))
+        table.add_row(key, money(text) if key in MONEY_FIELDS else text)
     table.add_row("instances", "\n".join(data.get("instances", [])) or "-")
     for attempt in data.get("failed_attempts", []):
         table.add_row(

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from domain.errors import DomainError
 from domain.money import usd_to_micros
-from interfaces.cli.output import CliError, print_json, print_table
+from interfaces.cli.output import CliError, money, print_json, print_table
 
 PROTOCOLS = ("http", "https", "openinference", "mcp")
 STRATEGIES = (
@@ -155,11 +155,12 @@ def pay(api: Any, args: argparse.Namespace) -> None:
     if args.json:
         print_json(data)
         return
-    print(f"payment {data['id']}: {data['status']} ({data['amount']} USD via {data['provider']})")
+    amount = money(data["amount"])
+    print(f"payment {data['id']}: {data['status']} ({amount} USD via {data['provider']})")
     crypto = data.get("crypto")
     if crypto:
         print(
-            f"send exactly {crypto['amount_units']} USDC units ({data['amount']} USDC) on "
+            f"send exactly {crypto['amount_units']} USDC units ({amount} USDC) on "
             f"{crypto['network']} from {crypto['from_wallet']} to {crypto['pay_to']} "
             f"(token {crypto['token_contract']}) before {crypto['expires_at']}"
         )
@@ -172,7 +173,7 @@ def payments(api: Any, args: argparse.Namespace) -> None:
     if args.json:
         print_json(data)
         return
-    table = Table("id", "status", "amount", "provider", "method", "created")
+    table = Table("id", "status", "USD", "provider", "method", "created")
     for p in data["payments"]:
         table.add_row(
             p["id"], p["status"], p["amount"], p["provider"], p["payment_method"], p["created_at"]

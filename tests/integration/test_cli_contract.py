@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -291,3 +292,58 @@ def test_client_help_names_its_environment(capsys: pytest.CaptureFixture[str]) -
     text = capsys.readouterr().out
     for name in ("GPUPROXY_API_KEY", "GPUPROXY_SERVER", "GPUPROXY_GRPC"):
         assert name in text
+
+
+# ------------------------------------------------------------------ money in one format
+
+AMOUNT = re.compile(r"-?\d+\.\d+")
+
+
+def _amount_cells(out: str) -> list[str]:
+    """The amounts in the USD columns of the TSV tables in ``out`` (several tables allowed)."""
+    found: list[str] = []
+    money_columns: set[int] = set()
+    for line in out.splitlines():
+        cells = line.split("\t")
+        if any("USD" in c for c in cells) and not any(AMOUNT.fullmatch(c) for c in cells):
+            money_columns = {i for i, c in enumerate(cells) if "USD" in c}  # a header line
+            continue
+        found += [c for i, c in enumerate(cells) if i in money_columns and AMOUNT.fullmatch(c)]
+    return found
+
+
+def test_admin_tables_show_money_with_six_decimals(
+    admin_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No ``0.00`` beside ``49.958854``: every amount in a table has six decimals."""
+    capsys.readouterr()
+    assert _code(admin.main, ["grant-credits", "ann@example.com", "49.958854"]) == 0
+    assert "granted 49.958854 USD" in capsys.readouterr().out
+    assert _code(admin.main, ["set-limits", "ann@example.com", "60min=10", "--reason", "r"]) == 0
+    capsys.readouterr()
+    assert _code(admin.main, ["stats"]) == 0
+    assert "balance_total\t49.958854\nheld_total\t0.000000\n" in capsys.readouterr().out
+    for argv in (["balance", "ann@example.com"], ["usage", "ann@example.com"]):
+        assert _code(admin.main, argv) == 0
+        cells = _amount_cells(capsys.readouterr().out)
+        assert cells, argv
+        assert all(re.fullmatch(r"-?\d+\.\d{6}", c) for c in cells), (argv, cells)
+    assert _code(admin.main, ["balance", "ann@example.com"]) == 0
+    out = capsys.readouterr().out
+    assert "credits_remaining\t49.958854" in out
+    assert "credits_held\t0.000000" in out
+    assert "60MIN\t0.000000\t0.000000\t10.000000\t10.000000" in out
+    assert _code(admin.main, ["balance", "ann@example.com", "--json"]) == 0  # the API's strings
+    assert json.loads(capsys.readouterr().out)["credits_held"] == "0.00"
+
+
+def test_client_tables_show_money_with_six_decimals(
+    server: Server, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["-server", server.url, "-key", server.key]
+    for argv in (["credits"], ["spending"], ["transactions"], ["list", "--limit", "5"]):
+        capsys.readouterr()
+        assert _code(client.main, [*base, *argv]) == 0
+        cells = _amount_cells(capsys.readouterr().out)
+        assert cells, argv
+        assert all(re.fullmatch(r"-?\d+\.\d{6}", c) for c in cells), (argv, cells)
