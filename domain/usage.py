@@ -13,6 +13,7 @@ Events recorded before sessions were kept load with none.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -71,33 +72,38 @@ class SessionTally:
     """Requests and fees per (user, credential, address) since the last flush, in memory.
 
     ``count`` is called once per request (no I/O, no clock but ``time.monotonic``);
-    ``drain`` turns the monotonic times into business times with one clock reading.
+    ``drain`` (on a flushing thread) turns the monotonic times into business times with one
+    clock reading. A lock keeps a count from landing in a tally already drained.
     """
 
     def __init__(self) -> None:
         self._tallies: dict[tuple[str, str, str], _Tally] = {}
+        self._lock = threading.Lock()
 
     def count(self, user_id: str, caller: Caller, fee: int, kind: str) -> None:
         now = time.monotonic()
         key = (user_id, caller.credential, caller.address)
-        tally = self._tallies.get(key)
-        if tally is None:
-            tally = self._tallies[key] = _Tally(now, now, caller.user_agent)
-        tally.last = now
-        tally.agent = caller.user_agent
-        tally.requests += 1
-        setattr(tally, kind, getattr(tally, kind) + fee)
+        with self._lock:
+            tally = self._tallies.get(key)
+            if tally is None:
+                tally = self._tallies[key] = _Tally(now, now, caller.user_agent)
+            tally.last = now
+            tally.agent = caller.user_agent
+            tally.requests += 1
+            setattr(tally, kind, getattr(tally, kind) + fee)
 
     def refund(self, user_id: str, caller: Caller, fee: int, kind: str) -> None:
         """The fee ``count`` added was given back (nothing was delivered)."""
-        tally = self._tallies.get((user_id, caller.credential, caller.address))
-        if tally is not None:
-            setattr(tally, kind, max(0, getattr(tally, kind) - fee))
+        with self._lock:
+            tally = self._tallies.get((user_id, caller.credential, caller.address))
+            if tally is not None:
+                setattr(tally, kind, max(0, getattr(tally, kind) - fee))
 
     def drain(self, now: datetime) -> list[dict[str, Any]]:
         """The rows since the last drain, times in epoch microseconds; counters reset."""
-        tallies, self._tallies = self._tallies, {}
-        mono = time.monotonic()
+        with self._lock:
+            tallies, self._tallies = self._tallies, {}
+            mono = time.monotonic()
         wall = int(now.timestamp()) * 1_000_000 + now.microsecond
         rows = []
         for (user_id, credential, address), t in tallies.items():
