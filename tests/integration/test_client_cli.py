@@ -281,8 +281,8 @@ def test_create_wait_polls_until_running(
     assert time.monotonic() - started >= 0.9  # it waited for the provisioning delay
     assert "running" in ready.out
     assert "http://127.0.0.1:" in ready.out
-    instance_id = next(
-        line.split("│")[2].strip() for line in ready.out.splitlines() if "│ id " in line
+    instance_id = next(  # a pipe: the field/value table is tab-separated
+        line.split("\t")[1] for line in ready.out.splitlines() if line.startswith("id\t")
     )
     assert cli("destroy", "sandbox", instance_id).code == 0
 
