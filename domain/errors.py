@@ -20,7 +20,7 @@ class DomainError(Exception):
 class InvalidAmountError(DomainError):
     """An amount is not a positive, exact, finite micro-USD value."""
 
-    status = 422
+    status = 400
     title = "Invalid amount"
 
     def __init__(self, field: str, problem: str) -> None:
@@ -30,7 +30,7 @@ class InvalidAmountError(DomainError):
 class InvalidArgumentError(DomainError):
     """A command argument is out of range or malformed."""
 
-    status = 422
+    status = 400
     title = "Invalid argument"
 
 

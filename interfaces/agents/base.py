@@ -9,6 +9,7 @@ non-finite values are refused before any service sees them.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -55,7 +56,7 @@ class Action:
     hints: Mapping[str, str] = field(default_factory=dict)  # argument descriptions
 
     def parse(self, raw: Mapping[str, Any] | None) -> Any:
-        """Validate ``raw`` into the action's struct, or raise a 422 naming the problem."""
+        """Validate ``raw`` into the action's struct, or raise a 400 naming the field."""
         if raw is None:
             raw = {}
         if not isinstance(raw, Mapping):
@@ -67,7 +68,9 @@ class Action:
         try:
             return msgspec.convert(values, self.args, strict=False)
         except msgspec.ValidationError as exc:
-            raise InvalidArgumentError(f"Invalid arguments for {self.name}: {exc}") from None
+            raise InvalidArgumentError(
+                f"Invalid arguments for {self.name}: {exc}", **_field_of(str(exc))
+            ) from None
 
     def schema(self) -> dict[str, Any]:
         """The JSON Schema (draft 2020-12) of the arguments, self-contained."""
@@ -111,3 +114,9 @@ def usd_filter(value: str | None, name: str) -> int | None:
     if micros < 0:
         raise InvalidAmountError(name, "must not be negative")
     return micros
+
+
+def _field_of(message: str) -> dict[str, str]:
+    """The argument a msgspec validation message names (``at `$.count```, ``field `x```)."""
+    found = re.search(r"at `\$\.([^`\[]+)", message) or re.search(r"field `([^`]+)`", message)
+    return {"field": found.group(1)} if found else {}

@@ -2,7 +2,7 @@
 
 | REST | gRPC | for |
 |---|---|---|
-| 400, 413, 422 | INVALID_ARGUMENT | bad input |
+| 400, 413 | INVALID_ARGUMENT | bad input (REST answers bad input 400, never 422) |
 | 401 | UNAUTHENTICATED | no or bad credentials |
 | 402 | FAILED_PRECONDITION | insufficient credits, guard rails (violations in the message) |
 | 403 | PERMISSION_DENIED | admin only, a proxy target that is not yours |
@@ -37,7 +37,6 @@ BY_STATUS = {
     404: Status.NOT_FOUND,
     409: Status.FAILED_PRECONDITION,
     413: Status.INVALID_ARGUMENT,
-    422: Status.INVALID_ARGUMENT,
     429: Status.RESOURCE_EXHAUSTED,
     502: Status.UNAVAILABLE,
     503: Status.UNAVAILABLE,

@@ -307,13 +307,13 @@ def test_a2a_simple_form(alice: httpx.Client) -> None:
         "/api/v1/a2a",
         {"action": "guardrails.check", "from_agent": "me", "parameters": {"estimated_cost": -1}},
     )
-    assert (status, body["code"]) == (422, "INVALID_ARGUMENT")
+    assert (status, body["code"]) == (400, "INVALID_ARGUMENT")
     status, body = _post(
         alice,
         "/api/v1/a2a",
         {"action": "guardrails.check", "from_agent": "me", "parameters": {"estimated_cost": "NaN"}},
     )
-    assert (status, body["code"]) == (422, "INVALID_AMOUNT")
+    assert (status, body["code"]) == (400, "INVALID_AMOUNT")
     assert _post(alice, "/api/v1/a2a", {"action": "gpu.list"})[1]["code"] == ("MALFORMED_MESSAGE")
     status, body = _post(alice, "/api/v1/a2a", b"{nope")
     assert (status, body["code"]) == (400, "MALFORMED_MESSAGE")
@@ -353,7 +353,7 @@ def test_acp(alice: httpx.Client) -> None:
         _acp("command", {"command": "guardrails.check", "parameters": {"estimated_cost": -3}}),
     )
     assert (status, body["success"], body["payload"]["error"]) == (
-        422,
+        400,
         False,
         "INVALID_ARGUMENT",
     )
@@ -426,7 +426,7 @@ def test_fipa_refusals(alice: httpx.Client) -> None:
         "/api/v1/fipa",
         _fipa("query-if", {"condition": "spending-allowed", "parameters": {"estimated_cost": -1}}),
     )
-    assert (status, body["performative"]) == (422, "refuse")
+    assert (status, body["performative"]) == (400, "refuse")
     assert "greater than zero" in body["content"]["reason"]
     status, body = _post(alice, "/api/v1/fipa", _fipa("cfp", {"parameters": {"max_price": "0"}}))
     assert (status, body["performative"]) == (404, "refuse")
@@ -441,7 +441,7 @@ def test_fipa_refusals(alice: httpx.Client) -> None:
         "/api/v1/fipa",
         _fipa("request", {"action": "proxy", "parameters": {"model": "demo"}}),
     )
-    assert (status, body["performative"]) == (422, "refuse")  # neither instance nor URL
+    assert (status, body["performative"]) == (400, "refuse")  # neither instance nor URL
     status, body = _post(
         alice,
         "/api/v1/fipa",
@@ -514,7 +514,7 @@ def test_kqml_refusals(alice: httpx.Client) -> None:
         "/api/v1/kqml",
         _kqml("ask-if", {"query": "check_spending_limit", "parameters": {"estimated_cost": -2}}),
     )
-    assert (status, body["performative"]) == (422, "sorry")
+    assert (status, body["performative"]) == (400, "sorry")
     status, body = _post(
         alice,
         "/api/v1/kqml",
@@ -523,7 +523,7 @@ def test_kqml_refusals(alice: httpx.Client) -> None:
             {"query": "check_spending_limit", "parameters": {"estimated_cost": "-Infinity"}},
         ),
     )
-    assert (status, body["performative"]) == (422, "sorry")
+    assert (status, body["performative"]) == (400, "sorry")
     status, body = _post(
         alice, "/api/v1/kqml", _kqml("tell", {"fact": "record-spending", "value": -100})
     )
@@ -560,7 +560,7 @@ def test_langchain_tools_and_execute(alice: httpx.Client) -> None:
         "/api/v1/langchain",
         {"input": {"tool": "check_spending_limit", "tool_input": {"estimated_cost": -1}}},
     )
-    assert status == 422
+    assert status == 400
     assert body["output"]["result"]["error"]["code"] == "INVALID_ARGUMENT"
     status, body = _post(alice, "/api/v1/langchain", {"input": {"action": "dance"}})
     assert status == 400

@@ -178,11 +178,11 @@ def test_bad_input_is_4xx(market: tuple[TestClient[Any], Container]) -> None:
     auth = _user(client, c, "bad@example.com", 5 * USD)
     assert (
         client.get("/api/v1/gpu/instances", params={"provider": "nope"}, headers=auth).status_code
-        == 422
+        == 400
     )
     assert (
         client.get("/api/v1/gpu/instances", params={"max_price": "abc"}, headers=auth).status_code
-        == 422
+        == 400
     )
     assert (
         client.post(

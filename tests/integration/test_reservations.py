@@ -119,7 +119,7 @@ def test_reservation_over_rest(container: Container) -> None:
                 json={"count": 2, "gpu_model": "no-such-gpu"},
                 headers=auth,
             ).status_code
-            == 422
+            == 400
         )
         made = client.post(
             "/api/v1/gpu/instances/reserve",
