@@ -35,7 +35,7 @@ from domain.marketplace import (
     RentRequest,
 )
 from domain.ports import Clock
-from domain.reservations import MAX_GPUS, Reservation
+from domain.reservations import MAX_GPUS, GpuBudget, Reservation, plan
 from domain.services.ledger import LedgerService
 
 T = TypeVar("T")
@@ -416,7 +416,8 @@ class MarketplaceService:
         timeout: float = 300.0,
         poll: float = 0.5,
     ) -> Reservation:
-        """Rent ``count`` GPUs under one hold, all running within ``timeout`` or none."""
+        """Rent ``count`` GPUs (the members' ``num_gpus`` add up to it) under one hold, all
+        running within ``timeout`` or none."""
         if not 1 <= count <= MAX_GPUS:
             raise InvalidArgumentError(f"count must be 1 to {MAX_GPUS}", field="count")
         catalog = await self.catalog(replace(query, limit=max(64, 4 * count)), provider)
@@ -427,7 +428,16 @@ class MarketplaceService:
                 "No offer matches these filters" + (f" ({detail})" if detail else ""),
                 field="filters",
             )
-        planned = (spread(offers, self.config.spread) * count)[:count]  # a short list is reused
+        # A short list is reused (an offer may be rented more than once).
+        candidates = spread(offers, self.config.spread) * count
+        planned = plan(candidates, count)
+        if sum(o.num_gpus for o in planned) != count:
+            raise InvalidArgumentError(
+                f"the matching offers cannot make exactly {count} GPU(s) "
+                f"(at most {sum(o.num_gpus for o in planned)} without overshooting); "
+                "change count or the filters (e.g. num_gpus)",
+                field="count",
+            )
         amount = self._hold_amount(sum(o.price_per_hour for o in planned))
         reservation_id = uuid.uuid4()
         hold_id = f"res:{reservation_id}"
@@ -458,16 +468,17 @@ class MarketplaceService:
             )
 
         await asyncio.to_thread(self._retrying, owner, lambda a, n: (request(a, n),) * 2)
-        # Failover: each slot takes the next offer not yet tried, in spread order.
-        candidates = iter(spread(offers, self.config.spread) * count)
+        # Failover: each worker takes the next untried offer that fits the GPUs still free.
+        budget = GpuBudget(candidates, count)
         await asyncio.gather(
-            *(self._fill_slot(reservation_id, candidates, spec) for _ in range(count))
+            *(self._fill(reservation_id, budget, spec) for _ in range(len(planned)))
         )
         return await self._settle(reservation_id, timeout=timeout, poll=poll)
 
-    async def _fill_slot(self, reservation_id: UUID, candidates: Any, spec: RentSpec) -> None:
+    async def _fill(self, reservation_id: UUID, budget: GpuBudget[Offer], spec: RentSpec) -> None:
+        """Rent offers from ``budget`` until none fits the GPUs still free."""
         reservation = await asyncio.to_thread(self.get_reservation, reservation_id)
-        for offer in candidates:
+        while (offer := budget.take()) is not None:
             try:
                 gpu = await self.rent(
                     reservation.owner,
@@ -477,21 +488,20 @@ class MarketplaceService:
                     shared_hold=reservation.hold_id,
                 )
             except DomainError as exc:
-                failure = exc.message
+                budget.give_back(offer)
                 await asyncio.to_thread(
                     self._update_reservation,
                     reservation_id,
-                    _failed_rent(offer.provider, offer.offer_id, failure),
+                    _failed_rent(offer.provider, offer.offer_id, exc.message),
                 )
                 continue
             await asyncio.to_thread(self._update_reservation, reservation_id, _member(gpu))
-            return
 
     async def _settle(self, reservation_id: UUID, *, timeout: float, poll: float) -> Reservation:
         deadline = time.monotonic() + timeout
         while True:
             reservation = await asyncio.to_thread(self.get_reservation, reservation_id)
-            if len(reservation.members) < reservation.count:
+            if reservation.gpus < reservation.count:
                 return await self._roll_back(reservation, "not enough offers could be rented")
             states = []
             for member in reservation.members:
@@ -742,7 +752,7 @@ def _failed_rent(
 
 def _member(gpu: GpuInstance) -> Callable[[Reservation, datetime], None]:
     def change(reservation: Reservation, now: datetime) -> None:
-        reservation.add_member(gpu.id, gpu.provider, gpu.offer_id, now=now)
+        reservation.add_member(gpu.id, gpu.provider, gpu.offer_id, gpu.num_gpus, now=now)
 
     return change
 

@@ -196,6 +196,8 @@ ACTIONS = (
         name="reserve_gpus",
         description=(
             "Reserve 1-16 GPUs under one credit hold: all running before the deadline, or none."
+            " count is GPUs: the instances' num_gpus add up to it (an offer with more GPUs"
+            " than remain is skipped); the answer lists instances, members and gpus."
         ),
         args=ReserveBody,
         handler=reserve_gpus,

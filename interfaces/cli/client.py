@@ -344,7 +344,7 @@ def show_reservation(data: dict[str, Any], as_json: bool) -> None:
         print_json(data)
         return
     table = Table(_folded("field"), _folded("value"))
-    for key in ("id", "state", "count", "provider", "held", "reason"):
+    for key in ("id", "state", "count", "gpus", "provider", "held", "reason"):
         text = str(data.get(key))
         table.add_row(key, money(text) if key in MONEY_FIELDS else text)
     table.add_row("instances", "\n".join(data.get("instances", [])) or "-")
@@ -489,8 +489,10 @@ def _add_gpu_commands(sub: Any, common: OneLineParser) -> None:
         d.add_argument("provider")
         d.add_argument("instance_id", type=instance_uuid)
     sub.add_parser("rentals", parents=[common], help="your instances, newest first")
-    r = sub.add_parser("reserve", parents=[common], help="reserve N GPUs, all or none")
-    r.add_argument("count", type=ranged_int(1, 16))
+    r = sub.add_parser(
+        "reserve", parents=[common], help="reserve N GPUs (1-16, not instances), all or none"
+    )
+    r.add_argument("count", type=ranged_int(1, 16), help="GPUs: the instances' GPUs add up to it")
     r.add_argument("--provider", help="one marketplace (default: all)")
     r.add_argument("--min-vram", type=vram, metavar="GB")
     r.add_argument("--max-price", type=usd_amount, metavar="USD")

@@ -151,6 +151,7 @@ def reservation_message(reservation: Reservation) -> pb.Reservation:
         ],
         reason=reservation.reason or "",
         held=usd_out(reservation.hold_amount),
+        gpus=reservation.gpus,
     )
 
 

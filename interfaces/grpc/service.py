@@ -277,9 +277,9 @@ class GpuProxyService(BillingRpcs, pb.GpuProxyServiceBase):
         confirmed = reservation.state == "confirmed"
         return pb.ReserveGpUsResponse(
             reserved_instances=[convert.instance_message(g) for g in members],
-            reserved_count=len(members) if confirmed else 0,
+            reserved_count=reservation.gpus if confirmed else 0,
             message=(
-                f"Successfully reserved {len(members)} GPU(s)"
+                f"Successfully reserved {reservation.gpus} GPU(s) on {len(members)} instance(s)"
                 if confirmed
                 else f"Reserved 0/{reservation.count} GPUs: "
                 f"{reservation.reason or reservation.state}"

@@ -62,6 +62,7 @@ def reservation_json(r: pb.Reservation) -> dict[str, Any]:
         "id": r.id,
         "state": r.state,
         "count": r.count,
+        "gpus": r.gpus,
         "provider": r.provider,
         "instances": list(r.instances),
         "failed_attempts": [

@@ -292,7 +292,13 @@ def test_reserve_and_release(cli: Callable[..., Result]) -> None:
     assert reserved.code == 0, reserved
     reservation = reserved.json()
     assert reservation["state"] == "confirmed"
+    # 3 GPUs: 1x, 1x, then the 2x 4090 is skipped (it would make 4) for another 1x
+    assert reservation["gpus"] == 3
+    assert [m["num_gpus"] for m in reservation["members"]] == [1, 1, 1]
     assert len(reservation["instances"]) == 3
+    table = cli("reserve", "3", "--gpu", "RTX 3090", "--provider", "sandbox")
+    assert table.code == 0, table
+    assert "gpus" in table.out  # the table shows the GPUs beside the count
     released = cli("release", reservation["id"], "--json")
     assert released.code == 0, released
     assert released.json()["state"] == "released"

@@ -342,9 +342,16 @@ def test_google_client_calls_every_rpc(world: World, google: tuple[Any, Any]) ->
         assert not check.would_exceed
 
         reserved = rpc(
-            "ReserveGPUs", pb2.ReserveGPUsRequest(count=2, provider="sandbox", max_price=2.0)
+            "ReserveGPUs",
+            pb2.ReserveGPUsRequest(
+                count=3, provider="sandbox", max_price=2.0, gpu_model="RTX 3090"
+            ),
         )
-        assert reserved.reserved_count == 2, reserved.message
+        # count is GPUs: the 1x and 2x RTX 3090 offers make 3 (not 3 instances, 4 GPUs)
+        assert reserved.reserved_count == 3, reserved.message
+        assert reserved.reservation.gpus == 3
+        assert sorted(i.num_gpus for i in reserved.reserved_instances) == [1, 2]
+        assert "3 GPU(s) on 2 instance(s)" in reserved.message
         assert reserved.reservation.state == "confirmed"
         assert all(i.metadata["contract_id"] for i in reserved.reserved_instances)
         rid = reserved.reservation.id

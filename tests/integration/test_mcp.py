@@ -172,9 +172,14 @@ def test_handshake_session_tools_and_every_call(server: Server) -> None:
             history = await _call(client, "get_billing_transactions", {"limit": 5})
             assert "transactions" in history
 
-            reserved = await _call(client, "reserve_gpus", {"count": 1, "provider": "sandbox"})
+            reserved = await _call(
+                client, "reserve_gpus", {"count": 3, "provider": "sandbox", "gpu_model": "RTX 3090"}
+            )
             assert reserved["reservation"]["state"] == "confirmed"
-            assert len(reserved["reservation"]["instances"]) == 1
+            # count is GPUs: the 1x and 2x RTX 3090 make 3 on 2 instances
+            assert reserved["reservation"]["gpus"] == 3
+            assert sorted(m["num_gpus"] for m in reserved["reservation"]["members"]) == [1, 2]
+            assert len(reserved["reservation"]["instances"]) == 2
             gone = await _call(client, "destroy_gpu_instance", {"instance_id": gpu["id"]})
             assert gone["instance"]["state"] in {"stopping", "terminated"}
 

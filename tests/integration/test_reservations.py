@@ -13,6 +13,7 @@ from litestar.testing import TestClient
 
 from domain.errors import InsufficientCreditsError
 from domain.marketplace import OfferQuery
+from domain.money import usd_to_micros
 from domain.services.marketplace import RentSpec
 from infrastructure.providers.sandbox import SandboxProvider
 from infrastructure.settings import Settings
@@ -58,7 +59,8 @@ def test_reservation_fails_over_and_confirms(container: Container) -> None:
     container.ledger.grant("u1", 500 * USD, key="g")
     reservation = _reserve(container, "u1", 4)
     assert reservation.state == "confirmed", reservation.reason
-    assert len(reservation.members) == 4
+    assert reservation.gpus == 4  # 4 GPUs (1x, 1x, 2x 4090 planned), whichever rent failed
+    assert sum(container.marketplace.get(uuid.UUID(m)).num_gpus for m in reservation.members) == 4
     assert len(reservation.attempts) == 1  # the third rent failed and the next offer took over
     view = container.ledger.account("u1")
     assert view.held == reservation.hold_amount  # one hold for the whole set
@@ -71,6 +73,18 @@ def test_reservation_fails_over_and_confirms(container: Container) -> None:
     assert container.ledger.account("u1").held == 0
     for member in reservation.members:
         assert container.marketplace.get(uuid.UUID(member)).state == "terminated"
+
+
+def test_failover_gives_the_freed_gpus_to_offers_that_fit(container: Container) -> None:
+    """The 2x 4090 always fails: its 2 GPUs go to 1x offers, not to the 4x/8x next in line."""
+    _use(container, SandboxProvider(provisioning_delay=0.0, fail_on={"sbx-4090-2x-us"}))
+    container.ledger.grant("u1", 500 * USD, key="g")
+    reservation = _reserve(container, "u1", 4)
+    assert reservation.state == "confirmed", reservation.reason
+    assert [a["offer_id"] for a in reservation.attempts] == ["sbx-4090-2x-us"]
+    members = [container.marketplace.get(uuid.UUID(m)) for m in reservation.members]
+    assert [g.num_gpus for g in members] == [1, 1, 1, 1]
+    assert reservation.gpus == 4
 
 
 def test_reservation_rolls_back_when_one_never_runs(container: Container) -> None:
@@ -133,6 +147,60 @@ def test_reservation_over_rest(container: Container) -> None:
         assert client.get(path, headers=auth).json()["reservation"]["count"] == 2
         released = client.delete(path, headers=auth)
         assert released.json()["reservation"]["state"] == "released"
+
+
+def _instances(client: TestClient[Any], auth: dict[str, str], ids: list[str]) -> list[Any]:
+    return [
+        client.get(f"/api/v1/gpu/instances/sandbox/{i}", headers=auth).json()["instance"]
+        for i in ids
+    ]
+
+
+def test_reserve_16_means_16_gpus_not_16_instances(container: Container) -> None:
+    """count is GPUs: an offer with more GPUs than remain is skipped, never overshot."""
+    with TestClient(create_app(container)) as client:
+        client.post(
+            "/api/v1/auth/register",
+            json={"email": "g@example.com", "password": "password-1", "name": "G"},
+        )
+        token = client.post(
+            "/api/v1/auth/login", json={"email": "g@example.com", "password": "password-1"}
+        )
+        auth = {"Authorization": f"Bearer {token.json()['tokens']['access_token']}"}
+        user = container.users.by_email("g@example.com")
+        container.ledger.grant(user.id, 500 * USD, key="g")
+        # A100 SXM4 offers: 1x 1.29, 2x 2.58, 8x 10.32 (the 8x fits once, then is skipped)
+        made = client.post(
+            "/api/v1/gpu/instances/reserve",
+            json={"count": 16, "gpu_model": "A100 SXM4", "provider": "sandbox"},
+            headers=auth,
+        )
+        assert made.status_code == 201, made.text
+        body = made.json()["reservation"]
+        assert body["state"] == "confirmed", body["reason"]
+        assert body["count"] == 16
+        assert body["gpus"] == 16
+        instances = _instances(client, auth, body["instances"])
+        gpus = [i["num_gpus"] for i in instances]
+        assert sum(gpus) == 16
+        assert gpus.count(8) == 1  # the 8x fitted once; later it would have overshot
+        assert [m["num_gpus"] for m in body["members"]] == gpus
+        assert [m["id"] for m in body["members"]] == body["instances"]
+        assert len(body["instances"]) < 16
+        # the hold covers those 16 GPUs for an hour, not 16 instances' worth
+        held = sum(usd_to_micros(i["price_per_hour"], field="p") for i in instances)
+        assert usd_to_micros(body["held"], field="held") == held
+        client.delete(f"/api/v1/gpu/reservations/{body['id']}", headers=auth)
+
+        # 4 GPUs of 8x-only offers cannot be made without overshooting: refused, nothing held
+        refused = client.post(
+            "/api/v1/gpu/instances/reserve",
+            json={"count": 4, "gpu_model": "H100 SXM", "num_gpus": 8, "provider": "sandbox"},
+            headers=auth,
+        )
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["field"] == "count"
+        assert container.ledger.account(user.id).held == 0
 
 
 def test_reconciler_destroys_orphans_and_closes_vanished(

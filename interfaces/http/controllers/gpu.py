@@ -59,10 +59,14 @@ def reservation_json(reservation: Reservation) -> dict[str, Any]:
     return {
         "id": str(reservation.id),
         "state": reservation.state,
-        "count": reservation.count,
+        "count": reservation.count,  # GPUs asked for
+        "gpus": reservation.gpus,  # GPUs the member instances hold (count once confirmed)
         "provider": reservation.provider,
         "filters": reservation.filters,
         "instances": reservation.members,
+        "members": [
+            {"id": m, "num_gpus": reservation.member_gpus.get(m, 1)} for m in reservation.members
+        ],
         "failed_attempts": reservation.attempts,
         "reason": reservation.reason or None,
         "held": micros_to_usd(reservation.hold_amount),

@@ -466,6 +466,7 @@ class Reservation(betterproto.Message):
     failed_attempts: List["FailedRent"] = betterproto.message_field(6)
     reason: str = betterproto.string_field(7)
     held: float = betterproto.double_field(8)
+    gpus: int = betterproto.int32_field(9)
 
 
 @dataclass(eq=False, repr=False)
