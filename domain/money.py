@@ -42,17 +42,11 @@ def usd_to_micros(value: str | int | Decimal, *, field: str = "amount") -> int:
 
 
 def format_usd(micros: int) -> str:
-    """Format micro-USD with exactly six decimals ("50.000000", "0.000125"): exact, and every
-    amount in a column lines up (the CLIs' tables; README "Money format")."""
+    """Format micro-USD with exactly six decimals ("50.000000", "0.000125", "-1.500000"): exact,
+    and the one rule for every amount the service answers (README "Money format")."""
     sign = "-" if micros < 0 else ""
     whole, frac = divmod(abs(micros), MICROS_PER_USD)
     return f"{sign}{whole}.{frac:06d}"
 
 
-def micros_to_usd(micros: int) -> str:
-    """Format micro-USD as a USD decimal string with at least two decimals ("50.00", "0.000125")."""
-    sign = "-" if micros < 0 else ""
-    whole, frac = divmod(abs(micros), MICROS_PER_USD)
-    digits = f"{frac:06d}".rstrip("0")
-    digits = digits.ljust(2, "0")
-    return f"{sign}{whole}.{digits}"
+micros_to_usd = format_usd  # the name the interfaces use; one format for REST, WS, MCP, gRPC, CLI

@@ -62,6 +62,8 @@
   }
 
   const usd = (value) => (value === null || value === undefined ? "—" : "$" + value);
+  // Integer micro-USD (event data) as the server writes money: exactly six decimals, exact.
+  const microsUsd = (m) => (m < 0 ? "-" : "") + Math.floor(Math.abs(m) / 1e6) + "." + String(Math.abs(m) % 1e6).padStart(6, "0");
   const when = (iso) => (iso ? new Date(iso).toLocaleString() : "—");
   const short = (id) => (id ? String(id).slice(0, 8) : "—");
   const badge = (text, kind) => h("span", { class: "badge " + (kind || text || "") }, text);
@@ -216,7 +218,7 @@
 
   function describe(msg) {
     const d = msg.data || {};
-    const amount = typeof d.amount === "number" ? " $" + (d.amount / 1e6).toFixed(2) : "";
+    const amount = typeof d.amount === "number" ? " $" + microsUsd(d.amount) : "";
     return "#" + msg.id + " " + msg.event + amount + " · " + short(msg.user_id);
   }
 
@@ -353,7 +355,7 @@
           fill.style.width = (ratio * 100).toFixed(1) + "%";
           return h("div", { class: "bar" + (s.exceeded.includes(r.w) ? " over" : "") }, fill);
         } },
-      ], names.map((w) => ({ w, spent: s.window_spent[w] || "0.00", limit: s.limits[w] })), { key: (r) => r.w }));
+      ], names.map((w) => ({ w, spent: s.window_spent[w] || "0.000000", limit: s.limits[w] })), { key: (r) => r.w }));
     }
 
     function drawChart() { fill(chart, lineChart(points)); }
@@ -373,6 +375,7 @@
         { label: "Requests", key: "requests", num: true },
         { label: "Proxy", render: (s) => usd(s.credits_spent.proxy_fees), num: true },
         { label: "Models", render: (s) => usd(s.credits_spent.model_predictions), num: true },
+        { label: "GPU", render: (s) => usd(s.credits_spent.gpu_time), num: true },
         { label: "Total", render: (s) => usd(s.credits_spent.total), num: true }, { label: "User agent", key: "user_agent" },
       ], list, { key: (s) => s.id }) : h("p", { class: "muted" }, "No usage sessions yet."));
     }
@@ -394,7 +397,7 @@
         { label: "Captured", render: (x) => usd(x.captured), num: true }, { label: "Expires", render: (x) => when(x.expires_at) },
       ], acct.holds) : h("p", { class: "muted" }, "No open holds."));
       fill(ledger, table(ledgerColumns, tx.transactions.map(ledgerRow), { key: (t) => t.id }));
-      points = history.points.map((p) => ({ id: p.id, at: p.at, balance: Number(p.balance) }));
+      points = history.points.map((p) => ({ id: p.id, at: p.at, balance: Number(p.balance), text: p.balance }));
       drawChart();
       drawKeys(keyList.api_keys);
       fill(audit, table([
@@ -461,7 +464,7 @@
           const balance = Number(msg.account.credits_remaining);
           const kind = msg.event.split(".")[1];
           if (["Granted", "Charged", "HoldCaptured", "Debited"].includes(kind)) {
-            points.push({ id: msg.id, at: msg.at, balance });
+            points.push({ id: msg.id, at: msg.at, balance, text: msg.account.credits_remaining });
             drawChart();
           }
         }
@@ -473,7 +476,7 @@
           const tbody = ledger.querySelector("tbody");
           if (kind && tbody && !tbody.querySelector('tr[data-id="' + msg.id + '"]')) {
             const d = msg.data || {};
-            const tr = rowFor(ledgerColumns, { id: msg.id, kind, amount: typeof d.amount === "number" ? (d.amount / 1e6).toFixed(2) : null,
+            const tr = rowFor(ledgerColumns, { id: msg.id, kind, amount: typeof d.amount === "number" ? microsUsd(d.amount) : null,
               actor: d.actor || "", reason: d.reason || "", at: msg.at }, { key: (t) => t.id });
             tr.className = "fresh";
             tbody.prepend(tr);
@@ -513,16 +516,16 @@
     const y = (v) => bottom - ((v - lo) * (bottom - top)) / (hi - lo);
     add("line", { x1: left, y1: bottom, x2: right, y2: bottom, class: "axis" });
     add("line", { x1: left, y1: top, x2: left, y2: bottom, class: "axis" });
-    add("text", { x: 4, y: top + 4 }, "$" + hi.toFixed(2));
-    add("text", { x: 4, y: bottom }, "$" + lo.toFixed(2));
+    add("text", { x: 4, y: top + 4 }, "$" + hi.toFixed(6));
+    add("text", { x: 4, y: bottom }, "$" + lo.toFixed(6));
     const path = points.map((p, i) => (i ? "L" : "M") + x(i).toFixed(1) + " " + y(p.balance).toFixed(1)).join(" ");
     add("path", { d: path + " L" + x(points.length - 1).toFixed(1) + " " + bottom + " L" + x(0).toFixed(1) + " " + bottom + " Z", class: "area" });
     add("path", { d: path, class: "line" });
     const last = points[points.length - 1];
     add("circle", { cx: x(points.length - 1), cy: y(last.balance), r: 3.5, fill: "#2f6fde" });
     const labelY = y(last.balance) < top + 24 ? y(last.balance) + 18 : y(last.balance) - 8;
-    add("text", { x: Math.max(left + 4, x(points.length - 1) - 64), y: labelY, id: "chart-last" }, "$" + last.balance.toFixed(2));
-    svg.setAttribute("aria-label", "balance over time, latest $" + last.balance.toFixed(2));
+    add("text", { x: Math.max(left + 4, x(points.length - 1) - 64), y: labelY, id: "chart-last" }, "$" + last.text);
+    svg.setAttribute("aria-label", "balance over time, latest $" + last.text);
     return svg;
   }
 
