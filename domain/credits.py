@@ -261,12 +261,13 @@ class CreditAccount(Aggregate):
     def spending_report(self, now: datetime, policy: GuardrailPolicy) -> guardrails.SpendingReport:
         """Spend, holds, limit and room left per window at ``now``, as ``check_spend`` sees them."""
         now = self.business_time(now)
+        limits = policy.effective_limits(self.limits)
         return guardrails.SpendingReport.of(
             now,
-            enabled=policy.enabled,
+            enabled=policy.enabled or bool(limits),  # in force for this account
             spent=guardrails.window_spend(self.buckets, minute_of(now), self.resets),
             held=self.held_at(now),
-            limits=policy.effective_limits(self.limits),
+            limits=limits,
         )
 
     def dropped_keys_since(self, now: datetime) -> bool:

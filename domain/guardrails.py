@@ -56,16 +56,19 @@ def normalise_window(name: str) -> str:
 
 @dataclass(frozen=True)
 class GuardrailPolicy:
-    """Service-wide defaults: the master switch and each window's limit in micro-USD (0 = off)."""
+    """Service-wide defaults: the master switch and each window's limit in micro-USD (0 = off).
+
+    The switch governs only these defaults: limits an operator sets for one user are enforced
+    whatever it says.
+    """
 
     enabled: bool = False
     limits: Mapping[str, int] = field(default_factory=dict)
 
     def effective_limits(self, overrides: Mapping[str, int]) -> dict[str, int]:
-        """Limits in force for one account: per-user overrides win over the defaults."""
-        if not self.enabled:
-            return {}
-        merged = {name: self.limits.get(name, 0) for name in WINDOW_NAMES}
+        """Limits in force for one account: its own limits (always), over the defaults (only
+        while the switch is on); 0 turns a window off."""
+        merged = {name: self.limits.get(name, 0) for name in WINDOW_NAMES} if self.enabled else {}
         merged.update(overrides)
         return {name: limit for name, limit in merged.items() if limit > 0}
 

@@ -9,10 +9,12 @@ import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+from domain.errors import SpendingLimitExceededError
 from domain.money import micros_to_usd
 from infrastructure.migrate import pending
 from infrastructure.settings import Settings, load_settings
@@ -54,8 +56,8 @@ def test_user_and_credit_commands(
     capsys.readouterr()
     assert admin("balance", "ann@example.com", "--json") == 0
     balance = json.loads(capsys.readouterr().out)
-    assert balance["credits_remaining"] == "12.50"
-    assert balance["credits_total"] == "12.50"
+    assert balance["credits_remaining"] == "12.500000"
+    assert balance["credits_total"] == "12.500000"
 
     assert admin("set-limits", "ann@example.com", "60min=5.00", "--reason", "vip") == 0
     assert admin("guardrails-reset", "ann@example.com", "60min", "--reason", "ticket 42") == 0
@@ -72,7 +74,7 @@ def test_user_and_credit_commands(
     assert admin("stats", "--json") == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["users"] == 1
-    assert stats["granted_total"] == "12.50"
+    assert stats["granted_total"] == "12.500000"
     assert all(p["lag"] == 0 for p in stats["projections"].values())
     assert admin("verify-projections") == 0
     assert "MISMATCH" not in capsys.readouterr().out
@@ -122,6 +124,45 @@ def test_bad_configuration_is_one_line_in_a_real_process(tmp_path: Path) -> None
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0
     assert "DB_TYPE" in done.stderr
+
+
+def test_per_user_limits_are_enforced_with_the_switch_off(
+    admin: Callable[..., int],
+    capsys: pytest.CaptureFixture[str],
+    settings: Settings,
+) -> None:
+    """GUARDRAILS_ENABLED=false (the default) governs only the env defaults: limits set for a
+    user show in ``balance`` and the spending report and refuse a charge over them."""
+    assert not settings.guardrails.enabled
+    assert admin("create-user", "ann@example.com", "s3cret-pass", "Ann") == 0
+    assert admin("grant-credits", "ann@example.com", "50.00", "--idempotency-key", "k1") == 0
+    args = ("set-limits", "ann@example.com", "60min=10.00", "72h=100.00", "--reason", "vip")
+    assert admin(*args) == 0
+    capsys.readouterr()
+    assert admin("balance", "ann@example.com", "--json") == 0
+    balance = json.loads(capsys.readouterr().out)
+    limits = {k: Decimal(v) for k, v in balance["limits"].items()}
+    assert limits == {"60MIN": Decimal(10), "72H": Decimal(100)}
+    assert admin("balance", "ann@example.com") == 0
+    table = capsys.readouterr().out
+    sixty = next(line for line in table.splitlines() if "60MIN" in line)
+    assert "off" not in sixty
+    assert "10" in sixty
+    assert admin("guardrails-spending", "ann@example.com", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["guard_rails_enabled"] is True  # in force for this account
+    assert set(report["limits"]) == {"60MIN", "72H"}
+
+    c = bootstrap(settings)
+    try:
+        user = c.users.by_email("ann@example.com")
+        c.ledger.charge(user.id, 6 * 1_000_000, key="c1")
+        with pytest.raises(SpendingLimitExceededError) as refused:
+            c.ledger.charge(user.id, 6 * 1_000_000, key="c2")  # 12.00 in 60 minutes > 10.00
+        assert [v["window"] for v in refused.value.violations] == ["60MIN"]
+        assert c.ledger.account(user.id).balance == 44 * 1_000_000
+    finally:
+        c.close()
 
 
 def test_balance_at_equals_what_the_projection_said_then(
@@ -188,9 +229,9 @@ def test_statement(admin: Callable[..., int], capsys: pytest.CaptureFixture[str]
     assert admin("statement", "st@example.com", "--month", month, "--json") == 0
     data = json.loads(capsys.readouterr().out)
     assert (data["opening_balance"], data["grants"], data["closing_balance"]) == (
-        "0.00",
-        "20.00",
-        "20.00",
+        "0.000000",
+        "20.000000",
+        "20.000000",
     )
     assert data["reconciles"] is True
     assert admin("statement", "st@example.com", "--month", month) == 0

@@ -205,9 +205,12 @@ def test_every_window_name_round_trips_in_lower_case() -> None:
         assert normalise_window(name.lower()) == name
 
 
-def test_effective_limits_disabled_is_empty() -> None:
+def test_effective_limits_disabled_keeps_the_users_own_limits() -> None:
+    """The switch governs only the defaults: limits set for a user are always in force."""
     policy = GuardrailPolicy(enabled=False, limits={"60MIN": 100})
-    assert policy.effective_limits({"5MIN": 10}) == {}
+    assert policy.effective_limits({"5MIN": 10}) == {"5MIN": 10}
+    assert policy.effective_limits({"5MIN": 10, "72H": 0}) == {"5MIN": 10}
+    assert policy.effective_limits({}) == {}
     assert GuardrailPolicy().effective_limits({}) == {}
 
 
@@ -229,12 +232,9 @@ def test_effective_limits_property(
     enabled: bool, defaults: dict[str, int], overrides: dict[str, int]
 ) -> None:
     result = GuardrailPolicy(enabled=enabled, limits=defaults).effective_limits(overrides)
-    if not enabled:
-        assert result == {}
-        return
     expected = {}
-    for name in WINDOW_NAMES:
-        limit = overrides.get(name, defaults.get(name, 0))
+    for name in WINDOW_NAMES:  # the switch governs only the defaults
+        limit = overrides.get(name, defaults.get(name, 0) if enabled else 0)
         if limit:
             expected[name] = limit
     assert result == expected
