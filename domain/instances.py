@@ -58,8 +58,14 @@ class GpuInstance(Aggregate):
         image: str,
         at: datetime,
         vram_gb: float = 0.0,
+        credential: str = "",
+        address: str = "",
     ) -> None:
         self.owner = owner
+        # who rented it (usage sessions): ``apikey:<id>``/``session:<id>``, never a secret, and
+        # the client's address; "" for a rental without a caller or recorded before they were kept
+        self.credential = credential
+        self.address = address
         self.vram_gb = vram_gb  # per GPU (0 in events recorded before it was kept)
         self.provider = provider
         self.offer_id = offer_id

@@ -62,6 +62,7 @@ PATTERNS: dict[str, tuple[str, ...]] = {
     "payments": ("Payment.%", "CreditAccount.AutoRenewTriggered"),
     "proxy_load": ("ProxyUsage.Recorded",),
     "usage_sessions": ("ProxyUsage.Recorded",),
+    "usage_rentals": ("GpuInstance.Requested", "GpuInstance.Metered"),
     "holds": tuple(f"CreditAccount.Hold{kind}" for kind in ("Placed", "Released", "Expired")),
 }
 

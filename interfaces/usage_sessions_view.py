@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from domain.money import micros_to_usd
-from domain.usage import Caller
+from domain.usage import Caller, SessionTally
 from infrastructure.auth import Principal
 from infrastructure.usage_sessions import UsageSession
 
@@ -39,6 +39,7 @@ def session_json(s: UsageSession) -> dict[str, Any]:
         "credits_spent": {
             "proxy_fees": micros_to_usd(s.proxy_fees),
             "model_predictions": micros_to_usd(s.model_fees),
+            "gpu_time": micros_to_usd(s.gpu_fees),
             "total": micros_to_usd(s.credits_spent),
         },
     }
@@ -49,3 +50,10 @@ def page_json(rows: list[UsageSession], limit: int) -> dict[str, Any]:
         "sessions": [session_json(s) for s in rows],
         "next_before": rows[-1].seq if len(rows) == limit else None,
     }
+
+
+def counted(tally: SessionTally, user_id: str, caller: Caller) -> Caller:
+    """A rent or reserve request counts as one request (no fee) of the caller's session, so
+    the session its GPU time is attributed to exists (in the next flush, like proxy requests)."""
+    tally.count(user_id, caller, 0, "proxy_fees")
+    return caller

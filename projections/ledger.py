@@ -8,7 +8,7 @@ from projections.base import Insert, Op, Projection, Recorded, Upsert, to_micros
 from projections.instances import InstancesProjection
 from projections.payments import PaymentsProjection
 from projections.proxy_load import ProxyLoadProjection
-from projections.usage_sessions import UsageSessionsProjection
+from projections.usage_sessions import UsageRentalsProjection, UsageSessionsProjection
 
 ACCOUNT = "CreditAccount."
 SPEND_EVENTS = {"CreditAccount.Charged", "CreditAccount.HoldCaptured"}
@@ -186,5 +186,6 @@ ALL: tuple[Projection, ...] = (
     PaymentsProjection(),
     ProxyLoadProjection(),
     UsageSessionsProjection(),
+    UsageRentalsProjection(),
 )
 BY_NAME: dict[str, Projection] = {p.name: p for p in ALL}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from projections.base import Op, Recorded, Span
+from projections.base import Op, Recorded, Span, Upsert
 
 DEFAULT_IDLE_MINUTES = 30  # for a row recorded without ``idle_minutes``
 
@@ -45,3 +45,32 @@ class UsageSessionsProjection:
             )
             for index, row in enumerate(event.data.get("sessions") or ())
         ]
+
+
+class UsageRentalsProjection:
+    """GPU rentals with who rented them and the GPU time billed, for usage sessions.
+
+    ``GpuInstance.Requested`` gives the renter's credential and address (``""`` for rentals
+    recorded before they were kept), ``GpuInstance.Metered`` the total billed so far (hold
+    captures and any charge beyond the hold, per instance even under a reservation's shared
+    hold). The sessions query joins them to sessions at read time
+    (infrastructure/usage_sessions.py).
+    """
+
+    name = "usage_rentals"
+    tables = ("usage_rentals",)
+
+    def fold(self, event: Recorded) -> Iterable[Op]:
+        data = event.data
+        key = {"instance_id": str(event.originator_id)}
+        if event.name == "GpuInstance.Requested":
+            put: dict[str, object] = {
+                "user_id": str(data["owner"]),
+                "credential": str(data.get("credential") or ""),
+                "address": str(data.get("address") or ""),
+                "rented_at": event.at_micros,
+            }
+            return [Upsert("usage_rentals", key, put=put)]
+        if event.name == "GpuInstance.Metered":
+            return [Upsert("usage_rentals", key, put={"gpu_fees": int(data["total"])})]
+        return []

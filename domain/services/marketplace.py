@@ -37,6 +37,7 @@ from domain.marketplace import (
 from domain.ports import Clock
 from domain.reservations import MAX_GPUS, GpuBudget, Reservation, plan
 from domain.services.ledger import LedgerService
+from domain.usage import Caller
 
 T = TypeVar("T")
 SORTS: dict[str, Callable[[Offer], tuple[Any, ...]]] = {
@@ -47,6 +48,7 @@ SORTS: dict[str, Callable[[Offer], tuple[Any, ...]]] = {
     "gpus": lambda o: (-o.num_gpus, o.price_per_hour, o.offer_id),
 }
 INSTANCE_NAMESPACE = UUID("3c5e2a14-9b1f-4f3e-8d7a-2f6b1c0e9a55")
+RESERVE_PARALLEL_RENTS = 4  # a reservation's rents in flight at once
 
 
 class OfferNotFoundError(DomainError):
@@ -188,10 +190,12 @@ class MarketplaceService:
         idempotency_key: str | None = None,
         *,
         shared_hold: str | None = None,
+        caller: Caller | None = None,
     ) -> GpuInstance:
         """Hold funds for ``hold_seconds`` of running, then rent; 402 if the hold is refused.
 
-        ``shared_hold``: a reservation's hold that already covers this instance.
+        ``shared_hold``: a reservation's hold that already covers this instance. ``caller``:
+        the credential and address it is rented with (its GPU time counts in that usage session).
         """
         adapter = self.provider(provider)
         instance_id = (
@@ -224,6 +228,8 @@ class MarketplaceService:
                 image=spec.image,
                 at=now,
                 vram_gb=offer.vram_gb,
+                credential=caller.credential if caller else "",
+                address=caller.address if caller else "",
             )
 
         await asyncio.to_thread(self._create, owner, request)
@@ -415,6 +421,7 @@ class MarketplaceService:
         *,
         timeout: float = 300.0,
         poll: float = 0.5,
+        caller: Caller | None = None,
     ) -> Reservation:
         """Rent ``count`` GPUs (the members' ``num_gpus`` add up to it) under one hold, all
         running within ``timeout`` or none."""
@@ -469,13 +476,22 @@ class MarketplaceService:
 
         await asyncio.to_thread(self._retrying, owner, lambda a, n: (request(a, n),) * 2)
         # Failover: each worker takes the next untried offer that fits the GPUs still free.
+        # At most RESERVE_PARALLEL_RENTS at once: every rent writes the owner's account, and
+        # more writers at a time only make them retry each other (a 503 under load).
         budget = GpuBudget(candidates, count)
+        workers = min(len(planned), RESERVE_PARALLEL_RENTS)
         await asyncio.gather(
-            *(self._fill(reservation_id, budget, spec) for _ in range(len(planned)))
+            *(self._fill(reservation_id, budget, spec, caller) for _ in range(workers))
         )
         return await self._settle(reservation_id, timeout=timeout, poll=poll)
 
-    async def _fill(self, reservation_id: UUID, budget: GpuBudget[Offer], spec: RentSpec) -> None:
+    async def _fill(
+        self,
+        reservation_id: UUID,
+        budget: GpuBudget[Offer],
+        spec: RentSpec,
+        caller: Caller | None = None,
+    ) -> None:
         """Rent offers from ``budget`` until none fits the GPUs still free."""
         reservation = await asyncio.to_thread(self.get_reservation, reservation_id)
         while (offer := budget.take()) is not None:
@@ -486,6 +502,7 @@ class MarketplaceService:
                     offer.offer_id,
                     spec,
                     shared_hold=reservation.hold_id,
+                    caller=caller,
                 )
             except DomainError as exc:
                 budget.give_back(offer)

@@ -23,6 +23,7 @@ def sessions_table(page: dict[str, Any], title: str = "usage sessions") -> Table
         "requests",
         "proxy USD",
         "models USD",
+        "GPU USD",
         "total USD",
         "user agent",
         title=title,
@@ -40,6 +41,7 @@ def sessions_table(page: dict[str, Any], title: str = "usage sessions") -> Table
             str(s["requests"]),
             spent["proxy_fees"],
             spent["model_predictions"],
+            spent["gpu_time"],
             spent["total"],
             s["user_agent"],
         )

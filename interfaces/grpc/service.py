@@ -25,16 +25,18 @@ from domain.marketplace import OfferQuery
 from domain.money import micros_to_usd
 from domain.reservations import Reservation
 from domain.services.marketplace import InstanceNotFoundError, RentSpec
+from domain.usage import Caller
 from infrastructure.auth import Principal
 from infrastructure.proxy.runtime import ProxyRuntime
 from interfaces.grpc import convert, proxy, queries
 from interfaces.grpc.auth import authenticate, limit_anonymous
 from interfaces.grpc.billing import BillingRpcs
-from interfaces.grpc.calls import Guard, current
+from interfaces.grpc.calls import Call, Guard, current
 from interfaces.grpc.convert import ranged, text, usd_in
 from interfaces.grpc.generated import gpuproxy as pb
 from interfaces.http.controllers.gpu import RentBody, ReserveBody
 from interfaces.http.schemas import LoginBody
+from interfaces.usage_sessions_view import caller_of, counted
 
 if TYPE_CHECKING:
     from interfaces.bootstrap import Container
@@ -183,6 +185,7 @@ class GpuProxyService(BillingRpcs, pb.GpuProxyServiceBase):
                 onstart=body.onstart,
             ),
             key,
+            caller=self._caller(call),
         )
         contract = gpu.provider_instance_id
         return pb.CreateGpuInstanceResponse(
@@ -192,6 +195,11 @@ class GpuProxyService(BillingRpcs, pb.GpuProxyServiceBase):
             message=f"Contract ID: {contract}" if contract else f"Instance {gpu.state}",
             rental=convert.rental_message(gpu, self.c.ledger.clock()),
         )
+
+    def _caller(self, call: Call) -> Caller:
+        """Who rents (credential, address), counted as a request of their usage session."""
+        caller = caller_of(call.user, call.peer_host, call.user_agent)
+        return counted(self.runtime.sessions, call.user.user_id, caller)
 
     def _owned(self, principal: Principal, provider: str, instance_id: str) -> GpuInstance:
         """The instance if it is the caller's (or an admin's call) and on ``provider``."""
@@ -270,6 +278,7 @@ class GpuProxyService(BillingRpcs, pb.GpuProxyServiceBase):
             None if data.provider == "all" else data.provider,
             RentSpec(image=data.image),
             timeout=self.c.settings.reservation_timeout,
+            caller=self._caller(current()),
         )
         members = await asyncio.to_thread(
             lambda: [self.c.marketplace.get(UUID(m)) for m in reservation.members]

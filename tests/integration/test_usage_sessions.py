@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+from uuid import UUID, uuid4
 
 import pytest
 from litestar.testing import TestClient
 from litestar.types import Receive, Scope, Send
 
+from domain.instances import GpuInstance
 from domain.usage import ProxyUsage
 from infrastructure.rebuild import rebuild, verify
 from infrastructure.rebuild_sql import capable
@@ -106,6 +109,8 @@ def world(settings: Settings, clock: FixedClock) -> Iterator[World]:
             jwt = _user(client, c, "alice@example.com", 100 * USD)
             bob = _user(client, c, "bob@example.com", 100 * USD)
             _running(c, _rent(client, jwt, 2))
+            # the setup's rents count as requests of alice's login session: not these tests'
+            client.app.state.proxy.sessions.drain(clock.now)
             alice_id = c.users.by_email("alice@example.com").id
             key, plaintext = c.auth.keys.create(alice_id, "laptop")
             yield World(client, c, clock, alice_id, key.id, {"X-API-Key": plaintext}, bob)
@@ -193,9 +198,101 @@ def test_paging_newest_first(world: World) -> None:
     assert third["next_before"] is None
 
 
-def _rows(c: Container) -> list[tuple[Any, ...]]:
+def _rows(c: Container, table: str = "usage_sessions") -> list[tuple[Any, ...]]:
     with c.db.read() as tx:
-        return sorted(tuple(r) for r in tx.fetchall("SELECT * FROM usage_sessions"))
+        return sorted(tuple(r) for r in tx.fetchall(f"SELECT * FROM {table}"))
+
+
+def _rent_with(world: World, headers: dict[str, str]) -> str:
+    """Rent the cheapest sandbox offer over REST with ``headers``; running; its id."""
+    offers = world.client.get("/api/v1/gpu/instances?provider=sandbox", headers=headers).json()
+    offer = min(offers["offers"], key=lambda o: Decimal(o["price_per_hour"]))
+    answer = world.client.post(
+        f"/api/v1/gpu/instances/sandbox/{offer['id']}", json={}, headers=headers
+    )
+    assert answer.status_code == 201, answer.text
+    [gpu] = _running(world.c, [answer.json()["instance"]])
+    return str(gpu["id"])
+
+
+def _captured(c: Container, instance_id: str) -> int:
+    """What metering took for the instance: its hold captures (key ``meter:<id>:<due>``)."""
+    events = c.events.read(0, 100_000)
+    return sum(
+        int(e.data["amount"])
+        for e in events
+        if e.name == "CreditAccount.HoldCaptured"
+        and str(e.data["key"]).startswith(f"meter:{instance_id}:")
+    )
+
+
+def _spent(session: dict[str, Any]) -> dict[str, Decimal]:
+    return {kind: Decimal(usd) for kind, usd in session["credits_spent"].items()}
+
+
+def test_gpu_time_counts_in_the_session_that_rented(world: World) -> None:
+    _, other = world.c.auth.keys.create(world.alice_id, "desktop")
+    second = {"X-API-Key": other}
+    instance_id = _rent_with(world, world.alice)  # the rent request: one of the session's
+    world.proxy(3)
+    world.client.get("/api/v1/gpu/proxy/pool/echo", headers=second)  # same address, other key
+    world.flush()  # the rent's tally is flushed before time moves on
+    world.clock.advance(seconds=90)
+    asyncio.run(world.c.jobs().meter_all())
+    world.clock.advance(seconds=60)
+    asyncio.run(world.c.jobs().meter_all())
+    world.c.runner.catch_up()
+    captured = _captured(world.c, instance_id)
+    gpu = world.c.marketplace.get(UUID(instance_id))
+    assert captured == gpu.billed == gpu.price_per_hour * 150 // 3600 > 0
+    assert (gpu.credential, gpu.address) == (f"apikey:{world.alice_key_id}", "10.0.0.1")
+    sessions = world.sessions(world.alice).json()["sessions"]
+    by_client = {s["client_id"]: s for s in sessions}
+    renter = by_client[world.alice_key_id]
+    assert renter["requests"] == 4  # the rent and three proxied requests
+    spent = _spent(renter)
+    assert spent["gpu_time"] == Decimal(captured) / 1_000_000
+    assert spent["proxy_fees"] == Decimal("0.003")
+    assert spent["total"] == spent["proxy_fees"] + spent["model_predictions"] + spent["gpu_time"]
+    [other_session] = [s for k, s in by_client.items() if k != world.alice_key_id]
+    assert _spent(other_session)["gpu_time"] == 0
+    assert _spent(other_session)["total"] == Decimal("0.001")
+
+
+def test_gpu_time_goes_to_the_session_open_at_the_rent_not_a_later_one(world: World) -> None:
+    instance_id = _rent_with(world, world.alice)
+    world.flush()
+    world.clock.advance(minutes=45)  # past the idle time: the next request opens a new session
+    world.proxy(2)
+    world.flush()
+    asyncio.run(world.c.jobs().meter_all())
+    world.c.runner.catch_up()
+    billed = world.c.marketplace.get(UUID(instance_id)).billed
+    assert billed > 0
+    newer, older = world.sessions(world.alice).json()["sessions"]
+    assert (newer["requests"], older["requests"]) == (2, 1)
+    assert _spent(older)["gpu_time"] == Decimal(billed) / 1_000_000
+    assert _spent(newer)["gpu_time"] == 0
+
+
+def test_reserve_counts_its_gpu_time_in_the_session(world: World) -> None:
+    answer = world.client.post(
+        "/api/v1/gpu/instances/reserve",
+        json={"count": 1, "provider": "sandbox"},
+        headers=world.alice,
+    )
+    assert answer.status_code == 201, answer.text
+    [member] = answer.json()["reservation"]["instances"]
+    world.flush()
+    world.clock.advance(seconds=120)
+    asyncio.run(world.c.jobs().meter_all())
+    world.c.runner.catch_up()
+    gpu = world.c.marketplace.get(UUID(str(member)))
+    assert gpu.credential == f"apikey:{world.alice_key_id}"
+    assert gpu.billed > 0
+    [session] = world.sessions(world.alice).json()["sessions"]
+    assert session["requests"] == 1
+    assert _spent(session)["gpu_time"] == Decimal(gpu.billed) / 1_000_000
 
 
 def test_rebuild_and_verify_give_the_live_rows(world: World) -> None:
@@ -208,17 +305,28 @@ def test_rebuild_and_verify_give_the_live_rows(world: World) -> None:
     world.flush()
     world.clock.advance(minutes=10)
     world.proxy(1)  # extends the second session: a later flush updates a row
+    _rent_with(world, world.alice)  # a rental in it, billed below
     world.flush()
+    world.clock.advance(minutes=2)
+    asyncio.run(world.c.jobs().meter_all())
+    world.c.runner.catch_up()
     live = _rows(world.c)
     assert len(live) == 3
+    rentals = BY_NAME["usage_rentals"]
+    live_rentals = _rows(world.c, "usage_rentals")
+    assert len(live_rentals) == 3  # the setup's two and this one
+    assert sum(r[-1] for r in live_rentals) > 0  # gpu_fees billed
+    before = world.sessions(world.alice).json()
+    assert any(Decimal(s["credits_spent"]["gpu_time"]) > 0 for s in before["sessions"])
     methods = ["python", "sql"] if capable(world.c.db, world.c.events) else ["python"]
     assert world.c.db.dialect == "sqlite" or methods == ["python", "sql"]  # the SQL path too
     for method in methods:
-        [checked] = verify(world.c.db, world.c.events, [projection], method=method)  # type: ignore[arg-type]
-        assert checked.ok, method
-        assert checked.rows == 3
-        rebuild(world.c.db, world.c.events, [projection], method=method)  # type: ignore[arg-type]
+        checked = verify(world.c.db, world.c.events, [projection, rentals], method=method)  # type: ignore[arg-type]
+        assert [(v.ok, v.rows) for v in checked] == [(True, 3), (True, 3)], method
+        rebuild(world.c.db, world.c.events, [projection, rentals], method=method)  # type: ignore[arg-type]
         assert _rows(world.c) == live, method
+        assert _rows(world.c, "usage_rentals") == live_rentals, method
+        assert world.sessions(world.alice).json() == before, method
 
 
 def test_usage_events_recorded_before_sessions_still_load(world: World) -> None:
@@ -234,6 +342,37 @@ def test_usage_events_recorded_before_sessions_still_load(world: World) -> None:
     world.proxy(1)
     world.flush()  # the runner folds the old event next to a new one
     assert [s["requests"] for s in world.sessions(world.alice).json()["sessions"]] == [1]
+
+
+def test_rentals_recorded_before_callers_were_kept_still_load(world: World) -> None:
+    old = GpuInstance(
+        instance_id=uuid4(),
+        owner=world.alice_id,
+        provider="sandbox",
+        offer_id="o-1",
+        gpu_model="A100",
+        num_gpus=1,
+        price_per_hour=1_000_000,
+        provider_price_per_hour=900_000,
+        hold_id="gpu:old:1",
+        image="img",
+        at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    [recorded] = old.collect_events()
+    for field in ("credential", "address"):  # as stored before these fields existed
+        del recorded.__dict__[field]
+    stored = world.c.app.mapper.to_stored_event(recorded)
+    assert b"credential" not in stored.state
+    world.c.app.recorder.insert_events([stored])
+    loaded = world.c.app.repository.get(old.id)
+    assert (loaded.credential, loaded.address, loaded.owner) == ("", "", world.alice_id)
+    world.c.runner.catch_up()
+    with world.c.db.read() as tx:
+        row = tx.fetchone(
+            "SELECT credential, address FROM usage_rentals WHERE instance_id = ?", (str(old.id),)
+        )
+    assert row is not None
+    assert tuple(row) == ("", "")
 
 
 def test_client_and_admin_cli_sessions(
@@ -296,5 +435,6 @@ def test_model_predictions_count_with_their_fees(
         assert spent == {
             "proxy_fees": Decimal(0),
             "model_predictions": Decimal("0.07"),
+            "gpu_time": Decimal(0),
             "total": Decimal("0.07"),
         }

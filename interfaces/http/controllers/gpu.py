@@ -19,9 +19,12 @@ from domain.marketplace import Offer, OfferQuery
 from domain.money import micros_to_usd, usd_to_micros
 from domain.reservations import Reservation
 from domain.services.marketplace import InstanceNotFoundError, RentSpec
+from domain.usage import Caller
 from infrastructure.auth import Principal
+from infrastructure.proxy.runtime import ProxyRuntime
 from interfaces.http.schemas import NO_NUL, Body
-from interfaces.http.security import container_of, provide_principal
+from interfaces.http.security import client_address, container_of, provide_principal
+from interfaces.usage_sessions_view import caller_of, counted
 
 RENTALS_CATCH_UP = 2.0  # seconds the list may wait for the instances read model
 Text = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
@@ -168,8 +171,19 @@ async def rent(
         disk_gb=data.disk_gb,
         onstart=data.onstart,
     )
-    gpu = await c.marketplace.rent(principal.user_id, provider, offer_id, spec, idempotency_key)
+    caller = _caller(request, principal)
+    gpu = await c.marketplace.rent(
+        principal.user_id, provider, offer_id, spec, idempotency_key, caller=caller
+    )
     return {"instance": instance_json(gpu, c.ledger.clock())}
+
+
+def _caller(request: Request[Any, Any, Any], principal: Principal) -> Caller:
+    """Who rents (credential, address), counted as a request of their usage session."""
+    agent = request.headers.get("user-agent", "")
+    caller = caller_of(principal, client_address(request.scope), agent)
+    runtime: ProxyRuntime = request.app.state.proxy
+    return counted(runtime.sessions, principal.user_id, caller)
 
 
 def _owned(
@@ -237,6 +251,7 @@ async def reserve(
         None if data.provider == "all" else data.provider,
         RentSpec(image=data.image),
         timeout=c.settings.reservation_timeout,
+        caller=_caller(request, principal),
     )
     return {"reservation": reservation_json(reservation)}
 
