@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -12,6 +13,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+from grpclib.client import Channel
 from litestar.testing import TestClient
 from litestar.types import Receive, Scope, Send
 
@@ -20,16 +22,19 @@ from domain.usage import ProxyUsage
 from infrastructure.rebuild import rebuild, verify
 from infrastructure.rebuild_sql import capable
 from infrastructure.settings import Settings
+from infrastructure.usage_sessions import usage_sessions
 from interfaces.bootstrap import Container, bootstrap
 from interfaces.cli import admin as admin_cli
 from interfaces.cli import client as client_cli
+from interfaces.grpc.generated import gpuproxy as pb
+from interfaces.grpc.server import GrpcServer
 from interfaces.http.app import create_app
 from projections.ledger import BY_NAME
 from tests.conftest import FixedClock
 from tests.integration import test_models_support as models
 from tests.integration.test_proxy_http import USD, _rent, _running, _user
 from tests.support.http import JWT_SECRET
-from tests.support.pg import env_of
+from tests.support.pg import env_of, free_port
 
 PRICE = 1_000  # micro-USD per proxied request
 ADDRESS = "x-test-address"  # the test's stand-in for the client's IP (see ``Addressed``)
@@ -438,3 +443,65 @@ def test_model_predictions_count_with_their_fees(
             "gpu_time": Decimal(0),
             "total": Decimal("0.07"),
         }
+
+
+def test_grpc_rent_counts_in_the_callers_session(settings: Settings, clock: FixedClock) -> None:
+    tuned = dataclasses.replace(
+        settings,
+        jwt_secret=JWT_SECRET,
+        sandbox_enabled=True,
+        sandbox_provisioning_delay=0.0,
+        proxy_usage_flush_interval=3600.0,
+        host="127.0.0.1",
+        grpc_port=free_port(),
+    )
+    c = bootstrap(tuned, clock=clock)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def run(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(60)
+
+    runtime = create_app(c).state.proxy
+    server = GrpcServer(c, runtime)
+    try:
+        user = c.users.create("gail@example.com", "correct-horse-battery", "Gail")
+        c.ledger.open_account(user.id)
+        c.ledger.grant(user.id, 100 * USD, key="seed-gail")
+        key, plaintext = c.auth.keys.create(user.id, "grpc")
+        run(server.start())
+
+        async def rent() -> str:
+            async with Channel("127.0.0.1", tuned.grpc_port) as channel:
+                stub = pb.GpuProxyServiceStub(channel, metadata={"x-api-key": plaintext})
+                request = pb.CreateGpuInstanceRequest(
+                    provider="sandbox", instance_id="sbx-a4000-1x-de"
+                )
+                return str((await stub.create_gpu_instance(request)).instance_id)
+
+        instance_id = run(rent())
+        runtime.flush()
+        gpu = c.marketplace.get(UUID(instance_id))
+        assert (gpu.credential, gpu.address) == (f"apikey:{key.id}", "127.0.0.1")
+        clock.advance(seconds=60)
+        c.marketplace.meter(gpu.id)
+        c.runner.catch_up()
+        billed = c.marketplace.get(gpu.id).billed
+        assert billed > 0
+        [session] = usage_sessions(c.db, user.id)
+        assert (session.credential, session.address, session.requests) == (
+            f"apikey:{key.id}",
+            "127.0.0.1",
+            1,
+        )
+        assert session.gpu_fees == billed
+        assert session.credits_spent == billed
+    finally:
+        run(server.stop())
+        run(runtime.aclose())
+        run(c.aclose_providers())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+        c.close()
