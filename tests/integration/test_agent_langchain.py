@@ -49,7 +49,7 @@ def test_toolkit_tools_have_schemas_and_run(toolkit: GpuProxyToolkit) -> None:
     assert check.tool_call_schema is not None
 
     credits = tools["get_credits"].invoke({})
-    assert credits["credits_total"] == "20.00"
+    assert credits["credits_total"] == "20.000000"
     offers = tools["list_gpu_instances"].invoke({"provider": "sandbox", "limit": 2})
     assert offers["count"] == 2
     assert check.invoke({"estimated_cost": 1.25})["allowed"] is True

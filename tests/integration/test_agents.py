@@ -199,7 +199,7 @@ def test_a2a_sdk_client_card_message_send_and_tasks(server: Server) -> None:
                 done = await _send(client, _message(new_data_part({"action": "get_credits"})))
                 assert done.status.state == TaskState.TASK_STATE_COMPLETED
                 result = get_data_parts(done.artifacts[0].parts)[0]
-                assert result["credits_total"] == "50.00"
+                assert result["credits_total"] == "50.000000"
                 again = await client.get_task(GetTaskRequest(id=done.id))
                 assert again.status.state == TaskState.TASK_STATE_COMPLETED
 
@@ -258,7 +258,7 @@ def test_a2a_jsonrpc_message_send_and_tasks_get_per_user(
     task = body["result"]
     assert task["kind"] == "task"
     assert task["status"]["state"] == "completed"
-    assert task["artifacts"][0]["parts"][0]["data"]["credits_total"] == "50.00"
+    assert task["artifacts"][0]["parts"][0]["data"]["credits_total"] == "50.000000"
     get = {"jsonrpc": "2.0", "id": "2", "method": "tasks/get", "params": {"id": task["id"]}}
     assert _post(alice, "/api/v1/a2a", get)[1]["result"]["id"] == task["id"]
     with httpx.Client(base_url=alice.base_url, headers={"X-API-Key": server.bob}) as bob:
@@ -547,7 +547,7 @@ def test_langchain_tools_and_execute(alice: httpx.Client) -> None:
         {"input": {"action": "execute", "tool": "get_credits", "tool_input": {}}},
     )
     assert status == 200
-    assert body["output"]["result"]["content"]["credits_total"] == "50.00"
+    assert body["output"]["result"]["content"]["credits_total"] == "50.000000"
     assert body["steps"][0]["action"]["tool"] == "get_credits"
     listed = _post(alice, "/api/v1/langchain", {"input": {"action": "get_tools"}})[1]
     assert {t["name"] for t in listed["output"]["tools"]} == set(by_name)

@@ -201,10 +201,10 @@ def test_admin_writes_answer_in_json(
     assert run("make-admin", "ann@example.com")["is_admin"] is True  # type: ignore[index]
     granted = run("grant-credits", "ann@example.com", "12.50", "--idempotency-key", "g")
     assert granted["applied"] is True  # type: ignore[index]
-    assert granted["credits_remaining"] == "12.50"  # type: ignore[index]
+    assert granted["credits_remaining"] == "12.500000"  # type: ignore[index]
     limits = run("set-limits", "ann@example.com", "60min=5", "48h=default", "--reason", "r")
-    assert limits["limits"] == {"60MIN": "5.00", "48H": None}  # type: ignore[index]
-    assert run("set-cap", "ann@example.com", "3")["cap"] == "3.00"  # type: ignore[index]
+    assert limits["limits"] == {"60MIN": "5.000000", "48H": None}  # type: ignore[index]
+    assert run("set-cap", "ann@example.com", "3")["cap"] == "3.000000"  # type: ignore[index]
     reset = run("guardrails-reset", "ann@example.com", "60min", "--reason", "ticket")
     assert reset["reset"] == ["60MIN"]  # type: ignore[index]
     rebuilt = run("rebuild-projections", "balances")
@@ -333,7 +333,7 @@ def test_admin_tables_show_money_with_six_decimals(
     assert "credits_held\t0.000000" in out
     assert "\n60MIN\t0.000000\t0.000000\t" in out  # spent, held (limit: off or an amount)
     assert _code(admin.main, ["balance", "ann@example.com", "--json"]) == 0  # the API's strings
-    assert json.loads(capsys.readouterr().out)["credits_held"] == "0.00"
+    assert json.loads(capsys.readouterr().out)["credits_held"] == "0.000000"
 
 
 def test_client_tables_show_money_with_six_decimals(

@@ -184,7 +184,7 @@ def test_create_rentals_instance_destroy_credits(cli: Callable[..., Result]) -> 
 
     def settled() -> dict[str, Any] | None:
         data = cli("credits", "--json").json()
-        return data if data["credits_held"] == "0.00" else None
+        return data if data["credits_held"] == "0.000000" else None
 
     credits = _eventually(settled)
     assert credits, "the hold was never released"

@@ -177,7 +177,7 @@ def _admin_session(browser: Any, url: str, boss: Account, target: Account) -> No
     page.fill("#user-search", target.email[:12])
     page.click(f"#user-results a:has-text('{target.email}')")
     balance = page.locator("#credit-balance")
-    expect(balance).to_have_text("$5.00", timeout=10_000)
+    expect(balance).to_have_text("$5.000000", timeout=10_000)
     expect(page.locator("#usage-sessions")).to_contain_text("203.0.113.9", timeout=10_000)
     expect(page.locator("#usage-sessions")).to_contain_text("apikey:key-1")
     _shot(page, "02-user.png")
@@ -186,7 +186,7 @@ def _admin_session(browser: Any, url: str, boss: Account, target: Account) -> No
     page.fill("#grant-amount", "25.00")
     page.fill("#grant-reason", "dashboard test")
     page.click("#grant-submit")
-    expect(balance).to_have_text("$30.00", timeout=5_000)
+    expect(balance).to_have_text("$30.000000", timeout=5_000)
 
     # a grant made elsewhere shows up without touching the page
     answer = httpx.post(
@@ -196,9 +196,9 @@ def _admin_session(browser: Any, url: str, boss: Account, target: Account) -> No
         timeout=30,
     )
     assert answer.status_code == 201, answer.text
-    expect(balance).to_have_text("$37.00", timeout=3_000)
-    expect(page.locator("#chart-last")).to_have_text("$37.00")
-    expect(page.locator("#ledger tbody tr").first).to_contain_text("7.00")
+    expect(balance).to_have_text("$37.000000", timeout=3_000)
+    expect(page.locator("#chart-last")).to_have_text("$37.000000")
+    expect(page.locator("#ledger tbody tr").first).to_contain_text("7.000000")
     _shot(page, "03-live-balance.png")
 
     # a per-user limit, then a request that would break it is refused
@@ -207,7 +207,7 @@ def _admin_session(browser: Any, url: str, boss: Account, target: Account) -> No
     page.fill("#limit-reason", "dashboard test")
     page.click("#limit-submit")
     expect(page.locator("#spending")).to_contain_text("5MIN", timeout=5_000)
-    expect(page.locator("#spending")).to_contain_text("$0.01")
+    expect(page.locator("#spending")).to_contain_text("$0.010000")
     offers = httpx.get(
         f"{url}/api/v1/gpu/instances?provider=sandbox",
         headers={"X-API-Key": target.key},

@@ -821,8 +821,8 @@ def test_cli_grpc_mode_matches_rest(world: World, capsys: pytest.CaptureFixture[
     assert f"200 from instance {instance['id']}" in proxied.err
     paid = run("pay", "12.34", "--method", "card:pm_card_visa", "--idempotency-key", "p1", "--json")
     assert paid.code == 0, paid
-    assert json.loads(paid.out)["amount"] == "12.34"
-    assert eventually(lambda: "12.34" in run("payments").out)
+    assert json.loads(paid.out)["amount"] == "12.340000"
+    assert eventually(lambda: "12.340000" in run("payments").out)
     reserved = run("reserve", "1", "--provider", "sandbox", "--json")
     assert reserved.code == 0, reserved
     reservation = json.loads(reserved.out)

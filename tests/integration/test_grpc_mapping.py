@@ -109,12 +109,13 @@ def test_one_error_mapping(error: DomainError, status: Status) -> None:
 
 def test_messages_carry_the_particulars() -> None:
     assert message_of(SPEND) == (
-        "Spending limit exceeded: 5MIN: limit 0.01, spent 0.005, held 0.00, requested 0.25"
+        "Spending limit exceeded: 5MIN: limit 0.010000, spent 0.005000, held 0.000000, "
+        "requested 0.250000"
     )
     poor = InsufficientCreditsError(
         "Insufficient credits", available=1_500_000, requested=2 * 10**6
     )
-    assert message_of(poor) == "Insufficient credits (available 1.50, requested 2.00 USD)"
+    assert message_of(poor) == "Insufficient credits (available 1.500000, requested 2.000000 USD)"
     assert message_of(InvalidArgumentError("must be 1 to 16", field="count")).startswith("count:")
 
 

@@ -422,7 +422,7 @@ def test_api_key_is_shown_once_and_works_both_ways(client: Client) -> None:
     for headers in ({"X-API-Key": key}, {"Authorization": f"Bearer {key}"}):
         response = client.get(CREDITS, headers=headers)
         assert response.status_code == 200, response.text
-        assert response.json()["credits_remaining"] == "0.00"
+        assert response.json()["credits_remaining"] == "0.000000"
         keys = client.get("/api/v1/auth/apikeys", headers=headers).json()["api_keys"]
         assert [k["id"] for k in keys] == [created["id"]]
     assert container_of(client).users.by_id(user["id"]).email == "keys@example.com"
@@ -571,14 +571,14 @@ def test_every_user_sees_only_their_own_money(client: Client) -> None:
 
     alice_credits = client.get(CREDITS, headers=alice_auth).json()
     bob_credits = client.get(CREDITS, headers=bob_auth).json()
-    assert alice_credits["credits_remaining"] == "1.50"
-    assert alice_credits["credits_total"] == "1.50"
-    assert bob_credits["credits_remaining"] == "3.00"
+    assert alice_credits["credits_remaining"] == "1.500000"
+    assert alice_credits["credits_total"] == "1.500000"
+    assert bob_credits["credits_remaining"] == "3.000000"
 
     alice_tx = client.get("/api/v1/billing/transactions", headers=alice_auth).json()
     bob_tx = client.get("/api/v1/billing/transactions", headers=bob_auth).json()
     assert [(t["amount"], t["reason"]) for t in alice_tx["transactions"]] == [
-        ("1.50", "alice-grant")
+        ("1.500000", "alice-grant")
     ]
     assert sorted(t["reason"] for t in bob_tx["transactions"]) == ["bob-grant", "bob-grant-2"]
     assert not {t["id"] for t in alice_tx["transactions"]} & {
@@ -586,14 +586,14 @@ def test_every_user_sees_only_their_own_money(client: Client) -> None:
     }
 
     alice_usage = client.get("/api/v1/usage", headers=alice_auth).json()["days"]
-    assert [d["granted"] for d in alice_usage] == ["1.50"]
+    assert [d["granted"] for d in alice_usage] == ["1.500000"]
     spending = client.get("/api/v1/guardrails/spending", headers=alice_auth).json()
     assert spending["user_id"] == alice["id"]
 
     # The same holds through API keys, and keys of one user never list for the other.
     bob_key = new_key(client, bob_auth)["api_key"]
     via_key = client.get(CREDITS, headers={"X-API-Key": bob_key}).json()
-    assert via_key["credits_remaining"] == "3.00"
+    assert via_key["credits_remaining"] == "3.000000"
     assert client.get("/api/v1/auth/apikeys", headers=alice_auth).json()["api_keys"] == []
     assert bob["id"] not in client.get(CREDITS, headers=alice_auth).text
 
@@ -681,7 +681,7 @@ def test_admin_grant_is_idempotent_per_key(client: Client) -> None:
     assert first.status_code == second.status_code == 201, (first.text, second.text)
     assert first.json()["applied"] is True
     assert second.json()["applied"] is False
-    assert second.json()["credits_remaining"] == "12.34"
+    assert second.json()["credits_remaining"] == "12.340000"
     c = container_of(client)
     assert c.ledger.account(user["id"]).balance == 12_340_000
     # The same key with another amount is a conflict, not a second grant.
@@ -693,7 +693,7 @@ def test_admin_grant_is_idempotent_per_key(client: Client) -> None:
     assert third.json()["applied"] is True
     assert c.ledger.account(user["id"]).balance == 13_000_000
     c.runner.catch_up()
-    assert client.get(CREDITS, headers=user_auth).json()["credits_total"] == "13.00"
+    assert client.get(CREDITS, headers=user_auth).json()["credits_total"] == "13.000000"
 
 
 def test_admin_input_is_validated(client: Client) -> None:
@@ -779,7 +779,7 @@ def test_spending_check_allows_a_funded_cost_and_changes_nothing(client: Client)
         client.post(SPEND_CHECK, headers=auth, json={"estimated_cost": "10.01"}), 402
     )
     assert body["error"] == "Insufficient credits"
-    assert body["requested"] == "10.01"
+    assert body["requested"] == "10.010000"
 
 
 def test_spending_check_over_a_window_limit_is_402_with_violations(settings: Settings) -> None:
@@ -800,10 +800,10 @@ def test_spending_check_over_a_window_limit_is_402_with_violations(settings: Set
         assert body["violations"] == [
             {
                 "window": "60MIN",
-                "limit": "5.00",
-                "spent": "0.00",
-                "held": "0.00",
-                "requested": "6.00",
+                "limit": "5.000000",
+                "spent": "0.000000",
+                "held": "0.000000",
+                "requested": "6.000000",
             }
         ]
         assert set(body["spent"]) == {"60MIN"}
@@ -815,8 +815,8 @@ def test_spending_check_over_a_window_limit_is_402_with_violations(settings: Set
         assert ok.status_code == 200, ok.text
         over = client.post(SPEND_CHECK, headers=auth, json={"estimated_cost": "2.50"})
         body = assert_problem(over, 402)
-        assert body["violations"][0]["spent"] == "3.00"
-        assert body["spent"] == {"60MIN": "3.00"}
+        assert body["violations"][0]["spent"] == "3.000000"
+        assert body["spent"] == {"60MIN": "3.000000"}
         assert c.ledger.account(user["id"]).balance == 7_000_000
 
         c.runner.catch_up()
@@ -824,11 +824,11 @@ def test_spending_check_over_a_window_limit_is_402_with_violations(settings: Set
         assert spending.status_code == 200
         view = spending.json()
         assert view["guard_rails_enabled"] is True
-        assert view["limits"] == {"60MIN": "5.00"}
-        assert view["window_spent"]["60MIN"] == "3.00"
-        assert view["remaining"] == {"60MIN": "2.00"}
+        assert view["limits"] == {"60MIN": "5.000000"}
+        assert view["window_spent"]["60MIN"] == "3.000000"
+        assert view["remaining"] == {"60MIN": "2.000000"}
         assert view["exceeded"] == []
-        assert spending.headers["X-GuardRails-60MIN"] == "3.00"
+        assert spending.headers["X-GuardRails-60MIN"] == "3.000000"
 
 
 BAD_COSTS: list[tuple[str, bytes]] = [
@@ -919,9 +919,9 @@ def test_spending_view_shape(client: Client) -> None:
     assert body["user_id"] == user["id"]
     assert body["guard_rails_enabled"] is False
     assert list(body["window_spent"]) == list(WINDOW_NAMES)
-    assert set(body["window_spent"].values()) == {"0.00"}
+    assert set(body["window_spent"].values()) == {"0.000000"}
     assert body["limits"] == body["remaining"] == {}
-    assert body["held"] == "0.00"
+    assert body["held"] == "0.000000"
     assert body["exceeded"] == []
     datetime.fromisoformat(body["timestamp"])
     assert response.headers["X-GuardRails-Enabled"] == "true"
@@ -957,7 +957,13 @@ def test_transactions_page_newest_first(client: Client) -> None:
     ids = [t["id"] for t in seen]
     assert ids == sorted(ids, reverse=True)
     assert len(set(ids)) == 5
-    assert [t["amount"] for t in seen] == ["5.00", "4.00", "3.00", "2.00", "1.00"]
+    assert [t["amount"] for t in seen] == [
+        "5.000000",
+        "4.000000",
+        "3.000000",
+        "2.000000",
+        "1.000000",
+    ]
     first = seen[0]
     assert set(first) == {"id", "type", "amount", "hold_id", "reason", "reference", "created_at"}
     assert first["reason"] == "grant 5"
@@ -1007,7 +1013,7 @@ def test_usage_filters_by_day(client: Client) -> None:
     days = client.get("/api/v1/usage", headers=auth).json()["days"]
     assert len(days) == 1
     assert days[0]["day"] == today.isoformat()
-    assert days[0]["granted"] == "4.00"
+    assert days[0]["granted"] == "4.000000"
     assert set(days[0]) == {"day", "spent", "requests", "granted", "debited"}
     inside = client.get(f"/api/v1/usage?since={yesterday}&until={tomorrow}", headers=auth)
     assert [d["day"] for d in inside.json()["days"]] == [today.isoformat()]

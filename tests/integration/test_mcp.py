@@ -164,7 +164,7 @@ def test_handshake_session_tools_and_every_call(server: Server) -> None:
             assert answer["body"]["outputs"][0]["data"] == [3.0, 5.0, 7.0]  # y = 2x + 1
 
             credits = await _call(client, "get_credits", {})
-            assert credits["credits_total"] == "100.00"
+            assert credits["credits_total"] == "100.000000"
             spending = await _call(client, "get_spending_info", {})
             assert "window_spent" in spending
             check = await _call(client, "check_spending_limit", {"estimated_cost": 0.5})
@@ -211,8 +211,8 @@ def test_per_request_era_and_users_are_separate(server: Server) -> None:
             alice = await _client(stack, server, server.alice, "auto")
             bob = await _client(stack, server, server.bob, "auto")
             assert {t.name for t in (await alice.list_tools()).tools} >= TOOLS
-            assert (await _call(alice, "get_credits", {}))["credits_total"] == "100.00"
-            assert (await _call(bob, "get_credits", {}))["credits_total"] == "5.00"
+            assert (await _call(alice, "get_credits", {}))["credits_total"] == "100.000000"
+            assert (await _call(bob, "get_credits", {}))["credits_total"] == "5.000000"
             rentals = await _call(alice, "list_rentals", {})
             if rentals["rentals"]:
                 text = await _error(
@@ -302,7 +302,7 @@ def test_stdio_bridge_forwards_tools(server: Server) -> None:
             await client.session.send_ping()
             assert {t.name for t in (await client.list_tools()).tools} >= TOOLS
             credits = await _call(client, "get_credits", {})
-            assert credits["credits_total"] == "100.00"
+            assert credits["credits_total"] == "100.000000"
             assert "greater than zero" in await _error(
                 client, "check_spending_limit", {"estimated_cost": "0"}
             )
@@ -362,6 +362,6 @@ def test_readme_claude_desktop_snippet_works(server: Server) -> None:
 
     async def scenario() -> None:
         async with Client(params) as client:  # the SDK's default negotiation, as a host would
-            assert (await _call(client, "get_credits", {}))["credits_total"] == "5.00"
+            assert (await _call(client, "get_credits", {}))["credits_total"] == "5.000000"
 
     asyncio.run(scenario())

@@ -302,7 +302,7 @@ def test_refund_and_dispute_debit_once(shop: Shop) -> None:
     assert shop.webhook(dispute).status_code == 200
     assert shop.balance() == 20 * USD
     final = shop.client.get(f"/api/v1/billing/payments/{paid['id']}", headers=shop.auth).json()
-    assert (final["refunded"], final["disputed"]) == ("10.00", "10.00")
+    assert (final["refunded"], final["disputed"]) == ("10.000000", "10.000000")
 
 
 def test_crash_between_stripe_and_our_record_is_credited_once(shop: Shop) -> None:
@@ -364,11 +364,11 @@ def test_statement_reconciles(shop: Shop) -> None:
     shop.client.post(f"/api/v1/admin/payments/{paid['id']}/refund", json={}, headers=shop.admin)
     month = shop.c.ledger.clock().strftime("%Y-%m")
     statement = shop.client.get(f"/api/v1/billing/statements/{month}", headers=shop.auth).json()
-    assert statement["opening_balance"] == "0.00"
-    assert statement["payments"] == "60.00"
+    assert statement["opening_balance"] == "0.000000"
+    assert statement["payments"] == "60.000000"
     assert statement["charges"] == "1.234567"
     assert statement["charges_by_instance"] == {"gpu-x": "1.234567"}
-    assert statement["refunds"] == "10.00"
+    assert statement["refunds"] == "10.000000"
     assert statement["closing_balance"] == "48.765433"
     assert statement["reconciles"] is True
     bad = shop.client.get("/api/v1/billing/statements/2026-13", headers=shop.auth)
@@ -535,7 +535,7 @@ def test_crypto_from_a_wallet_two_users_named_is_credited_to_no_one(
     assert (row["kind"], row["sender"], row["amount"], row["payment_id"]) == (
         "ambiguous",
         WALLET.lower(),
-        "10.00",
+        "10.000000",
         None,
     )
     assert admin_main(["crypto-transfers"]) == 0
@@ -685,7 +685,7 @@ def test_refund_beyond_the_balance_records_a_shortfall(shop: Shop) -> None:
         f"/api/v1/admin/payments/{paid['id']}/refund", json={}, headers=shop.admin
     )
     assert refund.status_code == 200, refund.text
-    assert refund.json()["refunded"] == "40.00"
+    assert refund.json()["refunded"] == "40.000000"
     assert shop.balance() == 0  # only what the account had was taken back
     payment = shop.c.payments.get(UUID(paid["id"]))
     assert payment.state == "refunded"
@@ -706,7 +706,7 @@ def test_transactions_list_payments_in_every_state(shop: Shop) -> None:
     shop.c.runner.catch_up()
     listed = shop.client.get("/api/v1/billing/transactions", headers=shop.auth).json()
     states = {p["amount"]: p["status"] for p in listed["payments"]}
-    assert states == {"10.00": "succeeded", "11.00": "failed", "12.00": "pending"}
+    assert states == {"10.000000": "succeeded", "11.000000": "failed", "12.000000": "pending"}
     assert [t["type"] for t in listed["transactions"]] == ["grant"]
 
 

@@ -62,9 +62,9 @@ def test_rest_agents_and_ws_report_holds_as_enforcement_counts_them(client: Any)
     hold_nine(c, user_id)
 
     body = client.get(SPENDING, headers=auth).json()
-    assert body["held"] == "9.00"
-    assert body["window_spent"]["60MIN"] == "0.00"
-    assert body["remaining"] == {"60MIN": "1.00"}
+    assert body["held"] == "9.000000"
+    assert body["window_spent"]["60MIN"] == "0.000000"
+    assert body["remaining"] == {"60MIN": "1.000000"}
     assert body["exceeded"] == []
     assert datetime.fromisoformat(body["timestamp"]) == c.ledger.clock()  # the service clock
     assert client.post(CHECK, headers=auth, json={"estimated_cost": "2.00"}).status_code == 402
@@ -77,8 +77,8 @@ def test_rest_agents_and_ws_report_holds_as_enforcement_counts_them(client: Any)
 
     c.ledger.charge(user_id, USD, key="one")  # exactly the room left
     body = client.get(SPENDING, headers=auth).json()
-    assert body["window_spent"]["60MIN"] == "1.00"
-    assert body["remaining"] == {"60MIN": "0.00"}
+    assert body["window_spent"]["60MIN"] == "1.000000"
+    assert body["remaining"] == {"60MIN": "0.000000"}
     assert body["exceeded"] == ["60MIN"]
     with pytest.raises(SpendingLimitExceededError):
         c.ledger.charge(user_id, 1, key="more")
@@ -113,8 +113,8 @@ def test_admin_cli_reports_holds_at_the_service_clock(
     capsys.readouterr()
     assert admin_main(["guardrails-spending", "cli@example.com", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["held"] == "9.00"
-    assert out["remaining"] == {"60MIN": "1.00"}
+    assert out["held"] == "9.000000"
+    assert out["remaining"] == {"60MIN": "1.000000"}
     assert out["exceeded"] == []
 
 

@@ -271,7 +271,7 @@ def test_users_receive_only_their_own_events_and_admins_all(
     assert got["user_id"] == alice.user_id
     assert got["event"] == "CreditAccount.Granted"
     assert got["data"]["amount"] == 3 * USD
-    assert got["account"]["credits_remaining"] == "3.00"
+    assert got["account"]["credits_remaining"] == "3.000000"
     assert got_b["id"] == pb
     assert got_b["user_id"] == bob.user_id
     assert [e["id"] for e in seen] == [pa, pb]
@@ -316,8 +316,8 @@ def test_spending_topic_carries_window_totals(embedded: tuple[str, Container]) -
         event = ws.expect("event")
     assert event["id"] == charged.position
     assert event["topics"] == ["spending"]
-    assert event["spending"]["window_spent"]["5MIN"] == "2.00"
-    assert event["spending"]["limits"]["5MIN"] == "5.00"
+    assert event["spending"]["window_spent"]["5MIN"] == "2.000000"
+    assert event["spending"]["limits"]["5MIN"] == "5.000000"
 
 
 def test_resume_after_reconnect_has_no_gap_and_no_duplicate(

@@ -82,7 +82,7 @@ def test_events_fan_out_across_two_processes(
 
                 assert on_second["id"] == on_first["id"]
                 assert on_second["data"]["amount"] == 2_500_000
-                assert on_second["account"]["credits_remaining"] == "2.50"
+                assert on_second["account"]["credits_remaining"] == "2.500000"
                 assert latency < 1.0, f"{latency:.2f}s from commit to the other process"
                 assert bob_event["id"] == direct
                 assert seen_by_admin == [on_first["id"], direct]
