@@ -106,7 +106,6 @@ async def create_payment(
     c = container_of(request)
     headers = request.headers
     processor = processor_of(headers.get("x-billing"), data.provider)
-    c.payments.require(processor)  # before the method: its errors would hide the real one
     if data.currency.upper() != "USD":
         raise InvalidArgumentError("only USD is supported", field="currency")
     amount = positive_usd(data.amount, "amount")
@@ -119,6 +118,7 @@ async def create_payment(
             f"{micros_to_usd(settings.payment_max)} USD",
             field="amount",
         )
+    c.payments.require(processor)  # before the method: its errors would hide the real one
     stripe = c.stripe
     method = payment_method(
         processor,
