@@ -590,7 +590,7 @@ def test_errors_map_to_status_codes(world: World) -> None:
     }
     assert {k: v[0] for k, v in out.items()} == expected, out
     assert "Insufficient credits" in out["no funds"][1]
-    assert "5MIN: limit 0.01" in out["guard rail"][1]  # the violations are in the message
+    assert "5MIN: limit 0.010000" in out["guard rail"][1]  # the violations are in the message
     assert "5MIN" in out["check carol"][1]
     assert "4111111111111111" not in out["raw card"][1]
     assert "more than 6 decimal" in out["check 0.1234567"][1]

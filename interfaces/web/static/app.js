@@ -508,7 +508,7 @@
       add("text", { x: 10, y: 90 }, "No balance movements yet.");
       return svg;
     }
-    const left = 60, right = 590, top = 12, bottom = 160;
+    const left = 84, right = 590, top = 12, bottom = 160; // room for "$1000.000000"
     const values = points.map((p) => p.balance);
     let lo = Math.min(0, ...values), hi = Math.max(...values);
     if (hi === lo) hi = lo + 1;
