@@ -38,6 +38,10 @@ class Statement:
     refunds: int = 0  # refunds and disputes
     adjustments: int = 0
     closing: int = 0
+    # SHA-256 hash chain over the account's events (docs/events.md): the previous month's
+    # closing hash and this month's; empty until ``domain.statement_chain`` fills them.
+    opening_hash: str = ""
+    closing_hash: str = ""
 
     @property
     def reconciles(self) -> bool:

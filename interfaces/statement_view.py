@@ -25,4 +25,6 @@ def statement_json(user_id: str, month: str, history: list[Any]) -> dict[str, An
         "adjustments": micros_to_usd(result.adjustments),
         "closing_balance": micros_to_usd(result.closing),
         "reconciles": result.reconciles,
+        "opening_hash": result.opening_hash,
+        "closing_hash": result.closing_hash,
     }
