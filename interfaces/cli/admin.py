@@ -24,7 +24,7 @@ from interfaces.cli import sessions_commands
 from interfaces.cli.common import OneLineParser, fail, parse_time, print_json, usd
 from interfaces.cli.output import money, print_table, to_terminal
 from interfaces.spending_view import spending_json
-from interfaces.statement_view import statement_json
+from interfaces.statement_view import build_statement, statement_dict
 
 console = Console()
 BAD_INPUT = frozenset({400, 422})  # exit 2 like an argparse error; any other refusal exits 1
@@ -300,15 +300,31 @@ def cmd_balance(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify_statements(args: argparse.Namespace) -> int:
+    """Recompute recorded statement hash chains from the event store; 1 if any differs."""
+    from infrastructure.statement_hashes import StatementHashes, verify
+
+    c = _container(args)
+    try:
+        user_id = c.users.by_email(args.email).id if args.email else None
+        verdicts = verify(c.app, StatementHashes(c.db), user_id, args.month)
+    finally:
+        c.close()
+    bad = [v for v in verdicts if v.problem]
+    if args.json:
+        print_json([v.__dict__ for v in verdicts])
+    else:
+        for v in verdicts:
+            console.print(f"{v.user_id} {v.month} {v.problem or 'ok ' + v.closing_hash}")
+        console.print(f"{len(verdicts)} statement(s) checked, {len(bad)} tampered")
+    return 1 if bad else 0
+
+
 def cmd_statement(args: argparse.Namespace) -> int:
     c = _container(args)
     try:
         user = c.users.by_email(args.email)
-        try:
-            history = c.ledger.history(user.id)
-        except DomainError:
-            history = []
-        data = statement_json(user.id, args.month, history)
+        data = statement_dict(user.id, build_statement(c, user.id, args.month))
     finally:
         c.close()
     if args.json:
@@ -323,6 +339,7 @@ def cmd_statement(args: argparse.Namespace) -> int:
         table.add_row(f"  charges {instance}", str(amount))
     table.add_row("closing_balance", str(data["closing_balance"]))
     print_table(table)
+    console.print(f"opening hash {data['opening_hash']}\nclosing hash {data['closing_hash']}")
     if not data["reconciles"]:
         console.print("[red]does not reconcile[/red]")
         return 1
@@ -730,6 +747,9 @@ def _ledger_commands(add: Add) -> None:
     p = add("statement", cmd_statement, "a user's monthly statement from events")
     p.add_argument("email")
     p.add_argument("--month", required=True, type=_month, help="YYYY-MM")
+    p = add("verify-statements", cmd_verify_statements, "recheck statement hash chains")
+    p.add_argument("email", nargs="?")
+    p.add_argument("--month", type=_month, help="YYYY-MM (default: every recorded month)")
 
 
 def _count(value: str) -> int:
