@@ -27,6 +27,18 @@ class AccountEvent(Protocol):
     def data(self) -> dict[str, Any]: ...
 
 
+@dataclass(frozen=True)
+class StatementItem:
+    """One balance move of the month; ``amount`` is positive, ``balance`` is after it."""
+
+    at: datetime
+    bucket: str  # payments, grants, charges, refunds or adjustments
+    kind: str  # the reason recorded with the event ("GPU time", "stripe payment", ...)
+    reference: str  # instance, payment or hold the move belongs to
+    amount: int
+    balance: int
+
+
 @dataclass
 class Statement:
     month: str
@@ -38,6 +50,8 @@ class Statement:
     refunds: int = 0  # refunds and disputes
     adjustments: int = 0
     closing: int = 0
+    charges_by_kind: dict[str, int] = field(default_factory=dict)  # by reason: "GPU time", ...
+    items: list[StatementItem] = field(default_factory=list)  # every balance move, in order
     # SHA-256 hash chain over the account's events (docs/events.md): the previous month's
     # closing hash and this month's; empty until ``domain.statement_chain`` fills them.
     opening_hash: str = ""
@@ -47,6 +61,15 @@ class Statement:
     def reconciles(self) -> bool:
         total = self.opening + self.payments + self.grants
         return total - self.charges - self.refunds - self.adjustments == self.closing
+
+    def spend_by_day(self) -> dict[str, dict[str, int]]:
+        """Charges per UTC day ('YYYY-MM-DD') and kind, from the month's items."""
+        days: dict[str, dict[str, int]] = {}
+        for item in self.items:
+            if item.bucket == "charges":
+                day = days.setdefault(item.at.date().isoformat(), {})
+                day[item.kind] = day.get(item.kind, 0) + item.amount
+        return days
 
 
 def month_bounds(month: str) -> tuple[datetime, datetime]:
@@ -69,6 +92,7 @@ def statement(month: str, events: Iterable[AccountEvent]) -> Statement:
     balance = 0
     opened = False
     references: dict[str, str] = {}  # hold id -> what it paid for
+    reasons: dict[str, str] = {}  # hold id -> why it was placed
     for event in events:
         if event.at >= end:
             break
@@ -78,6 +102,7 @@ def statement(month: str, events: Iterable[AccountEvent]) -> Statement:
         amount = int(data.get("amount", 0))
         if event.name == "HoldPlaced":
             references[data["hold_id"]] = data.get("reference") or data.get("reason") or ""
+            reasons[data["hold_id"]] = data.get("reason") or ""
             continue
         if event.name == "Granted":
             balance += amount
@@ -93,9 +118,13 @@ def statement(month: str, events: Iterable[AccountEvent]) -> Statement:
         if event.at < start:
             continue
         setattr(result, bucket, getattr(result, bucket) + amount)
+        ref = data.get("reference") or references.get(data.get("hold_id", ""), "")
+        kind = data.get("reason") or reasons.get(data.get("hold_id", ""), "") or "other"
         if bucket == "charges":
-            ref = data.get("reference") or references.get(data.get("hold_id", ""), "") or "other"
+            ref = ref or "other"
             result.charges_by_reference[ref] = result.charges_by_reference.get(ref, 0) + amount
+            result.charges_by_kind[kind] = result.charges_by_kind.get(kind, 0) + amount
+        result.items.append(StatementItem(event.at, bucket, kind, ref, amount, balance))
     if not opened:
         result.opening = balance
     result.closing = balance
