@@ -157,6 +157,8 @@ def test_verify_statements_cli_exits_1_naming_the_event(
     assert admin("statement", "chain@example.com", "--month", "2026-11", "--json") == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["closing_hash"] == clean[0]["closing_hash"]
+    assert admin("statement", "chain@example.com", "--month", "2026-11") == 0
+    assert f"closing hash {shown['closing_hash']}" in capsys.readouterr().out
 
     _tamper(
         container,
