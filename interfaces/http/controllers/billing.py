@@ -14,7 +14,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 from msgspec import Meta
 
-from domain.errors import DomainError, InvalidArgumentError
+from domain.errors import InvalidArgumentError
 from domain.money import micros_to_usd
 from domain.payment_ports import InvalidWebhookError
 from domain.payments import Payment
@@ -26,7 +26,8 @@ from interfaces.http.payment_rows import payment_row_json
 from interfaces.http.schemas import NO_NUL, Body, Reason
 from interfaces.http.security import container_of, provide_admin, provide_principal
 from interfaces.payment_input import payment_method, processor_of
-from interfaces.statement_view import statement_json
+from interfaces.statement_export import FORMATS, split_format, statement_file
+from interfaces.statement_view import build_statement, statement_dict
 
 log = logging.getLogger(__name__)
 HANDLED_WEBHOOKS = {
@@ -217,16 +218,21 @@ def auto_renew(
     }
 
 
-@get("/billing/statements/{month:str}", sync_to_thread=True, summary="Monthly statement (YYYY-MM)")
+@get(
+    "/billing/statements/{month:str}",
+    sync_to_thread=True,
+    summary="Monthly statement (YYYY-MM; YYYY-MM.csv or YYYY-MM.pdf for a file)",
+)
 def monthly_statement(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], month: FromPath[str]
-) -> dict[str, Any]:
+) -> dict[str, Any] | Response[bytes]:
     c = container_of(request)
-    try:
-        history = c.ledger.history(principal.user_id)
-    except DomainError:
-        history = []
-    return statement_json(principal.user_id, month, history)
+    month, fmt = split_format(month)
+    result = build_statement(c, principal.user_id, month)
+    if fmt == "json":
+        return statement_dict(principal.user_id, result)
+    data, disposition = statement_file(c.users.by_id(principal.user_id).email, result, fmt)
+    return Response(data, media_type=FORMATS[fmt], headers={"Content-Disposition": disposition})
 
 
 @post("/billing/webhooks/stripe", status_code=200, summary="Stripe webhook endpoint")
