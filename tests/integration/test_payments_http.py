@@ -375,6 +375,27 @@ def test_statement_reconciles(shop: Shop) -> None:
     assert bad.status_code == 400
 
 
+def test_statement_shows_its_hash_chain(shop: Shop, clock: FixedClock) -> None:
+    from domain.statement_chain import GENESIS
+    from infrastructure.statement_hashes import StatementHashes, verify
+
+    shop.pay("20.00")
+    november = clock.now.strftime("%Y-%m")
+    clock.advance(days=31)
+    shop.pay("5.00")
+    url = "/api/v1/billing/statements/"
+    closed = shop.client.get(url + november, headers=shop.auth).json()
+    assert closed["opening_hash"] == GENESIS
+    assert len(closed["closing_hash"]) == 64
+    assert closed["closing_hash"] != GENESIS
+    current = shop.client.get(url + clock.now.strftime("%Y-%m"), headers=shop.auth).json()
+    assert current["opening_hash"] == closed["closing_hash"] != current["closing_hash"]
+    recorded = verify(shop.c.app, StatementHashes(shop.c.db), shop.user_id, None)
+    assert [(v.month, v.closing_hash, v.problem) for v in recorded] == [
+        (november, closed["closing_hash"], None)
+    ]
+
+
 def test_auto_renew_starts_one_payment_per_crossing(shop: Shop) -> None:
     shop.pay("20.00")
     setting = shop.client.put(
