@@ -35,7 +35,9 @@ class Rules:
     0 = off) instead of those it recorded; ``markup_ppm``: the GPU price markup instead of
     ``recorded_markup_ppm`` (spend for "GPU time" is re-priced ``amount * (1 + new) / (1 +
     recorded)``); ``proxy_price``: the per-request fee instead of ``recorded_proxy_price``
-    (spend for "proxy requests" is re-priced ``amount * new / recorded``). Floored."""
+    (spend for "proxy requests" is re-priced ``amount * new / recorded``); ``gpu_prices``: a
+    provider price per GPU-hour by GPU model, marked up like a new rental (``GpuPrice``).
+    Amounts are floored."""
 
     policy: GuardrailPolicy = field(default_factory=GuardrailPolicy)
     limits: Mapping[str, int] | None = None
@@ -43,6 +45,16 @@ class Rules:
     recorded_markup_ppm: int = 0
     proxy_price: int | None = None
     recorded_proxy_price: int = 0
+    gpu_prices: Mapping[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class GpuPrice:
+    """What a rental was recorded at: its model, GPUs and our price per hour (micro-USD)."""
+
+    model: str
+    num_gpus: int
+    price_per_hour: int
 
 
 @dataclass(frozen=True)
@@ -87,11 +99,19 @@ def check_range(start: datetime, end: datetime, longest: timedelta = MAX_RANGE) 
         raise InvalidArgumentError(f"the period is at most {longest.days} days", field="to")
 
 
-def what_if(events: Iterable[AccountEvent], start: datetime, end: datetime, rules: Rules) -> WhatIf:
-    """The period ``[start, end)`` as recorded and as replayed under ``rules``."""
+def what_if(
+    events: Iterable[AccountEvent],
+    start: datetime,
+    end: datetime,
+    rules: Rules,
+    gpus: Mapping[str, GpuPrice] | None = None,
+) -> WhatIf:
+    """The period ``[start, end)`` as recorded and as replayed under ``rules``; ``gpus``: the
+    rentals' recorded prices by hold id and instance id (for ``Rules.gpu_prices``)."""
     check_range(start, end, timedelta.max)
     history = list(events)
-    return WhatIf(start, end, _recorded(history, start, end), _replayed(history, start, end, rules))
+    replayed = _replayed(history, start, end, _Replay(rules, gpus or {}))
+    return WhatIf(start, end, _recorded(history, start, end), replayed)
 
 
 def _recorded(events: list[AccountEvent], start: datetime, end: datetime) -> Outcome:
@@ -124,8 +144,9 @@ def _recorded(events: list[AccountEvent], start: datetime, end: datetime) -> Out
 class _Replay:
     """A fresh in-memory CreditAccount fed the recorded events."""
 
-    def __init__(self, rules: Rules) -> None:
+    def __init__(self, rules: Rules, gpus: Mapping[str, GpuPrice]) -> None:
         self.rules = rules
+        self.gpus = gpus
         self.account: CreditAccount | None = None
         self.cap = 0
         self.limits: dict[str, int | None] = {}
@@ -160,7 +181,7 @@ class _Replay:
         if name == "Granted":
             account.grant(amount, key=self.key(), now=at, source=data.get("source", "admin"))
         elif name in SPEND:
-            self._spend(account, self._priced(str(data.get("reason", "")), amount), at, result)
+            self._spend(account, self._priced(data, amount), at, result)
         elif name == "Debited":
             try:
                 account.debit(amount, key=self.key(), now=at, kind=data.get("kind", "refund"))
@@ -187,10 +208,15 @@ class _Replay:
             account.reset_windows(list(data["windows"]), now=at, actor="what-if", reason="replay")
         self._collect(account, result)
 
-    def _priced(self, reason: str, amount: int) -> int:
-        rules = self.rules
+    def _priced(self, data: Mapping[str, Any], amount: int) -> int:
+        rules, reason = self.rules, data.get("reason", "")
         if not self.deciding:
             return amount
+        gpu = self.gpus.get(str(data.get("hold_id") or data.get("reference") or ""))
+        if reason == GPU_TIME and gpu and rules.gpu_prices and gpu.model in rules.gpu_prices:
+            markup = rules.recorded_markup_ppm if rules.markup_ppm is None else rules.markup_ppm
+            hourly = -(-rules.gpu_prices[gpu.model] * gpu.num_gpus * (PPM + markup) // PPM)
+            return amount * hourly // gpu.price_per_hour if gpu.price_per_hour else amount
         if reason == GPU_TIME and rules.markup_ppm is not None:
             return amount * (PPM + rules.markup_ppm) // (PPM + rules.recorded_markup_ppm)
         if (
@@ -224,9 +250,10 @@ class _Replay:
                 result.auto_renew_at.append(pending.at)  # type: ignore[attr-defined]
 
 
-def _replayed(events: list[AccountEvent], start: datetime, end: datetime, rules: Rules) -> Outcome:
+def _replayed(
+    events: list[AccountEvent], start: datetime, end: datetime, replay: _Replay
+) -> Outcome:
     result = Outcome()
-    replay = _Replay(rules)
     for event in events:
         if event.at >= end:
             break

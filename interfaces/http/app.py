@@ -28,6 +28,7 @@ from interfaces.http.controllers import (
     oip,
     proxy,
     usage_sessions,
+    what_if,
 )
 from interfaces.http.controllers import models as model_routes
 from interfaces.http.errors import (
@@ -149,6 +150,7 @@ def create_app(
             auth.router,
             money.router,
             usage_sessions.router,
+            what_if.router,
             admin.router,
             gpu.router,
             billing.router,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from domain.errors import InvalidArgumentError
 from domain.guardrails import GuardrailPolicy
-from domain.what_if import Rules, check_range, what_if
+from domain.what_if import GpuPrice, Rules, check_range, what_if
 
 USD = 1_000_000
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -75,7 +75,11 @@ def test_the_recorded_rules_give_the_recorded_bill_and_markup_reprices_gpu_time(
     events = [
         Ev("Opened", T0),
         Ev("Granted", T0, {"amount": 10 * USD, "source": "payment"}),
-        Ev("HoldCaptured", T0 + timedelta(minutes=5), {"amount": 2_200_000, "reason": "GPU time"}),
+        Ev(
+            "HoldCaptured",
+            T0 + timedelta(minutes=5),
+            {"amount": 2_200_000, "reason": "GPU time", "hold_id": "h"},
+        ),
         Ev(
             "HoldCaptured", T0 + timedelta(minutes=6), {"amount": 4_000, "reason": "proxy requests"}
         ),
@@ -88,6 +92,9 @@ def test_the_recorded_rules_give_the_recorded_bill_and_markup_reprices_gpu_time(
     assert doubled.replay.bill == 4_400_000 + 4_000 + 300  # GPU time only
     proxy = what_if(events, T0, end, Rules(proxy_price=500, recorded_proxy_price=1_000))
     assert proxy.replay.bill == 2_200_000 + 2_000 + 300  # proxy requests only
+    gpus = {"h": GpuPrice("H100", 2, 2_200_000)}  # 2 GPUs at 1.00 + 10 %: 2.20 an hour
+    priced = Rules(gpu_prices={"H100": 3 * USD, "A100": 1}, recorded_markup_ppm=100_000)
+    assert what_if(events, T0, end, priced, gpus).replay.bill == 6_600_000 + 4_000 + 300
 
 
 def test_auto_renew_firing_and_the_lowest_balance_under_other_limits() -> None:

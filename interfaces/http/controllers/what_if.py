@@ -1,0 +1,51 @@
+"""POST /api/v1/billing/what-if: the caller's own history replayed under other limits/markup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Router, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import JSONBody
+
+from domain.errors import InvalidArgumentError
+from domain.services.what_if import account_what_if
+from domain.what_if import MAX_RANGE, Rules, check_range
+from infrastructure.auth import Principal
+from interfaces.http.security import container_of, provide_principal
+from interfaces.what_if_view import parse_limits, parse_markup, parse_time, what_if_json
+
+FIELDS = frozenset({"from", "to", "markup", "limits"})
+MAX_EVENTS = 200_000  # a longer history is an operator's job (the admin CLI): bounded time
+
+
+@post("/billing/what-if", status_code=200, sync_to_thread=True, summary="What-if replay")
+def what_if(
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    data: JSONBody[dict[str, Any]],
+) -> dict[str, Any]:
+    """Your recorded charges from ``from`` to ``to`` (at most 93 days) replayed under other
+    guard-rail ``limits`` ({"60min": "10.00"}) and/or GPU ``markup`` (percent). Writes nothing."""
+    unknown = sorted(set(data) - FIELDS)
+    if unknown:
+        raise InvalidArgumentError(f"unknown field {unknown[0]!r}", field=unknown[0])
+    start, end = parse_time(data.get("from"), "from"), parse_time(data.get("to"), "to")
+    check_range(start, end, MAX_RANGE)
+    c = container_of(request)
+    rules = Rules(
+        policy=c.ledger.policy,
+        limits=parse_limits(data["limits"]) if data.get("limits") is not None else None,
+        markup_ppm=parse_markup(data["markup"]) if data.get("markup") is not None else None,
+        recorded_markup_ppm=c.settings.price_markup_ppm,
+    )
+    result = account_what_if(c.ledger, principal.user_id, start, end, rules, MAX_EVENTS)
+    return what_if_json(principal.user_id, result)
+
+
+router = Router(
+    path="/api/v1",
+    tags=["billing"],
+    dependencies={"principal": Provide(provide_principal)},
+    route_handlers=[what_if],
+)
