@@ -39,21 +39,59 @@ def bill(events: list[Ev], limits: dict[str, int]) -> int:
     return what_if(events, T0, end, Rules(limits=limits)).replay.bill
 
 
-charges = st.lists(
+within_an_hour = st.lists(  # gaps of at most 4 minutes, 12 charges: no spend slides out
+    st.tuples(st.integers(0, 4), st.integers(1, 20 * USD)), min_size=1, max_size=12
+)
+any_time = st.lists(
     st.tuples(st.integers(0, 200), st.integers(1, 20 * USD)), min_size=1, max_size=25
 )
 limit = st.integers(1, 60 * USD)
 
 
-@settings(max_examples=150, deadline=None)
-@given(charges, limit, limit, st.integers(1, 300 * USD))
+@settings(max_examples=200, deadline=None)
+@given(within_an_hour, limit, limit, limit, limit, st.integers(1, 300 * USD))
 def test_tighter_limits_never_bill_more(
-    spend: list[tuple[int, int]], a: int, b: int, funds: int
+    spend: list[tuple[int, int]], a: int, b: int, c: int, d: int, funds: int
 ) -> None:
-    tight, loose = sorted((a, b))
+    """Every window tighter (or equal), the same funds: never a larger bill. Holds while no
+    spend slides out of a window (see the sliding counterexample below)."""
+    (t1, l1), (t2, l2) = sorted((a, b)), sorted((c, d))
     events = history(spend, funds)
-    assert bill(events, {"60MIN": tight}) <= bill(events, {"60MIN": loose})
-    assert bill(events, {"60MIN": loose}) <= bill(events, {})
+    tight = bill(events, {"60MIN": t1, "120MIN": t2})
+    assert tight <= bill(events, {"60MIN": l1, "120MIN": l2})
+    assert bill(events, {"60MIN": l1}) <= bill(events, {})
+
+
+@settings(max_examples=200, deadline=None)
+@given(any_time, limit, limit)
+def test_limits_never_bill_more_than_none_and_keep_every_window(
+    spend: list[tuple[int, int]], a: int, b: int
+) -> None:
+    events = history(spend, funds=10**12)
+    limits = {"15MIN": a, "120MIN": b}
+    result = what_if(events, T0, T0 + timedelta(days=90), Rules(limits=limits))
+    assert result.replay.bill <= bill(events, {}) == result.real.bill
+    refused = {r.at for r in result.replay.refused}
+    kept = [(at, amount) for at, amount in _times(spend) if at not in refused]
+    for window, minutes in (("15MIN", 15), ("120MIN", 120)):
+        for at, _ in kept:  # a window ending at each kept charge holds at most its limit
+            span = [x for t, x in kept if at - timedelta(minutes=minutes) < t <= at]
+            assert sum(span) <= limits[window]
+
+
+def _times(spend: list[tuple[int, int]]) -> list[tuple[datetime, int]]:
+    at, out = T0, []
+    for minutes, amount in spend:
+        at += timedelta(minutes=minutes)
+        out.append((at, amount))
+    return out
+
+
+def test_sliding_windows_can_make_a_tighter_limit_bill_more() -> None:
+    """Not a bug: refusing 7 USD at 00:30 leaves the window free for 9 USD at 01:20."""
+    events = history([(0, 3 * USD), (30, 7 * USD), (50, 9 * USD)])
+    assert bill(events, {"60MIN": 9 * USD}) == 12 * USD
+    assert bill(events, {"60MIN": 12 * USD}) == 10 * USD
 
 
 def test_a_limit_refuses_and_says_when_and_which_window() -> None:
