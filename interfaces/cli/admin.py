@@ -20,7 +20,7 @@ from domain.guardrails import SpendingReport, normalise_window
 from domain.money import usd_to_micros
 from domain.services.ledger import AccountView
 from domain.statements import month_bounds
-from interfaces.cli import sessions_commands
+from interfaces.cli import sessions_commands, what_if_commands
 from interfaces.cli.common import OneLineParser, fail, parse_time, print_json, usd
 from interfaces.cli.output import money, print_table, to_terminal
 from interfaces.spending_view import spending_json
@@ -202,6 +202,14 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_what_if(args: argparse.Namespace) -> int:
+    c = _container(args)
+    try:
+        return what_if_commands.run(c, args)
+    finally:
+        c.close()
+
+
 def cmd_grant(args: argparse.Namespace) -> int:
     c = _container(args)
     try:
@@ -320,13 +328,31 @@ def cmd_verify_statements(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _write_statement_file(account: str, result: Any, fmt: str, output: str | None) -> int:
+    """CSV to stdout or ``--output``; a PDF to ``--output`` or ./statement-YYYY-MM.pdf."""
+    from interfaces.statement_export import statement_file
+
+    data, disposition = statement_file(account, result, fmt)
+    if fmt == "csv" and output in (None, "-"):
+        sys.stdout.write(data.decode())
+        return 0
+    path = output or disposition.split("filename=", 1)[1]
+    with open(path, "wb") as out:
+        out.write(data)
+    console.print(f"wrote {path}")
+    return 0
+
+
 def cmd_statement(args: argparse.Namespace) -> int:
     c = _container(args)
     try:
         user = c.users.by_email(args.email)
-        data = statement_dict(user.id, build_statement(c, user.id, args.month))
+        result = build_statement(c, user.id, args.month)
     finally:
         c.close()
+    if args.format:
+        return _write_statement_file(user.email, result, args.format, args.output)
+    data = statement_dict(user.id, result)
     if args.json:
         print_json(data)
         return 0
@@ -664,6 +690,7 @@ def build_parser() -> OneLineParser:
 
     _user_commands(add)
     _ledger_commands(add)
+    what_if_commands.add_arguments(add("what-if", cmd_what_if, what_if_commands.HELP))
     return parser
 
 
@@ -684,6 +711,14 @@ def _user_commands(add: Add) -> None:
     p = add("create-apikey", cmd_create_apikey, "create an API key for a user (shown once)")
     p.add_argument("email")
     p.add_argument("name")
+
+
+def _statement_command(add: Add) -> None:
+    p = add("statement", cmd_statement, "a user's monthly statement from events")
+    p.add_argument("email")
+    p.add_argument("--month", required=True, type=_month, help="YYYY-MM")
+    p.add_argument("--format", choices=("csv", "pdf"), help="a file instead of the table")
+    p.add_argument("--output", help="file to write (CSV default: stdout; PDF: statement-M.pdf)")
 
 
 def _ledger_commands(add: Add) -> None:
@@ -744,9 +779,7 @@ def _ledger_commands(add: Add) -> None:
     )
     p.add_argument("--unclaimed", action="store_true", help="only ambiguous/unmatched ones")
     p.add_argument("--limit", type=_count, default=200, help="newest N (default 200)")
-    p = add("statement", cmd_statement, "a user's monthly statement from events")
-    p.add_argument("email")
-    p.add_argument("--month", required=True, type=_month, help="YYYY-MM")
+    _statement_command(add)
     p = add("verify-statements", cmd_verify_statements, "recheck statement hash chains")
     p.add_argument("email", nargs="?")
     p.add_argument("--month", type=_month, help="YYYY-MM (default: every recorded month)")
