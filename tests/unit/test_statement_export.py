@@ -169,3 +169,4 @@ def test_file_names_and_formats() -> None:
     data, disposition = statement_file("ann@example.com", _nov(), "pdf")
     assert disposition == "attachment; filename=statement-2026-11.pdf"
     assert data.startswith(b"%PDF-")
+    assert statement_file("ann@example.com", _nov(), "pdf")[0] == data  # no creation date
