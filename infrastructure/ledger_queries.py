@@ -138,16 +138,6 @@ class LedgerQueries:
             {str(w): [int(m), int(a)] for w, m, a in resets},
         )
 
-    def limit_overrides(self, user_id: str) -> dict[str, int]:
-        """Per-user guard-rail overrides as the spending projection sees them."""
-        with self.db.read() as tx:
-            rows = tx.fetchall(
-                "SELECT window_name, amount FROM spending_limits WHERE account_id = ? "
-                "AND amount >= 0",
-                (str(account_id_for(user_id)),),
-            )
-        return {str(w): int(a) for w, a in rows}
-
     def totals(self) -> dict[str, int]:
         with self.db.snapshot() as tx:
             row = tx.fetchone(
