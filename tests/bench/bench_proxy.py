@@ -1,6 +1,16 @@
-"""Proxy data-plane benchmark: GPU Proxy's full proxy path vs direct and vs a bare forwarder.
+"""Proxy data-plane benchmark: GPU Proxy's full proxy path vs direct, nginx and a bare forwarder.
 
-Three ways to reach the same upstream, measured side by side in one run:
+Issue 20's sides (``--upstream auto``: nginx when installed): the dedicated upstream is nginx
+answering a small JSON body (``nginx_side.py``, one worker), and **(n)** nginx ``proxy_pass``
+to it (one worker, upstream keep-alive) is measured beside (a)-(c); aims: (c) >= 0.15 of (n)'s
+req/s at 16 connections, p50(c) - p50(a) <= 0.25 ms at 1 connection. Then the streaming checks
+(``proxy_streaming.py``, a third user's instance pointed at a streaming upstream): a 1 GiB
+download and upload through the proxy (server RSS growth < 32 MiB), time to the first event of
+an SSE and a chunked answer (added <= 0.5 ms), and the server's RSS over
+``--memory-requests`` proxied requests (flat within 10 % after the first tenth). The sandbox
+sides below are opt-in (``--sandbox``).
+
+Ways to reach the same upstream, measured side by side in one run:
 
 - **(a) direct**: the load generator talks to the upstream itself;
 - **(b) bare**: a bare Litestar forwarder (one route, one shared ``aiohttp.ClientSession``:
@@ -83,6 +93,7 @@ from infrastructure.projection_store import physical, read_state
 from infrastructure.settings import load_settings
 from infrastructure.sql import SqliteDatabase
 from interfaces.bootstrap import Container, bootstrap
+from tests.bench import nginx_side, proxy_streaming
 from tests.bench.bench_forwarder_clients import BODY, serve_uvicorn
 from tests.bench.harness import Quiet, loadavg, machine_facts
 from tests.support.http import JWT_SECRET, ROOT, server_process
@@ -90,8 +101,12 @@ from tests.support.pg import free_port
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 USD = 1_000_000
-AIM_RATIO = 0.70  # (c) req/s >= 70 % of (b)'s at 16 connections
-AIM_ADDED_MS = 0.5  # (c) p50 <= (a) p50 + 0.5 ms at 1 connection
+AIM_RATIO = 0.70  # (c) req/s >= 70 % of (b)'s at 16 connections (issue 5)
+AIM_NGINX_RATIO = 0.15  # (c) req/s >= 15 % of nginx proxy_pass's at 16 connections (issue 20)
+AIM_ADDED_MS = 0.25  # (c) p50 <= (a) p50 + 0.25 ms at 1 connection (issue 20; was 0.5)
+AIM_STREAM_RSS_MIB = 32.0  # 1 GiB down / up: server RSS grows by less than this
+AIM_TTFB_ADDED_MS = 0.5  # first event of a chunked/SSE answer: added over direct
+AIM_FLAT_PCT = 10.0  # RSS over many requests after warm-up
 
 
 @dataclass(frozen=True)
@@ -214,11 +229,11 @@ def _get(url: str, header: str | None = None, timeout: float = 60) -> httpx.Resp
 
 
 def _seed(env: dict[str, str]) -> list[tuple[str, str]]:
-    """Two users with credits and an API key each (before the server starts): (id, key)."""
+    """Three users with credits and an API key each (before the server starts): (id, key)."""
     c = bootstrap(load_settings(env, env_file=None))
     try:
         users = []
-        for name in ("dedicated", "sandbox"):
+        for name in ("dedicated", "sandbox", "stream"):
             user = c.users.create(f"bench-{name}@example.com", "bench-password", "Bench")
             c.ledger.grant(user.id, 1_000 * USD, key=f"bench-grant-{name}")
             _, key = c.auth.keys.create(user.id, f"bench-{name}")
@@ -504,8 +519,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--breakdown-rounds", type=int, default=10, help="in-process breakdown rounds (0: none)"
     )
     parser.add_argument("--breakdown-n", type=int, default=100, help="requests per step a round")
+    parser.add_argument(
+        "--upstream",
+        choices=("auto", "nginx", "uvicorn"),
+        default="auto",
+        help="the dedicated upstream: nginx (auto when installed) or a raw ASGI app on uvicorn",
+    )
+    parser.add_argument("--sandbox", action="store_true", help="also the sandbox-upstream sides")
+    parser.add_argument(
+        "--stream-bytes", type=int, default=1 << 30, help="download/upload size (0: skip)"
+    )
+    parser.add_argument("--ttfb-tries", type=int, default=50, help="per side and path (0: skip)")
+    parser.add_argument(
+        "--memory-requests",
+        type=int,
+        default=1_000_000,
+        help="proxied requests for the memory-flatness check (0: skip)",
+    )
+    parser.add_argument("--memory-slice", type=int, default=10, help="seconds per wrk slice")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "proxy.json")
     return parser.parse_args(argv)
+
+
+def _upstreams(
+    data_dir: Path, kind: str, port: int, nginx_port: int
+) -> list[subprocess.Popen[bytes]]:
+    """The dedicated upstream (nginx or uvicorn) and, given a port, nginx ``proxy_pass``."""
+    if kind == "nginx":
+        procs = [nginx_side.upstream(data_dir / "nginx-upstream", port, BODY)]
+    else:
+        app = "tests.bench.bench_forwarder_clients:upstream_app"
+        procs = [serve_uvicorn(app, port, {}, data_dir / "upstream.log")]
+    if nginx_port:
+        procs.append(nginx_side.proxy_pass(data_dir / "nginx-proxy", nginx_port, port))
+    return procs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -527,27 +574,33 @@ def main(argv: list[str] | None = None) -> int:
         "INSTANCE_POLL_SECONDS": "0.2",
         "PROXY_REQUEST_PRICE": "0.0001",
         "PROXY_LEASE_AMOUNT": "10",
+        "MAX_BODY_BYTES": str(1 << 30),  # the 1 GiB upload
     }
-    (ded_user, ded_key), (_, sbx_key) = _seed(env)
+    (ded_user, ded_key), (_, sbx_key), (str_user, str_key) = _seed(env)
     up_port, bare_ded_port, bare_sbx_port = free_port(), free_port(), free_port()
+    nginx_port, stream_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}/health"
+    use_nginx = nginx_side.available()
+    upstream_kind = (
+        args.upstream if args.upstream != "auto" else ("nginx" if use_nginx else "uvicorn")
+    )
     procs: list[subprocess.Popen[bytes]] = []
     runs: list[dict[str, Any]] = []
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"upstream": upstream_kind, "nginx_side": use_nginx}
     try:
+        procs += _upstreams(data_dir, upstream_kind, up_port, nginx_port if use_nginx else 0)
         procs.append(
             serve_uvicorn(
-                "tests.bench.bench_forwarder_clients:upstream_app",
-                up_port,
-                {},
-                data_dir / "upstream.log",
+                "tests.bench.proxy_streaming:stream_app", stream_port, {}, data_dir / "stream.log"
             )
         )
         with server_process(env, data_dir / "server.log") as base:
             ded = _rent_running(base, ded_key)
             sbx = _rent_running(base, sbx_key)
+            strm = _rent_running(base, str_key)
             sandbox_url = f"{sbx['endpoint']}/health"
-            for port, target in ((bare_ded_port, upstream), (bare_sbx_port, sandbox_url)):
+            bare_targets = [(bare_ded_port, upstream), (bare_sbx_port, sandbox_url)]
+            for port, target in bare_targets[: 1 + args.sandbox]:
                 procs.append(
                     serve_uvicorn(
                         "tests.bench.bench_forwarder_clients:make_app",
@@ -558,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             # Point the first user's instance at the dedicated upstream (read model only).
             _point_at(env, ded["id"], ded_user, up_port)
+            _point_at(env, strm["id"], str_user, stream_port)
             time.sleep(1.2)  # the proxy re-reads a user's instances after 1 s
             ded_h, sbx_h = f"X-API-Key: {ded_key}", f"X-API-Key: {sbx_key}"
             proxy = f"{base}/api/v1/gpu/proxy"
@@ -566,9 +620,34 @@ def main(argv: list[str] | None = None) -> int:
                 Side("ded_bare", "(b) bare forwarder", f"http://127.0.0.1:{bare_ded_port}/fwd"),
                 Side("ded_proxy", "(c) proxy, instance", f"{proxy}/{ded['id']}/health", ded_h),
                 Side("ded_pool", "(c) proxy, pool", f"{proxy}/pool/health", ded_h),
-                Side("sbx_direct", "(a) direct", sandbox_url),
-                Side("sbx_bare", "(b) bare forwarder", f"http://127.0.0.1:{bare_sbx_port}/fwd"),
-                Side("sbx_proxy", "(c) proxy, instance", f"{proxy}/{sbx['id']}/health", sbx_h),
+                *(
+                    [
+                        Side(
+                            "ded_nginx",
+                            "(n) nginx proxy_pass",
+                            f"http://127.0.0.1:{nginx_port}/health",
+                        )
+                    ]
+                    if use_nginx
+                    else []
+                ),
+                *(
+                    [
+                        Side("sbx_direct", "(a) direct", sandbox_url),
+                        Side(
+                            "sbx_bare",
+                            "(b) bare forwarder",
+                            f"http://127.0.0.1:{bare_sbx_port}/fwd",
+                        ),
+                        Side(
+                            "sbx_proxy", "(c) proxy, instance", f"{proxy}/{sbx['id']}/health", sbx_h
+                        ),
+                    ]
+                    if args.sandbox
+                    else []
+                ),
+            ]
+            sides += [
                 Side("health", "server GET /health", f"{base}/health"),
                 Side(
                     "auth",
@@ -619,6 +698,10 @@ def main(argv: list[str] | None = None) -> int:
             for name, path in (("load", "loadbalancer/load"), ("credits", "billing/credits")):
                 got = httpx.get(f"{base}/api/v1/{path}", headers={"X-API-Key": ded_key})
                 extra[f"{name}_dedicated_user"] = got.json()  # counters, lease, what was spent
+            extra["streaming"] = streaming_checks(
+                f"http://127.0.0.1:{stream_port}", f"{proxy}/{strm['id']}", str_key, base, args
+            )
+            extra["memory"] = memory_check(f"{proxy}/{ded['id']}/health", ded_h, base, args)
         if args.breakdown_rounds:  # the server has stopped; the upstream still runs
             print("[proxy] in-process breakdown ...", file=sys.stderr, flush=True)
             extra["breakdown"] = run_breakdown(env, upstream, ded_user, ded["id"], ded_key, args)
@@ -628,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         for proc in procs:
             proc.wait(timeout=30)
     summary = report(runs, sides, conns, args, use_wrk=bool(use_wrk))
+    summary["aims"].update(report_streaming(extra))
     if "breakdown" in extra:
         print_breakdown(extra["breakdown"])
     summary["total_s"] = round(time.monotonic() - started, 1)
@@ -686,10 +770,81 @@ def print_breakdown(breakdown: dict[str, Any]) -> None:
     )
 
 
+def streaming_checks(
+    direct: str, proxied: str, key: str, base: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """1 GiB down and up through the proxy (server RSS growth) and the TTFB of SSE/chunked."""
+    out: dict[str, Any] = {}
+    pid = proxy_streaming.server_pid(int(base.rsplit(":", 1)[1]))
+    if args.stream_bytes:
+        print("[proxy] big transfers ...", file=sys.stderr, flush=True)
+        out["big"] = proxy_streaming.big_transfers(
+            proxied, {"X-API-Key": key}, pid, args.stream_bytes
+        )
+    if args.ttfb_tries:
+        print("[proxy] time to first event ...", file=sys.stderr, flush=True)
+        out["ttfb"] = proxy_streaming.ttfb(direct, proxied, f"X-API-Key: {key}", args.ttfb_tries)
+    return out
+
+
+def memory_check(url: str, header: str, base: str, args: argparse.Namespace) -> dict[str, Any]:
+    """RSS of the server over ``--memory-requests`` proxied requests ({} when 0)."""
+    if not args.memory_requests:
+        return {}
+    print("[proxy] memory flatness ...", file=sys.stderr, flush=True)
+    pid = proxy_streaming.server_pid(int(base.rsplit(":", 1)[1]))
+    return proxy_streaming.memory_flat(url, header, pid, args.memory_requests, args.memory_slice)
+
+
+def report_streaming(extra: dict[str, Any]) -> dict[str, Any]:
+    """Print the streaming and memory figures against their aims; return the verdicts."""
+    aims: dict[str, Any] = {}
+    big = extra.get("streaming", {}).get("big")
+    if big:
+        for way in ("download", "upload"):
+            row = big[way]
+            met = row["complete"] and row["rss_growth_mib"] < AIM_STREAM_RSS_MIB
+            aims[f"stream_{way}_met"] = met
+            print(
+                f"{big['bytes'] / (1 << 30):.2f} GiB {way} through the proxy: {row['received']} "
+                f"bytes arrived in {row['seconds']} s; server RSS {row['rss_before_mib']} MiB "
+                f"+ {row['rss_growth_mib']} MiB (aim < {AIM_STREAM_RSS_MIB}: "
+                f"{'met' if met else 'MISSED'})"
+            )
+    for path, row in extra.get("streaming", {}).get("ttfb", {}).items():
+        met = row["added_ms"] <= AIM_TTFB_ADDED_MS
+        aims[f"ttfb_{path}_met"] = met
+        print(
+            f"time to first event, {path}: direct {row['direct_ms']} ms, proxy "
+            f"{row['proxy_ms']} ms, added {row['added_ms']} ms (median of {row['tries']}, fresh "
+            f"connections; aim <= {AIM_TTFB_ADDED_MS}: {'met' if met else 'MISSED'})"
+        )
+    memory = extra.get("memory")
+    if memory:
+        met = abs(memory["growth_pct"]) <= AIM_FLAT_PCT and memory["non_2xx"] == 0
+        aims["memory_flat_met"] = met
+        print(
+            f"memory over {memory['requests']} proxied requests: RSS after warm-up "
+            f"{memory['rss_after_warmup_mib']} MiB, at the end {memory['rss_end_mib']} MiB "
+            f"({memory['growth_pct']:+.2f} %; max {memory['rss_max_after_warmup_mib']} MiB; "
+            f"{memory['non_2xx']} non-2xx; aim within {AIM_FLAT_PCT} %: "
+            f"{'met' if met else 'MISSED'})"
+        )
+    return aims
+
+
 def ratios(run: dict[str, Any]) -> dict[str, float]:
-    """One run's (c)/(b) req/s and p50(c) - p50(a), for each upstream."""
+    """One run's (c)/(b) and (c)/nginx req/s and p50(c) - p50(a), for each upstream."""
     out: dict[str, float] = {}
+    if "ded_nginx" in run:
+        out["ded_proxy_over_nginx"] = round(run["ded_proxy"]["rps"] / run["ded_nginx"]["rps"], 3)
+        out["ded_pool_over_nginx"] = round(run["ded_pool"]["rps"] / run["ded_nginx"]["rps"], 3)
+        out["ded_nginx_added_p50_ms"] = round(
+            run["ded_nginx"]["p50_ms"] - run["ded_direct"]["p50_ms"], 3
+        )
     for up in ("ded", "sbx"):
+        if f"{up}_proxy" not in run:
+            continue
         out[f"{up}_proxy_over_bare"] = round(
             run[f"{up}_proxy"]["rps"] / run[f"{up}_bare"]["rps"], 3
         )
@@ -748,7 +903,21 @@ def report(
         }
     aims: dict[str, Any] = {}
     high, low = str(max(conns)), str(min(conns))
+    over_nginx = summary[high]["ratios"].get("ded_proxy_over_nginx")
+    if over_nginx is not None:
+        aims["proxy_over_nginx"] = over_nginx
+        aims["proxy_over_nginx_met"] = over_nginx["median"] >= AIM_NGINX_RATIO
+        nginx_added = summary[low]["ratios"]["ded_nginx_added_p50_ms"]
+        print(
+            f"dedicated: (c)/nginx req/s at {high} conns {over_nginx['median']:.3f} (rounds "
+            f"{over_nginx['rounds']}; pool route "
+            f"{summary[high]['ratios']['ded_pool_over_nginx']['median']:.3f}; aim >= "
+            f"{AIM_NGINX_RATIO}: {'met' if aims['proxy_over_nginx_met'] else 'MISSED'}); "
+            f"nginx adds {nginx_added['median']:.3f} ms p50 at {low} conn"
+        )
     for up, name in (("ded", "dedicated"), ("sbx", "sandbox")):
+        if f"{up}_proxy_over_bare" not in summary[high]["ratios"]:
+            continue
         ratio = summary[high]["ratios"][f"{up}_proxy_over_bare"]
         added = summary[low]["ratios"][f"{up}_proxy_added_p50_ms"]
         aims[up] = {
@@ -759,7 +928,7 @@ def report(
         }
         print(
             f"{name}: (c)/(b) req/s at {high} conns {ratio['median']:.2f} "
-            f"(rounds {ratio['rounds']}; aim >= {AIM_RATIO}: "
+            f"(rounds {ratio['rounds']}; issue 5's aim >= {AIM_RATIO}: "
             f"{'met' if aims[up]['proxy_over_bare_met'] else 'MISSED'}); "
             f"p50(c) - p50(a) at {low} conn {added['median']:.3f} ms "
             f"(rounds {added['rounds']}; aim <= {AIM_ADDED_MS}: "
