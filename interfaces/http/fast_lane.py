@@ -1,6 +1,7 @@
 """The fast lane: the hottest routes answered before Litestar's routing and per-request objects.
 
-``GET /api/v1/billing/credits`` and the raw reverse proxy (``/api/v1/gpu/proxy/pool/…`` and
+``GET /api/v1/billing/credits`` (and ``HEAD``: the same status and headers, no body) and the
+raw reverse proxy (``/api/v1/gpu/proxy/pool/…`` and
 ``/api/v1/gpu/proxy/{instance_id}/…``) are matched on the raw ASGI scope and served with the
 same functions their Litestar routes use: authentication and the rate limit
 (``principal_for``), the balance query and ``credits_json``, ``raw_proxy``. Errors go through
@@ -36,6 +37,7 @@ POOL = "pool"
 # the templates Litestar reports for the same routes, so metrics do not depend on the door
 POOL_TEMPLATES = ("/api/v1/gpu/proxy/pool", "/api/v1/gpu/proxy/pool/{path}")
 INSTANCE_TEMPLATES = ("/api/v1/gpu/proxy/{instance_id}", "/api/v1/gpu/proxy/{instance_id}/{path}")
+GET_OR_HEAD = frozenset({"GET", "HEAD"})  # HEAD: the GET's status and headers, no body
 PROXY_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 JSON_HEADERS = [(b"content-type", b"application/json")]
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -83,7 +85,7 @@ class FastLane:
         path: str = scope["path"]
         method: str = scope["method"]  # type: ignore[typeddict-item]
         if path == CREDITS:
-            if method != "GET" or self._cross_origin(scope):
+            if method not in GET_OR_HEAD or self._cross_origin(scope):
                 return None
             scope["path_template"] = CREDITS
             return self._credits
@@ -125,6 +127,8 @@ class FastLane:
             return
         headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if scope["method"] == "HEAD":  # type: ignore[typeddict-item]
+            body = b""
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _proxy(
