@@ -11,6 +11,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+POLICY = "per-user"  # the one policy: requests per user per fixed one-minute window
+WINDOW_SECONDS = 60
+
 
 @dataclass(frozen=True)
 class RateDecision:
@@ -24,10 +27,17 @@ class RateDecision:
         return max(1, self.reset - int(time.time()))
 
     def headers(self) -> dict[str, str]:
+        """The legacy ``X-RateLimit-*`` trio (``X-RateLimit-Reset`` is an epoch time, in
+        seconds) and the IETF draft's ``RateLimit-Policy``/``RateLimit`` structured fields
+        (draft-ietf-httpapi-ratelimit-headers: quota ``q`` per window ``w`` seconds; ``r``
+        requests remaining, ``t`` seconds until the window resets, like ``Retry-After``)."""
+        seconds_left = max(0, self.reset - int(time.time()))
         return {
             "X-RateLimit-Limit": str(self.limit),
             "X-RateLimit-Remaining": str(self.remaining),
             "X-RateLimit-Reset": str(self.reset),
+            "RateLimit-Policy": f'"{POLICY}";q={self.limit};w={WINDOW_SECONDS}',
+            "RateLimit": f'"{POLICY}";r={self.remaining};t={seconds_left}',
         }
 
 

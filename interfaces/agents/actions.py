@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from domain.errors import DomainError
 from interfaces.agents import billing_actions, gpu_actions, proxy_actions
 from interfaces.agents.base import Action, Result, UnknownActionError
-from interfaces.http.errors import on_domain_error
+from interfaces.http.errors import on_domain_error, problem_body
 
 if TYPE_CHECKING:
     from infrastructure.auth import Principal
@@ -70,14 +70,7 @@ def problem_of(exc: BaseException) -> dict[str, Any]:
         body: dict[str, Any] = on_domain_error(None, exc).content  # type: ignore[arg-type]
         return body
     log.error("agent action failed: %s", type(exc).__name__, exc_info=exc)
-    detail = "Internal server error"
-    return {
-        "type": "about:blank",
-        "title": detail,
-        "status": 500,
-        "detail": detail,
-        "error": detail,
-    }
+    return problem_body(500, "", "Internal server error")
 
 
 def describe() -> list[dict[str, Any]]:

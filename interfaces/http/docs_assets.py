@@ -9,15 +9,19 @@ another origin and work offline.
 
 from __future__ import annotations
 
+from functools import cache
 from importlib.resources import as_file, files
 from pathlib import Path
+from typing import Any
 
-from litestar import get
-from litestar.datastructures import CacheControlHeader
+from litestar import Request, Response, get
+from litestar.datastructures import CacheControlHeader, ETag
 from litestar.exceptions import NotFoundException
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.params import FromPath
 from litestar.response import File
+
+from interfaces.http.conditional import Validators, not_modified, not_modified_response
 
 ASSETS_PATH = "/schema/assets"
 JS, CSS = "text/javascript", "text/css"
@@ -61,8 +65,26 @@ def render_plugins() -> list[SwaggerRenderPlugin | RedocRenderPlugin]:
     include_in_schema=False,
     cache_control=CacheControlHeader(public=True, max_age=86400),
 )
-async def docs_asset(name: FromPath[str]) -> File:
+async def docs_asset(
+    request: Request[Any, Any, Any], name: FromPath[str]
+) -> File | Response[bytes]:
     found = FILES.get(name)
     if found is None:
         raise NotFoundException(f"no documentation asset {name!r}")
-    return File(ROOT / name, media_type=found, content_disposition_type="inline", headers=HEADERS)
+    validators = validators_of(name)
+    if not_modified(request.headers, validators):
+        return not_modified_response(validators, HEADERS)  # Cache-Control: the route's
+    return File(
+        ROOT / name,
+        media_type=found,
+        content_disposition_type="inline",
+        headers={**HEADERS, **validators.headers()},
+        etag=ETag(value=validators.etag.strip('"')),
+    )
+
+
+@cache
+def validators_of(name: str) -> Validators:
+    """A strong ETag (content hash) and the file's time, read once per asset."""
+    path = ROOT / name
+    return Validators.of(path.read_bytes(), path.stat().st_mtime)

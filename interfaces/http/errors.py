@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from http import HTTPStatus
 from typing import Any
 
 from litestar import Request, Response
@@ -27,17 +28,34 @@ class RateLimitedError(DomainError):
         self.decision = decision
 
 
-def problem(
-    status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
-) -> Response[dict[str, Any]]:
-    body = {
+def problem_body(status: int, what: str, message: str, **extra: Any) -> dict[str, Any]:
+    """An ``about:blank`` problem: ``title`` is the status phrase (RFC 9457 §4.2.1), the
+    specific words (``what``, e.g. "Model not found") go into ``detail``; ``error`` (the seed's
+    field) stays the message."""
+    phrase = status_phrase(status)
+    return {
         "type": "about:blank",
-        "title": title,
+        "title": phrase,
         "status": status,
-        "detail": detail,
-        "error": detail,
+        "detail": problem_detail(phrase, what, message),
+        "error": message or what,
         **extra,
     }
+
+
+def problem_detail(phrase: str, what: str, message: str) -> str:
+    """``message``, led by ``what`` unless it says nothing more than the phrase or message."""
+    if not message:
+        return what or phrase
+    if not what or what.lower() == phrase.lower() or what.lower() in message.lower():
+        return message
+    return f"{what}: {message}"
+
+
+def problem(
+    status: int, what: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> Response[dict[str, Any]]:
+    body = problem_body(status, what, detail, **extra)
     return Response(body, status_code=status, media_type=PROBLEM, headers=headers or {})
 
 
@@ -103,7 +121,7 @@ def on_validation_error(
 
 def on_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     headers = dict(exc.headers or {})
-    return problem(exc.status_code, _title(exc.status_code), str(exc.detail), headers=headers)
+    return problem(exc.status_code, "", str(exc.detail), headers=headers)
 
 
 def on_too_deep(_: Request[Any, Any, Any], __: RecursionError) -> Response[dict[str, Any]]:
@@ -127,9 +145,8 @@ def make_internal_handler(developer_mode: bool) -> Any:
     return on_internal_error
 
 
-def _title(status: int) -> str:
-    from http import HTTPStatus
-
+def status_phrase(status: int) -> str:
+    """The reason phrase of ``status`` (RFC 9110 §15), "Error" for an unregistered code."""
     try:
         return HTTPStatus(status).phrase
     except ValueError:

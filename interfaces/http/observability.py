@@ -4,17 +4,54 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from interfaces.grpc.metrics import GrpcMetrics
 from interfaces.http.security import RATE_HEADERS
 
 if TYPE_CHECKING:
     from interfaces.bootstrap import Container
 
 access_log = logging.getLogger("aiserve.access")
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: counters and histograms only (issue 22)
+OBSERVED = "gpuproxy.observed"  # set in the scope once a request is counted and logged
+HEAD_AS_GET = "gpuproxy.head"  # set by ``interfaces.http.head``: a HEAD served as a GET
+UNMATCHED = "unmatched"  # the route label of requests no route took (404, 405)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+
+
+class LedgerCounters(Collector):
+    """The committer's running totals, exposed as counters (they only go up)."""
+
+    def __init__(self, container: Container) -> None:
+        self.container = container
+
+    def collect(self) -> Iterator[Metric]:
+        committer = self.container.ledger.committer
+        yield CounterMetricFamily(
+            "gpuproxy_ledger_commands",
+            "Ledger commands committed by this process",
+            value=committer.commands,
+        )
+        yield CounterMetricFamily(
+            "gpuproxy_ledger_commit_batches",
+            "Ledger commit transactions by this process",
+            value=committer.batches,
+        )
 
 
 class Metrics:
@@ -33,20 +70,12 @@ class Metrics:
             "HTTP request latency",
             ["method", "route"],
             registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            buckets=LATENCY_BUCKETS,
         )
-        commands = Gauge(
-            "gpuproxy_ledger_commands",
-            "Ledger commands committed by this process",
-            registry=self.registry,
-        )
-        commands.set_function(lambda: container.ledger.committer.commands)
-        batches = Gauge(
-            "gpuproxy_ledger_commit_batches",
-            "Ledger commit transactions by this process",
-            registry=self.registry,
-        )
-        batches.set_function(lambda: container.ledger.committer.batches)
+        self.registry.register(LedgerCounters(container))
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, cpu, fds
+        self.registry.register(GC_COLLECTOR)  # python_gc_* (stateless: safe in many registries)
+        self.grpc = GrpcMetrics(self.registry, LATENCY_BUCKETS)  # filled by the gRPC server
         self.lag = Gauge(
             "gpuproxy_projection_lag_events",
             "Events not yet applied to a projection",
@@ -107,14 +136,52 @@ class Observer:
                     message["headers"] = headers
             await send(message)
 
+        scope[OBSERVED] = True  # type: ignore[literal-required]
         try:
             await app(scope, receive, send_with_headers)
         finally:
             elapsed = time.perf_counter() - started
-            route: str = scope.get("path_template") or "unmatched"
-            method: str = scope.get("method", "")  # type: ignore[assignment]
+            route: str = scope.get("path_template") or UNMATCHED
+            method = _method(scope)
             self._record(method, route, status, elapsed)
             access_log.info("%s %s %s %.1fms", method, route, status, elapsed * 1000)
+
+    def unmatched(self, app: ASGIApp) -> ASGIApp:
+        """Wrap the app's handler so that requests no route took (Litestar's router answers
+        404 and 405 before any route middleware runs) are counted as ``unmatched`` and logged
+        with their path; requests a route or the fast lane observed are left alone."""
+
+        async def outer(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":  # type: ignore[comparison-overlap]
+                await app(scope, receive, send)
+                return
+            started = time.perf_counter()
+            status = 500
+
+            async def send_status(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, send_status)
+            finally:
+                if not scope.get(OBSERVED):
+                    elapsed = time.perf_counter() - started
+                    method = _method(scope)
+                    self._record(method, UNMATCHED, status, elapsed)
+                    path = scope.get("path", "")[:200]
+                    access_log.info(
+                        "%s %s %s %.1fms path=%r", method, UNMATCHED, status, elapsed * 1000, path
+                    )
+
+        return outer
+
+
+def _method(scope: Scope) -> str:
+    """The request's method as the client sent it (a HEAD is served as a GET)."""
+    return "HEAD" if scope.get(HEAD_AS_GET) else str(scope.get("method", ""))
 
 
 def observe(observer: Observer) -> Any:

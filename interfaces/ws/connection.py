@@ -25,7 +25,7 @@ from litestar.exceptions import WebSocketDisconnect
 from domain.errors import DomainError
 from infrastructure.auth import Principal
 from infrastructure.proxy.runtime import ProxyRuntime
-from interfaces.http.errors import RateLimitedError
+from interfaces.http.errors import RateLimitedError, problem_body
 from interfaces.ws import protocol
 from interfaces.ws.hub import StreamHub
 from interfaces.ws.infer import MAX_IN_FLIGHT, run_infer
@@ -87,14 +87,12 @@ async def refuse(socket: Any, exc: DomainError) -> None:
         await socket.close(code=protocol.CLOSE_UNAUTHORIZED, reason=exc.title)
         return
     body = json.dumps(
-        {
-            "type": "about:blank",
-            "title": exc.title,
-            "status": exc.status,
-            "detail": exc.message,
-            "error": exc.message,
+        problem_body(
+            exc.status,
+            exc.title,
+            exc.message,
             **{k: v for k, v in exc.details.items() if k == "field"},
-        }
+        )
     ).encode()
     headers = [(b"content-type", b"application/problem+json")]
     if exc.status == 401:

@@ -804,7 +804,8 @@ def test_crypto_exact_amounts_exhausted_is_a_clear_503_for_everyone(
     refused = _crypto_as(shop, _login(shop.client, "late@example.com"), "10", "late")
     assert refused.status_code == 503, refused.text
     problem = refused.json()
-    assert problem["title"] == "No exact amount free"
+    assert problem["title"] == "Service Unavailable"  # RFC 9457: the status phrase
+    assert problem["detail"].startswith("No exact amount free")
     assert "every one tried was taken" in problem["detail"]
     assert "retry" in problem["detail"]
     assert problem["field"] == "amount"

@@ -58,7 +58,8 @@ def _refused(client: httpx.Client, gpu_id: str) -> str | None:
     pool = client.get("/api/v1/gpu/proxy/pool/health")
     forwarded = [r for r in (own, pool) if "x-gpuproxy-instance" in r.headers]
     if (own.status_code, pool.status_code) == (404, 409) and not forwarded:
-        assert own.json()["title"] == "Instance not found"
+        assert own.json()["title"] == "Not Found"  # RFC 9457: the status phrase
+        assert "Instance not found" in own.json()["detail"]
         return None
     return f"{own.status_code}/{pool.status_code}, {len(forwarded)} forwarded"
 
