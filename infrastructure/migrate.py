@@ -1,4 +1,8 @@
-"""Applies ``migrations/NNNN_name.sql`` in order, once each, recorded in ``schema_migrations``."""
+"""Applies ``migrations/NNNN_name.sql`` in order, once each, recorded in ``schema_migrations``.
+
+The files are package data of the ``migrations`` package, read through ``importlib.resources``
+so an installed wheel finds them wherever it runs (docs/adr/0020-installable-package.md).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from infrastructure.sql import Database, Tx
@@ -18,23 +24,26 @@ ADVISORY_LOCK_KEY = 7_420_001  # serialises concurrent migrators on PostgreSQL
 class Migration:
     version: int
     name: str
-    path: Path
+    path: Traversable
 
     def statements(self) -> list[str]:
         text = "\n".join(
-            line for line in self.path.read_text().splitlines() if not line.strip().startswith("--")
+            line
+            for line in self.path.read_text(encoding="utf-8").splitlines()
+            if not line.strip().startswith("--")
         )
         return [s.strip() for s in text.split(";") if s.strip()]
 
 
-def migrations_dir() -> Path:
+def migrations_dir() -> Traversable:
+    """``MIGRATIONS_DIR`` when set, else the installed ``migrations`` package."""
     override = os.environ.get("MIGRATIONS_DIR")
-    return Path(override) if override else Path(__file__).resolve().parents[1] / "migrations"
+    return Path(override) if override else files("migrations")
 
 
-def discover(folder: Path | None = None) -> list[Migration]:
+def discover(folder: Traversable | None = None) -> list[Migration]:
     found = []
-    for path in sorted((folder or migrations_dir()).iterdir()):
+    for path in sorted((folder or migrations_dir()).iterdir(), key=lambda p: p.name):
         match = MIGRATION_FILE.match(path.name)
         if match:
             found.append(Migration(int(match.group(1)), match.group(2), path))
@@ -57,7 +66,7 @@ def applied_versions(db: Database) -> set[int]:
         return {row[0] for row in tx.fetchall("SELECT version FROM schema_migrations")}
 
 
-def migrate(db: Database, folder: Path | None = None) -> list[Migration]:
+def migrate(db: Database, folder: Traversable | None = None) -> list[Migration]:
     """Apply pending migrations, each in its own transaction; return those applied."""
     applied: list[Migration] = []
     for migration in discover(folder):
@@ -79,6 +88,6 @@ def migrate(db: Database, folder: Path | None = None) -> list[Migration]:
     return applied
 
 
-def pending(db: Database, folder: Path | None = None) -> list[Migration]:
+def pending(db: Database, folder: Traversable | None = None) -> list[Migration]:
     done = applied_versions(db)
     return [m for m in discover(folder) if m.version not in done]

@@ -5,6 +5,7 @@ An invalid value stops start-up with a ``ConfigError`` that names the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -67,6 +68,8 @@ class Settings:
     http_header_timeout: float = 10.0  # seconds to receive a request's headers
     http_keepalive_seconds: int = 5
     http_max_connections: int = 500
+    forwarded_allow_ips: tuple[str, ...] = ()  # proxies whose X-Forwarded-For is believed
+    workers: int = 1  # server processes on one port (PostgreSQL only above 1)
     price_markup_ppm: int = 0
     metering_interval: float = 60.0
     instance_poll_interval: float = 5.0
@@ -269,6 +272,7 @@ def load_settings(
         hold_sweep_interval=_float(env, "HOLD_SWEEP_SECONDS", 30.0, 0.05, 3600.0),
         clock_max_ahead_seconds=_float(env, "CLOCK_MAX_AHEAD_SECONDS", 5.0, 0.0, 3600.0),
         log_level=log_level,
+        workers=_workers(env, db_type),
         **http,
         **market,
         **_proxy(env),
@@ -361,7 +365,31 @@ def _http(env: Mapping[str, str]) -> dict[str, Any]:
         "http_header_timeout": _float(env, "HTTP_HEADER_TIMEOUT_SECONDS", 10.0, 0.1, 3600.0),
         "http_keepalive_seconds": _int(env, "HTTP_KEEPALIVE_SECONDS", 5, 1, 3600),
         "http_max_connections": _int(env, "HTTP_MAX_CONNECTIONS", 500, 1, 1_000_000),
+        "forwarded_allow_ips": _forwarded_allow_ips(env),
     }
+
+
+def _forwarded_allow_ips(env: Mapping[str, str]) -> tuple[str, ...]:
+    """``FORWARDED_ALLOW_IPS``: a comma list of IP addresses or CIDR networks (none: empty)."""
+    entries = [e.strip() for e in env.get("FORWARDED_ALLOW_IPS", "").split(",") if e.strip()]
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(str(ipaddress.ip_network(entry, strict=False)))
+        except ValueError:
+            raise ConfigError(
+                f"FORWARDED_ALLOW_IPS: {entry!r} is not an IP address or CIDR network"
+            ) from None
+    return tuple(networks)
+
+
+def _workers(env: Mapping[str, str], db_type: str) -> int:
+    workers = _int(env, "WORKERS", 1, 1, 1024)
+    if workers != 1 and db_type == "sqlite":
+        raise ConfigError(
+            f"WORKERS={workers} needs DB_TYPE=postgres: SQLite is served by one process"
+        )
+    return workers
 
 
 def _marketplace(env: Mapping[str, str]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import logging.handlers
 import socket
@@ -81,9 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"aiserve-gpuproxyd: configuration error: {exc}", file=sys.stderr)
         return 2
-    developer = args.developer_mode
     try:
-        configure_logging(settings, debug=args.debug_mode or developer)
+        configure_logging(settings, debug=args.debug_mode or args.developer_mode)
     except (OSError, ValueError) as exc:
         print(f"aiserve-gpuproxyd: cannot set up logging: {exc}", file=sys.stderr)
         return 2
@@ -96,11 +96,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aiserve-gpuproxyd: {exc}", file=sys.stderr)
         return 2
 
+    if settings.workers == 1:
+        return serve(settings, args, http_sockets, grpc_sockets)
+    if not settings.redis_url:
+        log.warning(
+            "WORKERS=%d without Redis: rate limits and failed-login counts are per worker",
+            settings.workers,
+        )
+    from interfaces.workers import Supervisor
+
+    log.info("%d workers on %s:%s", settings.workers, settings.host, settings.port)
+    try:
+        return Supervisor(
+            settings.workers, lambda: serve(settings, args, http_sockets, grpc_sockets)
+        ).run()
+    finally:
+        close_all([*http_sockets, *grpc_sockets])
+
+
+def serve(
+    settings: Settings,
+    args: argparse.Namespace,
+    http_sockets: list[socket.socket],
+    grpc_sockets: list[socket.socket],
+) -> int:
+    """One server process (the only one, or a worker): start-up, serve until told to stop."""
+    developer = args.developer_mode
     import uvicorn
 
     from interfaces.bootstrap import bootstrap
     from interfaces.http.app import create_app
     from interfaces.http_limits import uvicorn_limits
+    from interfaces.listeners import close_all
 
     try:
         container = bootstrap(settings, run_projections=True, migrate=not args.no_migrate)
@@ -121,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             app.state.proxy,
             extra_services=[InferenceService(container)],
             sockets=grpc_sockets,
+            metrics=app.state.metrics.grpc,  # counted beside the HTTP metrics at /metrics
         )
         app.on_startup.append(grpc.start)
         app.on_shutdown.append(grpc.stop)  # shutdown hooks run last-first: before the runtime
@@ -138,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lifespan="on",
             timeout_graceful_shutdown=30,
             server_header=False,
+            proxy_headers=False,  # FORWARDED_ALLOW_IPS decides (interfaces/http/forwarded.py)
             **uvicorn_limits(settings),  # header deadline, keep-alive, connection cap
         )
     )

@@ -14,7 +14,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Sequence
-from pathlib import Path
+from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.descriptor_pb2 import FileDescriptorProto, FileDescriptorSet
@@ -35,13 +35,9 @@ if TYPE_CHECKING:
     from interfaces.bootstrap import Container
 
 log = logging.getLogger("aiserve.grpc")
-DESCRIPTOR_SET = Path(__file__).resolve().parent / "generated" / "gpuproxy.binpb"
-OIP_DESCRIPTOR_SET = (
-    Path(__file__).resolve().parent.parent
-    / "grpc_inference"
-    / "generated"
-    / "grpc_predict_v2.binpb"
-)
+# package data, read through importlib.resources (an installed wheel has them too)
+DESCRIPTOR_SET = files("interfaces.grpc.generated") / "gpuproxy.binpb"
+OIP_DESCRIPTOR_SET = files("interfaces.grpc_inference.generated") / "grpc_predict_v2.binpb"
 DRAIN_SECONDS = 10.0
 
 

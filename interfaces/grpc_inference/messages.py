@@ -9,14 +9,14 @@ module is involved, so no protoc/runtime version pairing either: the classes com
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib.resources import files
 from typing import Any
 
 from google.protobuf import message_factory
 from google.protobuf.descriptor_pb2 import FileDescriptorSet
 from google.protobuf.descriptor_pool import DescriptorPool
 
-DESCRIPTOR_SET = Path(__file__).resolve().parent / "generated" / "grpc_predict_v2.binpb"
+DESCRIPTOR_SET = files("interfaces.grpc_inference.generated") / "grpc_predict_v2.binpb"
 
 
 def _pool() -> Any:

@@ -39,6 +39,7 @@ from interfaces.http.errors import (
     on_validation_error,
 )
 from interfaces.http.fast_lane import FastLane
+from interfaces.http.forwarded import ForwardedClient, TrustedProxies, parse_networks
 from interfaces.http.json_body import AppRequest
 from interfaces.http.observability import Metrics, Observer, observe
 from interfaces.web import admin_api, dashboard
@@ -185,6 +186,10 @@ def create_app(
             observer=observer,
             exception_handlers=handlers,
             cors=cors is not None,
+        )
+    if settings.forwarded_allow_ips:  # outermost: every layer sees the real client
+        app.asgi_handler = ForwardedClient(
+            app.asgi_handler, TrustedProxies(parse_networks(settings.forwarded_allow_ips))
         )
     app.state.container = container
     app.state.metrics = metrics

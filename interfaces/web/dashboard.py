@@ -7,13 +7,14 @@ Security Policy allows scripts, styles and connections to this origin only.
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib.resources import files
+from pathlib import PurePath
 
 from litestar import Response, Router, get
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 
-STATIC = Path(__file__).parent / "static"
+STATIC = files("interfaces.web") / "static"  # package data (importlib.resources)
 TYPES = {  # Litestar adds "; charset=utf-8" to text types
     ".html": "text/html",
     ".js": "text/javascript",
@@ -33,9 +34,9 @@ HEADERS = {
 
 def _load() -> dict[str, tuple[bytes, str]]:
     return {
-        path.name: (path.read_bytes(), TYPES[path.suffix])
-        for path in sorted(STATIC.iterdir())
-        if path.is_file() and path.suffix in TYPES
+        path.name: (path.read_bytes(), TYPES[PurePath(path.name).suffix])
+        for path in sorted(STATIC.iterdir(), key=lambda p: p.name)
+        if path.is_file() and PurePath(path.name).suffix in TYPES
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,8 +15,9 @@ READY_MAX_LAG = 10_000
 
 
 @get("/health", tags=["operations"], summary="Liveness")
-async def health() -> dict[str, str]:
-    return {"status": "ok", "timestamp": datetime.now(UTC).isoformat()}
+async def health() -> dict[str, Any]:
+    """``pid``: the server process that answered (one of several with ``WORKERS``)."""
+    return {"status": "ok", "timestamp": datetime.now(UTC).isoformat(), "pid": os.getpid()}
 
 
 @get(
