@@ -29,6 +29,7 @@ from grpclib.server import Server
 
 from infrastructure.proxy.runtime import ProxyRuntime
 from interfaces.grpc.calls import Guard
+from interfaces.grpc.metrics import GrpcMetrics
 from interfaces.grpc.service import GpuProxyService
 
 if TYPE_CHECKING:
@@ -76,9 +77,12 @@ class GrpcServer:
         runtime: ProxyRuntime,
         extra_services: Sequence[Any] = (),
         sockets: Sequence[socket.socket] = (),
+        metrics: GrpcMetrics | None = None,
     ) -> None:
         """``extra_services``: more grpclib servicers to serve on the same port. ``sockets``:
-        ``GRPC_PORT`` already bound (``interfaces.listeners``); one is served as it is."""
+        ``GRPC_PORT`` already bound (``interfaces.listeners``); one is served as it is.
+        ``metrics``: where calls are counted (the HTTP app's registry, served at /metrics)."""
+        self.metrics = metrics
         self.sockets = list(sockets)
         self.c = container
         self.runtime = runtime
@@ -99,10 +103,12 @@ class GrpcServer:
         settings = self.c.settings
         service = GpuProxyService(self.c, self.runtime, self.guard)
         self._check = ServiceCheck(self._database_ok, check_ttl=5.0, check_timeout=5.0)
-        health = Health({service: [self._check]})
-        services = [service, *self.extra_services, health]
-        handlers = ServerReflection.extend(services, pool=reflection_pool())
+        served = [service, *self.extra_services]
+        health = Health({s: [self._check] for s in served})  # every served service, by name
+        handlers = ServerReflection.extend([*served, health], pool=reflection_pool())
         server = Server(handlers)
+        if self.metrics is not None:
+            self.metrics.instrument(server)
         tls = None
         if settings.grpc_tls_cert and settings.grpc_tls_key:
             tls = tls_context(settings.grpc_tls_cert, settings.grpc_tls_key)
