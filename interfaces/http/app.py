@@ -18,6 +18,7 @@ from infrastructure.proxy.runtime import ProxyRuntime
 from interfaces.agents import routes as agents
 from interfaces.http import docs_assets
 from interfaces.http.card_guard import refuse_card_numbers
+from interfaces.http.compression import compression_config
 from interfaces.http.controllers import (
     admin,
     auth,
@@ -39,6 +40,7 @@ from interfaces.http.errors import (
     on_validation_error,
 )
 from interfaces.http.fast_lane import FastLane
+from interfaces.http.head import head_as_get
 from interfaces.http.forwarded import ForwardedClient, TrustedProxies, parse_networks
 from interfaces.http.json_body import AppRequest
 from interfaces.http.observability import Metrics, Observer, observe
@@ -172,6 +174,7 @@ def create_app(
         middleware=[observe(observer)],
         openapi_config=openapi,
         cors_config=cors,
+        compression_config=compression_config(),  # never the proxy's passthrough
         request_max_body_size=settings.max_body_bytes,
         request_class=AppRequest,
         before_request=refuse_card_numbers,  # no card number in a header that is stored
@@ -187,6 +190,8 @@ def create_app(
             exception_handlers=handlers,
             cors=cors is not None,
         )
+    # around the fast lane: router-level 404/405 are counted too; HEAD runs as GET on GET routes
+    app.asgi_handler = head_as_get(observer.unmatched(app.asgi_handler), app.asgi_router)
     if settings.forwarded_allow_ips:  # outermost: every layer sees the real client
         app.asgi_handler = ForwardedClient(
             app.asgi_handler, TrustedProxies(parse_networks(settings.forwarded_allow_ips))

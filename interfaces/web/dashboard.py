@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import PurePath
+from typing import Any
 
-from litestar import Response, Router, get
+from litestar import Request, Response, Router, get
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
+
+from interfaces.http.conditional import Validators, not_modified, not_modified_response
 
 STATIC = files("interfaces.web") / "static"  # package data (importlib.resources)
 TYPES = {  # Litestar adds "; charset=utf-8" to text types
@@ -43,22 +46,34 @@ def _load() -> dict[str, tuple[bytes, str]]:
 FILES = _load()
 
 
-def _file(name: str) -> Response[bytes]:
+def _modified(name: str) -> float | None:
+    stat = getattr(STATIC / name, "stat", None)  # a file on disk (not inside a zip)
+    return stat().st_mtime if stat is not None else None
+
+
+VALIDATORS = {name: Validators.of(body, _modified(name)) for name, (body, _) in FILES.items()}
+
+
+def _file(name: str, request: Request[Any, Any, Any]) -> Response[bytes]:
+    """The file, or ``304`` when the client's copy is current (``interfaces.http.conditional``)."""
     found = FILES.get(name)
     if found is None:
         raise NotFoundException(f"no dashboard file {name!r}")
     body, media_type = found
-    return Response(body, media_type=media_type, headers=HEADERS)
+    validators = VALIDATORS[name]
+    if not_modified(request.headers, validators):
+        return not_modified_response(validators, HEADERS)
+    return Response(body, media_type=media_type, headers={**HEADERS, **validators.headers()})
 
 
 @get(["/", "/index.html"], summary="The admin dashboard", include_in_schema=False)
-async def index() -> Response[bytes]:
-    return _file("index.html")
+async def index(request: Request[Any, Any, Any]) -> Response[bytes]:
+    return _file("index.html", request)
 
 
 @get("/static/{name:str}", summary="Dashboard assets", include_in_schema=False)
-async def asset(name: FromPath[str]) -> Response[bytes]:
-    return _file(name)
+async def asset(request: Request[Any, Any, Any], name: FromPath[str]) -> Response[bytes]:
+    return _file(name, request)
 
 
 router = Router(path="/admin", tags=["dashboard"], route_handlers=[index, asset])

@@ -112,9 +112,14 @@ async def _metadata(request: Request[Any, Any, Any], principal: Principal, name:
     return metadata(record, name)
 
 
-async def _ready(request: Request[Any, Any, Any], principal: Principal, name: str) -> Any:
+async def _ready(
+    request: Request[Any, Any, Any], principal: Principal, name: str
+) -> Response[dict[str, Any]]:
+    """200 when ready, else 400 with the same body: the KServe v2 REST spec (and
+    tritonclient's ``is_model_ready``) read the status code, 200 true, 4xx false."""
     record = await service_of(request).find(principal.user_id, name)
-    return {"name": name, "ready": record.status == "ready"}
+    ready = record.status == "ready"
+    return Response({"name": name, "ready": ready}, status_code=200 if ready else 400)
 
 
 async def _infer(
@@ -160,9 +165,8 @@ async def model_version_metadata(
 @get("/models/{name:str}/ready", summary="OIP: model ready")
 async def model_ready(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], name: FromPath[str]
-) -> dict[str, Any]:
-    result: dict[str, Any] = await _ready(request, principal, name)
-    return result
+) -> Response[dict[str, Any]]:
+    return await _ready(request, principal, name)
 
 
 @get("/models/{name:str}/versions/{version:str}/ready", summary="OIP: model ready (version 1)")
@@ -171,10 +175,9 @@ async def model_version_ready(
     principal: NamedDependency[Principal],
     name: FromPath[str],
     version: FromPath[str],
-) -> dict[str, Any]:
+) -> Response[dict[str, Any]]:
     _check_version(version)
-    result: dict[str, Any] = await _ready(request, principal, name)
-    return result
+    return await _ready(request, principal, name)
 
 
 @post("/models/{name:str}/infer", status_code=200, summary="OIP: inference")
