@@ -3,6 +3,10 @@
 A ``PgElection`` keeps one connection of its own holding a session-level advisory lock:
 the process holding it leads until it closes or dies, when PostgreSQL frees the lock and the
 next process to ask leads. On SQLite (the embedded default, one process) every process leads.
+The connection goes to PostgreSQL itself (``Settings.direct_conninfo``), never through
+PgBouncer in transaction mode, where a session lock would stay on a pooled server connection
+(docs/adr/0021-pgbouncer-and-elections.md). TCP keepalives make a holder whose network
+vanished notice (and PostgreSQL free its lock) within about half a minute.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 HOLD_SWEEP_LOCK_KEY = 7_420_010
+MARKETPLACE_JOBS_LOCK_KEY = 7_420_011  # instance refresh, stops, metering, reconciliation
+PAYMENT_JOBS_LOCK_KEY = 7_420_012  # payment reconciliation, auto-renew, chain scan
 
 
 class Election(Protocol):
@@ -47,7 +53,15 @@ class PgElection:
 
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10)
+                self._conn = psycopg.connect(
+                    self.conninfo,
+                    autocommit=True,
+                    connect_timeout=10,
+                    keepalives=1,
+                    keepalives_idle=10,
+                    keepalives_interval=5,
+                    keepalives_count=3,
+                )
                 self._held = False
             if self._held:
                 self._conn.execute("SELECT 1")  # the session (and its lock) is still there

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from infrastructure.pg_eventstore import FACTORY_TOPIC
 from infrastructure.settings import Settings
 
 
@@ -22,7 +23,10 @@ def eventstore_env(settings: Settings) -> dict[str, str]:
             "APPLICATION_RECORDER_TOPIC": "infrastructure.idempotency:SQLiteLedgerRecorder",
         }
     return {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        # Behind PgBouncer (transaction mode): no prepared statements, no session SET.
+        "PERSISTENCE_MODULE": FACTORY_TOPIC
+        if settings.transaction_pooler
+        else "eventsourcing.postgres",
         "POSTGRES_DBNAME": settings.db_name,
         "POSTGRES_HOST": settings.db_host,
         "POSTGRES_PORT": str(settings.db_port),

@@ -2,7 +2,9 @@
 
 Runs as one asyncio task in the server process. It picks work from the ``instances`` read
 model (which only says *what to look at*); every decision is taken by the aggregates through
-``MarketplaceService``.
+``MarketplaceService``. Only the elected process works a round (``infrastructure.election``):
+across workers and replicas each metering interval is billed by one process, and when it dies
+another takes over within a round.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Awaitable
 from domain.errors import DomainError
 from domain.marketplace import ProviderError
 from domain.services.marketplace import MarketplaceService
+from infrastructure.election import Election, SoleProcess
 from infrastructure.sql import Database
 
 log = logging.getLogger(__name__)
@@ -30,9 +33,11 @@ class MarketplaceJobs:
         poll_interval: float,
         metering_interval: float,
         reconcile_interval: float = 300.0,
+        election: Election | None = None,
     ) -> None:
         self.market = market
         self.db = db
+        self.election: Election = election or SoleProcess()
         self.poll_interval = poll_interval
         self.metering_interval = metering_interval
         self.reconcile_interval = reconcile_interval
@@ -47,8 +52,12 @@ class MarketplaceJobs:
             )
         return [uuid.UUID(str(r[0])) for r in rows]
 
-    async def run_once(self) -> None:
-        """One round: refresh starting instances, finish stops, meter if it is time."""
+    async def run_once(self) -> bool:
+        """One round if this process leads: refresh starting instances, finish stops, meter if
+        it is time. Returns whether it led."""
+        if not await asyncio.to_thread(self.election.leading):
+            self._last_metering = 0.0  # on taking over, meter at once
+            return False
         for instance_id in await asyncio.to_thread(self._ids, "requested", "provisioning"):
             await self._guard(self.market.refresh(instance_id))
         for instance_id in await asyncio.to_thread(self._ids, "stopping"):
@@ -61,6 +70,7 @@ class MarketplaceJobs:
         if time.monotonic() - self._last_reconcile >= self.reconcile_interval:
             self._last_reconcile = time.monotonic()
             await self.reconcile()
+        return True
 
     async def reconcile(self) -> dict[str, int]:
         live = await asyncio.to_thread(
@@ -89,12 +99,15 @@ class MarketplaceJobs:
                 )
 
     async def run_forever(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("marketplace jobs round failed")
-            await asyncio.sleep(self.poll_interval)
+        try:
+            while True:
+                try:
+                    await self.run_once()
+                except Exception:
+                    log.exception("marketplace jobs round failed")
+                await asyncio.sleep(self.poll_interval)
+        finally:
+            self.election.close()
 
     @staticmethod
     async def _guard(work: Awaitable[object]) -> None:

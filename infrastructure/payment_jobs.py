@@ -2,7 +2,9 @@
 read the chain for crypto transfers.
 
 Every step is idempotent (payment ids come from idempotency keys, transfers are applied once
-by ``tx_hash:log_index``), so several server processes may run these loops at once.
+by ``tx_hash:log_index``), so several server processes could run these loops at once; still
+only the elected process runs them (``infrastructure.election``), so processors and the chain
+node are asked once per interval, not once per worker and replica.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from uuid import UUID
 from domain.errors import DomainError
 from domain.payment_ports import ChainReader, PaymentError, TokenTransfer
 from domain.services.payments import PaymentRequest, PaymentService
+from infrastructure.election import Election, SoleProcess
 from infrastructure.payment_queries import PaymentQueries
 from infrastructure.sql import Database
 
@@ -40,6 +43,7 @@ class PaymentJobs:
         payments: PaymentService,
         queries: PaymentQueries,
         db: Database,
+        election: Election | None = None,
         *,
         reconcile_interval: float = 60.0,
         reconcile_age: float = 30.0,
@@ -49,6 +53,7 @@ class PaymentJobs:
         self.payments = payments
         self.queries = queries
         self.db = db
+        self.election: Election = election or SoleProcess()
         self.reconcile_interval = reconcile_interval
         self.reconcile_age = reconcile_age
         self.crypto = crypto
@@ -224,13 +229,16 @@ class PaymentJobs:
         ]
         if self.crypto is not None:
             tasks.append(self._every(self.crypto_interval, self.scan_once))
-        await asyncio.gather(*tasks)
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            self.election.close()
 
-    @staticmethod
-    async def _every(interval: float, step: Callable[[], Awaitable[int]]) -> None:
+    async def _every(self, interval: float, step: Callable[[], Awaitable[int]]) -> None:
         while True:
             try:
-                await step()
+                if await asyncio.to_thread(self.election.leading):
+                    await step()
             except asyncio.CancelledError:
                 raise
             except Exception:

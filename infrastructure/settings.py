@@ -39,6 +39,9 @@ class Settings:
     db_user: str = "postgres"
     db_password: str = field(default="", repr=False)
     db_max_conns: int = 20
+    db_pooler: str = "none"  # "pgbouncer": DB_HOST/DB_PORT is a transaction pooler
+    db_direct_host: str = ""  # session work (LISTEN, advisory locks); empty: DB_HOST
+    db_direct_port: int = 0  # 0: DB_PORT
     data_dir: Path = Path("./data")
     guardrails: GuardrailPolicy = field(default_factory=GuardrailPolicy)
     projection_poll_interval: float = 1.0
@@ -180,6 +183,22 @@ class Settings:
             password=self.db_password or None,
         )
 
+    @property
+    def transaction_pooler(self) -> bool:
+        """True when DB_HOST/DB_PORT is PgBouncer in transaction mode (no session state)."""
+        return self.db_type == "postgres" and self.db_pooler == "pgbouncer"
+
+    @property
+    def direct_conninfo(self) -> str:
+        """PostgreSQL itself, for session-scoped work (LISTEN, session advisory locks)."""
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(
+            self.postgres_conninfo,
+            host=self.db_direct_host or self.db_host,
+            port=self.db_direct_port or self.db_port,
+        )
+
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
@@ -266,6 +285,9 @@ def load_settings(
         db_user=env.get("DB_USER", "postgres").strip() or "postgres",
         db_password=env.get("DB_PASSWORD", ""),
         db_max_conns=_int(env, "DB_MAX_CONNS", 20, 2, 1000),
+        db_pooler=_choice(env, "DB_POOLER", "none", {"none", "pgbouncer"}),
+        db_direct_host=env.get("DB_DIRECT_HOST", "").strip(),
+        db_direct_port=_int(env, "DB_DIRECT_PORT", 0, 0, 65535),
         data_dir=Path(env.get("DATA_DIR", "./data").strip() or "./data"),
         guardrails=_guardrails(env),
         projection_poll_interval=_float(env, "PROJECTION_POLL_INTERVAL", 1.0, 0.01, 60.0),

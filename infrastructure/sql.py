@@ -168,20 +168,27 @@ class _PostgresTx:
 
 
 class PostgresDatabase:
-    """PostgreSQL through a psycopg 3 connection pool."""
+    """PostgreSQL through a psycopg 3 connection pool.
+
+    ``server_prepare=False`` (behind PgBouncer in transaction mode): no server-side prepared
+    statements, which would live on whichever server connection the pooler lent that time.
+    """
 
     dialect = "postgres"
 
-    def __init__(self, conninfo: str, max_size: int = 10) -> None:
+    def __init__(self, conninfo: str, max_size: int = 10, *, server_prepare: bool = True) -> None:
         from psycopg_pool import ConnectionPool
 
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if not server_prepare:
+            kwargs["prepare_threshold"] = None
         self.pool = ConnectionPool(
             conninfo,
             min_size=1,
             max_size=max_size,
             open=True,
             timeout=30,
-            kwargs={"autocommit": True},
+            kwargs=kwargs,
         )
 
     @contextmanager

@@ -19,7 +19,14 @@ from infrastructure.api_keys import ApiKeyStore
 from infrastructure.auth import AuthService
 from infrastructure.auth_throttle import open_throttle
 from infrastructure.db_clock import business_clock
-from infrastructure.election import HOLD_SWEEP_LOCK_KEY, Election, PgElection, SoleProcess
+from infrastructure.election import (
+    HOLD_SWEEP_LOCK_KEY,
+    MARKETPLACE_JOBS_LOCK_KEY,
+    PAYMENT_JOBS_LOCK_KEY,
+    Election,
+    PgElection,
+    SoleProcess,
+)
 from infrastructure.event_log import EventLog
 from infrastructure.eventstore import events_channel, eventstore_env
 from infrastructure.hold_sweep import HoldSweep
@@ -73,6 +80,7 @@ class Container:
     instances_signal: InstanceSignal | None = None  # "an owner's instances changed" (proxy)
     _closers: list[Any] = field(default_factory=list)
     _models: ModelService | None = None
+    _elections: dict[int, Election] = field(default_factory=dict)
 
     def model_service(self) -> ModelService:
         """The process's one model service (storage, sessions, leases), built on first use."""
@@ -84,10 +92,23 @@ class Container:
             )
         return self._models
 
+    def election(self, key: int) -> Election:
+        """Leadership of one singleton job: a session advisory lock on a direct connection
+        (never through PgBouncer) on PostgreSQL; on SQLite the one process always leads.
+        One per key and process (closed with the container)."""
+        if self.settings.db_type != "postgres":
+            return SoleProcess()
+        if key not in self._elections:
+            election = PgElection(self.settings.direct_conninfo, key)
+            self._elections[key] = election
+            self._closers.append(election.close)
+        return self._elections[key]
+
     def jobs(self) -> MarketplaceJobs:
         return MarketplaceJobs(
             self.marketplace,
             self.db,
+            election=self.election(MARKETPLACE_JOBS_LOCK_KEY),
             poll_interval=self.settings.instance_poll_interval,
             metering_interval=self.settings.metering_interval,
             reconcile_interval=self.settings.reconcile_interval,
@@ -96,13 +117,12 @@ class Container:
     def hold_sweep(self) -> HoldSweep:
         """The job expiring due holds; on PostgreSQL one elected process sweeps."""
         s = self.settings
-        election: Election = (
-            PgElection(s.postgres_conninfo, HOLD_SWEEP_LOCK_KEY)
-            if s.db_type == "postgres"
-            else SoleProcess()
-        )
         return HoldSweep(
-            self.ledger, self.db, election, interval=s.hold_sweep_interval, clock=self.ledger.clock
+            self.ledger,
+            self.db,
+            self.election(HOLD_SWEEP_LOCK_KEY),
+            interval=s.hold_sweep_interval,
+            clock=self.ledger.clock,
         )
 
     def payment_jobs(self) -> PaymentJobs:
@@ -121,6 +141,7 @@ class Container:
             self.payments,
             self.payment_queries,
             self.db,
+            self.election(PAYMENT_JOBS_LOCK_KEY),
             reconcile_interval=s.payment_reconcile_interval,
             crypto=watch,
             crypto_interval=s.crypto_poll_interval,
@@ -265,7 +286,9 @@ def session_store(settings: Settings, db: Database, redis: Any | None) -> Sessio
 def open_database(settings: Settings) -> Database:
     if settings.db_type == "postgres":
         return PostgresDatabase(
-            settings.postgres_conninfo, max_size=max(2, settings.db_max_conns // 2)
+            settings.postgres_conninfo,
+            max_size=max(2, settings.db_max_conns // 2),
+            server_prepare=not settings.transaction_pooler,
         )
     return SqliteDatabase(settings.sqlite_path)
 
@@ -290,8 +313,12 @@ def bootstrap(
     if settings.db_type == "postgres":
         # The library runs CREATE ... IF NOT EXISTS and CREATE OR REPLACE FUNCTION on every
         # start; concurrent starts collide ("tuple concurrently updated"): serialise them.
-        with db.transaction() as tx:
-            tx.execute("SELECT pg_advisory_xact_lock(?)", (EVENTSTORE_LOCK_KEY,))
+        # The lock's transaction is on a direct connection: through PgBouncer it would hold
+        # one of the pooler's server connections while the library waits for another.
+        import psycopg
+
+        with psycopg.connect(settings.direct_conninfo, connect_timeout=10) as lock:
+            lock.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTSTORE_LOCK_KEY,))
             app = LedgerApp(env=eventstore_env(settings))
     else:
         app = LedgerApp(env=eventstore_env(settings))
@@ -350,7 +377,7 @@ def bootstrap(
     )
     if run_projections:
         if settings.db_type == "postgres":
-            listener = PgWakeup(settings.postgres_conninfo, events_channel(app.name), runner.wake)
+            listener = PgWakeup(settings.direct_conninfo, events_channel(app.name), runner.wake)
             listener.start()
             container._closers.append(listener.stop)
         runner.start()
