@@ -26,9 +26,11 @@ from domain.errors import InsufficientCreditsError
 from domain.marketplace import OfferQuery
 from domain.services.marketplace import RentSpec
 from infrastructure.election import HOLD_SWEEP_LOCK_KEY, MARKETPLACE_JOBS_LOCK_KEY, PgElection
+from infrastructure.rebuild import verify
 from infrastructure.settings import Settings, load_settings
 from infrastructure.sql import PostgresDatabase
 from interfaces.bootstrap import Container, bootstrap
+from projections.ledger import ALL
 from tests.conftest import IN_CI, FixedClock
 from tests.support.http import JWT_SECRET, env_of, server_process
 from tests.support.pg import Cluster
@@ -137,6 +139,30 @@ def test_concurrent_money_commands_through_the_pooler(bounced: Settings) -> None
         assert set(c.runner.lag().values()) == {0}
     finally:
         c.close()
+
+
+def test_projection_runners_of_two_replicas_apply_each_event_once(bounced: Settings) -> None:
+    # Runners are not elected (docs/adr/0021): each batch re-checks its locked position row.
+    replicas = [bootstrap(bounced), bootstrap(bounced)]
+    try:
+        for n in range(40):
+            replicas[n % 2].ledger.grant(f"u{n % 5}", USD, key=f"g{n}")
+            replicas[n % 2].ledger.charge(f"u{n % 5}", 1000, key=f"c{n}")
+        threads = [threading.Thread(target=c.runner.catch_up) for c in replicas]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        for projection in ALL:
+            (result,) = verify(replicas[0].db, replicas[0].events, [projection])
+            assert result.ok, result
+            assert result.position == replicas[0].events.head()
+        balance = replicas[1].queries.balance("u0")
+        assert balance is not None
+        assert balance["balance"] == 8 * (USD - 1000)
+    finally:
+        for c in replicas:
+            c.close()
 
 
 def test_projections_wake_on_notify_from_another_replica(bounced: Settings) -> None:
