@@ -14,6 +14,7 @@ from domain.errors import DomainError, SpendingLimitExceededError
 from domain.money import micros_to_usd
 from infrastructure.auth_throttle import TooManyAttemptsError
 from infrastructure.rate_limit import RateDecision
+from interfaces.http.unavailable import RETRY_AFTER_SECONDS, store_unavailable
 
 log = logging.getLogger("aiserve.http")
 PROBLEM = "application/problem+json"
@@ -130,6 +131,19 @@ def on_too_deep(_: Request[Any, Any, Any], __: RecursionError) -> Response[dict[
 
 def make_internal_handler(developer_mode: bool) -> Any:
     def on_internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        if store_unavailable(exc):  # PostgreSQL/PgBouncer/Redis restarting: retry later
+            log.warning(
+                "%s %s: a store is unreachable (%s); answered 503",
+                request.method,
+                request.url.path,
+                type(exc).__name__,
+            )
+            return problem(
+                503,
+                "Service unavailable",
+                "A backing store is briefly unreachable; retry shortly",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
         log.error(
             "unhandled error on %s %s: %s",
             request.method,
