@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +29,8 @@ from domain.ports import Clock, system_clock
 from domain.services.committer import GroupCommitter, SaveWith
 
 SNAPSHOT_INTERVAL = 100
+HISTORY_PAGE = 1_000  # events read per query when listing an account's history
+SEARCH_SCAN = 32  # a time search reads the last this many versions in one query
 OPTIMISTIC_TRIES = 3  # then ``transact`` runs on the committer's thread
 T = TypeVar("T")
 Pair = tuple[UUID, str]
@@ -416,48 +418,101 @@ class LedgerService:
             return SpendingReport.of(now, enabled=enabled, spent={}, held=0, limits=limits)
 
     def account_at(self, user_id: str, at: datetime) -> AccountView:
-        """Time travel: the account folded from its events recorded up to ``at``."""
-        account: CreditAccount | None = None
-        for domain_event in self._events(user_id):
-            if getattr(domain_event, "at", domain_event.timestamp) > at:
-                break
-            account = domain_event.mutate(account)
-        if account is None:
+        """Time travel: the account folded from its events recorded up to ``at``.
+
+        The version in force at ``at`` is found by searching the stream (a few primary-key
+        reads, whatever its length); the repository then loads it from the snapshot at or
+        below that version plus at most ``SNAPSHOT_INTERVAL`` events.
+        """
+        account_id = account_id_for(user_id)
+        version = self._version_at(user_id, at, strict=False)
+        if version == 0:
             raise AccountNotFoundError("The account did not exist at that time", user_id=user_id)
+        account: CreditAccount = self.app.repository.get(account_id, version=version)
         return self._view(account, at)
 
     def history(
-        self, user_id: str, since: datetime | None = None, until: datetime | None = None
+        self,
+        user_id: str,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
     ) -> list[AuditEntry]:
-        """The account's events, oldest first, optionally within [since, until]."""
-        entries = []
-        for domain_event in self._events(user_id):
-            at = getattr(domain_event, "at", domain_event.timestamp)
-            if (since and at < since) or (until and at > until):
-                continue
-            data = {
-                k: v
-                for k, v in vars(domain_event).items()
-                if k not in {"originator_id", "originator_version", "timestamp", "at"}
-            }
-            entries.append(
-                AuditEntry(
-                    version=domain_event.originator_version,
-                    name=type(domain_event).__name__,
-                    at=at,
-                    recorded_at=domain_event.timestamp,
-                    data=data,
-                )
-            )
+        """The account's events, oldest first, optionally within [since, until], at most
+        ``limit`` of them. The first event at or after ``since`` is found by searching the
+        stream, so a page costs the same on an account of any length."""
+        account_id = account_id_for(user_id)
+        after = 0
+        if since is not None:
+            after = self._version_at(user_id, since, strict=True)
+        elif not self._head(account_id):
+            raise AccountNotFoundError("No credit account for this user", user_id=user_id)
+        entries: list[AuditEntry] = []
+        page = HISTORY_PAGE if limit is None else min(HISTORY_PAGE, limit)
+        while limit is None or len(entries) < limit:
+            batch = list(self.app.events.get(account_id, gt=after, limit=page))
+            for domain_event in batch:
+                at = _business_time(domain_event)
+                if until and at > until:
+                    return entries
+                if since and at < since:
+                    continue
+                entries.append(_audit_entry(domain_event, at))
+                if limit is not None and len(entries) >= limit:
+                    break
+            if len(batch) < page:
+                break
+            after = batch[-1].originator_version
         return entries
 
-    def _events(self, user_id: str) -> Iterator[Any]:
-        found = False
-        for domain_event in self.app.events.get(account_id_for(user_id)):
-            found = True
-            yield domain_event
-        if not found:
+    # ------------------------------------------------------------- stream search
+
+    def _head(self, account_id: UUID) -> Any | None:
+        """The stream's newest event (None if it has none)."""
+        return next(iter(self.app.events.get(account_id, desc=True, limit=1)), None)
+
+    def _at_version(self, account_id: UUID, version: int) -> datetime:
+        (domain_event,) = self.app.events.get(account_id, gt=version - 1, lte=version)
+        return _business_time(domain_event)
+
+    def _version_at(self, user_id: str, at: datetime, *, strict: bool) -> int:
+        """The newest version whose business time is ``<= at`` (``< at`` if ``strict``); 0 if
+        none. An account's business time never goes back from one event to the next (ADR
+        0018), so the stream is searched, not replayed: interpolation on time, halving when
+        a guess does not halve the range, and a single read for the last few versions."""
+        account_id = account_id_for(user_id)
+        head = self._head(account_id)
+        if head is None:
             raise AccountNotFoundError("No credit account for this user", user_id=user_id)
+
+        def before(t: datetime) -> bool:
+            return t < at if strict else t <= at
+
+        hi_v, hi_t = head.originator_version, _business_time(head)
+        if before(hi_t):
+            return int(hi_v)
+        lo_v, lo_t = 1, self._at_version(account_id, 1)
+        if not before(lo_t):
+            return 0
+        halve = False
+        while hi_v - lo_v > SEARCH_SCAN:
+            if halve or hi_t <= lo_t:
+                guess = (lo_v + hi_v) // 2
+            else:
+                share = (at - lo_t) / (hi_t - lo_t)
+                guess = min(hi_v - 1, max(lo_v + 1, lo_v + int(share * (hi_v - lo_v))))
+            width = hi_v - lo_v
+            t = self._at_version(account_id, guess)
+            if before(t):
+                lo_v, lo_t = guess, t
+            else:
+                hi_v, hi_t = guess, t
+            halve = (hi_v - lo_v) * 2 > width  # this guess did not halve the range
+        for domain_event in self.app.events.get(account_id, gt=lo_v, lte=hi_v):
+            if not before(_business_time(domain_event)):
+                break
+            lo_v = domain_event.originator_version
+        return int(lo_v)
 
     def _view(self, account: CreditAccount, now: datetime) -> AccountView:
         now = account.business_time(now)
@@ -486,3 +541,24 @@ class LedgerService:
             ),
             spending=account.spending_report(now, self.policy),
         )
+
+
+def _business_time(domain_event: Any) -> datetime:
+    """When an event happened in the account's business time (its ``at``; else recorded)."""
+    at: datetime = getattr(domain_event, "at", domain_event.timestamp)
+    return at
+
+
+def _audit_entry(domain_event: Any, at: datetime) -> AuditEntry:
+    data = {
+        k: v
+        for k, v in vars(domain_event).items()
+        if k not in {"originator_id", "originator_version", "timestamp", "at"}
+    }
+    return AuditEntry(
+        version=domain_event.originator_version,
+        name=type(domain_event).__name__,
+        at=at,
+        recorded_at=domain_event.timestamp,
+        data=data,
+    )

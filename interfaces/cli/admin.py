@@ -64,6 +64,16 @@ def _settle(c: Any) -> None:
         c.close()
 
 
+def _page_size(value: str) -> int:
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {value!r}")
+    return size
+
+
 def _usd(value: str) -> int:
     try:
         return usd_to_micros(value)
@@ -515,7 +525,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     c = _container(args)
     try:
         user = c.users.by_email(args.email)
-        entries = c.ledger.history(user.id, since=args.since, until=args.until)
+        entries = c.ledger.history(user.id, since=args.since, until=args.until, limit=args.limit)
         security = c.users.security_events(user.id)
     finally:
         c.close()
@@ -738,6 +748,9 @@ def _ledger_commands(add: Add) -> None:
     p.add_argument("email")
     p.add_argument("--since", type=parse_time)
     p.add_argument("--until", type=parse_time)
+    p.add_argument(
+        "--limit", type=_page_size, help="at most N events from --since on (a page; all if omitted)"
+    )
     p = add("balance", cmd_balance, "balance, holds and window spend (now or --at TIME)")
     p.add_argument("email")
     p.add_argument("--at", type=parse_time, help="ISO 8601 instant to replay the account to")
