@@ -1,4 +1,4 @@
-.PHONY: help bench bench-ledger bench-http bench-quick bench-catalog test lint protos bench-grpc bench-models
+.PHONY: help bench bench-ledger bench-http bench-quick bench-catalog test lint protos bench-grpc bench-models bench-scale
 .DEFAULT_GOAL := help
 
 PYTHON ?= .venv/bin/python
@@ -38,6 +38,13 @@ bench-catalog: ## marketplace benchmark: catalog over slow providers, 16 GPUs re
 
 bench-quick: ## a short ledger benchmark
 	$(PYTHON) -m tests.bench.bench_ledger --quick $(BENCH_ARGS)
+
+# The ledger at scale (issue 24): a generated log of SCALE_SIZES events per size (default
+# 200,000 and 10,000,000) in a throwaway durable PostgreSQL; rebuild, verify, time travel,
+# charges and storage side by side (long: about an hour at 10 M; docs/performance.md "Scale").
+SCALE_SIZES ?= 200000,10000000
+bench-scale: ## the ledger at 10 million events (JSON in bench-results/scale.json)
+	$(PYTHON) -m tests.bench.bench_scale --sizes $(SCALE_SIZES) $(SCALE_ARGS)
 
 # gRPC: regenerate interfaces/grpc/generated/ from protos/gpuproxy.proto (commit the result;
 # a test fails while it is stale). Needs the dev extra (grpcio-tools, betterproto[compiler]).
