@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
 from prometheus_client import (
     GC_COLLECTOR,
     CollectorRegistry,
@@ -162,6 +162,8 @@ class Observer:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]
+                    if status == 405:
+                        _allow_head(message)
                 await send(message)
 
             try:
@@ -177,6 +179,18 @@ class Observer:
                     )
 
         return outer
+
+
+def _allow_head(message: HTTPResponseStartEvent) -> None:
+    """A 405's ``Allow`` lists HEAD wherever GET is allowed (``interfaces.http.head``)."""
+    headers = list(message.get("headers", ()))
+    for i, (name, value) in enumerate(headers):
+        if name.lower() == b"allow":
+            methods = [m.strip() for m in value.decode("latin-1").split(",") if m.strip()]
+            if "GET" in methods and "HEAD" not in methods:
+                headers[i] = (name, ", ".join([*methods, "HEAD"]).encode("latin-1"))
+                message["headers"] = headers
+            return
 
 
 def _method(scope: Scope) -> str:

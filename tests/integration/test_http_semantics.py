@@ -187,7 +187,10 @@ def test_ratelimit_fields_with_the_legacy_trio(client: TestClient[Any], alice: A
 
 def test_router_404_and_405_are_counted(client: TestClient[Any]) -> None:
     assert client.get("/no/such/route").status_code == 404
-    assert client.put("/health").status_code == 405
+    refused = client.put("/health")
+    assert refused.status_code == 405
+    allowed = {m.strip() for m in refused.headers["allow"].split(",")}
+    assert {"GET", "HEAD"} <= allowed  # RFC 9110 §15.5.6: HEAD is served wherever GET is
     text = _metrics(client)
     assert 'gpuproxy_http_requests_total{method="GET",route="unmatched",status="404"}' in text
     assert 'gpuproxy_http_requests_total{method="PUT",route="unmatched",status="405"}' in text
