@@ -1,15 +1,17 @@
-"""Sends one proxied request upstream and hands back the answer, streaming (aiohttp).
+"""Sends one proxied request upstream and hands back the answer, streaming.
 
-Why aiohttp: measured against httpx in the same bare forwarder (``docs/adr/0008``).
+The client is ``http1.Http1Pool`` (asyncio protocols, llhttp via httptools): measured against
+aiohttp, which replaced httpx here before (``docs/adr/0008``, ``docs/adr/0024``).
 
 What it does and does not do:
 
-- **One pooled ``aiohttp.ClientSession``** per ``Forwarder`` (created lazily on first use or by
-  ``start``; ``aclose`` closes it): ``max_connections`` in all, keep-alive reuse, no cookie jar,
-  no proxy from the environment, TLS verified, bodies passed through still encoded
-  (``auto_decompress=False``: ``Content-Encoding`` travels with them). No header is added that
-  the caller did not send (no default ``User-Agent``, ``Accept``, ``Accept-Encoding`` or
-  ``Content-Type``).
+- **One connection pool** per ``Forwarder`` and event loop (created lazily on first use or by
+  ``start``; ``aclose`` closes it): keep-alive reuse, at most ``max_connections`` idle per
+  host, no cookies, no proxy from the environment, TLS verified, bodies passed through still
+  encoded (``Content-Encoding`` travels with them). No header is added that the caller did not
+  send (no default ``User-Agent``, ``Accept``, ``Accept-Encoding`` or ``Content-Type``) besides
+  ``Host`` and the body's framing (``Content-Length``, or ``Transfer-Encoding: chunked`` for a
+  streamed body).
 - **Redirects are not followed.** A 3xx is handed back to the caller as it came (``Location``
   included), so a redirect can never lead the proxy itself anywhere: only URLs that passed
   ``TargetGuard`` are ever connected to.
@@ -41,16 +43,19 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import ssl
 from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import NoReturn, Self
 from urllib.parse import urlsplit
 
-import aiohttp
-from multidict import CIMultiDict
-from yarl import URL
-
 from domain.errors import DomainError
+from infrastructure.proxy.http1 import (
+    ConnectFailedError,
+    Connection,
+    Http1Pool,
+    ResponseFailedError,
+)
 
 HOP_BY_HOP = frozenset(
     {
@@ -87,7 +92,6 @@ RESPONSE_DROP = HOP_BY_HOP | {
     "public-key-pins",
     "public-key-pins-report-only",
 }
-SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 Body = bytes | AsyncIterator[bytes] | None
@@ -152,58 +156,87 @@ def _pairs(headers: Headers) -> list[tuple[str, str]]:
     return list(headers)
 
 
+_RESPONSE_DROP_BYTES = frozenset(name.encode() for name in RESPONSE_DROP)
+
+
+def forward_response_raw(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``forward_response_headers`` on raw header bytes; names come back lower-case."""
+    lowered = [(name.lower(), value) for name, value in headers]
+    drop = _RESPONSE_DROP_BYTES
+    named = [
+        token.strip().lower()
+        for name, value in lowered
+        if name == b"connection"
+        for token in value.split(b",")
+        if token.strip()
+    ]
+    if named:
+        drop = drop | frozenset(named)
+    return [(name, value) for name, value in lowered if name not in drop]
+
+
 def _raise_mapped(exc: BaseException, url: str) -> NoReturn:
     where = urlsplit(url).netloc
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        raise UpstreamConnectError(f"connecting to {where} timed out") from exc
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        raise UpstreamConnectError(f"cannot connect to {where}: {exc.os_error}") from exc
+    if isinstance(exc, ConnectFailedError):
+        raise UpstreamConnectError(f"cannot connect to {where}: {exc}") from exc
     if isinstance(exc, TimeoutError):
         raise UpstreamTimeoutError(f"{where} did not answer within the time limit") from exc
     raise UpstreamError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
 
 
-_MAPPED = (aiohttp.ClientError, OSError, TimeoutError, ValueError)
+_MAPPED = (ResponseFailedError, OSError, TimeoutError, ValueError, ssl.SSLError)
+_NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "DELETE", "CONNECT"})
 
 
 class UpstreamResponse:
     """The instance's answer: ``status``, filtered ``headers``, and the body to read once.
 
     Read it with ``read()`` or ``iter_chunks()``, or give it back with ``release()``/``aclose()``
-    (also ``async with``); reading to the end releases it.
+    (also ``async with``); reading to the end releases it. ``raw_headers``: the filtered
+    headers as ASGI wants them (lower-case names, bytes).
     """
 
     def __init__(
         self,
-        response: aiohttp.ClientResponse,
+        conn: Connection,
         url: str,
         *,
         deadline: float | None,
         chunk_timeout: float | None,
     ) -> None:
-        self._response = response
+        self._conn: Connection | None = conn
         self._url = url
         self._deadline = deadline
         self._chunk_timeout = chunk_timeout
-        self.status: int = response.status
-        self.reason: str = response.reason or ""
-        self.headers: list[tuple[str, str]] = forward_response_headers(
-            (k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers
-        )
+        self.status: int = conn.status
+        self.reason: str = conn.reason.decode("latin-1")
+        self.raw_headers = forward_response_raw(conn.raw_headers)
+        self._length = _content_length(conn.raw_headers)
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.raw_headers]
 
     @property
     def content_length(self) -> int | None:
         """The body's length as the instance announced it (None: chunked or unknown)."""
-        length: int | None = self._response.content_length
-        return length
+        return self._length
 
     async def read(self) -> bytes:
         """The whole body, within what is left of the time limit."""
+        conn = self._conn
+        if conn is None:
+            raise UpstreamError("the answer was already read or released")
         try:
-            if self._response.content.is_eof() or self._deadline is None:
-                return await self._response.read()  # already in: no timer needed
+            if conn.complete and conn.error is None:  # already in: no timer needed
+                body = b"".join(conn.chunks)
+                conn.chunks.clear()
+                conn.buffered = 0
+                return body
+            if self._deadline is None:
+                return await _read_all(conn)
             async with asyncio.timeout_at(self._deadline):
-                return await self._response.read()
+                return await _read_all(conn)
         except _MAPPED as exc:
             _raise_mapped(exc, self._url)
         finally:
@@ -211,10 +244,16 @@ class UpstreamResponse:
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives, unbuffered; each wait for data is bounded by the timeout."""
+        conn = self._conn
+        if conn is None:
+            raise UpstreamError("the answer was already read or released")
         try:
             while True:
-                async with asyncio.timeout(self._chunk_timeout):
-                    chunk = await self._response.content.readany()
+                if conn.chunks or conn.complete:
+                    chunk = await conn.next_chunk()
+                else:
+                    async with asyncio.timeout(self._chunk_timeout):
+                        chunk = await conn.next_chunk()
                 if not chunk:
                     return
                 yield chunk
@@ -225,10 +264,9 @@ class UpstreamResponse:
 
     def release(self) -> None:
         """Give the connection back: to the pool when the body was read, else closed."""
-        if self._response.content.is_eof():
-            self._response.release()
-        else:
-            self._response.close()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.release()
 
     async def aclose(self) -> None:
         self.release()
@@ -245,6 +283,27 @@ class UpstreamResponse:
         self.release()
 
 
+async def _read_all(conn: Connection) -> bytes:
+    parts = []
+    while chunk := await conn.next_chunk():
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    length = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"transfer-encoding":
+            return None
+        if lower == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                return None
+    return length
+
+
 def _tls_server_name(url: str, host_header: str | None) -> str | None:
     if host_header is None or not url.lower().startswith("https:"):
         return None
@@ -256,6 +315,40 @@ def _tls_server_name(url: str, host_header: str | None) -> str | None:
     except ValueError:
         return host
     return None
+
+
+_URLS_KEPT = 4096
+
+
+def _split(
+    url: str, cache: dict[str, tuple[str, str, int, str, str]]
+) -> tuple[str, str, int, str, str]:
+    """(scheme, host, port, netloc, target) of an absolute http(s) URL, remembered."""
+    parts = cache.get(url)
+    if parts is None:
+        split = urlsplit(url)
+        scheme = split.scheme.lower()
+        if scheme not in ("http", "https") or not split.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        port = split.port or (443 if scheme == "https" else 80)
+        target = (split.path or "/") + (f"?{split.query}" if split.query else "")
+        parts = (scheme, split.hostname, port, split.netloc, target)
+        if len(cache) >= _URLS_KEPT:
+            cache.clear()
+        cache[url] = parts
+    return parts
+
+
+def _head(
+    method: str, target: str, host: str, headers: list[tuple[str, str]], framing: str
+) -> bytes:
+    """The request line and headers; refuses CR/LF inside any name or value."""
+    fields = "".join(f"{k}: {v}\r\n" for k, v in headers)
+    if "\n" in fields.replace("\r\n", "") or "\r" in fields.replace("\r\n", ""):
+        raise ValueError("a header name or value contains a line break")
+    if any(c in target or c in host for c in "\r\n "):
+        raise ValueError("the request target or Host contains a line break or space")
+    return f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{fields}{framing}\r\n".encode("latin-1")
 
 
 class Forwarder:
@@ -275,37 +368,34 @@ class Forwarder:
         self.max_connections_per_host = max_connections_per_host
         self.keepalive_timeout = keepalive_timeout
         self.verify_tls = verify_tls
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Http1Pool | None = None
+        self._urls: dict[str, tuple[str, str, int, str, str]] = {}
 
     async def start(self) -> None:
-        """Create the session (in the running event loop); ``send`` does it when needed."""
-        self._ensure_session()
+        """Create the pool (in the running event loop); ``send`` does it when needed."""
+        self._ensure_pool()
 
-    def _ensure_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self.max_connections,
-                limit_per_host=self.max_connections_per_host,
+    def _ensure_pool(self) -> Http1Pool:
+        pool = self._pool
+        if pool is None or pool.loop is not asyncio.get_running_loop():
+            if self.verify_tls:
+                context = ssl.create_default_context()
+            else:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            pool = self._pool = Http1Pool(
+                connect_timeout=self.connect_timeout,
                 keepalive_timeout=self.keepalive_timeout,
-                use_dns_cache=False,
-                ssl=self.verify_tls,
+                max_idle_per_host=self.max_connections_per_host or self.max_connections,
+                ssl_context=context,
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                skip_auto_headers=SKIP_AUTO_HEADERS,
-                auto_decompress=False,
-                trust_env=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=None, sock_connect=self.connect_timeout, sock_read=None
-                ),
-            )
-        return self._session
+        return pool
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -335,23 +425,25 @@ class Forwarder:
         ``url`` should be a ``Target.url`` (pinned by ``TargetGuard``); it is sent as given,
         without re-quoting. ``headers`` are filtered with ``forward_request_headers``.
         """
-        session = self._ensure_session()
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        out: CIMultiDict[str] = CIMultiDict(forward_request_headers(_pairs(headers)))
-        for name, value in extra_headers:
-            out.add(name, value)
-        if host_header is not None:
-            out["Host"] = host_header
+        pool = self._ensure_pool()
+        deadline = None if timeout is None else pool.loop.time() + timeout
         try:
-            async with asyncio.timeout_at(deadline):
-                response = await session.request(
-                    method,
-                    URL(url, encoded=True),
-                    headers=out,
-                    data=body,
-                    allow_redirects=False,
-                    server_hostname=_tls_server_name(url, host_header),
-                )
+            scheme, host, port, netloc, target = _split(url, self._urls)
+            out = forward_request_headers(_pairs(headers))
+            out.extend(extra_headers)
+            if body is None:
+                framing = "" if method in _NO_BODY_METHODS else "Content-Length: 0\r\n"
+            elif isinstance(body, bytes):
+                framing = f"Content-Length: {len(body)}\r\n"
+            else:
+                framing = "Transfer-Encoding: chunked\r\n"
+            head = _head(method, target, host_header or netloc, out, framing)
+            key = (scheme, host, port, _tls_server_name(url, host_header))
+            if deadline is None:
+                conn = await pool.request(key, method, head, body)
+            else:
+                async with asyncio.timeout_at(deadline):
+                    conn = await pool.request(key, method, head, body)
         except _MAPPED as exc:
             _raise_mapped(exc, url)
-        return UpstreamResponse(response, url, deadline=deadline, chunk_timeout=timeout)
+        return UpstreamResponse(conn, url, deadline=deadline, chunk_timeout=timeout)
