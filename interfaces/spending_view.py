@@ -1,26 +1,20 @@
-"""The guard-rail spending report as every door answers it (REST, agents/MCP, CLI, WebSocket).
+"""The guard-rail spending report as plain JSON data, for doors that answer dicts.
 
-Built from ``LedgerService.spending`` (or an ``AccountView``'s ``spending``): the aggregate's
-own ``spending_report``, so ``remaining`` and ``exceeded`` are exactly what a charge would be
-told at the same instant: spend plus outstanding holds against each limit (USD strings).
+The answer itself is ``interfaces.presenters.spending.present_spending`` (REST returns it);
+this renders the same Struct, so every door reports the same data.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from domain.guardrails import SpendingReport
-from domain.money import micros_to_usd
+from interfaces.presenters.spending import present_spending
 
 
 def spending_json(report: SpendingReport) -> dict[str, Any]:
     """Spent per window, holds, limits in force, room left and the windows with none left."""
-    return {
-        "guard_rails_enabled": report.enabled,
-        "window_spent": {k: micros_to_usd(v) for k, v in report.spent.items()},
-        "held": micros_to_usd(report.held),
-        "limits": {k: micros_to_usd(v) for k, v in report.limits.items()},
-        "remaining": {k: micros_to_usd(v) for k, v in report.remaining.items()},
-        "exceeded": report.exceeded,
-        "timestamp": report.as_of.isoformat(),
-    }
+    data: dict[str, Any] = msgspec.to_builtins(present_spending(report))
+    return data

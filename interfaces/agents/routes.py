@@ -24,6 +24,7 @@ from interfaces.agents.discovery import discover_document
 from interfaces.agents.mcp_server import McpDoor
 from interfaces.agents.wire import Caller, decode, failure
 from interfaces.http.errors import PROBLEM
+from interfaces.http.openapi import AUTHED, PUBLIC, errors, json_body, operation
 from interfaces.http.security import provide_principal
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ TRANSLATORS: dict[str, Translator] = {
     "langchain": langchain.handle,
 }
 MCP_PATH = "/api/v1/mcp"
+MESSAGE = operation(body=json_body("The agent message, in the protocol the route names"))
+DOOR_ERRORS = errors(*AUTHED, 402, 404, 413)
 
 
 @dataclass
@@ -87,49 +90,89 @@ async def _translate(
     return _json(status, reply)
 
 
-@post("/a2a", status_code=200, summary="A2A: JSON-RPC (message/send, tasks/get) or {action, …}")
+@post(
+    "/a2a",
+    status_code=200,
+    summary="A2A: JSON-RPC (message/send, tasks/get) or {action, …}",
+    operation_class=MESSAGE,
+    responses=DOOR_ERRORS,
+)
 async def a2a(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
 ) -> Response[Any]:
     return await _translate(request, principal, "a2a")
 
 
-@post("/acp", status_code=200, summary="ACP: {header: {sender, message_type}, payload}")
+@post(
+    "/acp",
+    status_code=200,
+    summary="ACP: {header: {sender, message_type}, payload}",
+    operation_class=MESSAGE,
+    responses=DOOR_ERRORS,
+)
 async def acp_door(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
 ) -> Response[Any]:
     return await _translate(request, principal, "acp")
 
 
-@post("/fipa", status_code=200, summary="FIPA ACL: request, query-ref, query-if, cfp, …")
+@post(
+    "/fipa",
+    status_code=200,
+    summary="FIPA ACL: request, query-ref, query-if, cfp, …",
+    operation_class=MESSAGE,
+    responses=DOOR_ERRORS,
+)
 async def fipa_door(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
 ) -> Response[Any]:
     return await _translate(request, principal, "fipa")
 
 
-@post("/kqml", status_code=200, summary="KQML: ask-one, ask-all, ask-if, tell, achieve")
+@post(
+    "/kqml",
+    status_code=200,
+    summary="KQML: ask-one, ask-all, ask-if, tell, achieve",
+    operation_class=MESSAGE,
+    responses=DOOR_ERRORS,
+)
 async def kqml_door(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
 ) -> Response[Any]:
     return await _translate(request, principal, "kqml")
 
 
-@post("/langchain", status_code=200, summary="LangChain: execute a tool")
+@post(
+    "/langchain",
+    status_code=200,
+    summary="LangChain: execute a tool",
+    operation_class=MESSAGE,
+    responses=DOOR_ERRORS,
+)
 async def langchain_door(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
 ) -> Response[Any]:
     return await _translate(request, principal, "langchain")
 
 
-@get("/langchain/tools", summary="LangChain tool definitions with argument schemas")
+@get(
+    "/langchain/tools",
+    summary="LangChain tool definitions with argument schemas",
+    responses=errors(401, 429),
+)
 async def langchain_tools(
     principal: NamedDependency[Principal],  # noqa: ARG001 - runs the auth dependency
 ) -> dict[str, Any]:
     return {"tools": langchain.tools()}
 
 
-@post("/agent", status_code=200, summary="Any agent protocol, detected from the message shape")
+@post(
+    "/agent",
+    status_code=200,
+    summary="Any agent protocol, detected from the message shape",
+    operation_class=MESSAGE,
+    responses=DOOR_ERRORS,
+)
 async def agent(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
 ) -> Response[Any]:
@@ -165,12 +208,18 @@ PUBLIC_CACHE = CacheControlHeader(public=True, max_age=300)
     "/agent/discover",
     summary="Agent protocols, endpoints and capabilities (public)",
     cache_control=PUBLIC_CACHE,
+    operation_class=PUBLIC,
 )
 async def discover() -> dict[str, Any]:
     return discover_document()
 
 
-@get("/.well-known/agent-card.json", summary="A2A agent card (public)", cache_control=PUBLIC_CACHE)
+@get(
+    "/.well-known/agent-card.json",
+    summary="A2A agent card (public)",
+    cache_control=PUBLIC_CACHE,
+    operation_class=PUBLIC,
+)
 async def agent_card(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """URLs from ``PUBLIC_URL`` (or the listening address), never the request's ``Host``."""
     return agent_card_json(doors_of(request).container.settings.base_url)

@@ -40,10 +40,11 @@ from interfaces.http.errors import (
     on_validation_error,
 )
 from interfaces.http.fast_lane import FastLane
-from interfaces.http.head import head_as_get
 from interfaces.http.forwarded import ForwardedClient, TrustedProxies, parse_networks
+from interfaces.http.head import head_as_get
 from interfaces.http.json_body import AppRequest
 from interfaces.http.observability import Metrics, Observer, observe
+from interfaces.http.openapi import AUTH_SCHEMES, operation_id
 from interfaces.web import admin_api, dashboard
 from interfaces.ws.service import Streams, streams_socket
 
@@ -93,7 +94,8 @@ def create_app(
                 "Bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT"),
             }
         ),
-        security=[{"ApiKey": []}, {"Bearer": []}],
+        security=AUTH_SCHEMES,  # public operations say security: [] (openapi.py)
+        operation_id_creator=operation_id,
     )
     handlers: dict[Any, Any] = {
         DomainError: on_domain_error,

@@ -1,23 +1,15 @@
-"""A payments read-model row as the API lists it."""
+"""A payments read-model row as plain JSON data, for doors that answer dicts."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-from domain.money import micros_to_usd
+import msgspec
+
+from interfaces.presenters.payments import present_payment_row
 
 
 def payment_row_json(row: Any) -> dict[str, Any]:
-    return {
-        "id": row.payment_id,
-        "status": row.state,
-        "amount": micros_to_usd(row.amount),
-        "currency": row.currency,
-        "provider": row.processor,
-        "payment_method": row.method,
-        "credited": micros_to_usd(row.credited),
-        "refunded": micros_to_usd(row.refunded),
-        "failure": row.failure or None,
-        "created_at": datetime.fromtimestamp(row.created_at / 1e6, UTC).isoformat(),
-    }
+    """The same data as ``present_payment_row`` (the REST answer)."""
+    data: dict[str, Any] = msgspec.to_builtins(present_payment_row(row))
+    return data

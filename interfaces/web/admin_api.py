@@ -29,6 +29,8 @@ from infrastructure.payment_queries import COLUMNS as PAYMENT_COLUMNS
 from infrastructure.payment_queries import PaymentRow
 from interfaces.http.controllers.auth import key_json, user_json
 from interfaces.http.controllers.gpu import instance_json, reservation_json
+from interfaces.http.openapi import ADMIN
+from interfaces.http.openapi import errors as problems
 from interfaces.http.payment_rows import payment_row_json
 from interfaces.http.security import container_of, provide_admin
 from interfaces.ws.state import account_json, spending_json
@@ -44,6 +46,9 @@ RESERVATION_TOPIC = f"{Reservation.__module__}:Reservation.Requested"
 PROBE_TIMEOUT = 5.0
 
 
+ADMIN_ERRORS = problems(*ADMIN, 404)
+
+
 def _iso(micros: int) -> str | None:
     return datetime.fromtimestamp(micros / 1e6, UTC).isoformat() if micros else None
 
@@ -52,7 +57,12 @@ def _actor(principal: Principal) -> str:
     return f"admin:{principal.email}"
 
 
-@get("/search/users", sync_to_thread=True, summary="Find users by email or name")
+@get(
+    "/search/users",
+    sync_to_thread=True,
+    summary="Find users by email or name",
+    responses=ADMIN_ERRORS,
+)
 def search_users(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
@@ -85,7 +95,12 @@ def search_users(
     }
 
 
-@get("/users/{user_id:uuid}/account", sync_to_thread=True, summary="An account now (aggregate)")
+@get(
+    "/users/{user_id:uuid}/account",
+    sync_to_thread=True,
+    summary="An account now (aggregate)",
+    responses=ADMIN_ERRORS,
+)
 def account(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[UUID]
 ) -> dict[str, Any]:
@@ -119,7 +134,13 @@ def account(
     return body
 
 
-@get("/users/{user_id:uuid}/transactions", sync_to_thread=True, summary="An account's ledger")
+@get(
+    "/users/{user_id:uuid}/transactions",
+    sync_to_thread=True,
+    summary="An account's ledger",
+    responses=ADMIN_ERRORS,
+    operation_id="getUserTransactions",
+)
 def transactions(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
@@ -152,6 +173,7 @@ def transactions(
     "/users/{user_id:uuid}/balance-history",
     sync_to_thread=True,
     summary="Balance after each movement (newest ``limit`` points, oldest first)",
+    responses=ADMIN_ERRORS,
 )
 def balance_history(
     request: Request[Any, Any, Any],
@@ -177,7 +199,12 @@ def balance_history(
     return {"points": points}
 
 
-@get("/users/{user_id:uuid}/apikeys", sync_to_thread=True, summary="A user's API keys")
+@get(
+    "/users/{user_id:uuid}/apikeys",
+    sync_to_thread=True,
+    summary="A user's API keys",
+    responses=ADMIN_ERRORS,
+)
 def api_keys(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[UUID]
 ) -> dict[str, Any]:
@@ -191,6 +218,7 @@ def api_keys(
     status_code=200,
     sync_to_thread=True,
     summary="Revoke one of a user's API keys (audited)",
+    responses=ADMIN_ERRORS,
 )
 def revoke_key(
     request: Request[Any, Any, Any],
@@ -209,6 +237,7 @@ def revoke_key(
     status_code=200,
     sync_to_thread=True,
     summary="Revoke every active API key of a user (audited)",
+    responses=ADMIN_ERRORS,
 )
 def revoke_all_keys(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[UUID]
@@ -223,7 +252,12 @@ def revoke_all_keys(
     return {"revoked": revoked, "count": len(revoked)}
 
 
-@get("/users/{user_id:uuid}/audit", sync_to_thread=True, summary="Security and ledger audit trail")
+@get(
+    "/users/{user_id:uuid}/audit",
+    sync_to_thread=True,
+    summary="Security and ledger audit trail",
+    responses=ADMIN_ERRORS,
+)
 def audit(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
@@ -254,7 +288,12 @@ def audit(
     return {"security": security[-limit:], "ledger": ledger[-limit:]}
 
 
-@get("/instances", sync_to_thread=True, summary="Every user's instances, newest first")
+@get(
+    "/instances",
+    sync_to_thread=True,
+    summary="Every user's instances, newest first",
+    responses=ADMIN_ERRORS,
+)
 def instances(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
@@ -281,7 +320,12 @@ def instances(
     return {"instances": out, "count": len(out)}
 
 
-@get("/reservations", sync_to_thread=True, summary="Every user's reservations, newest first")
+@get(
+    "/reservations",
+    sync_to_thread=True,
+    summary="Every user's reservations, newest first",
+    responses=ADMIN_ERRORS,
+)
 def reservations(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], limit: Limit = 50
 ) -> dict[str, Any]:
@@ -303,7 +347,13 @@ def reservations(
     return {"reservations": out, "count": len(out)}
 
 
-@get("/load", sync_to_thread=True, summary="Load table: every instance's traffic")
+@get(
+    "/load",
+    sync_to_thread=True,
+    summary="Load table: every instance's traffic",
+    responses=ADMIN_ERRORS,
+    operation_id="getAllLoad",
+)
 def load(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> dict[str, Any]:
     c = container_of(request)
     live = request.app.state.proxy.tracker.snapshot()
@@ -335,7 +385,11 @@ def load(request: Request[Any, Any, Any], principal: NamedDependency[Principal])
     return {"instances": out, "count": len(out)}
 
 
-@get("/providers", summary="Marketplace health: a live probe and instance counts per provider")
+@get(
+    "/providers",
+    summary="Marketplace health: a live probe and instance counts per provider",
+    responses=ADMIN_ERRORS,
+)
 async def providers(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
 ) -> dict[str, Any]:
@@ -379,7 +433,12 @@ async def providers(
     return {"providers": results}
 
 
-@get("/payments", sync_to_thread=True, summary="Every user's payments, newest first")
+@get(
+    "/payments",
+    sync_to_thread=True,
+    summary="Every user's payments, newest first",
+    responses=ADMIN_ERRORS,
+)
 def payments(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
@@ -402,7 +461,12 @@ def payments(
     return {"payments": out, "count": len(out)}
 
 
-@get("/projections", sync_to_thread=True, summary="Projection positions, lag and errors")
+@get(
+    "/projections",
+    sync_to_thread=True,
+    summary="Projection positions, lag and errors",
+    responses=ADMIN_ERRORS,
+)
 def projections(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
 ) -> dict[str, Any]:

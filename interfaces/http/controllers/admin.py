@@ -14,10 +14,22 @@ from domain.errors import InvalidArgumentError
 from domain.guardrails import normalise_window
 from domain.money import micros_to_usd, usd_to_micros
 from infrastructure.auth import Principal
-from interfaces.http.controllers.auth import user_json
-from interfaces.http.controllers.money import credits_json, positive_usd
+from interfaces.http.controllers.money import positive_usd
+from interfaces.http.openapi import ADMIN, errors
 from interfaces.http.schemas import CapBody, GrantBody, LimitsBody, ResetBody, RoleBody
 from interfaces.http.security import container_of, provide_admin
+from interfaces.presenters.admin import (
+    Cap,
+    Grant,
+    Limits,
+    Reset,
+    Stats,
+    UserAnswer,
+    UserList,
+    UserWithCredits,
+)
+from interfaces.presenters.auth import present_user
+from interfaces.presenters.credits import present_credits
 
 IdempotencyKey = Annotated[
     str | None,
@@ -36,18 +48,25 @@ def _window(name: str) -> str:
         raise InvalidArgumentError(str(exc), field="window") from None
 
 
-@get("/users", sync_to_thread=True, summary="All users")
-def users(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> dict[str, Any]:
-    return {"users": [user_json(u) for u in container_of(request).users.all()]}
+@get("/users", sync_to_thread=True, summary="All users", responses=errors(401, 403, 429))
+def users(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> UserList:
+    return UserList(users=[present_user(u) for u in container_of(request).users.all()])
 
 
-@get("/users/{user_id:uuid}", sync_to_thread=True, summary="One user with credits")
+@get(
+    "/users/{user_id:uuid}",
+    sync_to_thread=True,
+    summary="One user with credits",
+    responses=errors(*ADMIN, 404),
+)
 def user(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[UUID]
-) -> dict[str, Any]:
+) -> UserWithCredits:
     c = container_of(request)
     found = c.users.by_id(str(user_id))
-    return {"user": user_json(found), "credits": credits_json(c.queries.balance(found.id))}
+    return UserWithCredits(
+        user=present_user(found), credits=present_credits(c.queries.balance(found.id))
+    )
 
 
 @post(
@@ -55,6 +74,7 @@ def user(
     status_code=201,
     sync_to_thread=True,
     summary="Grant credits (USD); Idempotency-Key makes retries one grant",
+    responses=errors(*ADMIN, 404),
 )
 def grant(
     request: Request[Any, Any, Any],
@@ -62,7 +82,7 @@ def grant(
     user_id: FromPath[UUID],
     data: JSONBody[GrantBody],
     idempotency_key: IdempotencyKey = None,
-) -> dict[str, Any]:
+) -> Grant:
     c = container_of(request)
     target = c.users.by_id(str(user_id))
     amount = positive_usd(data.amount, "amount")
@@ -75,24 +95,25 @@ def grant(
         actor=_actor(principal),
     )
     view = c.ledger.account(target.id)
-    return {
-        "applied": outcome.applied,
-        "amount": micros_to_usd(amount),
-        "credits_remaining": micros_to_usd(view.balance),
-    }
+    return Grant(
+        applied=outcome.applied,
+        amount=micros_to_usd(amount),
+        credits_remaining=micros_to_usd(view.balance),
+    )
 
 
 @put(
     "/users/{user_id:uuid}/limits",
     sync_to_thread=True,
     summary="Per-user guard-rail limits in USD (0 = off, null = service default)",
+    responses=errors(*ADMIN, 404),
 )
 def set_limits(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     user_id: FromPath[UUID],
     data: JSONBody[LimitsBody],
-) -> dict[str, Any]:
+) -> Limits:
     c = container_of(request)
     target = c.users.by_id(str(user_id))
     changes: dict[str, int | None] = {}
@@ -103,7 +124,7 @@ def set_limits(
             raise InvalidArgumentError(f"{name} must not be negative", field=name)
     c.ledger.set_limits(target.id, changes, actor=_actor(principal), reason=data.reason)
     limits = c.ledger.account(target.id).effective_limits
-    return {"limits": {k: micros_to_usd(v) for k, v in limits.items()}}
+    return Limits(limits={k: micros_to_usd(v) for k, v in limits.items()})
 
 
 @post(
@@ -111,63 +132,73 @@ def set_limits(
     status_code=200,
     sync_to_thread=True,
     summary="Reset spending windows (one or all), with a recorded reason",
+    responses=errors(*ADMIN, 404),
 )
 def reset(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     user_id: FromPath[UUID],
     data: JSONBody[ResetBody],
-) -> dict[str, Any]:
+) -> Reset:
     c = container_of(request)
     target = c.users.by_id(str(user_id))
     windows = [_window(data.window)] if data.window else None
     c.ledger.reset_windows(target.id, windows, actor=_actor(principal), reason=data.reason)
-    return {"message": "Spending reset", "windows": windows or "all"}
+    return Reset(message="Spending reset", windows=windows or "all")
 
 
-@put("/users/{user_id:uuid}/cap", sync_to_thread=True, summary="Set the overage cap (USD)")
+@put(
+    "/users/{user_id:uuid}/cap",
+    sync_to_thread=True,
+    summary="Set the overage cap (USD)",
+    responses=errors(*ADMIN, 404),
+)
 def set_cap(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     user_id: FromPath[UUID],
     data: JSONBody[CapBody],
-) -> dict[str, str]:
+) -> Cap:
     c = container_of(request)
     target = c.users.by_id(str(user_id))
     cap = usd_to_micros(data.cap, field="cap")
     c.ledger.set_cap(target.id, cap, actor=_actor(principal), reason=data.reason)
-    return {"credits_cap": micros_to_usd(cap)}
+    return Cap(credits_cap=micros_to_usd(cap))
 
 
-@put("/users/{user_id:uuid}/role", sync_to_thread=True, summary="Grant or revoke the admin role")
+@put(
+    "/users/{user_id:uuid}/role",
+    sync_to_thread=True,
+    summary="Grant or revoke the admin role",
+    responses=errors(*ADMIN, 404),
+)
 def set_role(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     user_id: FromPath[UUID],
     data: JSONBody[RoleBody],
-) -> dict[str, Any]:
+) -> UserAnswer:
     c = container_of(request)
     target = c.users.by_id(str(user_id))
-    return {
-        "user": user_json(c.users.set_admin(target.email, data.is_admin, actor=_actor(principal)))
-    }
+    changed = c.users.set_admin(target.email, data.is_admin, actor=_actor(principal))
+    return UserAnswer(user=present_user(changed))
 
 
-@get("/stats", sync_to_thread=True, summary="Ledger statistics")
-def stats(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> dict[str, Any]:
+@get("/stats", sync_to_thread=True, summary="Ledger statistics", responses=errors(401, 403, 429))
+def stats(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> Stats:
     c = container_of(request)
     totals = c.queries.totals()
-    return {
-        "users": c.users.count(),
-        "events": c.events.head(),
-        "accounts": totals["accounts"],
-        "balance_total": micros_to_usd(totals["balance"]),
-        "held_total": micros_to_usd(totals["held"]),
-        "granted_total": micros_to_usd(totals["granted"]),
-        "charged_total": micros_to_usd(totals["charged"]),
-        "transactions": totals["transactions"],
-        "projection_lag": c.runner.lag(),
-    }
+    return Stats(
+        users=c.users.count(),
+        events=c.events.head(),
+        accounts=totals["accounts"],
+        balance_total=micros_to_usd(totals["balance"]),
+        held_total=micros_to_usd(totals["held"]),
+        granted_total=micros_to_usd(totals["granted"]),
+        charged_total=micros_to_usd(totals["charged"]),
+        transactions=totals["transactions"],
+        projection_lag=dict(c.runner.lag()),
+    )
 
 
 router = Router(

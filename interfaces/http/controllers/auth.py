@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
+import msgspec
 from litestar import Request, Router, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
@@ -13,31 +14,31 @@ from infrastructure.api_keys import ApiKey
 from infrastructure.auth import Principal
 from infrastructure.identity import User
 from interfaces.http.errors import RateLimitedError
+from interfaces.http.openapi import AUTHED, PUBLIC, errors
 from interfaces.http.schemas import ApiKeyBody, LoginBody, RegisterBody
 from interfaces.http.security import container_of, provide_principal
+from interfaces.presenters.auth import (
+    ApiKeyList,
+    LoggedIn,
+    Message,
+    NewApiKey,
+    Registered,
+    present_key,
+    present_login,
+    present_new_key,
+    present_user,
+)
 
 
 def user_json(user: User) -> dict[str, Any]:
-    return {
-        "id": user.id,
-        "email": user.email,
-        "name": user.name,
-        "is_admin": user.is_admin,
-        "created_at": user.created_at,
-    }
+    """The user as plain data (doors that answer dicts); REST returns ``present_user``."""
+    data: dict[str, Any] = msgspec.to_builtins(present_user(user))
+    return data
 
 
 def key_json(key: ApiKey) -> dict[str, Any]:
-    def when(epoch: int | None) -> str | None:
-        return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat()
-
-    return {
-        "id": key.id,
-        "name": key.name,
-        "created_at": when(key.created_at),
-        "expires_at": when(key.expires_at),
-        "revoked_at": when(key.revoked_at),
-    }
+    data: dict[str, Any] = msgspec.to_builtins(present_key(key))
+    return data
 
 
 def limit_anonymous(request: Request[Any, Any, Any]) -> None:
@@ -48,31 +49,38 @@ def limit_anonymous(request: Request[Any, Any, Any]) -> None:
         raise RateLimitedError(decision)
 
 
-@post("/register", status_code=201, sync_to_thread=True, summary="Create an account")
-def register(request: Request[Any, Any, Any], data: JSONBody[RegisterBody]) -> dict[str, Any]:
+@post(
+    "/register",
+    status_code=201,
+    sync_to_thread=True,
+    summary="Create an account",
+    operation_class=PUBLIC,
+    responses=errors(400, 409, 429),
+)
+def register(request: Request[Any, Any, Any], data: JSONBody[RegisterBody]) -> Registered:
     limit_anonymous(request)
     c = container_of(request)
     user = c.users.create(data.email, data.password, data.name, actor="self-registration")
     c.ledger.open_account(user.id)
-    return {"user": user_json(user)}
+    return Registered(user=present_user(user))
 
 
-@post("/login", status_code=200, sync_to_thread=True, summary="Log in: a JWT for a new session")
-def login(request: Request[Any, Any, Any], data: JSONBody[LoginBody]) -> dict[str, Any]:
+@post(
+    "/login",
+    status_code=200,
+    sync_to_thread=True,
+    summary="Log in: a JWT for a new session",
+    operation_class=PUBLIC,
+    responses=errors(400, 401, 429),
+)
+def login(request: Request[Any, Any, Any], data: JSONBody[LoginBody]) -> LoggedIn:
     limit_anonymous(request)
     c = container_of(request)
     client = request.client.host if request.client else ""
     result = c.auth.login(
         data.email, data.password, ip=client, agent=request.headers.get("user-agent", "")
     )
-    return {
-        "user": user_json(result.user),
-        "tokens": {
-            "access_token": result.access_token,
-            "token_type": "Bearer",
-            "expires_at": datetime.fromtimestamp(result.expires_at, UTC).isoformat(),
-        },
-    }
+    return present_login(result.user, result.access_token, result.expires_at)
 
 
 @post(
@@ -81,12 +89,11 @@ def login(request: Request[Any, Any, Any], data: JSONBody[LoginBody]) -> dict[st
     sync_to_thread=True,
     summary="End this session",
     dependencies={"principal": Provide(provide_principal)},
+    responses=errors(401, 429),
 )
-def logout(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
-) -> dict[str, str]:
+def logout(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> Message:
     container_of(request).auth.logout(principal)
-    return {"message": "Logged out"}
+    return Message(message="Logged out")
 
 
 @post(
@@ -100,12 +107,13 @@ def logout(
         "re-enters the user's `password`: then any `expires_at`, or none, is kept."
     ),
     dependencies={"principal": Provide(provide_principal)},
+    responses=errors(*AUTHED, 403),
 )
 def create_api_key(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     data: JSONBody[ApiKeyBody],
-) -> dict[str, Any]:
+) -> NewApiKey:
     expires = None
     if data.expires_at is not None:
         moment = data.expires_at if data.expires_at.tzinfo else data.expires_at.replace(tzinfo=UTC)
@@ -113,11 +121,7 @@ def create_api_key(
     key, plaintext = container_of(request).auth.create_api_key(
         principal, data.name, expires, password=data.password
     )
-    return {
-        **key_json(key),
-        "api_key": plaintext,
-        "message": "Save this API key securely. It will not be shown again.",
-    }
+    return present_new_key(key, plaintext)
 
 
 @get(
@@ -125,12 +129,13 @@ def create_api_key(
     sync_to_thread=True,
     summary="List your API keys (never the keys themselves)",
     dependencies={"principal": Provide(provide_principal)},
+    responses=errors(401, 429),
 )
 def list_api_keys(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
-) -> dict[str, Any]:
+) -> ApiKeyList:
     keys = container_of(request).auth.keys.list(principal.user_id)
-    return {"api_keys": [key_json(k) for k in keys]}
+    return ApiKeyList(api_keys=[present_key(k) for k in keys])
 
 
 @delete(
@@ -139,12 +144,13 @@ def list_api_keys(
     sync_to_thread=True,
     summary="Revoke one of your API keys",
     dependencies={"principal": Provide(provide_principal)},
+    responses=errors(*AUTHED, 404),
 )
 def revoke_api_key(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], key_id: FromPath[str]
-) -> dict[str, str]:
+) -> Message:
     container_of(request).auth.keys.revoke(principal.user_id, key_id, actor=principal.user_id)
-    return {"message": "API key revoked"}
+    return Message(message="API key revoked")
 
 
 router = Router(

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 from uuid import UUID
 
+import msgspec
 from litestar import Request, Response, Router, get, post, put
 from litestar.concurrency import sync_to_thread
 from litestar.di import NamedDependency, Provide
@@ -22,10 +23,20 @@ from domain.services.payments import PaymentNotFoundError, PaymentRequest
 from infrastructure.auth import Principal
 from infrastructure.payments import SETUP_VARIABLES
 from interfaces.http.controllers.money import positive_usd
-from interfaces.http.payment_rows import payment_row_json
+from interfaces.http.openapi import ADMIN, AUTHED, answers, errors, json_body, operation
 from interfaces.http.schemas import NO_NUL, Body, Reason
 from interfaces.http.security import container_of, provide_admin, provide_principal
 from interfaces.payment_input import payment_method, processor_of
+from interfaces.presenters.payments import (
+    AutoRenewSetting,
+    CreatedPayment,
+    PaymentList,
+    WebhookReceipt,
+    present_created,
+    present_payment,
+    present_payment_row,
+)
+from interfaces.presenters.payments import Payment as PaymentAnswer
 from interfaces.statement_export import FORMATS, split_format, statement_file
 from interfaces.statement_view import build_statement, statement_dict
 
@@ -58,36 +69,9 @@ class RefundBody(Body):
 
 
 def payment_json(payment: Payment) -> dict[str, Any]:
-    method = {k: v for k, v in payment.method.items() if k != "token"}
-    body: dict[str, Any] = {
-        "id": str(payment.id),
-        "status": payment.state,
-        "amount": micros_to_usd(payment.amount),
-        "currency": payment.currency,
-        "provider": payment.processor,
-        "payment_method": method,
-        "external_id": payment.external_id or None,
-        "credited": micros_to_usd(payment.credited),
-        "refunded": micros_to_usd(payment.refunded),
-        "disputed": micros_to_usd(payment.disputed),
-        "failure": payment.failure or None,
-        "next_action_url": payment.next_action_url or None,
-        "created_at": payment.created_at.isoformat(),
-        "updated_at": payment.updated_at.isoformat(),
-    }
-    if payment.processor == "crypto":
-        body["crypto"] = {
-            "network": method.get("network"),
-            "token": "USDC",
-            "token_contract": method.get("contract"),
-            "pay_to": method.get("to"),
-            "from_wallet": method.get("wallet"),
-            "amount_units": payment.amount,  # USDC has 6 decimals: units = micro-USD
-            "received": micros_to_usd(payment.received),
-            "expires_at": payment.expires_at.isoformat() if payment.expires_at else None,
-            "flags": payment.flags,
-        }
-    return body
+    """The payment as plain data (doors that answer dicts)."""
+    data: dict[str, Any] = msgspec.to_builtins(present_payment(payment))
+    return data
 
 
 def _status_for(payment: Payment, new: bool) -> int:
@@ -98,12 +82,22 @@ def _status_for(payment: Payment, new: bool) -> int:
     return 201 if new else 200
 
 
-@post("/billing/payment", summary="Pay for credits (Stripe, crypto or AfterDark)")
+@post(
+    "/billing/payment",
+    status_code=201,
+    summary="Pay for credits (Stripe, crypto or AfterDark)",
+    description="201 a new payment, 200 a replay (Idempotency-Key), 202 waiting for the "
+    "payer (3-D Secure, crypto transfer), 402 refused by the processor.",
+    responses={
+        **answers(CreatedPayment, 200, 202, description="A replay (200) or waiting (202)"),
+        **errors(*AUTHED, 402, 409, 503),
+    },
+)
 async def create_payment(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     data: JSONBody[PaymentBody],
-) -> Response[dict[str, Any]]:
+) -> Response[CreatedPayment]:
     c = container_of(request)
     headers = request.headers
     processor = processor_of(headers.get("x-billing"), data.provider)
@@ -145,8 +139,9 @@ async def create_payment(
     response_headers = {"Idempotency-Key": key}
     if not new:
         response_headers["Idempotent-Replayed"] = "true"
-    body = {"transaction": payment_json(payment), **payment_json(payment)}
-    return Response(body, status_code=_status_for(payment, new), headers=response_headers)
+    return Response(
+        present_created(payment), status_code=_status_for(payment, new), headers=response_headers
+    )
 
 
 async def _own_payment(request: Request[Any, Any, Any], principal: Principal, pid: UUID) -> Payment:
@@ -157,29 +152,43 @@ async def _own_payment(request: Request[Any, Any, Any], principal: Principal, pi
     return payment
 
 
-@get("/billing/payments/{payment_id:uuid}", summary="One of your payments")
+@get(
+    "/billing/payments/{payment_id:uuid}",
+    summary="One of your payments",
+    responses=errors(*AUTHED, 404),
+)
 async def get_payment(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     payment_id: FromPath[UUID],
-) -> dict[str, Any]:
-    return payment_json(await _own_payment(request, principal, payment_id))
+) -> PaymentAnswer:
+    return present_payment(await _own_payment(request, principal, payment_id))
 
 
-@get("/billing/payments", sync_to_thread=True, summary="Your payments, every state, newest first")
+@get(
+    "/billing/payments",
+    sync_to_thread=True,
+    summary="Your payments, every state, newest first",
+    responses=errors(401, 429),
+)
 def list_payments(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
-) -> dict[str, Any]:
+) -> PaymentList:
     rows = container_of(request).payment_queries.for_user(principal.user_id, limit=100)
-    return {"payments": [payment_row_json(r) for r in rows], "count": len(rows)}
+    return PaymentList(payments=[present_payment_row(r) for r in rows], count=len(rows))
 
 
-@put("/billing/auto-renew", sync_to_thread=True, summary="Buy credits when they run low")
+@put(
+    "/billing/auto-renew",
+    sync_to_thread=True,
+    summary="Buy credits when they run low",
+    responses=errors(*AUTHED, 503),
+)
 def auto_renew(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     data: JSONBody[AutoRenewBody],
-) -> dict[str, Any]:
+) -> AutoRenewSetting:
     c = container_of(request)
     threshold = amount = 0
     method = ""
@@ -209,19 +218,20 @@ def auto_renew(
         payment_method=method,
         actor=principal.user_id,
     )
-    return {
-        "enabled": data.enabled,
-        "threshold": micros_to_usd(threshold),
-        "amount": micros_to_usd(amount),
-        "payment_method": method.split(":", 1)[1] if method else None,
-        "provider": method.split(":", 1)[0] if method else None,
-    }
+    return AutoRenewSetting(
+        enabled=data.enabled,
+        threshold=micros_to_usd(threshold),
+        amount=micros_to_usd(amount),
+        payment_method=method.split(":", 1)[1] if method else None,
+        provider=method.split(":", 1)[0] if method else None,
+    )
 
 
 @get(
     "/billing/statements/{month:str}",
     sync_to_thread=True,
     summary="Monthly statement (YYYY-MM; YYYY-MM.csv or YYYY-MM.pdf for a file)",
+    responses=errors(*AUTHED, 404),
 )
 def monthly_statement(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], month: FromPath[str]
@@ -235,8 +245,17 @@ def monthly_statement(
     return Response(data, media_type=FORMATS[fmt], headers={"Content-Disposition": disposition})
 
 
-@post("/billing/webhooks/stripe", status_code=200, summary="Stripe webhook endpoint")
-async def stripe_webhook(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+@post(
+    "/billing/webhooks/stripe",
+    status_code=200,
+    summary="Stripe webhook endpoint (signed with Stripe-Signature)",
+    operation_class=operation(
+        public=True,
+        body=json_body("A Stripe event, exactly as Stripe sends it (the signature covers it)"),
+    ),
+    responses=errors(400, 404),
+)
+async def stripe_webhook(request: Request[Any, Any, Any]) -> WebhookReceipt:
     c = container_of(request)
     gateway = c.stripe
     if gateway is None or not c.settings.stripe_webhook_secret:
@@ -251,13 +270,13 @@ async def stripe_webhook(request: Request[Any, Any, Any]) -> Response[dict[str, 
         log.warning("stripe webhook refused: %s", exc)
         raise InvalidArgumentError(f"webhook refused: {exc}", field="Stripe-Signature") from None
     if event.type not in HANDLED_WEBHOOKS:
-        return Response({"received": True, "ignored": event.type})
+        return WebhookReceipt(received=True, ignored=event.type)
     payment_id = await sync_to_thread(_payment_for, c, event)
     if payment_id is None:
         log.warning("stripe webhook %s (%s): no matching payment", event.event_id, event.type)
-        return Response({"received": True, "ignored": "unknown payment"})
+        return WebhookReceipt(received=True, ignored="unknown payment")
     payment = await sync_to_thread(c.payments.apply_webhook, event, payment_id)
-    return Response({"received": True, "payment": str(payment.id), "status": payment.state})
+    return WebhookReceipt(received=True, payment=str(payment.id), status=payment.state)
 
 
 def _payment_for(c: Any, event: Any) -> UUID | None:
@@ -282,18 +301,19 @@ def _payment_for(c: Any, event: Any) -> UUID | None:
     "/payments/{payment_id:uuid}/refund",
     status_code=200,
     summary="Refund a payment (all or part); credits are debited",
+    responses=errors(*ADMIN, 404, 409, 503),
 )
 async def refund(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     payment_id: FromPath[UUID],
     data: JSONBody[RefundBody],
-) -> dict[str, Any]:
+) -> PaymentAnswer:
     c = container_of(request)
     amount = None if data.amount is None else positive_usd(data.amount, "amount")
     actor = f"admin:{principal.user_id}"
     payment = await c.payments.refund(payment_id, amount, actor=actor)
-    return payment_json(payment)
+    return present_payment(payment)
 
 
 router = Router(

@@ -11,23 +11,45 @@ import msgspec
 from litestar import Request, Router, delete, get, post
 from litestar.concurrency import sync_to_thread
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import (
+    FromPath,
+    HeaderParameter,
+    JSONBody,
+    PathParameter,
+    QueryParameter,
+)
 from msgspec import Meta
 
 from domain.instances import GpuInstance
 from domain.marketplace import Offer, OfferQuery
-from domain.money import micros_to_usd, usd_to_micros
+from domain.money import usd_to_micros
 from domain.reservations import Reservation
 from domain.services.marketplace import InstanceNotFoundError, RentSpec
 from domain.usage import Caller
 from infrastructure.auth import Principal
 from infrastructure.proxy.runtime import ProxyRuntime
+from interfaces.http.openapi import AUTHED, errors
 from interfaces.http.schemas import NO_NUL, Body
 from interfaces.http.security import client_address, container_of, provide_principal
+from interfaces.presenters.instances import (
+    Catalog,
+    InstanceAnswer,
+    Rentals,
+    ReservationAnswer,
+    present_instance,
+    present_offer,
+    present_reservation,
+)
 from interfaces.usage_sessions_view import caller_of, counted
 
 RENTALS_CATCH_UP = 2.0  # seconds the list may wait for the instances read model
 Text = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+# One parameter name for /instances/{provider}/{id}: an offer id to rent (POST), an instance
+# id (UUID) to read or destroy (GET, DELETE). OpenAPI allows one name per path template.
+ItemId = Annotated[
+    str,
+    PathParameter(description="POST: the offer id to rent; GET and DELETE: an instance id (UUID)"),
+]
 
 
 class RentBody(Body):
@@ -59,62 +81,34 @@ class ReserveBody(Body):
 
 
 def reservation_json(reservation: Reservation) -> dict[str, Any]:
-    return {
-        "id": str(reservation.id),
-        "state": reservation.state,
-        "count": reservation.count,  # GPUs asked for
-        "gpus": reservation.gpus,  # GPUs the member instances hold (count once confirmed)
-        "provider": reservation.provider,
-        "filters": reservation.filters,
-        "instances": reservation.members,
-        "members": [
-            {"id": m, "num_gpus": reservation.member_gpus.get(m, 1)} for m in reservation.members
-        ],
-        "failed_attempts": reservation.attempts,
-        "reason": reservation.reason or None,
-        "held": micros_to_usd(reservation.hold_amount),
-    }
+    """The reservation as plain data (doors that answer dicts)."""
+    data: dict[str, Any] = msgspec.to_builtins(present_reservation(reservation))
+    return data
 
 
 def offer_json(offer: Offer) -> dict[str, Any]:
-    return {
-        "id": offer.offer_id,
-        "provider": offer.provider,
-        "gpu_model": offer.gpu_model,
-        "num_gpus": offer.num_gpus,
-        "vram_gb": offer.vram_gb,
-        "price_per_hour": micros_to_usd(offer.price_per_hour),
-        "location": offer.location,
-        "reliability": offer.reliability,
-        "metadata": offer.metadata,
-    }
+    data: dict[str, Any] = msgspec.to_builtins(present_offer(offer))
+    return data
 
 
 def instance_json(gpu: GpuInstance, now: datetime) -> dict[str, Any]:
-    def iso(moment: datetime | None) -> str | None:
-        return None if moment is None else moment.isoformat()
-
-    return {
-        "id": str(gpu.id),
-        "provider": gpu.provider,
-        "offer_id": gpu.offer_id,
-        "provider_instance_id": gpu.provider_instance_id,
-        "state": gpu.state,
-        "gpu_model": gpu.gpu_model,
-        "num_gpus": gpu.num_gpus,
-        "price_per_hour": micros_to_usd(gpu.price_per_hour),
-        "endpoint": f"http://{gpu.host}:{gpu.port}" if gpu.host and gpu.port else None,
-        "image": gpu.image,
-        "requested_at": iso(gpu.requested_at),
-        "started_at": iso(gpu.started_at),
-        "ended_at": iso(gpu.ended_at),
-        "billed": micros_to_usd(gpu.billed),
-        "cost_so_far": micros_to_usd(gpu.due(now)),
-        "reason": gpu.reason or None,
-    }
+    data: dict[str, Any] = msgspec.to_builtins(present_instance(gpu, now))
+    return data
 
 
-@get("/instances", summary="GPU offers from every marketplace (or one), cheapest first")
+def _instance_id(value: str) -> UUID:
+    """The path's ``{id}`` as an instance id: anything else names no instance (404)."""
+    try:
+        return UUID(value)
+    except ValueError:
+        raise InstanceNotFoundError("No such instance", instance_id=value) from None
+
+
+@get(
+    "/instances",
+    summary="GPU offers from every marketplace (or one), cheapest first",
+    responses=errors(*AUTHED, 503),
+)
 async def catalog(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
@@ -126,7 +120,7 @@ async def catalog(
     num_gpus: Annotated[int | None, QueryParameter(ge=1, le=64)] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 64,
     sort: Annotated[str, QueryParameter(max_length=16)] = "price",
-) -> dict[str, Any]:
+) -> Catalog:
     market = container_of(request).marketplace
     query = OfferQuery(
         min_vram_gb=min_vram,
@@ -141,28 +135,26 @@ async def catalog(
     result = await market.catalog(
         query, provider if provider not in (None, "all") else None, sort=sort
     )
-    return {
-        "offers": [offer_json(o) for o in result.offers],
-        "count": len(result.offers),
-        "errors": result.errors,
-    }
+    offers = [present_offer(o) for o in result.offers]
+    return Catalog(offers=offers, count=len(offers), errors=dict(result.errors))
 
 
 @post(
-    "/instances/{provider:str}/{offer_id:str}",
+    "/instances/{provider:str}/{id:str}",
     status_code=201,
     summary="Rent an offer: a credit hold first (402 if refused), then the provider",
+    responses=errors(*AUTHED, 402, 404, 409, 502, 503),
 )
 async def rent(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     provider: FromPath[str],
-    offer_id: FromPath[str],
+    id: ItemId,  # the offer id
     data: JSONBody[RentBody],
     idempotency_key: Annotated[
         str | None, HeaderParameter(name="Idempotency-Key", max_length=200, required=False)
     ] = None,
-) -> dict[str, Any]:
+) -> InstanceAnswer:
     c = container_of(request)
     spec = RentSpec(
         image=data.image,
@@ -173,9 +165,9 @@ async def rent(
     )
     caller = _caller(request, principal)
     gpu = await c.marketplace.rent(
-        principal.user_id, provider, offer_id, spec, idempotency_key, caller=caller
+        principal.user_id, provider, id, spec, idempotency_key, caller=caller
     )
-    return {"instance": instance_json(gpu, c.ledger.clock())}
+    return InstanceAnswer(instance=present_instance(gpu, c.ledger.clock()))
 
 
 def _caller(request: Request[Any, Any, Any], principal: Principal) -> Caller:
@@ -196,44 +188,52 @@ def _owned(
     return gpu
 
 
-@get("/instances/{provider:str}/{instance_id:uuid}", summary="One of your instances")
+@get(
+    "/instances/{provider:str}/{id:str}",
+    summary="One of your instances",
+    responses=errors(*AUTHED, 404),
+)
 async def instance(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     provider: FromPath[str],
-    instance_id: FromPath[UUID],
-) -> dict[str, Any]:
-    gpu = await sync_to_thread(_owned, request, principal, provider, instance_id)
-    return {"instance": instance_json(gpu, container_of(request).ledger.clock())}
+    id: ItemId,  # the instance id
+) -> InstanceAnswer:
+    found = _instance_id(id)
+    gpu = await sync_to_thread(_owned, request, principal, provider, found)
+    return InstanceAnswer(instance=present_instance(gpu, container_of(request).ledger.clock()))
 
 
 @delete(
-    "/instances/{provider:str}/{instance_id:uuid}",
+    "/instances/{provider:str}/{id:str}",
     status_code=200,
     summary="Stop billing and destroy one of your instances",
+    responses=errors(*AUTHED, 404, 502),
 )
 async def destroy(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     provider: FromPath[str],
-    instance_id: FromPath[UUID],
-) -> dict[str, Any]:
+    id: ItemId,  # the instance id
+) -> InstanceAnswer:
     c = container_of(request)
-    gpu = await sync_to_thread(_owned, request, principal, provider, instance_id)
-    gpu = await c.marketplace.destroy(instance_id, actor=principal.user_id)
-    return {"instance": instance_json(gpu, c.ledger.clock())}
+    found = _instance_id(id)
+    await sync_to_thread(_owned, request, principal, provider, found)
+    gpu = await c.marketplace.destroy(found, actor=principal.user_id)
+    return InstanceAnswer(instance=present_instance(gpu, c.ledger.clock()))
 
 
 @post(
     "/instances/reserve",
     status_code=201,
     summary="Reserve 1-16 GPUs under one hold: all running before the deadline, or none",
+    responses=errors(*AUTHED, 402, 409, 503),
 )
 async def reserve(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     data: JSONBody[ReserveBody],
-) -> dict[str, Any]:
+) -> ReservationAnswer:
     c = container_of(request)
     query = OfferQuery(
         min_vram_gb=data.min_vram,
@@ -253,7 +253,7 @@ async def reserve(
         timeout=c.settings.reservation_timeout,
         caller=_caller(request, principal),
     )
-    return {"reservation": reservation_json(reservation)}
+    return ReservationAnswer(reservation=present_reservation(reservation))
 
 
 def _own_reservation(
@@ -265,37 +265,45 @@ def _own_reservation(
     return found
 
 
-@get("/reservations/{reservation_id:uuid}", summary="One of your reservations")
+@get(
+    "/reservations/{reservation_id:uuid}",
+    summary="One of your reservations",
+    responses=errors(*AUTHED, 404),
+)
 async def reservation(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     reservation_id: FromPath[UUID],
-) -> dict[str, Any]:
+) -> ReservationAnswer:
     found = await sync_to_thread(_own_reservation, request, principal, reservation_id)
-    return {"reservation": reservation_json(found)}
+    return ReservationAnswer(reservation=present_reservation(found))
 
 
 @delete(
     "/reservations/{reservation_id:uuid}",
     status_code=200,
     summary="Release a reservation: destroy its instances, free the hold",
+    responses=errors(*AUTHED, 404),
 )
 async def release(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     reservation_id: FromPath[UUID],
-) -> dict[str, Any]:
+) -> ReservationAnswer:
     await sync_to_thread(_own_reservation, request, principal, reservation_id)
     released = await container_of(request).marketplace.release_reservation(
         reservation_id, actor=principal.user_id
     )
-    return {"reservation": reservation_json(released)}
+    return ReservationAnswer(reservation=present_reservation(released))
 
 
-@get("/rentals", sync_to_thread=True, summary="Your instances, newest first")
-def rentals(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
-) -> dict[str, Any]:
+@get(
+    "/rentals",
+    sync_to_thread=True,
+    summary="Your instances, newest first",
+    responses=errors(401, 429),
+)
+def rentals(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> Rentals:
     c = container_of(request)
     # Read your writes: the list holds every instance an answer (any process) reported.
     c.runner.catch_up_one("instances", time.monotonic() + RENTALS_CATCH_UP)
@@ -306,7 +314,9 @@ def rentals(
             (principal.user_id,),
         )
     now = c.ledger.clock()
-    return {"rentals": [instance_json(c.marketplace.get(UUID(str(r[0]))), now) for r in rows]}
+    return Rentals(
+        rentals=[present_instance(c.marketplace.get(UUID(str(r[0]))), now) for r in rows]
+    )
 
 
 router = Router(

@@ -9,24 +9,28 @@ from typing import Any
 from litestar import Request, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from interfaces.http.openapi import PUBLIC, answers
 from interfaces.http.security import container_of
+from interfaces.presenters.health import Health, Readiness
 
 READY_MAX_LAG = 10_000
 
 
-@get("/health", tags=["operations"], summary="Liveness")
-async def health() -> dict[str, Any]:
+@get("/health", tags=["operations"], summary="Liveness", operation_class=PUBLIC)
+async def health() -> Health:
     """``pid``: the server process that answered (one of several with ``WORKERS``)."""
-    return {"status": "ok", "timestamp": datetime.now(UTC).isoformat(), "pid": os.getpid()}
+    return Health(status="ok", timestamp=datetime.now(UTC).isoformat(), pid=os.getpid())
 
 
 @get(
     "/ready",
     tags=["operations"],
-    summary="Readiness: database, Redis, projection lag",
+    summary="Readiness: database, Redis, projection lag (503 when not ready)",
     sync_to_thread=True,
+    operation_class=PUBLIC,
+    responses=answers(Readiness, 503, description="Not ready: the failing checks say why"),
 )
-def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+def ready(request: Request[Any, Any, Any]) -> Response[Readiness]:
     c = container_of(request)
     checks: dict[str, Any] = {}
     ok = True
@@ -51,11 +55,18 @@ def ready(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
         ok, checks["projection_lag"] = False, f"error: {type(exc).__name__}"
     if c.runner.last_error:
         checks["projection_error"] = c.runner.last_error
-    body = {"status": "ready" if ok else "not ready", "checks": checks}
+    body = Readiness(status="ready" if ok else "not ready", checks=checks)
     return Response(body, status_code=200 if ok else 503)
 
 
-@get("/metrics", tags=["operations"], summary="Prometheus metrics", sync_to_thread=True)
+@get(
+    "/metrics",
+    tags=["operations"],
+    summary="Prometheus metrics (text exposition format)",
+    sync_to_thread=True,
+    operation_class=PUBLIC,
+    media_type=CONTENT_TYPE_LATEST,
+)
 def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     collector = request.app.state.metrics
     collector.refresh()

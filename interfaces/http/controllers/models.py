@@ -42,11 +42,19 @@ from domain.services.models import ModelService
 from infrastructure.auth import Principal
 from infrastructure.models.staging import receive_multipart
 from infrastructure.models.tensors import to_json
+from interfaces.http.openapi import AUTHED, binary_body, errors, operation
 from interfaces.http.security import client_address, container_of, provide_principal
 from interfaces.usage_sessions_view import caller_of
 
 FORM_SLACK = 1_048_576  # multipart framing and small fields around the file
 OutputName = Annotated[str, Meta(min_length=1, max_length=256)]
+UPLOAD = operation(
+    body=binary_body(
+        "multipart/form-data",
+        "Fields: `model` (the file), `name`, `format` (onnx, pytorch, sklearn), "
+        "`input_shape` (TorchScript, e.g. 1,4), `n_features` (scikit-learn)",
+    )
+)
 
 
 class PredictBody(Struct, forbid_unknown_fields=True):
@@ -101,6 +109,8 @@ def _form(filename: str, fields: dict[str, str]) -> UploadForm:
     status_code=201,
     request_max_body_size=None,  # checked while streaming, against the caller's limits
     summary="Upload a model (ONNX, TorchScript or scikit-learn; served as ONNX)",
+    operation_class=UPLOAD,
+    responses=errors(*AUTHED, 402, 409, 413, 503),
 )
 async def upload_model(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
@@ -154,7 +164,12 @@ async def upload_model(
     return Response(model_json(record), status_code=201)
 
 
-@get("/models", sync_to_thread=True, summary="Your models, and your upload quota")
+@get(
+    "/models",
+    sync_to_thread=True,
+    summary="Your models, and your upload quota",
+    responses=errors(401, 429),
+)
 def list_models(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
 ) -> dict[str, Any]:
@@ -163,14 +178,25 @@ def list_models(
     return {"models": models, "count": len(models), "quota": service.quota(principal.user_id)}
 
 
-@get("/models/{model_id:str}", sync_to_thread=True, summary="One of your models, with signature")
+@get(
+    "/models/{model_id:str}",
+    sync_to_thread=True,
+    summary="One of your models, with signature",
+    responses=errors(*AUTHED, 404),
+)
 def get_model(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], model_id: FromPath[str]
 ) -> dict[str, Any]:
     return model_json(service_of(request).lookup(principal.user_id, model_id))
 
 
-@delete("/models/{model_id:str}", status_code=200, sync_to_thread=True, summary="Delete a model")
+@delete(
+    "/models/{model_id:str}",
+    status_code=200,
+    sync_to_thread=True,
+    summary="Delete a model",
+    responses=errors(*AUTHED, 404),
+)
 def delete_model(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], model_id: FromPath[str]
 ) -> dict[str, Any]:
@@ -180,7 +206,12 @@ def delete_model(
     return {"model_id": record.model_id, "name": record.name, "deleted": True}
 
 
-@post("/models/{model_id:str}/predict", status_code=200, summary="Run a prediction")
+@post(
+    "/models/{model_id:str}/predict",
+    status_code=200,
+    summary="Run a prediction",
+    responses=errors(*AUTHED, 402, 404, 413, 503),
+)
 async def predict(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody, QueryParameter
 
 from domain.errors import InvalidArgumentError
-from domain.money import micros_to_usd, usd_to_micros
+from domain.money import usd_to_micros
 from infrastructure.auth import Principal
 from interfaces.http.errors import guardrail_headers
-from interfaces.http.payment_rows import payment_row_json
+from interfaces.http.openapi import AUTHED, errors
 from interfaces.http.schemas import SpendCheckBody
 from interfaces.http.security import container_of, provide_principal, read
-from interfaces.spending_view import spending_json
+from interfaces.presenters.credits import Credits, present_credits
+from interfaces.presenters.ledger import (
+    TransactionsPage,
+    Usage,
+    present_transactions,
+    present_usage,
+)
+from interfaces.presenters.payments import present_payment_row
+from interfaces.presenters.spending import (
+    SpendCheck,
+    UserSpending,
+    present_check,
+    present_user_spending,
+)
 
 Limit = Annotated[int, QueryParameter(ge=1, le=500, description="page size")]
 Before = Annotated[
@@ -33,68 +47,44 @@ def positive_usd(value: Any, field: str) -> int:
 
 
 def credits_json(row: dict[str, int] | None) -> dict[str, Any]:
-    row = row or {}
-    balance, held = row.get("balance", 0), row.get("held", 0)
-    return {
-        "credits_remaining": micros_to_usd(balance),
-        "credits_available": micros_to_usd(balance - held),
-        "credits_held": micros_to_usd(held),
-        "credits_total": micros_to_usd(row.get("total_granted", 0)),
-        "credits_spent": micros_to_usd(row.get("total_charged", 0)),
-        "credits_overage": micros_to_usd(max(0, -balance)),
-        "credits_cap": micros_to_usd(row.get("cap", 0)),
-        "credits_auto_renew": {
-            "enabled": bool(row.get("auto_renew_enabled", 0)),
-            "threshold": micros_to_usd(row.get("auto_renew_threshold", 0)),
-            "amount": micros_to_usd(row.get("auto_renew_amount", 0)),
-        },
-        "currency": "USD",
-    }
+    """The balance as plain data (the fast lane, agents): the same as ``present_credits``."""
+    data: dict[str, Any] = msgspec.to_builtins(present_credits(row))
+    return data
 
 
-@get("/billing/credits", summary="Your credit balance")
+@get("/billing/credits", summary="Your credit balance", responses=errors(*AUTHED))
 async def credits(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
-) -> dict[str, Any]:
+) -> Credits:
     c = container_of(request)
-    return credits_json(await read(c, c.queries.balance, principal.user_id))
+    return present_credits(await read(c, c.queries.balance, principal.user_id))
 
 
-@get("/billing/transactions", sync_to_thread=True, summary="Your money movements, newest first")
+@get(
+    "/billing/transactions",
+    sync_to_thread=True,
+    summary="Your money movements, newest first",
+    responses=errors(*AUTHED),
+)
 def transactions(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     limit: Limit = 50,
     before: Before = None,
-) -> dict[str, Any]:
+) -> TransactionsPage:
     c = container_of(request)
     rows = c.queries.transactions(principal.user_id, limit=limit, before=before)
     payments = c.payment_queries.for_user(principal.user_id, limit=limit) if before is None else []
-    return {
-        "payments": [payment_row_json(p) for p in payments],
-        "transactions": [
-            {
-                "id": r.position,
-                "type": r.kind,
-                "amount": micros_to_usd(r.amount),
-                "hold_id": r.hold_id or None,
-                "reason": r.reason,
-                "reference": r.reference,
-                "created_at": datetime.fromtimestamp(r.at_micros / 1_000_000, UTC).isoformat(),
-            }
-            for r in rows
-        ],
-        "next_before": rows[-1].position if len(rows) == limit else None,
-    }
+    return present_transactions(rows, [present_payment_row(p) for p in payments], limit)
 
 
-@get("/usage", sync_to_thread=True, summary="Your daily usage")
+@get("/usage", sync_to_thread=True, summary="Your daily usage", responses=errors(*AUTHED))
 def usage(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     since: Day = None,
     until: Day = None,
-) -> dict[str, Any]:
+) -> Usage:
     if since and until and since > until:
         raise InvalidArgumentError("since must not be after until", field="since")
     days = container_of(request).queries.usage(
@@ -102,26 +92,20 @@ def usage(
         since.isoformat() if since else None,
         until.isoformat() if until else None,
     )
-    return {
-        "days": [
-            {
-                "day": d.day,
-                "spent": micros_to_usd(d.spent),
-                "requests": d.spend_count,
-                "granted": micros_to_usd(d.granted),
-                "debited": micros_to_usd(d.debited),
-            }
-            for d in days
-        ]
-    }
+    return present_usage(days)
 
 
-@get("/guardrails/spending", sync_to_thread=True, summary="Spend per guard-rail window")
+@get(
+    "/guardrails/spending",
+    sync_to_thread=True,
+    summary="Spend per guard-rail window",
+    responses=errors(*AUTHED),
+)
 def spending(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
-) -> Response[dict[str, Any]]:
+) -> Response[UserSpending]:
     report = container_of(request).ledger.spending(principal.user_id)
-    body = {"user_id": principal.user_id, **spending_json(report)}
+    body = present_user_spending(principal.user_id, report)
     return Response(body, headers=guardrail_headers(report.spent, exceeded=bool(report.exceeded)))
 
 
@@ -130,15 +114,16 @@ def spending(
     status_code=200,
     sync_to_thread=True,
     summary="Would this cost be allowed now? 200 allowed, 402 with violations",
+    responses=errors(*AUTHED, 402),
 )
 def check_spending(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     data: JSONBody[SpendCheckBody],
-) -> Response[dict[str, Any]]:
+) -> Response[SpendCheck]:
     amount = positive_usd(data.estimated_cost, "estimated_cost")
     view = container_of(request).ledger.check_spend(principal.user_id, amount)
-    body = {"allowed": True, "spent": {k: micros_to_usd(v) for k, v in view.window_spend.items()}}
+    body = present_check(view.window_spend)
     return Response(body, headers=guardrail_headers(view.window_spend, exceeded=False))
 
 

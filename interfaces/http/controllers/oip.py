@@ -25,7 +25,15 @@ from domain.models import ModelNotFoundError, ModelRecord
 from domain.services.models import ModelService
 from infrastructure.auth import Principal
 from infrastructure.models import tensors
+from interfaces.http.openapi import AUTHED, PUBLIC, answers, binary_body, errors, operation
 from interfaces.http.security import client_address, container_of, provide_principal
+from interfaces.presenters.health import (
+    Live,
+    ModelMetadata,
+    ModelReady,
+    Ready,
+    ServerMetadata,
+)
 from interfaces.usage_sessions_view import caller_of
 
 SERVER_NAME = "gpuproxy"
@@ -64,14 +72,27 @@ def service_of(request: Request[Any, Any, Any]) -> ModelService:
     return container_of(request).model_service()
 
 
-def metadata(record: ModelRecord, name: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "versions": [VERSION],
-        "platform": PLATFORM,
-        "inputs": [s.to_json() for s in record.signature.inputs],
-        "outputs": [s.to_json() for s in record.signature.outputs],
-    }
+INFER_BODY = binary_body(
+    "application/octet-stream",
+    "An OIP inference request: JSON (`application/json`: inputs with `data`), or the JSON header "
+    "followed by raw tensors (Triton binary tensor extension; Inference-Header-Content-Length)",
+)
+INFER = operation(body=INFER_BODY)
+INFER_ERRORS = errors(*AUTHED, 404, 413, 503)
+READY_ANSWERS = {
+    **errors(401, 404, 429),
+    **answers(ModelReady, 400, description="Not ready: the same body, ready false"),
+}
+
+
+def metadata(record: ModelRecord, name: str) -> ModelMetadata:
+    return ModelMetadata(
+        name=name,
+        versions=[VERSION],
+        platform=PLATFORM,
+        inputs=[s.to_json() for s in record.signature.inputs],
+        outputs=[s.to_json() for s in record.signature.outputs],
+    )
 
 
 def _check_version(version: str) -> None:
@@ -82,32 +103,41 @@ def _check_version(version: str) -> None:
 # ------------------------------------------------------------------ health
 
 
-@get("/v2/health/live", summary="OIP: server live")
-async def live() -> dict[str, bool]:
-    return {"live": True}
+@get("/v2/health/live", summary="OIP: server live", operation_class=PUBLIC)
+async def live() -> Live:
+    return Live(live=True)
 
 
-@get("/v2/health/ready", sync_to_thread=True, summary="OIP: server ready (database answers)")
-def ready(request: Request[Any, Any, Any]) -> Response[dict[str, bool]]:
+@get(
+    "/v2/health/ready",
+    sync_to_thread=True,
+    summary="OIP: server ready (database answers)",
+    operation_id="getServerReady",
+    operation_class=PUBLIC,
+    responses=answers(Ready, 503, description="Not ready"),
+)
+def ready(request: Request[Any, Any, Any]) -> Response[Ready]:
     try:
         with container_of(request).db.snapshot() as tx:
             tx.fetchone("SELECT 1")
     except Exception:
-        return Response({"ready": False}, status_code=503)
-    return Response({"ready": True})
+        return Response(Ready(ready=False), status_code=503)
+    return Response(Ready(ready=True))
 
 
-@get("/v2", summary="OIP: server metadata")
-async def server_metadata() -> dict[str, Any]:
+@get("/v2", summary="OIP: server metadata", operation_class=PUBLIC)
+async def server_metadata() -> ServerMetadata:
     from interfaces.http.app import VERSION as APP_VERSION
 
-    return {"name": SERVER_NAME, "version": APP_VERSION, "extensions": list(EXTENSIONS)}
+    return ServerMetadata(name=SERVER_NAME, version=APP_VERSION, extensions=list(EXTENSIONS))
 
 
 # ------------------------------------------------------------------ models
 
 
-async def _metadata(request: Request[Any, Any, Any], principal: Principal, name: str) -> Any:
+async def _metadata(
+    request: Request[Any, Any, Any], principal: Principal, name: str
+) -> ModelMetadata:
     record = await service_of(request).find(principal.user_id, name)
     return metadata(record, name)
 
@@ -142,34 +172,40 @@ async def _infer(
     return _answer(parsed, record, name, result.outputs)
 
 
-@get("/models/{name:str}", summary="OIP: model metadata")
+@get("/models/{name:str}", summary="OIP: model metadata", responses=errors(*AUTHED, 404))
 async def model_metadata(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], name: FromPath[str]
-) -> dict[str, Any]:
-    result: dict[str, Any] = await _metadata(request, principal, name)
-    return result
+) -> ModelMetadata:
+    return await _metadata(request, principal, name)
 
 
-@get("/models/{name:str}/versions/{version:str}", summary="OIP: model metadata (version 1)")
+@get(
+    "/models/{name:str}/versions/{version:str}",
+    summary="OIP: model metadata (version 1)",
+    responses=errors(*AUTHED, 404),
+)
 async def model_version_metadata(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     name: FromPath[str],
     version: FromPath[str],
-) -> dict[str, Any]:
+) -> ModelMetadata:
     _check_version(version)
-    result: dict[str, Any] = await _metadata(request, principal, name)
-    return result
+    return await _metadata(request, principal, name)
 
 
-@get("/models/{name:str}/ready", summary="OIP: model ready")
+@get("/models/{name:str}/ready", summary="OIP: model ready", responses=READY_ANSWERS)
 async def model_ready(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], name: FromPath[str]
 ) -> Response[dict[str, Any]]:
     return await _ready(request, principal, name)
 
 
-@get("/models/{name:str}/versions/{version:str}/ready", summary="OIP: model ready (version 1)")
+@get(
+    "/models/{name:str}/versions/{version:str}/ready",
+    summary="OIP: model ready (version 1)",
+    responses=READY_ANSWERS,
+)
 async def model_version_ready(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
@@ -180,8 +216,14 @@ async def model_version_ready(
     return await _ready(request, principal, name)
 
 
-@post("/models/{name:str}/infer", status_code=200, summary="OIP: inference")
-async def infer(
+@post(
+    "/models/{name:str}/infer",
+    status_code=200,
+    summary="OIP: inference",
+    operation_class=INFER,
+    responses=INFER_ERRORS,
+)
+async def infer_model(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], name: FromPath[str]
 ) -> Response[bytes]:
     return await _infer(request, principal, name)
@@ -191,8 +233,10 @@ async def infer(
     "/models/{name:str}/versions/{version:str}/infer",
     status_code=200,
     summary="OIP: inference (version 1)",
+    operation_class=INFER,
+    responses=INFER_ERRORS,
 )
-async def infer_version(
+async def infer_model_version(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     name: FromPath[str],
@@ -294,8 +338,8 @@ def router(max_request_bytes: int) -> Router:
             model_version_metadata,
             model_ready,
             model_version_ready,
-            infer,
-            infer_version,
+            infer_model,
+            infer_model_version,
         ],
     )
 

@@ -27,27 +27,31 @@ from litestar.types import (
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from domain.balancing import STRATEGIES
-from domain.money import micros_to_usd
 from infrastructure.auth import Principal
 from infrastructure.proxy.runtime import ProxyRuntime, Upstream
 from interfaces import proxy_envelope as proxy_envelope_input
 from interfaces.http import raw_proxy
+from interfaces.http.openapi import AUTHED, binary_body, errors, operation
 from interfaces.http.raw_proxy import BUFFER_LIMIT, MAX_TIMELIMIT
 from interfaces.http.schemas import NO_NUL
 from interfaces.http.security import client_address, container_of, provide_principal
+from interfaces.presenters.proxy import Load, Strategy, StrategySet, lease_of, server_load
 from interfaces.usage_sessions_view import caller_of
 
 log = logging.getLogger(__name__)
 PROTOCOLS = proxy_envelope_input.PROTOCOLS
-METHODS: tuple[HttpMethod, ...] = (
+# Methods without and with a request body: two handlers each, so OpenAPI can show the body.
+READS: tuple[HttpMethod, ...] = (
     HttpMethod.GET,
-    HttpMethod.POST,
-    HttpMethod.PUT,
-    HttpMethod.PATCH,
     HttpMethod.DELETE,
     HttpMethod.HEAD,
     HttpMethod.OPTIONS,
 )
+WRITES: tuple[HttpMethod, ...] = (HttpMethod.POST, HttpMethod.PUT, HttpMethod.PATCH)
+METHODS = READS + WRITES
+PASSTHROUGH = operation(body=binary_body("*/*", "Sent to the instance as is (streamed)"))
+UPSTREAM_ERRORS = errors(*AUTHED, 402, 404, 502, 503, 504)
+UPSTREAM = "The instance's own status, headers and body (streamed)"
 Text = Annotated[str, Meta(max_length=4096, pattern=NO_NUL)]
 
 
@@ -109,6 +113,8 @@ async def answer(upstream: Upstream) -> Response[bytes] | Stream:
     http_method=[HttpMethod.POST],
     status_code=200,
     summary="Send a request to one of your instances (http, https, openinference, mcp)",
+    response_description=UPSTREAM,
+    responses=UPSTREAM_ERRORS,
 )
 async def proxy_envelope(
     request: Request[Any, Any, Any],
@@ -149,19 +155,44 @@ async def _raw(request: Request[Any, Any, Any], instance_id: str | None, path: s
     return respond
 
 
+POOL_PATHS = ["/gpu/proxy/pool", "/gpu/proxy/pool/{path:path}"]
+INSTANCE_PATHS = ["/gpu/proxy/{instance_id:uuid}", "/gpu/proxy/{instance_id:uuid}/{path:path}"]
+POOL = "Reverse proxy balanced over all your running instances"
+ONE = "Reverse proxy to one of your instances"
+
+
 @route(
-    ["/gpu/proxy/pool", "/gpu/proxy/pool/{path:path}"],
-    http_method=list(METHODS),
-    summary="Reverse proxy balanced over all your running instances",
+    POOL_PATHS,
+    http_method=list(READS),
+    status_code=200,
+    summary=POOL,
+    response_description=UPSTREAM,
+    responses=UPSTREAM_ERRORS,
 )
 async def proxy_pool(request: Request[Any, Any, Any], path: FromPath[str] = "/") -> ASGIApp:
     return await _raw(request, None, path)
 
 
 @route(
-    ["/gpu/proxy/{instance_id:uuid}", "/gpu/proxy/{instance_id:uuid}/{path:path}"],
-    http_method=list(METHODS),
-    summary="Reverse proxy to one of your instances",
+    POOL_PATHS,
+    http_method=list(WRITES),
+    status_code=200,
+    summary=POOL,
+    response_description=UPSTREAM,
+    responses={**UPSTREAM_ERRORS, **errors(413)},
+    operation_class=PASSTHROUGH,
+)
+async def proxy_pool_body(request: Request[Any, Any, Any], path: FromPath[str] = "/") -> ASGIApp:
+    return await _raw(request, None, path)
+
+
+@route(
+    INSTANCE_PATHS,
+    http_method=list(READS),
+    status_code=200,
+    summary=ONE,
+    response_description=UPSTREAM,
+    responses=UPSTREAM_ERRORS,
 )
 async def proxy_instance(
     request: Request[Any, Any, Any], instance_id: FromPath[UUID], path: FromPath[str] = "/"
@@ -169,22 +200,46 @@ async def proxy_instance(
     return await _raw(request, str(instance_id), path)
 
 
-@get("/loadbalancer/strategy", summary="Your load-balancing strategy")
+@route(
+    INSTANCE_PATHS,
+    http_method=list(WRITES),
+    status_code=200,
+    summary=ONE,
+    response_description=UPSTREAM,
+    responses={**UPSTREAM_ERRORS, **errors(413)},
+    operation_class=PASSTHROUGH,
+)
+async def proxy_instance_body(
+    request: Request[Any, Any, Any], instance_id: FromPath[UUID], path: FromPath[str] = "/"
+) -> ASGIApp:
+    return await _raw(request, str(instance_id), path)
+
+
+@get(
+    "/loadbalancer/strategy",
+    summary="Your load-balancing strategy",
+    responses=errors(401, 429),
+)
 async def get_strategy(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
-) -> dict[str, Any]:
+) -> Strategy:
     name = await runtime_of(request).strategy(principal.user_id)
-    return {"strategy": name, "available": list(STRATEGIES)}
+    return Strategy(strategy=name, available=list(STRATEGIES))
 
 
-@put("/loadbalancer/strategy", sync_to_thread=True, summary="Choose your load-balancing strategy")
+@put(
+    "/loadbalancer/strategy",
+    sync_to_thread=True,
+    summary="Choose your load-balancing strategy",
+    responses=errors(*AUTHED),
+)
 def set_strategy(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     data: JSONBody[StrategyBody],
-) -> dict[str, Any]:
+) -> StrategySet:
     name = runtime_of(request).set_strategy(principal.user_id, data.strategy)
-    return {"strategy": name, "message": "Load balancing strategy updated"}
+    return StrategySet(strategy=name, message="Load balancing strategy updated")
 
 
 LoadType = Annotated[
@@ -192,10 +247,8 @@ LoadType = Annotated[
 ]
 
 
-def _server_load(request: Request[Any, Any, Any], user_id: str) -> dict[str, Any]:
-    runtime = runtime_of(request)
+def _server_load(request: Request[Any, Any, Any], user_id: str) -> Any:
     c = container_of(request)
-    live = runtime.tracker.snapshot()
     with c.db.read() as tx:
         rows = tx.fetchall(
             "SELECT i.instance_id, i.provider, i.gpu_model, i.state, "
@@ -204,58 +257,27 @@ def _server_load(request: Request[Any, Any, Any], user_id: str) -> dict[str, Any
             "WHERE i.owner = ? AND i.state IN ('running', 'stopping') ORDER BY i.requested_at",
             (user_id,),
         )
-    instances = []
-    for iid, provider, model, state, requests, errors, latency in rows:
-        now = live.get(iid)
-        instances.append(
-            {
-                "instance_id": iid,
-                "provider": provider,
-                "gpu_model": model,
-                "state": state,
-                "active_connections": now.active if now else 0,
-                "avg_response_time_ms": round(now.ewma_ms, 3) if now else None,
-                "consecutive_failures": now.consecutive_failures if now else 0,
-                "ejected": bool(now and now.ejected),
-                "total_requests": int(requests),
-                "total_errors": int(errors),
-                "mean_latency_ms": round(latency / requests, 3) if requests else None,
-            }
-        )
-    return {"instances": instances, "count": len(instances)}
+    return server_load(rows, runtime_of(request).tracker.snapshot())
 
 
-def _provider_load(server: dict[str, Any]) -> dict[str, Any]:
-    providers: dict[str, dict[str, Any]] = {}
-    for item in server["instances"]:
-        entry = providers.setdefault(
-            item["provider"],
-            {"instances": 0, "active_connections": 0, "total_requests": 0, "total_errors": 0},
-        )
-        entry["instances"] += 1
-        entry["active_connections"] += item["active_connections"]
-        entry["total_requests"] += item["total_requests"]
-        entry["total_errors"] += item["total_errors"]
-    return providers
-
-
-@get("/loadbalancer/load", sync_to_thread=True, summary="Server and provider load")
+@get(
+    "/loadbalancer/load",
+    sync_to_thread=True,
+    summary="Server and provider load",
+    responses=errors(*AUTHED),
+)
 def load(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     type: LoadType = "all",
-) -> dict[str, Any]:
+) -> Load:
     runtime = runtime_of(request)
-    server = _server_load(request, principal.user_id)
-    body: dict[str, Any] = {"strategy": runtime.current_strategy(principal.user_id)}
-    if type in {"server", "all"}:
-        body["server"] = server
-    if type in {"provider", "all"}:
-        body["provider"] = _provider_load(server)
-    lease = runtime.leases.snapshot().get(principal.user_id)
-    if lease is not None:
-        body["lease"] = {"held": micros_to_usd(lease.amount), "spent": micros_to_usd(lease.spent)}
-    return body
+    return Load.of(
+        runtime.current_strategy(principal.user_id),
+        _server_load(request, principal.user_id),
+        type,
+        lease_of(runtime.leases.snapshot().get(principal.user_id)),
+    )
 
 
 router = Router(
@@ -265,7 +287,9 @@ router = Router(
     route_handlers=[
         proxy_envelope,
         proxy_pool,
+        proxy_pool_body,
         proxy_instance,
+        proxy_instance_body,
         get_strategy,
         set_strategy,
         load,

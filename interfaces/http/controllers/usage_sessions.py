@@ -13,6 +13,7 @@ from domain.errors import InvalidArgumentError
 from infrastructure.auth import Principal
 from infrastructure.usage_sessions import usage_sessions
 from interfaces.http.controllers.money import Before, Limit
+from interfaces.http.openapi import AUTHED, errors
 from interfaces.http.security import container_of, provide_principal
 from interfaces.usage_sessions_view import page_json
 
@@ -21,6 +22,7 @@ from interfaces.usage_sessions_view import page_json
     "/usage/sessions",
     sync_to_thread=True,
     summary="Usage sessions (yours; an admin may name any user by user_id or email)",
+    responses=errors(*AUTHED, 403, 404),
 )
 def sessions(
     request: Request[Any, Any, Any],

@@ -12,6 +12,7 @@ from domain.errors import InvalidArgumentError
 from domain.services.what_if import account_what_if
 from domain.what_if import MAX_RANGE, Rules, check_range
 from infrastructure.auth import Principal
+from interfaces.http.openapi import AUTHED, errors
 from interfaces.http.security import container_of, provide_principal
 from interfaces.what_if_view import parse_limits, parse_markup, parse_time, what_if_json
 
@@ -19,7 +20,13 @@ FIELDS = frozenset({"from", "to", "markup", "limits"})
 MAX_EVENTS = 200_000  # a longer history is an operator's job (the admin CLI): bounded time
 
 
-@post("/billing/what-if", status_code=200, sync_to_thread=True, summary="What-if replay")
+@post(
+    "/billing/what-if",
+    status_code=200,
+    sync_to_thread=True,
+    summary="What-if replay",
+    responses=errors(*AUTHED, 413),
+)
 def what_if(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],

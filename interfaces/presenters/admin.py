@@ -1,0 +1,58 @@
+"""Admin answers: users with credits, grants, limits, resets, caps, ledger statistics."""
+
+from __future__ import annotations
+
+from msgspec import Struct
+
+from interfaces.presenters.auth import User
+from interfaces.presenters.credits import Credits
+
+
+class UserList(Struct):
+    users: list[User]
+
+
+class UserAnswer(Struct):
+    user: User
+
+
+class UserWithCredits(Struct):
+    user: User
+    credits: Credits
+
+
+class Grant(Struct):
+    """``applied`` is false for a retry with the same Idempotency-Key (granted once)."""
+
+    applied: bool
+    amount: str
+    credits_remaining: str
+
+
+class Limits(Struct):
+    """The guard-rail limits in force, per window, in USD."""
+
+    limits: dict[str, str]
+
+
+class Reset(Struct):
+    """``windows`` is the list reset, or ``"all"``."""
+
+    message: str
+    windows: list[str] | str
+
+
+class Cap(Struct):
+    credits_cap: str
+
+
+class Stats(Struct):
+    users: int
+    events: int
+    accounts: int
+    balance_total: str
+    held_total: str
+    granted_total: str
+    charged_total: str
+    transactions: int
+    projection_lag: dict[str, int]

@@ -1,0 +1,113 @@
+"""Load-balancer answers: the strategy, and the load per instance and per provider."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from msgspec import UNSET, Struct, UnsetType
+
+from domain.money import micros_to_usd
+
+
+class Strategy(Struct):
+    strategy: str
+    available: list[str]
+
+
+class StrategySet(Struct):
+    strategy: str
+    message: str
+
+
+class InstanceLoad(Struct):
+    """Live figures from this process, totals from the ``proxy_load`` read model."""
+
+    instance_id: str
+    provider: str
+    gpu_model: str
+    state: str
+    active_connections: int
+    avg_response_time_ms: float | None
+    consecutive_failures: int
+    ejected: bool
+    total_requests: int
+    total_errors: int
+    mean_latency_ms: float | None
+
+
+class ServerLoad(Struct):
+    instances: list[InstanceLoad]
+    count: int
+
+
+class ProviderLoad(Struct):
+    instances: int
+    active_connections: int
+    total_requests: int
+    total_errors: int
+
+
+class Lease(Struct):
+    """The proxy's open credit lease: held, and spent from it so far (USD)."""
+
+    held: str
+    spent: str
+
+
+class Load(Struct):
+    """``server`` and/or ``provider`` as ``type`` asks; ``lease`` while one is open."""
+
+    strategy: str
+    server: ServerLoad | UnsetType = UNSET
+    provider: dict[str, ProviderLoad] | UnsetType = UNSET
+    lease: Lease | UnsetType = UNSET
+
+    @classmethod
+    def of(cls, strategy: str, server: ServerLoad, kind: str, lease: Lease | None) -> Load:
+        return cls(
+            strategy=strategy,
+            server=server if kind in {"server", "all"} else UNSET,
+            provider=provider_load(server) if kind in {"provider", "all"} else UNSET,
+            lease=UNSET if lease is None else lease,
+        )
+
+
+def server_load(rows: Iterable[tuple[Any, ...]], live: Mapping[str, Any]) -> ServerLoad:
+    """Rows of (instance_id, provider, gpu_model, state, requests, errors, latency_ms_sum)."""
+    instances = []
+    for iid, provider, model, state, requests, errors, latency in rows:
+        now = live.get(iid)
+        instances.append(
+            InstanceLoad(
+                instance_id=iid,
+                provider=provider,
+                gpu_model=model,
+                state=state,
+                active_connections=now.active if now else 0,
+                avg_response_time_ms=round(now.ewma_ms, 3) if now else None,
+                consecutive_failures=now.consecutive_failures if now else 0,
+                ejected=bool(now and now.ejected),
+                total_requests=int(requests),
+                total_errors=int(errors),
+                mean_latency_ms=round(latency / requests, 3) if requests else None,
+            )
+        )
+    return ServerLoad(instances=instances, count=len(instances))
+
+
+def provider_load(server: ServerLoad) -> dict[str, ProviderLoad]:
+    providers: dict[str, ProviderLoad] = {}
+    for item in server.instances:
+        entry = providers.setdefault(item.provider, ProviderLoad(0, 0, 0, 0))
+        entry.instances += 1
+        entry.active_connections += item.active_connections
+        entry.total_requests += item.total_requests
+        entry.total_errors += item.total_errors
+    return providers
+
+
+def lease_of(lease: Any) -> Lease | None:
+    if lease is None:
+        return None
+    return Lease(held=micros_to_usd(lease.amount), spent=micros_to_usd(lease.spent))
