@@ -1,0 +1,262 @@
+"""What the scale run must show afterwards, read from the event store and the load's records.
+
+Each check returns ``(ok, figures)``; ``figures`` go into the JSON result and the report.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from domain.instances import due_between
+from tests.scale.load import LoadState, Rec
+
+
+@dataclass
+class Fault:
+    name: str
+    start: float  # monotonic
+    back: float = 0.0  # the component is up again
+    full: float = 0.0  # every door answers again (probes), 0: never seen
+    caught_up: float = 0.0  # read models reached the head of the log as it was at ``full``
+
+
+def all_events(container: Any) -> list[Any]:
+    """Every stored event, decoded, in log order."""
+    recorder = container.events.recorder
+    mapper = container.app.mapper
+    out: list[Any] = []
+    start = 1
+    while True:
+        page = recorder.select_notifications(start=start, limit=1000)
+        out.extend(mapper.to_domain_event(n) for n in page)
+        if len(page) < 1000:
+            return out
+        start = page[-1].id + 1
+
+
+def _name(event: Any) -> str:
+    return type(event).__qualname__
+
+
+def check_money(
+    container: Any, state: LoadState, users: dict[str, str]
+) -> tuple[bool, dict[str, Any]]:
+    """Acknowledged grants exactly once, nothing else; balances add up; caps held."""
+    events = all_events(container)
+    per_account: dict[str, list[Any]] = defaultdict(list)
+    for e in events:
+        if _name(e).startswith("CreditAccount."):
+            per_account[str(e.originator_id)].append(e)
+    grant_keys: Counter[str] = Counter()
+    grant_amounts: dict[str, int] = {}
+    problems: list[str] = []
+    accounts: dict[str, Any] = {}
+    for user_id in users.values():
+        view = container.ledger.account(user_id)
+        history = per_account[str(view.account_id)]
+        balance = low = 0
+        cap = 0
+        moves = Counter[str]()
+        for e in history:
+            name = _name(e).split(".")[-1]
+            amount = int(getattr(e, "amount", 0) or 0)
+            if name == "Granted":
+                balance += amount
+                key = str(e.key)
+                if key.startswith("admin-grant:scale-"):
+                    grant_keys[key.removeprefix("admin-grant:")] += 1
+                    grant_amounts[key.removeprefix("admin-grant:")] = amount
+            elif name in {"Charged", "HoldCaptured", "Debited"}:
+                balance -= amount
+            elif name == "CapSet":
+                cap = int(e.cap)
+            moves[name] += amount
+            low = min(low, balance + cap) if name != "CapSet" else low
+        if balance != view.balance:
+            problems.append(
+                f"{user_id}: events add up to {balance}, the account says {view.balance}"
+            )
+        if low < 0:
+            problems.append(f"{user_id}: went {low} below minus its cap")
+        accounts[user_id] = {"balance": balance, "cap": cap, "moves": dict(moves)}
+    doubled = [k for k, n in grant_keys.items() if n > 1]
+    missing = [k for k in state.grants_acked if grant_keys[k] != 1]
+    unknown = [k for k in grant_keys if k not in state.grants_sent]
+    wrong = [k for k, a in state.grants_acked.items() if grant_amounts.get(k) != a.amount]
+    unacked = [k for k in grant_keys if k not in state.grants_acked]
+    problems += [f"granted twice: {k}" for k in doubled]
+    problems += [f"acknowledged, not stored once: {k}" for k in missing]
+    problems += [f"stored, never sent: {k}" for k in unknown]
+    problems += [f"wrong amount: {k}" for k in wrong]
+    return not problems, {
+        "grants_sent": len(state.grants_sent),
+        "grants_acknowledged": len(state.grants_acked),
+        "grants_stored": sum(grant_keys.values()),
+        "stored_without_acknowledgement": len(unacked),
+        "given_up": state.grants_given_up[:20],
+        "accounts": accounts,
+        "problems": problems[:50],
+    }
+
+
+def check_metering(
+    container: Any, interval: float, rentals: dict[str, str]
+) -> tuple[bool, dict[str, Any]]:
+    """Every rental billed exactly up to its stop; how often each interval was metered."""
+    events = all_events(container)
+    per_instance: dict[str, list[Any]] = defaultdict(list)
+    captures: dict[str, int] = defaultdict(int)
+    for e in events:
+        name = _name(e)
+        if name.startswith("GpuInstance."):
+            per_instance[str(e.originator_id)].append(e)
+        elif name == "CreditAccount.HoldCaptured":
+            captures[str(e.hold_id)] += int(e.amount)
+    problems: list[str] = []
+    rows = []
+    for instance_id in rentals:
+        history = per_instance.get(instance_id, [])
+        kinds = [_name(e).split(".")[-1] for e in history]
+        requested = next((e for e in history if _name(e).endswith(".Requested")), None)
+        running = next((e for e in history if _name(e).endswith(".Running")), None)
+        stop = next((e for e in history if _name(e).endswith(".StopRequested")), None)
+        metered = [e for e in history if _name(e).endswith(".Metered")]
+        if requested is None or running is None:
+            continue  # never ran: nothing to bill
+        if stop is None:
+            problems.append(f"{instance_id}: never stopped ({kinds})")
+            continue
+        price = int(requested.price_per_hour)
+        due = due_between(price, running.at, stop.at)
+        total = int(metered[-1].total) if metered else 0
+        holds = {str(requested.hold_id)} | {str(m.hold_id) for m in metered}
+        captured = sum(captures[h] for h in holds)
+        totals = [int(m.total) for m in metered]
+        if total != due:
+            problems.append(f"{instance_id}: billed {total}, due {due}")
+        if totals != sorted(totals):
+            problems.append(f"{instance_id}: billed total went down")
+        if captured != total:
+            problems.append(f"{instance_id}: captured {captured} from its holds, billed {total}")
+        untils = [running.at] + [m.until for m in metered]
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(untils)]
+        seconds = (stop.at - running.at).total_seconds()
+        rows.append(
+            {
+                "instance": instance_id,
+                "seconds": round(seconds, 1),
+                "metered_events": len(metered),
+                "intervals": round(seconds / interval, 1),
+                "max_gap_s": round(max(gaps, default=0.0), 2),
+                "short_gaps": sum(1 for g in gaps[:-1] if g < interval / 2),
+                "billed": total,
+                "due": due,
+            }
+        )
+    per_interval = [r["metered_events"] / max(1.0, r["intervals"]) for r in rows]
+    return not problems, {
+        "instances_billed": len(rows),
+        "metered_per_interval_mean": round(sum(per_interval) / max(1, len(per_interval)), 2),
+        "metered_per_interval_max": round(max(per_interval, default=0.0), 2),
+        "max_gap_s": max((r["max_gap_s"] for r in rows), default=0.0),
+        "gaps_under_half_interval": sum(r["short_gaps"] for r in rows),
+        "problems": problems[:50],
+        "rows": rows,
+    }
+
+
+def check_rate_limit(
+    records: list[Rec], limit: int, redis_faults: list[Fault]
+) -> tuple[bool, dict[str, Any]]:
+    """Per one-minute window (X-RateLimit-Reset), across all doors: at most ``limit`` got
+    through, and exactly ``min(limit, asked)`` where nothing else failed in the window."""
+    windows: dict[str, list[Rec]] = defaultdict(list)
+    for r in records:
+        if r.kind == "rate" and r.reset:
+            windows[r.reset].append(r)
+    rows = []
+    ok = True
+    for reset, recs in sorted(windows.items()):
+        passed = sum(1 for r in recs if r.status == 200)
+        refused = sum(1 for r in recs if r.status == 429)
+        other = len(recs) - passed - refused
+        t_first, t_last = min(r.t for r in recs), max(r.t for r in recs)
+        redis_down = any(f.start <= t_last and (f.full or t_last) >= t_first for f in redis_faults)
+        exact = passed == min(limit, passed + refused)
+        held = passed <= limit
+        if not redis_down and not (exact and held):
+            ok = False
+        rows.append(
+            {
+                "window_reset": int(reset),
+                "passed": passed,
+                "refused_429": refused,
+                "other": other,
+                "by_door": dict(Counter(r.door for r in recs if r.status == 200)),
+                "exact": exact,
+                "at_most_limit": held,
+                "redis_restarted_in_window": redis_down,
+            }
+        )
+    return ok, {"limit_per_minute": limit, "windows": rows}
+
+
+def classify(rec: Rec) -> str:
+    if rec.status == 0:
+        return f"no answer ({rec.error})"
+    if rec.status == 503:
+        return "503 with Retry-After" if rec.retry_after else "503 without Retry-After"
+    return str(rec.status)
+
+
+EXPECTED = {200, 201, 402, 429}
+
+
+def check_errors(records: list[Rec], faults: list[Fault]) -> tuple[bool, dict[str, Any]]:
+    """No 500 anywhere; per fault, what failed between its start and full service."""
+    kills = [f for f in faults if f.name.startswith("SIGKILL")]
+
+    def allowed(r: Rec) -> bool:  # a request in flight at the killed replica: nginx's 502
+        if r.status == 503:
+            return r.retry_after
+        return r.status == 502 and any(r.overlaps(f.start, f.full or r.t) for f in kills)
+
+    bad = [r for r in records if r.status >= 500 and not allowed(r)]
+    fivehundreds = [r for r in records if r.status == 500]
+    per_fault = []
+    for f in faults:
+        end = f.full or max((r.t for r in records), default=f.start)
+        inside = [r for r in records if r.overlaps(f.start, end)]
+        failed = [r for r in inside if r.status not in EXPECTED]
+        per_fault.append(
+            {
+                "fault": f.name,
+                "component_back_s": round(f.back - f.start, 2),
+                "full_service_s": round(end - f.start, 2) if f.full else None,
+                "read_models_caught_up_s": round(f.caught_up - f.start, 2) if f.caught_up else None,
+                "requests": len(inside),
+                "failed": len(failed),
+                "failed_by_kind": dict(Counter(f"{r.kind}: {classify(r)}" for r in failed)),
+            }
+        )
+    outside = [
+        r
+        for r in records
+        if r.status not in EXPECTED and not any(f.start <= r.t <= (f.full or r.t) for f in faults)
+    ]
+    return not fivehundreds and not bad, {
+        "requests": len(records),
+        "by_status": dict(Counter(classify(r) for r in records)),
+        "http_500": len(fivehundreds),
+        "5xx_not_503_retry_after": dict(Counter(f"{r.kind}@{r.door}: {classify(r)}" for r in bad)),
+        "faults": per_fault,
+        "failed_outside_faults": dict(Counter(f"{r.kind}: {classify(r)}" for r in outside)),
+        "samples": [
+            f"{r.kind}@{r.door} {classify(r)} {r.error[:120]}"
+            for r in records
+            if r.status >= 500 or (r.status == 0 and r.door == "nginx")
+        ][:30],
+    }
