@@ -65,3 +65,37 @@ lint: ## ruff check, ruff format --check, mypy (strict)
 # batching (about 4 minutes plus waiting; docs/performance.md "Model serving").
 bench-models: ## model-serving benchmark (predict / OIP)
 	$(PYTHON) -m tests.bench.bench_models --max-wait $(BENCH_MAX_WAIT)
+
+# Container image and compose stack (docs/operations.md, docs/adr/0022-container-and-compose.md).
+# They use docker (when its daemon answers) or podman, and `docker compose` or podman-compose.
+CONTAINER ?= $(shell if docker info >/dev/null 2>&1; then echo docker; elif command -v podman >/dev/null 2>&1; then echo podman; else echo docker; fi)
+COMPOSE ?= $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; elif command -v podman-compose >/dev/null 2>&1; then echo podman-compose; elif command -v docker-compose >/dev/null 2>&1; then echo docker-compose; else echo "docker compose"; fi)
+GPUPROXY_IMAGE ?= localhost/gpuproxy:latest
+BASE_IMAGE ?= docker.io/library/python:3.11-slim-bookworm
+# redis needs async-timeout on Python < 3.11.3 (Debian bookworm's python3 is 3.11.2)
+WHEELHOUSE_EXTRA ?= async-timeout>=4.0.3
+
+wheelhouse: ## wheels of the package and its dependencies (no extras) into wheelhouse/
+	rm -rf wheelhouse
+	$(PYTHON) -m pip wheel -w wheelhouse . '$(WHEELHOUSE_EXTRA)'
+
+docker-build: ## build the server image from wheelhouse/ (BASE_IMAGE=..., GPUPROXY_IMAGE=...)
+	test -d wheelhouse || $(MAKE) wheelhouse
+	$(CONTAINER) build $(if $(filter podman,$(CONTAINER)),--format docker) \
+	  --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(GPUPROXY_IMAGE) -f Containerfile .
+
+docker-up: ## start the compose stack (needs .env: cp .env.example .env, set the secrets)
+	$(CONTAINER) image inspect $(GPUPROXY_IMAGE) >/dev/null 2>&1 || $(MAKE) docker-build
+	$(COMPOSE) up -d
+
+docker-logs: ## follow the compose stack's logs
+	$(COMPOSE) logs -f
+
+docker-down: ## stop the compose stack (volumes kept; `COMPOSE_DOWN_ARGS=-v` drops them)
+	$(COMPOSE) down $(COMPOSE_DOWN_ARGS)
+
+# Builds local base images with debootstrap, the image, brings the stack up, registers,
+# rents a sandbox instance and proxies to it through nginx, brings it down (minutes; root).
+container-test: ## container image + compose stack end to end (not in `make test`)
+	$(PYTHON) -m pytest -q -p no:cacheprovider -m container tests/container
+.PHONY: wheelhouse docker-build docker-up docker-logs docker-down container-test
