@@ -8,9 +8,10 @@ covers the rest; Litestar's own test is a substring match), always sends
 and weakens a strong ``ETag`` on an encoded body (a strong validator names one exact
 representation: the identity one).
 
-The proxy routes are never compressed: they pass the upstream's bytes and headers through as
-they are (the fast lane serves them outside Litestar anyway; this covers the Litestar routes
-that answer when the fast lane is off or for CORS requests).
+The proxy routes (``/api/v1/gpu/proxy`` and below) are never compressed: they pass the
+upstream's bytes and headers through as they are (the fast lane serves the raw ones outside
+Litestar anyway; this covers the Litestar routes). Nor is any answer that already has a
+``Content-Encoding``, or an event stream (``text/event-stream``: MCP's streamable HTTP).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from __future__ import annotations
 from litestar.config.compression import CompressionConfig
 from litestar.datastructures import Headers, MutableScopeHeaders
 from litestar.middleware.compression import CompressionMiddleware
-from litestar.types import Message, Receive, Scope, Send
+from litestar.types import HTTPResponseStartEvent, Message, Receive, Scope, Send
 
 MINIMUM_SIZE = 1024  # bytes: below this an encoding saves too little to pay for itself
 PREFERENCE = ("br", "gzip")  # ours, most compact first, among codings of equal quality
-EXCLUDE = [r"^/api/v1/gpu/proxy/"]  # passthrough: the upstream's encoding, untouched
+EXCLUDE = [r"^/api/v1/gpu/proxy(/|$)"]  # passthrough: the upstream's bytes, untouched
+STREAMED_TYPES = frozenset({"text/event-stream"})
 
 
 def accepted_codings(header: str) -> dict[str, float]:
@@ -84,10 +86,25 @@ class NegotiatedCompression(CompressionMiddleware):
         if coding is None:
             await self.app(scope, receive, outer)
             return
-        inner = self.create_compression_send_wrapper(
+        compress = self.create_compression_send_wrapper(
             send=outer, compression_encoding=coding, scope=scope
         )
-        await self.app(scope, receive, inner)
+        chosen = compress
+
+        async def choose(message: Message) -> None:
+            nonlocal chosen
+            if message["type"] == "http.response.start" and _keep_as_is(message):
+                chosen = outer
+            await chosen(message)
+
+        await self.app(scope, receive, choose)
+
+
+def _keep_as_is(start: HTTPResponseStartEvent) -> bool:
+    """Already encoded (an upstream's bytes), or an event stream (read as it arrives)."""
+    headers = MutableScopeHeaders(start)
+    media_type = (headers.get("content-type") or "").split(";")[0].strip().lower()
+    return bool(headers.get("content-encoding")) or media_type in STREAMED_TYPES
 
 
 def compression_config() -> CompressionConfig:

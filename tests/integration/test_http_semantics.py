@@ -8,17 +8,19 @@ import gzip
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
 import brotli
 import pytest
+from litestar import Litestar, Response, get
+from litestar.response import Stream
 from litestar.testing import TestClient
 
 from infrastructure.settings import load_settings
-from interfaces.http.compression import choose_coding
+from interfaces.http.compression import choose_coding, compression_config
 from tests.conftest import IN_CI
 from tests.integration.test_models_support import dense_onnx
 from tests.integration.test_ws import Account, make_user
@@ -130,6 +132,40 @@ def test_small_responses_and_refused_codings_are_sent_as_they_are(
     assert "content-encoding" not in small.headers
     refused = client.get("/admin/static/app.js", headers={"Accept-Encoding": "gzip;q=0, br;q=0"})
     assert "content-encoding" not in refused.headers
+
+
+def test_streams_encoded_answers_and_the_proxy_are_never_compressed() -> None:
+    """The middleware on a small Litestar app of its own: what it must leave as it is."""
+    big = b"x" * 4096
+
+    async def events() -> AsyncIterator[bytes]:
+        yield b"data: " + big + b"\n\n"
+
+    @get("/events")
+    async def stream() -> Stream:
+        return Stream(events(), media_type="text/event-stream")
+
+    @get("/encoded")
+    async def encoded() -> Response[bytes]:
+        body = gzip.compress(big)
+        return Response(body, media_type="text/plain", headers={"Content-Encoding": "gzip"})
+
+    @get(["/plain", "/api/v1/gpu/proxy", "/api/v1/gpu/proxy/pool/x"])
+    async def plain() -> Response[bytes]:
+        return Response(big, media_type="text/plain")
+
+    app = Litestar([stream, encoded, plain], compression_config=compression_config())
+    with TestClient(app) as c:
+        asked = {"Accept-Encoding": "gzip, br"}
+        assert c.get("/plain", headers=asked).headers["content-encoding"] == "br"
+        sse = c.get("/events", headers=asked)
+        assert "content-encoding" not in sse.headers
+        assert sse.content.startswith(b"data: xxx")
+        with c.stream("GET", "/encoded", headers=asked) as once:
+            assert once.headers["content-encoding"] == "gzip"  # the handler's own, not twice
+            assert gzip.decompress(b"".join(once.iter_raw())) == big
+        for path in ("/api/v1/gpu/proxy", "/api/v1/gpu/proxy/pool/x"):
+            assert "content-encoding" not in c.get(path, headers=asked).headers, path
 
 
 # ------------------------------------------------------------------ validators and 304
