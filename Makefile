@@ -99,3 +99,10 @@ docker-down: ## stop the compose stack (volumes kept; `COMPOSE_DOWN_ARGS=-v` dro
 container-test: ## container image + compose stack end to end (not in `make test`)
 	$(PYTHON) -m pytest -q -p no:cacheprovider -m container tests/container
 .PHONY: wheelhouse docker-build docker-up docker-logs docker-down container-test
+
+# Three replicas via PgBouncer on one PostgreSQL and one Redis behind nginx, a mixed load
+# while a replica is SIGKILLed and Redis, PostgreSQL and PgBouncer restart, then the checks
+# (about 4 minutes; SCALE_SECONDS=90 of load by default; docs/scale-results.md).
+scale-test: ## load + faults on 3 replicas (PgBouncer, Redis, nginx); not in `make test`
+	$(PYTHON) -m tests.scale.run
+.PHONY: scale-test
