@@ -47,6 +47,8 @@ def _die_with_parent() -> None:
 class Supervisor:
     """Forks ``count`` workers running ``serve`` (returns an exit code) and keeps them up."""
 
+    restart_delay = 0.5  # seconds after the first quick death, doubling with each next one
+
     def __init__(self, count: int, serve: Callable[[], int]) -> None:
         self.count = count
         self.serve = serve
@@ -107,7 +109,9 @@ class Supervisor:
                 failed = True
                 self._stop(signal.SIGTERM, None)
                 continue
-            if self._pause(min(MAX_RESTART_DELAY, 0.5 * 2**self.quick_deaths)):
+            if self._pause(
+                min(MAX_RESTART_DELAY, self.restart_delay * 2 ** (self.quick_deaths - 1))
+            ):
                 self._spawn()
         return 1 if failed else 0
 
