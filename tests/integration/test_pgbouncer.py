@@ -11,12 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -38,6 +42,7 @@ from tests.support.pgbouncer import Bouncer, running_pgbouncer
 
 pytestmark = pytest.mark.postgres
 USD = 1_000_000
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "correct-horse-battery"
 
 
@@ -338,3 +343,88 @@ def test_the_server_serves_a_renter_through_the_pooler(bounced: Settings, tmp_pa
         assert body["credits_total"] == "20.000000", body  # the retried grant counted once
         assert Decimal(body["credits_held"]) > 0, body  # the rental's hold
         assert Decimal(body["credits_available"]) < 20, body
+
+
+def _replica(env: dict[str, str]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.metering_replica"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "#ready"
+    return proc
+
+
+def _lock_holder(admin: psycopg.Connection[Any]) -> int | None:
+    row = admin.execute(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND granted",
+        (MARKETPLACE_JOBS_LOCK_KEY,),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _wait(check: Callable[[], bool], seconds: float, what: str) -> float:
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < seconds, what
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_metering_processes_bill_once_and_the_survivor_takes_over_a_kill(
+    bounced: Settings, bouncer: Bouncer, pg_cluster: Cluster
+) -> None:
+    interval = 0.5
+    env = {
+        **bouncer.env(bounced.db_name),
+        "METERING_INTERVAL_SECONDS": str(interval),
+        "INSTANCE_POLL_SECONDS": "0.1",
+        "SANDBOX_PROVISIONING_DELAY": "0",
+    }
+    c = bootstrap(load_settings(env, env_file=None))
+    replicas: list[subprocess.Popen[str]] = []
+    try:
+        c.ledger.grant("renter", 50 * USD, key="g")
+        offer = asyncio.run(c.marketplace.catalog(OfferQuery(gpu_model="4090"))).offers[0]
+        gpu = asyncio.run(c.marketplace.rent("renter", "sandbox", offer.offer_id, RentSpec()))
+        c.runner.catch_up()
+        jobs = c.jobs()
+        assert asyncio.run(jobs.run_once())  # provisioning -> running, here (sandbox state)
+        jobs.election.close()
+        with psycopg.connect(bounced.direct_conninfo, autocommit=True) as admin:
+            replicas.append(_replica(env))
+            _wait(lambda: _lock_holder(admin) is not None, 30, "the first replica never led")
+            first = _lock_holder(admin)
+            replicas.append(_replica(env))
+            start = len(_meter_captures(c, "renter"))
+            time.sleep(3)
+            assert _lock_holder(admin) == first  # the second waits
+            before = len(_meter_captures(c, "renter"))
+            # One replica meters every interval; two would meter about twice as often.
+            assert 0 < before - start <= 3 / interval + 2
+            replicas[0].kill()  # SIGKILL: its sessions end, the lock with them
+            replicas[0].wait(timeout=10)
+            took = _wait(lambda: _lock_holder(admin) not in {None, first}, 10, "nobody took over")
+            assert took < 10
+            _wait(lambda: len(_meter_captures(c, "renter")) >= before + 2, 10, "no metering")
+        replicas[1].terminate()
+        replicas[1].wait(timeout=30)
+        history = c.ledger.history("renter")
+        captures = [e.data for e in history if e.name == "HoldCaptured"]
+        keys = [d["key"] for d in captures]
+        assert len(keys) == len(set(keys))  # no interval billed twice
+        billed = c.marketplace.get(gpu.id).billed
+        assert sum(d["amount"] for d in captures) == billed  # and none skipped
+    finally:
+        for proc in replicas:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        c.close()
