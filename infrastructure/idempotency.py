@@ -184,7 +184,24 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
 
     # ------------------------------------------------------------ table
 
+    def _events_table_partitioned(self) -> bool:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                "SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)",
+                (f"{self.datastore.schema}.{self.events_table_name}",),
+            )
+            row = curs.fetchone()
+        return row is not None and row["relkind"] == "p"
+
     def create_table(self) -> None:
+        if self._events_table_partitioned():
+            # hot/archive partitions (infrastructure.event_partitions): the table and its
+            # indexes exist; the library's unique index statement is refused on a partitioned
+            # table before its IF NOT EXISTS is looked at, so it is left out
+            index = self.notification_id_index_name
+            self.sql_create_statements = [
+                s for s in self.sql_create_statements if index not in str(s.as_string(None))
+            ]
         super().create_table()
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(
