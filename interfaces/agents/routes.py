@@ -209,6 +209,7 @@ PUBLIC_CACHE = CacheControlHeader(public=True, max_age=300)
     summary="Agent protocols, endpoints and capabilities (public)",
     cache_control=PUBLIC_CACHE,
     operation_class=PUBLIC,
+    tags=["agents"],
 )
 async def discover() -> dict[str, Any]:
     return discover_document()
@@ -219,6 +220,7 @@ async def discover() -> dict[str, Any]:
     summary="A2A agent card (public)",
     cache_control=PUBLIC_CACHE,
     operation_class=PUBLIC,
+    tags=["agents"],
 )
 async def agent_card(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """URLs from ``PUBLIC_URL`` (or the listening address), never the request's ``Host``."""

@@ -49,7 +49,9 @@ READS: tuple[HttpMethod, ...] = (
 )
 WRITES: tuple[HttpMethod, ...] = (HttpMethod.POST, HttpMethod.PUT, HttpMethod.PATCH)
 METHODS = READS + WRITES
-PASSTHROUGH = operation(body=binary_body("*/*", "Sent to the instance as is (streamed)"))
+PASSTHROUGH = operation(
+    body=binary_body("application/octet-stream", "Sent to the instance as is, any media type")
+)
 UPSTREAM_ERRORS = errors(*AUTHED, 402, 404, 502, 503, 504)
 UPSTREAM = "The instance's own status, headers and body (streamed)"
 Text = Annotated[str, Meta(max_length=4096, pattern=NO_NUL)]
