@@ -30,6 +30,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -320,10 +321,28 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def save(results: dict[str, Any], path: str) -> Path:
+    """Write the JSON so far (a long run keeps what it measured if it is stopped)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    return out
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     p.add_argument("--sizes", default="200000,10000000", help="comma-separated event counts")
     p.add_argument("--no-verify", action="store_true", help="skip verify-projections")
+    p.add_argument(
+        "--verify-max",
+        type=int,
+        default=10**12,
+        help="verify-projections only on sizes up to this many events",
+    )
+    p.add_argument("--whales", type=int, default=3, help="whales of the largest size")
+    p.add_argument(
+        "--whale-events", type=int, default=0, help="events of each whale of the largest size"
+    )
     p.add_argument("--travel-rounds", type=int, default=40)
     p.add_argument("--charge-rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=32)
@@ -347,23 +366,27 @@ def main(argv: list[str] | None = None) -> int:
         results["server"] = server_facts(cluster)
         for events in sizes:
             shape = Shape.scaled(events)
-            results["sizes"].append(measure_size(cluster, shape, verify=not args.no_verify))
+            if events == sizes[-1] and args.whale_events:
+                shape = replace(shape, whales=args.whales, whale_events=args.whale_events)
+            verify = not args.no_verify and events <= args.verify_max
+            results["sizes"].append(measure_size(cluster, shape, verify=verify))
+            save(results, args.out)
         first, last = results["sizes"][0], results["sizes"][-1]
         if len(sizes) > 1:
             results["rebuild_growth"] = round(
                 last["rebuild"]["us_per_event"] / first["rebuild"]["us_per_event"], 3
             )
         big = load_settings(cluster.env(last["dbname"]), env_file=None)
-        if "travel" not in skip:
-            results["time_travel"] = time_travel(big, Shape.scaled(sizes[-1]), args.travel_rounds)
+        big_shape = Shape(**last["shape"])
         if "charges" not in skip:
             results["charges"] = charges(
                 cluster, big, args.charge_rounds, args.threads, args.seconds
             )
+            save(results, args.out)
+        if "travel" not in skip:
+            results["time_travel"] = time_travel(big, big_shape, args.travel_rounds)
     results["finished"] = datetime.now(UTC).isoformat()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str))
+    out = save(results, args.out)
     for label, value, aim in summary_rows(results):
         print(f"{label:<45} {value:<60} {aim}")
     print(f"JSON: {out}")
