@@ -184,8 +184,8 @@ def ensure_database(settings: Settings) -> bool:
     except psycopg.OperationalError as exc:
         if "does not exist" not in str(exc):
             raise
-        admin_settings = replace(settings, db_name="postgres")
-        with psycopg.connect(admin_settings.postgres_conninfo, autocommit=True) as conn:
+        admin_settings = replace(settings, db_name="postgres")  # direct: a pooler may not list it
+        with psycopg.connect(admin_settings.direct_conninfo, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.db_name)))
         return True
     return False

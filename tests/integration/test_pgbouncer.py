@@ -33,7 +33,7 @@ from infrastructure.election import HOLD_SWEEP_LOCK_KEY, MARKETPLACE_JOBS_LOCK_K
 from infrastructure.rebuild import verify
 from infrastructure.settings import Settings, load_settings
 from infrastructure.sql import PostgresDatabase
-from interfaces.bootstrap import Container, bootstrap
+from interfaces.bootstrap import Container, bootstrap, ensure_database
 from projections.ledger import ALL
 from tests.conftest import IN_CI, FixedClock
 from tests.support.http import JWT_SECRET, env_of, server_process
@@ -72,6 +72,20 @@ def test_settings_send_session_work_to_postgresql_itself(bounced: Settings) -> N
     plain = load_settings({"DB_TYPE": "postgres", "DB_PORT": "6000"}, env_file=None)
     assert not plain.transaction_pooler
     assert "port=6000" in plain.direct_conninfo  # the direct address defaults to DB_HOST/PORT
+
+
+def test_start_up_creates_its_database_past_a_pooler_that_lists_only_it(
+    pg_cluster: Cluster,
+) -> None:
+    name = f"t_{uuid.uuid4().hex[:12]}"  # not created yet: the first start creates it
+    with running_pgbouncer(pg_cluster, only=name) as only:
+        settings = load_settings(only.env(name), env_file=None)
+        assert ensure_database(settings)
+        c = bootstrap(settings)
+        try:
+            assert c.ledger.grant("u", USD, key="g").applied
+        finally:
+            c.close()
 
 
 def _rotate(db: PostgresDatabase, clients: int = 6, rounds: int = 10) -> list[str]:

@@ -48,11 +48,11 @@ class Bouncer:
         return f"host={self.host} port={self.port} user={self.cluster.user} dbname={dbname}"
 
 
-def _config(cluster: Cluster, port: int, root: Path, pool_size: int) -> str:
+def _config(cluster: Cluster, port: int, root: Path, pool_size: int, only: str | None) -> str:
     return "\n".join(
         [
             "[databases]",
-            f"* = host={cluster.host} port={cluster.port} user={cluster.user}",
+            f"{only or '*'} = host={cluster.host} port={cluster.port} user={cluster.user}",
             "[pgbouncer]",
             "listen_addr = 127.0.0.1",
             f"listen_port = {port}",
@@ -71,15 +71,19 @@ def _config(cluster: Cluster, port: int, root: Path, pool_size: int) -> str:
 
 
 @contextlib.contextmanager
-def running_pgbouncer(cluster: Cluster, *, pool_size: int = 4) -> Iterator[Bouncer]:
-    """Start PgBouncer (transaction mode) in front of ``cluster``; stop it afterwards."""
+def running_pgbouncer(
+    cluster: Cluster, *, pool_size: int = 4, only: str | None = None
+) -> Iterator[Bouncer]:
+    """Start PgBouncer (transaction mode) in front of ``cluster``; stop it afterwards.
+
+    ``only``: the one database it serves (default: any database of the cluster)."""
     binary = find_pgbouncer()
     if binary is None:
         raise FileNotFoundError("pgbouncer not found (apt-get install pgbouncer)")
     root = Path(tempfile.mkdtemp(prefix="gpuproxy-pgbouncer-"))
     port = free_port()
     ini = root / "pgbouncer.ini"
-    ini.write_text(_config(cluster, port, root, pool_size))
+    ini.write_text(_config(cluster, port, root, pool_size, only))
     cmd = [binary, str(ini)]
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
