@@ -103,6 +103,8 @@ def on_domain_error(_: Request[Any, Any, Any], exc: DomainError) -> Response[dic
     extra: dict[str, str] | None = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
     if isinstance(exc, TooManyAttemptsError):
         extra = {"Retry-After": str(exc.retry_after)}
+    elif exc.status == 503:  # e.g. a read model catching up: a client may retry shortly
+        extra = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return problem(exc.status, exc.title, exc.message, headers=extra, **details)
 
 
