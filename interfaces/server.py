@@ -1,4 +1,9 @@
-"""``aiserve-gpuproxyd``: the GPU Proxy server (HTTP and gRPC APIs, projections, jobs)."""
+"""``aiserve-gpuproxyd``: the GPU Proxy server (HTTP and gRPC APIs, projections, jobs).
+
+``WORKERS=N`` above 1 forks N such servers on the same sockets under a supervisor
+(``interfaces.workers``); ``FORWARDED_ALLOW_IPS`` decides whose forwarding headers name the
+client (``interfaces.http.forwarded``; uvicorn's own proxy-header handling stays off).
+"""
 
 from __future__ import annotations
 
