@@ -35,6 +35,7 @@ class Rec:
     error: str = ""
     reset: str = ""  # X-RateLimit-Reset, for the rate-limit check
     took: float = 0.0  # seconds until the answer (or the failure)
+    wall: float = field(default_factory=time.time)  # epoch seconds, about when it was sent
 
     def overlaps(self, start: float, end: float) -> bool:
         """In flight at some moment of [start, end]."""

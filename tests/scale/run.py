@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import os
 import subprocess
@@ -51,6 +52,7 @@ REPLICAS = 3
 PAYERS = 4
 RATE_LIMIT = 100  # per user per minute, across all replicas
 METERING_INTERVAL = 2.0
+PROXY_PRICE = 1_000  # micro-USD per proxied request (PROXY_REQUEST_PRICE)
 GAP = 12.0  # seconds of plain load after each fault
 OFFERS = range(55_000_001, 55_000_401)
 
@@ -101,7 +103,7 @@ def replica_env(
         "METERING_INTERVAL_SECONDS": str(METERING_INTERVAL),
         "INSTANCE_POLL_SECONDS": "0.5",
         "PROJECTION_POLL_INTERVAL": "0.5",
-        "PROXY_REQUEST_PRICE": "0.001",
+        "PROXY_REQUEST_PRICE": "0.001000",
         "PROXY_LEASE_AMOUNT": "0.05",
         "PROXY_USAGE_FLUSH_SECONDS": "2",
         "ALLOW_PRIVATE_TARGETS": "true",
@@ -146,7 +148,7 @@ class Monitor:
 
     def __init__(self, nginx: str, replicas: list[str], probe_key: str, dsn: str) -> None:
         self.nginx, self.replicas, self.key, self.dsn = nginx, replicas, probe_key, dsn
-        self.samples: list[tuple[float, bool]] = []  # (t, every door fine)
+        self.samples: list[tuple[float, bool, bool]] = []  # (t, every door fine, nginx fine)
         self.positions: list[tuple[float, int, int]] = []  # (t, head, slowest projection)
         self.stop = False
 
@@ -162,8 +164,8 @@ class Monitor:
                     )
                 )
                 answers = await asyncio.gather(*calls, return_exceptions=True)
-                fine = all(isinstance(a, httpx.Response) and a.status_code == 200 for a in answers)
-                self.samples.append((t, fine))
+                good = [isinstance(a, httpx.Response) and a.status_code == 200 for a in answers]
+                self.samples.append((t, all(good), good[-1]))
                 await asyncio.sleep(max(0.0, 0.5 - (time.monotonic() - t)))
 
     def watch_positions(self) -> None:
@@ -185,13 +187,11 @@ class Monitor:
     def settle(self, fault: Fault) -> None:
         """Fill in when every door answered again (two samples in a row) and when the read
         models reached the log head as it was then."""
-        fine = [t for t, ok in self.samples if t >= fault.start and ok]
-        streak = [
-            t
-            for (t, ok), (_, ok2) in zip(self.samples, self.samples[1:], strict=False)
-            if t >= fault.back and ok and ok2
-        ]
-        fault.full = streak[0] if streak else (fine[0] if fine else 0.0)
+        pairs = list(itertools.pairwise(self.samples))
+        streak = [a[0] for a, b in pairs if a[0] >= fault.back and a[1] and b[1]]
+        fault.full = streak[0] if streak else 0.0
+        front = [a[0] for a, b in pairs if a[0] >= fault.back and a[2] and b[2]]
+        fault.front = front[0] if front else 0.0
         if not fault.full:
             return
         head = next((h for t, h, _ in self.positions if t >= fault.full), None)
@@ -351,7 +351,7 @@ def main() -> int:
     out_file.write_text(json.dumps(result, indent=2, default=str))
     summary = {k: v for k, v in result.items() if k not in {"metering", "rate_limit", "money"}}
     print(json.dumps(summary, indent=2, default=str))
-    for name in ("money", "metering", "rate_limit", "errors", "projections"):
+    for name in result["ok"]:
         log(f"{name}: {'PASS' if result['ok'][name] else 'FAIL'}")
     log(f"full result in {out_file}")
     return 0 if all(result["ok"].values()) else 1
@@ -419,6 +419,9 @@ def evaluate(
         money_ok, money = checks.check_money(c, load.state, users)
         rentals = {**first, **load.state.rentals}
         metering_ok, metering = checks.check_metering(c, METERING_INTERVAL, rentals)
+        fees_ok, fees = checks.check_proxy_fees(
+            c, load.state.records, PROXY_PRICE, set(users.values())
+        )
     finally:
         c.close()
     rate_ok, rate = checks.check_rate_limit(
@@ -439,6 +442,7 @@ def evaluate(
         },
         "ok": {
             "money": money_ok,
+            "proxy_fees": fees_ok,
             "metering": metering_ok,
             "rate_limit": rate_ok,
             "errors": errors_ok,
@@ -451,6 +455,7 @@ def evaluate(
         "errors": errors,
         "projections": projections,
         "money": money,
+        "proxy_fees": fees,
         "metering": metering,
         "rate_limit": rate,
     }

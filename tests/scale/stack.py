@@ -140,6 +140,9 @@ def pgbouncer_daemon(root: Path, cluster: Cluster) -> Daemon:
         f"auth_type = trust\nauth_file = {folder / 'userlist.txt'}\n"
         "pool_mode = transaction\nmax_client_conn = 1000\ndefault_pool_size = 40\n"
         "reserve_pool_size = 10\nserver_reset_query =\n"
+        # how long a server connection may sit idle before it is tested (SELECT 1) on reuse;
+        # PgBouncer's default 30 s: after a PostgreSQL restart dead ones fail one query each
+        f"server_check_delay = {os.environ.get('SCALE_PGBOUNCER_CHECK_DELAY', '30')}\n"
         "ignore_startup_parameters = extra_float_digits,options\n"
         f"admin_users = {cluster.user}\n"
         f"logfile = {folder / 'pgbouncer.log'}\n"
