@@ -20,7 +20,7 @@ from domain.guardrails import SpendingReport, normalise_window
 from domain.money import usd_to_micros
 from domain.services.ledger import AccountView
 from domain.statements import month_bounds
-from interfaces.cli import sessions_commands, what_if_commands
+from interfaces.cli import event_archive_commands, sessions_commands, what_if_commands
 from interfaces.cli.common import OneLineParser, fail, parse_time, print_json, usd
 from interfaces.cli.output import money, print_table, to_terminal
 from interfaces.spending_view import spending_json
@@ -701,6 +701,7 @@ def build_parser() -> OneLineParser:
     _user_commands(add)
     _ledger_commands(add)
     what_if_commands.add_arguments(add("what-if", cmd_what_if, what_if_commands.HELP))
+    event_archive_commands.register(add)
     return parser
 
 

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from eventsourcing.persistence import IntegrityError
 
 from domain.credits import CreditAccount, account_id_for
 from domain.guardrails import GuardrailPolicy
-from infrastructure.event_partitions import archive_range, is_partitioned, partition_event_table
+from infrastructure.event_partitions import is_partitioned, partition_event_table
 from infrastructure.rebuild import rebuild, verify
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, bootstrap, open_database
+from interfaces.cli.admin import main
 from projections.ledger import ALL
 from tests.conftest import FixedClock
+from tests.support.pg import env_of
 
 
 @pytest.fixture
@@ -56,8 +60,16 @@ def _stale_write_refused(c: Container, user: str, tag: str) -> None:
 
 
 def test_partitioned_table_keeps_the_app_flows(
-    pg_settings: Settings, clock: FixedClock, started: list[Container]
+    pg_settings: Settings,
+    clock: FixedClock,
+    started: list[Container],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    for key, value in env_of(pg_settings).items():  # the admin CLI reaches the same database
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
     started.append(bootstrap(pg_settings, clock=clock))
     c = started[-1]
     _activity(c, "ann", 30, clock)
@@ -68,9 +80,11 @@ def test_partitioned_table_keeps_the_app_flows(
 
     c.close()  # converted with the service stopped (its pooled statements know the old table)
     started.pop()
+    capsys.readouterr()
+    assert main(["partition-events", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"converted": True}
     db = open_database(pg_settings)
     try:
-        assert partition_event_table(db)
         assert is_partitioned(db)
         assert not partition_event_table(db)  # once
     finally:
@@ -89,8 +103,12 @@ def test_partitioned_table_keeps_the_app_flows(
     assert all(r.ok for r in verify(c.db, c.events, ALL))
 
     head = c.events.head()
-    archived = archive_range(c.db, 1, head + 1, keep=5)
-    assert archived.moved > 0
+    capsys.readouterr()
+    assert main(["archive-events", "1", str(head + 1), "--keep", "5", "--json"]) == 0
+    archived = json.loads(capsys.readouterr().out)
+    assert archived["moved"] > 0
+    with pytest.raises(SystemExit):  # not before partitioning, not an empty range
+        main(["archive-events", "5", "5"])
     with c.db.transaction() as tx:
         row = tx.fetchone(
             "SELECT count(*) FROM ledger_events_hot WHERE originator_id = ?",
