@@ -185,6 +185,8 @@ class ProxyRuntime:
         """
         if self.signal.cheap:
             mark = self.signal.read(user_id)
+        elif (aread := getattr(self.signal, "aread", None)) is not None:
+            mark = await aread(user_id)  # Redis on the event loop, batched
         else:
             mark = await asyncio.to_thread(self.signal.read, user_id)
         pool = self._pools.get(user_id)
@@ -439,3 +441,5 @@ class ProxyRuntime:
             log.exception("final proxy usage flush failed")
         await self.leases.close()
         await self.forwarder.aclose()
+        if (aclose := getattr(self.signal, "aclose", None)) is not None:
+            await aclose()
