@@ -62,6 +62,7 @@ def _config(cluster: Cluster, port: int, root: Path, pool_size: int, only: str |
             f"default_pool_size = {pool_size}",
             "max_client_conn = 1000",
             "server_reset_query =",
+            "server_login_retry = 1",  # after a failed server login (default 15 s)
             "ignore_startup_parameters = extra_float_digits",
             f"logfile = {root / 'pgbouncer.log'}",
             f"pidfile = {root / 'pgbouncer.pid'}",
