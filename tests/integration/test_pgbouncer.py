@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -442,3 +442,39 @@ def test_metering_processes_bill_once_and_the_survivor_takes_over_a_kill(
             if proc.stdout is not None:
                 proc.stdout.close()
         c.close()
+
+
+def test_payment_jobs_run_in_one_replica_and_move_when_it_goes(bounced: Settings) -> None:
+    replicas = [bootstrap(bounced), bootstrap(bounced)]
+    runs: list[int] = []
+
+    def step_of(n: int) -> Callable[[], Awaitable[int]]:
+        async def step() -> int:
+            runs.append(n)
+            return 0
+
+        return step
+
+    async def scenario() -> tuple[set[int], set[int]]:
+        jobs = [c.payment_jobs() for c in replicas]
+        tasks = [asyncio.create_task(j._every(0.05, step_of(n))) for n, j in enumerate(jobs)]
+        await asyncio.sleep(1.0)
+        first = set(runs)
+        (leader,) = first  # exactly one replica ran the job
+        tasks[leader].cancel()  # the leader goes away: its session (and lock) with it
+        await asyncio.gather(tasks[leader], return_exceptions=True)
+        jobs[leader].election.close()
+        runs.clear()
+        await asyncio.sleep(1.0)
+        after = set(runs)
+        tasks[1 - leader].cancel()
+        await asyncio.gather(tasks[1 - leader], return_exceptions=True)
+        return first, after
+
+    try:
+        first, after = asyncio.run(scenario())
+        assert len(first) == 1
+        assert after == {1 - next(iter(first))}
+    finally:
+        for c in replicas:
+            c.close()
