@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from domain.errors import DomainError
-from domain.money import micros_to_usd
 from domain.statement_chain import month_chain
 from domain.statements import Statement, month_bounds, statement
 from infrastructure.statement_hashes import StatementHashes, stored_records
+from interfaces.presenters.statements import present_statement
 
 if TYPE_CHECKING:
     from interfaces.bootstrap import Container
@@ -35,22 +37,6 @@ def statement_json(user_id: str, month: str, history: list[Any]) -> dict[str, An
 
 
 def statement_dict(user_id: str, result: Statement) -> dict[str, Any]:
-    month = result.month
-    return {
-        "user_id": user_id,
-        "month": month,
-        "currency": "USD",
-        "opening_balance": micros_to_usd(result.opening),
-        "payments": micros_to_usd(result.payments),
-        "grants": micros_to_usd(result.grants),
-        "charges": micros_to_usd(result.charges),
-        "charges_by_instance": {
-            k: micros_to_usd(v) for k, v in result.charges_by_reference.items()
-        },
-        "refunds": micros_to_usd(result.refunds),
-        "adjustments": micros_to_usd(result.adjustments),
-        "closing_balance": micros_to_usd(result.closing),
-        "reconciles": result.reconciles,
-        "opening_hash": result.opening_hash,
-        "closing_hash": result.closing_hash,
-    }
+    """The statement as plain data (the admin CLI): the same as ``present_statement``."""
+    data: dict[str, Any] = msgspec.to_builtins(present_statement(user_id, result))
+    return data

@@ -11,7 +11,7 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.config import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.openapi.spec import Components, License, SecurityScheme
 
 from domain.errors import DomainError
 from infrastructure.proxy.runtime import ProxyRuntime
@@ -44,7 +44,7 @@ from interfaces.http.forwarded import ForwardedClient, TrustedProxies, parse_net
 from interfaces.http.head import head_as_get
 from interfaces.http.json_body import AppRequest
 from interfaces.http.observability import Metrics, Observer, observe
-from interfaces.http.openapi import AUTH_SCHEMES, operation_id
+from interfaces.http.openapi import AUTH_SCHEMES, DESCRIPTION, TAGS, operation_id
 from interfaces.web import admin_api, dashboard
 from interfaces.ws.service import Streams, streams_socket
 
@@ -84,6 +84,9 @@ def create_app(
     openapi = OpenAPIConfig(
         title="GPU Proxy",
         version=VERSION,
+        description=DESCRIPTION,
+        license=License(name="Proprietary"),
+        tags=TAGS,
         path="/schema",
         render_plugins=docs_assets.render_plugins(),  # assets served by this app, no CDN
         components=Components(
@@ -183,6 +186,9 @@ def create_app(
         debug=False,
         logging_config=None,  # the server process owns logging (file, syslog)
     )
+    # under the fast lane (which observes its own routes and answers HEAD on credits itself):
+    # router-level 404/405 are counted too; HEAD runs as GET on every other GET route
+    app.asgi_handler = head_as_get(observer.unmatched(app.asgi_handler), app.asgi_router)
     if fast_lane:
         app.asgi_handler = FastLane(
             app.asgi_handler,
@@ -192,8 +198,6 @@ def create_app(
             exception_handlers=handlers,
             cors=cors is not None,
         )
-    # around the fast lane: router-level 404/405 are counted too; HEAD runs as GET on GET routes
-    app.asgi_handler = head_as_get(observer.unmatched(app.asgi_handler), app.asgi_router)
     if settings.forwarded_allow_ips:  # outermost: every layer sees the real client
         app.asgi_handler = ForwardedClient(
             app.asgi_handler, TrustedProxies(parse_networks(settings.forwarded_allow_ips))

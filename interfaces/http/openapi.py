@@ -29,9 +29,10 @@ from litestar.openapi.spec import (
     RequestBody,
     Schema,
     SecurityRequirement,
+    Tag,
 )
 from litestar.types import Method
-from msgspec import UNSET, Struct, UnsetType
+from msgspec import Struct
 
 from interfaces.http.errors import PROBLEM
 
@@ -71,7 +72,7 @@ class FieldError(Struct):
     message: str
 
 
-class Problem(Struct):
+class Problem(Struct, omit_defaults=True):
     """An RFC 9457 problem (``application/problem+json``); ``error`` repeats ``detail`` for
     older clients. Some problems add members: ``errors`` (400), ``violations`` and ``spent``
     (402 spending limit), the amounts of a 402 credit refusal."""
@@ -81,7 +82,7 @@ class Problem(Struct):
     status: int
     detail: str
     error: str
-    errors: list[FieldError] | UnsetType = UNSET
+    errors: list[FieldError] | None = None
 
 
 def errors(*statuses: int) -> dict[int, ResponseSpec]:
@@ -163,8 +164,10 @@ __all__ = [
     "ADMIN",
     "AUTHED",
     "AUTH_SCHEMES",
+    "DESCRIPTION",
     "PROBLEM",
     "PUBLIC",
+    "TAGS",
     "FieldError",
     "Problem",
     "answers",
@@ -182,3 +185,21 @@ def answers(data: type, *statuses: int, description: str) -> dict[int, ResponseS
         status: ResponseSpec(data_container=data, generate_examples=False, description=description)
         for status in statuses
     }
+
+
+TAGS = [
+    Tag(name="operations", description="Liveness, readiness and Prometheus metrics"),
+    Tag(name="auth", description="Accounts, login sessions and API keys"),
+    Tag(name="billing", description="Credits, transactions, spending limits, payments"),
+    Tag(name="usage", description="Daily usage and usage sessions"),
+    Tag(name="gpu", description="GPU marketplace: offers, rentals, reservations"),
+    Tag(name="proxy", description="Requests to your instances, and load balancing"),
+    Tag(name="models", description="Hosted models: upload, list, predict"),
+    Tag(name="oip", description="Open Inference Protocol v2 (KServe/Triton compatible)"),
+    Tag(name="agents", description="Agent protocols: A2A, ACP, FIPA, KQML, LangChain, discovery"),
+    Tag(name="admin", description="Operator views and actions (admin role)"),
+]
+DESCRIPTION = (
+    "One account, one API and one bill across GPU marketplaces. Money is a USD string with "
+    "six decimals; every error is an RFC 9457 problem (`application/problem+json`)."
+)

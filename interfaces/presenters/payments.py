@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from msgspec import UNSET, Struct, UnsetType, structs
+from msgspec import Struct, structs
 
 from domain.money import micros_to_usd
 from domain.payments import Payment as PaymentState
@@ -45,8 +45,9 @@ class CryptoDetails(Struct):
     flags: list[str]
 
 
-class Payment(Struct):
-    """One payment: its state, amounts in USD, the method without its token."""
+class Payment(Struct, omit_defaults=True):
+    """One payment: its state, amounts in USD, the method without its token; ``crypto`` only
+    for USDC payments."""
 
     id: str
     status: str
@@ -62,7 +63,7 @@ class Payment(Struct):
     next_action_url: str | None
     created_at: str
     updated_at: str
-    crypto: CryptoDetails | UnsetType = UNSET
+    crypto: CryptoDetails | None = None
 
 
 class CreatedPayment(Payment, kw_only=True):
@@ -71,13 +72,13 @@ class CreatedPayment(Payment, kw_only=True):
     transaction: Payment
 
 
-class WebhookReceipt(Struct):
+class WebhookReceipt(Struct, omit_defaults=True):
     """A webhook was received: the payment it moved, or why it was ignored."""
 
     received: bool
-    ignored: str | UnsetType = UNSET
-    payment: str | UnsetType = UNSET
-    status: str | UnsetType = UNSET
+    ignored: str | None = None
+    payment: str | None = None
+    status: str | None = None
 
 
 class AutoRenewSetting(Struct):
@@ -106,7 +107,7 @@ def present_payment_row(row: Any) -> PaymentRow:
 
 def present_payment(payment: PaymentState) -> Payment:
     method = {k: v for k, v in payment.method.items() if k != "token"}
-    crypto: CryptoDetails | UnsetType = UNSET
+    crypto: CryptoDetails | None = None
     if payment.processor == "crypto":
         crypto = CryptoDetails(
             network=method.get("network"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from msgspec import UNSET, Struct, UnsetType
+from msgspec import Struct
 
 from domain.money import micros_to_usd
 
@@ -55,21 +55,21 @@ class Lease(Struct):
     spent: str
 
 
-class Load(Struct):
+class Load(Struct, omit_defaults=True):
     """``server`` and/or ``provider`` as ``type`` asks; ``lease`` while one is open."""
 
     strategy: str
-    server: ServerLoad | UnsetType = UNSET
-    provider: dict[str, ProviderLoad] | UnsetType = UNSET
-    lease: Lease | UnsetType = UNSET
+    server: ServerLoad | None = None
+    provider: dict[str, ProviderLoad] | None = None
+    lease: Lease | None = None
 
     @classmethod
     def of(cls, strategy: str, server: ServerLoad, kind: str, lease: Lease | None) -> Load:
         return cls(
             strategy=strategy,
-            server=server if kind in {"server", "all"} else UNSET,
-            provider=provider_load(server) if kind in {"provider", "all"} else UNSET,
-            lease=UNSET if lease is None else lease,
+            server=server if kind in {"server", "all"} else None,
+            provider=provider_load(server) if kind in {"provider", "all"} else None,
+            lease=lease,
         )
 
 

@@ -37,8 +37,9 @@ from interfaces.presenters.payments import (
     present_payment_row,
 )
 from interfaces.presenters.payments import Payment as PaymentAnswer
+from interfaces.presenters.statements import MonthlyStatement, present_statement
 from interfaces.statement_export import FORMATS, split_format, statement_file
-from interfaces.statement_view import build_statement, statement_dict
+from interfaces.statement_view import build_statement
 
 log = logging.getLogger(__name__)
 HANDLED_WEBHOOKS = {
@@ -231,16 +232,21 @@ def auto_renew(
     "/billing/statements/{month:str}",
     sync_to_thread=True,
     summary="Monthly statement (YYYY-MM; YYYY-MM.csv or YYYY-MM.pdf for a file)",
-    responses=errors(*AUTHED, 404),
+    description="`YYYY-MM` answers JSON; `YYYY-MM.csv` (text/csv) and `YYYY-MM.pdf` "
+    "(application/pdf) answer the same statement as an attachment.",
+    responses={
+        **answers(MonthlyStatement, 200, description="The statement (JSON, or CSV/PDF file)"),
+        **errors(*AUTHED, 404),
+    },
 )
 def monthly_statement(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], month: FromPath[str]
-) -> dict[str, Any] | Response[bytes]:
+) -> Response[Any]:
     c = container_of(request)
     month, fmt = split_format(month)
     result = build_statement(c, principal.user_id, month)
     if fmt == "json":
-        return statement_dict(principal.user_id, result)
+        return Response(present_statement(principal.user_id, result))
     data, disposition = statement_file(c.users.by_id(principal.user_id).email, result, fmt)
     return Response(data, media_type=FORMATS[fmt], headers={"Content-Disposition": disposition})
 

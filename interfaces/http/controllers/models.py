@@ -44,6 +44,14 @@ from infrastructure.models.staging import receive_multipart
 from infrastructure.models.tensors import to_json
 from interfaces.http.openapi import AUTHED, binary_body, errors, operation
 from interfaces.http.security import client_address, container_of, provide_principal
+from interfaces.presenters.models import (
+    Deleted,
+    Model,
+    ModelList,
+    Prediction,
+    Quota,
+    present_model,
+)
 from interfaces.usage_sessions_view import caller_of
 
 FORM_SLACK = 1_048_576  # multipart framing and small fields around the file
@@ -64,31 +72,6 @@ class PredictBody(Struct, forbid_unknown_fields=True):
 
 def service_of(request: Request[Any, Any, Any]) -> ModelService:
     return container_of(request).model_service()
-
-
-def model_json(record: ModelRecord) -> dict[str, Any]:
-    return {
-        "model_id": record.model_id,
-        "name": record.name,
-        "format": record.format,
-        "converted_to": record.converted_to,
-        "status": record.status,
-        "runtime": "onnxruntime",
-        "filename": record.filename,
-        "upload_bytes": record.upload_bytes,
-        "size_bytes": record.stored_bytes,
-        "storage": record.backend,
-        "sha256": record.sha256,
-        "created_at": record.created_at.isoformat(),
-        "signature": {
-            "inputs": [s.to_json() for s in record.signature.inputs],
-            "outputs": [s.to_json() for s in record.signature.outputs],
-        },
-        "endpoints": {
-            "predict": f"/api/v1/models/{record.model_id}/predict",
-            "oip": f"/v2/models/{record.model_id}/infer",
-        },
-    }
 
 
 def _form(filename: str, fields: dict[str, str]) -> UploadForm:
@@ -114,7 +97,7 @@ def _form(filename: str, fields: dict[str, str]) -> UploadForm:
 )
 async def upload_model(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
-) -> Response[dict[str, Any]]:
+) -> Response[Model]:
     c = container_of(request)
     service = c.model_service()
     kind, params = parse_options_header(request.headers.get("content-type", ""))
@@ -161,7 +144,7 @@ async def upload_model(
         raise
     finally:
         await sync_to_thread(staged.unlink, missing_ok=True)
-    return Response(model_json(record), status_code=201)
+    return Response(present_model(record), status_code=201)
 
 
 @get(
@@ -172,10 +155,11 @@ async def upload_model(
 )
 def list_models(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
-) -> dict[str, Any]:
+) -> ModelList:
     service = service_of(request)
-    models = [model_json(r) for r in service.list_models(principal.user_id)]
-    return {"models": models, "count": len(models), "quota": service.quota(principal.user_id)}
+    models = [present_model(r) for r in service.list_models(principal.user_id)]
+    quota = Quota(**service.quota(principal.user_id))
+    return ModelList(models=models, count=len(models), quota=quota)
 
 
 @get(
@@ -186,8 +170,8 @@ def list_models(
 )
 def get_model(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], model_id: FromPath[str]
-) -> dict[str, Any]:
-    return model_json(service_of(request).lookup(principal.user_id, model_id))
+) -> Model:
+    return present_model(service_of(request).lookup(principal.user_id, model_id))
 
 
 @delete(
@@ -199,11 +183,11 @@ def get_model(
 )
 def delete_model(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], model_id: FromPath[str]
-) -> dict[str, Any]:
+) -> Deleted:
     service = service_of(request)
     record = service.lookup(principal.user_id, model_id)
     service.delete(principal.user_id, record.model_id)
-    return {"model_id": record.model_id, "name": record.name, "deleted": True}
+    return Deleted(model_id=record.model_id, name=record.name, deleted=True)
 
 
 @post(
@@ -217,7 +201,7 @@ async def predict(
     principal: NamedDependency[Principal],
     model_id: FromPath[str],
     data: JSONBody[PredictBody],
-) -> dict[str, Any]:
+) -> Prediction:
     service = service_of(request)
     record = await service.find(principal.user_id, model_id)
     inputs = _inputs(record, data.input)
@@ -229,14 +213,14 @@ async def predict(
     )
     row = result.rows is None
     outputs = {name: to_json(value, row=row) for name, value in result.outputs.items()}
-    return {
-        "model_id": record.model_id,
-        "output": next(iter(outputs.values())),
-        "outputs": outputs,
-        "latency_ms": round(result.latency_ms, 3),
-        "runtime": result.runtime,
-        "used_gpu": result.used_gpu,
-    }
+    return Prediction(
+        model_id=record.model_id,
+        output=next(iter(outputs.values())),
+        outputs=outputs,
+        latency_ms=round(result.latency_ms, 3),
+        runtime=result.runtime,
+        used_gpu=result.used_gpu,
+    )
 
 
 def _inputs(record: ModelRecord, value: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from infrastructure.usage_sessions import usage_sessions
 from interfaces.http.controllers.money import Before, Limit
 from interfaces.http.openapi import AUTHED, errors
 from interfaces.http.security import container_of, provide_principal
-from interfaces.usage_sessions_view import page_json
+from interfaces.presenters.usage import SessionPage, present_page
 
 
 @get(
@@ -31,7 +31,7 @@ def sessions(
     before: Before = None,
     user_id: Annotated[UUID | None, QueryParameter(description="admins: whose")] = None,
     email: Annotated[str | None, QueryParameter(description="admins: whose")] = None,
-) -> dict[str, Any]:
+) -> SessionPage:
     c = container_of(request)
     if user_id is not None and email is not None:
         raise InvalidArgumentError("give user_id or email, not both", field="email")
@@ -40,7 +40,7 @@ def sessions(
         principal.require_admin()
         user = c.users.by_id(str(user_id)) if user_id is not None else c.users.by_email(email or "")
         whose = user.id
-    return page_json(usage_sessions(c.db, whose, limit=limit, before=before), limit)
+    return present_page(usage_sessions(c.db, whose, limit=limit, before=before), limit)
 
 
 router = Router(
