@@ -13,6 +13,10 @@ def _s(value: Any) -> str:
     return "—" if value is None else f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
+def _never(value: Any) -> str:
+    return "never" if value is None else _s(value)
+
+
 def render(result: dict[str, Any], name: str) -> str:
     lines = [
         f"### {name}: {result['date']}",
@@ -26,14 +30,15 @@ def render(result: dict[str, Any], name: str) -> str:
         "",
         "Checks: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in result["ok"].items()),
         "",
-        "| fault | component back (s) | front door OK (s) | every door OK (s) "
+        "| fault | component back (s) | nginx probe last failed (s) | every door OK (s) "
         "| read models caught up (s) | requests in window | failed | how they failed |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for f in result["errors"]["faults"]:
         kinds = ", ".join(f"{k} x{n}" for k, n in sorted(f["failed_by_kind"].items()))
         lines.append(
-            f"| {f['fault']} | {_s(f['component_back_s'])} | {_s(f.get('front_door_s'))} "
+            f"| {f['fault']} | {_s(f['component_back_s'])} "
+            f"| {_never(f.get('front_door_last_failed_s'))} "
             f"| {_s(f['full_service_s'])} | {_s(f['read_models_caught_up_s'])} "
             f"| {f['requests']} | {f['failed']} | {kinds or '—'} |"
         )
@@ -55,8 +60,10 @@ def render(result: dict[str, Any], name: str) -> str:
         f"- Metering: {meter['instances_billed']} rentals billed exactly up to their stop "
         f"(problems: {meter['problems'] or 'none'}); Metered events per metering interval "
         f"mean {meter['metered_per_interval_mean']}, max {meter['metered_per_interval_max']}; "
-        f"{meter['gaps_under_half_interval']} pairs of Metered events less than half an "
-        f"interval apart; longest time between two Metered events {meter['max_gap_s']} s.",
+        f"{meter['gaps_under_half_interval']} metering rounds less than half an interval "
+        f"after the previous one outside faults "
+        f"({meter.get('close_rounds_at_leader_handover', '-')} within a fault, a new leader "
+        f"taking over); longest time between two Metered events {meter['max_gap_s']} s.",
         f"- verify-projections exit status: {result['projections']['verify_projections_exit']}.",
         "",
         f"Rate limit ({result['rate_limit']['limit_per_minute']}/min per user):",

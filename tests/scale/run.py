@@ -190,8 +190,9 @@ class Monitor:
         pairs = list(itertools.pairwise(self.samples))
         streak = [a[0] for a, b in pairs if a[0] >= fault.back and a[1] and b[1]]
         fault.full = streak[0] if streak else 0.0
-        front = [a[0] for a, b in pairs if a[0] >= fault.back and a[2] and b[2]]
-        fault.front = front[0] if front else 0.0
+        end = fault.full or float("inf")
+        failed = [t for t, _, front in self.samples if fault.start <= t <= end and not front]
+        fault.front = max(failed) if failed else 0.0  # the last failed probe through nginx
         if not fault.full:
             return
         head = next((h for t, h, _ in self.positions if t >= fault.full), None)
@@ -418,7 +419,7 @@ def evaluate(
     try:
         money_ok, money = checks.check_money(c, load.state, users)
         rentals = {**first, **load.state.rentals}
-        metering_ok, metering = checks.check_metering(c, METERING_INTERVAL, rentals)
+        metering_ok, metering = checks.check_metering(c, METERING_INTERVAL, rentals, faults)
         fees_ok, fees = checks.check_proxy_fees(
             c, load.state.records, PROXY_PRICE, set(users.values())
         )
