@@ -21,7 +21,7 @@ the ledger service sets up; without one, the table's unique key still refuses th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime
@@ -82,9 +82,29 @@ def _text(value: str, field: str, *, required: bool = False) -> str:
     return refuse_pan(value, field)  # last line: no card number in an event
 
 
-def _fingerprint(command: str, *parameters: object) -> str:
-    """What an idempotency key is bound to: the command and its effective parameters."""
-    return ":".join([command, *map(str, parameters)])
+FINGERPRINTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "Granted": ("grant", ("amount", "source", "reference")),
+    "Charged": ("charge", ("amount", "reference")),
+    "HoldPlaced": ("hold", ("hold_id", "amount", "expires_at")),
+    "HoldCaptured": ("capture", ("hold_id", "amount")),
+    "HoldReleased": ("release", ("hold_id",)),
+    "Debited": ("debit", ("amount", "kind", "reference")),
+}
+"""Per keyed event: the command word and the fields its idempotency key is bound to.
+
+The single source for the command's check, the apply step and the key table's rows; the
+strings are stored (state and key table), so an entry never changes once events exist.
+"""
+
+
+def fingerprint(event_name: str, fields: Mapping[str, Any]) -> str:
+    """What a key is bound to: ``command:field:field`` (datetimes as ISO, stored as such)."""
+    command, names = FINGERPRINTS[event_name]
+    parts = [command]
+    for name in names:
+        value = fields[name]
+        parts.append(value.isoformat() if isinstance(value, datetime) else str(value))
+    return ":".join(parts)
 
 
 def _trim_keys(keys: dict[str, list[Any]], cutoff: int, dropped: int) -> int:
@@ -314,7 +334,8 @@ class CreditAccount(Aggregate):
         _positive(amount)
         if source not in GRANT_SOURCES:
             raise InvalidArgumentError(f"unknown grant source {source!r}", field="source")
-        if self.seen(key, _fingerprint("grant", amount, source, reference), now):
+        fields = {"amount": amount, "source": source, "reference": reference}
+        if self.seen(key, fingerprint("Granted", fields), now):
             return False
         self._expire_due(now)
         self._granted(
@@ -342,7 +363,7 @@ class CreditAccount(Aggregate):
         """Spend credits directly (per-request fee, one-off charge). Returns False if replayed."""
         now = self.business_time(now)
         _positive(amount)
-        if self.seen(key, _fingerprint("charge", amount, reference), now):
+        if self.seen(key, fingerprint("Charged", {"amount": amount, "reference": reference}), now):
             return False
         self._expire_due(now)
         self.check_spend(amount, now, policy)
@@ -374,7 +395,8 @@ class CreditAccount(Aggregate):
         now = self.business_time(now)
         _positive(amount)
         _text(hold_id, "hold_id", required=True)
-        if self.seen(key, _fingerprint("hold", hold_id, amount, expires_at.isoformat()), now):
+        fields = {"hold_id": hold_id, "amount": amount, "expires_at": expires_at}
+        if self.seen(key, fingerprint("HoldPlaced", fields), now):
             return False
         if hold_id in self.holds:
             raise HoldConflictError("A hold with this id already exists", hold_id=hold_id)
@@ -408,7 +430,7 @@ class CreditAccount(Aggregate):
         """Turn part of a hold into a charge. Pre-approved: no new funds or window check."""
         now = self.business_time(now)
         _positive(amount)
-        if self.seen(key, _fingerprint("capture", hold_id, amount), now):
+        if self.seen(key, fingerprint("HoldCaptured", {"hold_id": hold_id, "amount": amount}), now):
             return False
         self._expire_due(now)
         hold = self._active_hold(hold_id)
@@ -433,7 +455,7 @@ class CreditAccount(Aggregate):
     def release(self, hold_id: str, *, key: str, now: datetime, actor: str = "") -> bool:
         """Free what remains of a hold."""
         now = self.business_time(now)
-        if self.seen(key, _fingerprint("release", hold_id), now):
+        if self.seen(key, fingerprint("HoldReleased", {"hold_id": hold_id}), now):
             return False
         self._expire_due(now)
         hold = self._active_hold(hold_id)
@@ -467,7 +489,8 @@ class CreditAccount(Aggregate):
         _positive(amount)
         if kind not in DEBIT_KINDS:
             raise InvalidArgumentError(f"unknown debit kind {kind!r}", field="kind")
-        if self.seen(key, _fingerprint("debit", amount, kind, reference), now):
+        fields = {"amount": amount, "kind": kind, "reference": reference}
+        if self.seen(key, fingerprint("Debited", fields), now):
             return False
         self._expire_due(now)
         self.check_funds(amount)
@@ -626,7 +649,8 @@ class CreditAccount(Aggregate):
         self._moved(at)
         self.balance += amount
         self.total_granted += amount
-        self._remember(key, _fingerprint("grant", amount, source, reference), at)
+        fields = {"amount": amount, "source": source, "reference": reference}
+        self._remember(key, fingerprint("Granted", fields), at)
         if self.available >= self.auto_renew["threshold"]:
             self.auto_renew_armed = True
 
@@ -637,7 +661,7 @@ class CreditAccount(Aggregate):
         self._moved(at)
         self.balance -= amount
         self._spend(amount, at)
-        self._remember(key, _fingerprint("charge", amount, reference), at)
+        self._remember(key, fingerprint("Charged", {"amount": amount, "reference": reference}), at)
 
     @event("HoldPlaced")
     def _hold_placed(
@@ -654,7 +678,8 @@ class CreditAccount(Aggregate):
         self._moved(at)
         self.holds[hold_id] = {"amount": amount, "captured": 0, "expires_at": expires_at}
         self.held += amount
-        self._remember(key, _fingerprint("hold", hold_id, amount, expires_at.isoformat()), at)
+        fields = {"hold_id": hold_id, "amount": amount, "expires_at": expires_at}
+        self._remember(key, fingerprint("HoldPlaced", fields), at)
 
     @event("HoldCaptured")
     def _hold_captured(
@@ -665,14 +690,15 @@ class CreditAccount(Aggregate):
         self.held -= amount
         self.balance -= amount
         self._spend(amount, at)
-        self._remember(key, _fingerprint("capture", hold_id, amount), at)
+        fields = {"hold_id": hold_id, "amount": amount}
+        self._remember(key, fingerprint("HoldCaptured", fields), at)
 
     @event("HoldReleased")
     def _hold_released(self, hold_id: str, amount: int, actor: str, key: str, at: datetime) -> None:
         self._moved(at)
         del self.holds[hold_id]
         self.held -= amount
-        self._remember(key, _fingerprint("release", hold_id), at)
+        self._remember(key, fingerprint("HoldReleased", {"hold_id": hold_id}), at)
 
     @event("HoldExpired")
     def _hold_expired(self, hold_id: str, amount: int, at: datetime) -> None:
@@ -694,7 +720,8 @@ class CreditAccount(Aggregate):
         self._moved(at)
         self.balance -= amount
         self.total_debited += amount
-        self._remember(key, _fingerprint("debit", amount, kind, reference), at)
+        fields = {"amount": amount, "kind": kind, "reference": reference}
+        self._remember(key, fingerprint("Debited", fields), at)
 
     @event("CapSet")
     def _cap_set(self, cap: int, actor: str, reason: str, at: datetime) -> None:
@@ -755,34 +782,21 @@ class CreditAccount(Aggregate):
 
 # ------------------------------------------------------------ the key table
 
-_KEYED: dict[str, Callable[[Any], str]] = {
-    "Granted": lambda d: _fingerprint("grant", d["amount"], d["source"], d["reference"]),
-    "Charged": lambda d: _fingerprint("charge", d["amount"], d["reference"]),
-    "HoldPlaced": lambda d: _fingerprint("hold", d["hold_id"], d["amount"], _iso(d["expires_at"])),
-    "HoldCaptured": lambda d: _fingerprint("capture", d["hold_id"], d["amount"]),
-    "HoldReleased": lambda d: _fingerprint("release", d["hold_id"]),
-    "Debited": lambda d: _fingerprint("debit", d["amount"], d["kind"], d["reference"]),
-}
-_EVENT_NAMES = {getattr(CreditAccount, name): name for name in _KEYED}
-
-
-def _iso(value: datetime | str) -> str:
-    return value if isinstance(value, str) else value.isoformat()
+_EVENT_NAMES = {getattr(CreditAccount, name): name for name in FINGERPRINTS}
 
 
 def recorded_key(name: str, data: dict[str, Any]) -> tuple[str, str, int] | None:
     """``(key, fingerprint, minute)`` that a CreditAccount event named ``name`` records.
 
     ``data`` is the event's fields; datetimes may be given as their ISO strings (as stored).
-    None for events that record no key. The same fingerprints as the apply methods use.
+    None for events that record no key. ``FINGERPRINTS``, as the command and apply use.
     """
-    fingerprint = _KEYED.get(name)
-    if fingerprint is None:
+    if name not in FINGERPRINTS:
         return None
     at = data["at"]
     return (
         data["key"],
-        fingerprint(data),
+        fingerprint(name, data),
         minute_of(datetime.fromisoformat(at) if isinstance(at, str) else at),
     )
 
