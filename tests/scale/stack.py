@@ -143,6 +143,9 @@ def pgbouncer_daemon(root: Path, cluster: Cluster) -> Daemon:
         # how long a server connection may sit idle before it is tested (SELECT 1) on reuse;
         # PgBouncer's default 30 s: after a PostgreSQL restart dead ones fail one query each
         f"server_check_delay = {os.environ.get('SCALE_PGBOUNCER_CHECK_DELAY', '30')}\n"
+        # after a failed server login (PostgreSQL shutting down) PgBouncer refuses clients
+        # for this many seconds; its default, 15, is most of a PostgreSQL restart's cost
+        f"server_login_retry = {os.environ.get('SCALE_PGBOUNCER_LOGIN_RETRY', '15')}\n"
         "ignore_startup_parameters = extra_float_digits,options\n"
         f"admin_users = {cluster.user}\n"
         f"logfile = {folder / 'pgbouncer.log'}\n"
