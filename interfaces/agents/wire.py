@@ -109,8 +109,12 @@ def echo(fields: Any, key: str) -> str | None:
 
 
 def failure(exc: BaseException) -> tuple[int, dict[str, Any]]:
-    """The HTTP status and REST problem body for an error."""
+    """The HTTP status and REST problem body for an error, with ``code``: the error's own
+    name (``Insufficient credits`` → ``INSUFFICIENT_CREDITS``), since the problem's ``title``
+    is the status phrase (RFC 9457 §4.2.1) that many errors share."""
     problem = problem_of(exc)
+    if isinstance(exc, DomainError):
+        problem["code"] = _code(exc.title)
     return int(problem["status"]), problem
 
 
@@ -124,8 +128,13 @@ def refusal(problem: Mapping[str, Any], reply: Mapping[str, Any]) -> dict[str, A
 
 
 def error_code(problem: Mapping[str, Any]) -> str:
+    """The error's ``code`` (``failure``), else one made of the title."""
+    return str(problem.get("code") or _code(str(problem.get("title", "error"))))
+
+
+def _code(words: str) -> str:
     """``Insufficient credits`` → ``INSUFFICIENT_CREDITS``."""
-    return re.sub(r"[^A-Z0-9]+", "_", str(problem.get("title", "error")).upper()).strip("_")
+    return re.sub(r"[^A-Z0-9]+", "_", words.upper()).strip("_")
 
 
 def new_id() -> str:

@@ -23,7 +23,10 @@ from litestar.types import HTTPResponseStartEvent, Message, Receive, Scope, Send
 
 MINIMUM_SIZE = 1024  # bytes: below this an encoding saves too little to pay for itself
 PREFERENCE = ("br", "gzip")  # ours, most compact first, among codings of equal quality
-EXCLUDE = [r"^/api/v1/gpu/proxy(/|$)"]  # passthrough: the upstream's bytes, untouched
+EXCLUDE = [
+    r"^/api/v1/gpu/proxy(/|$)",  # passthrough: the upstream's bytes, untouched
+    r"^/api/v1/billing/credits$",  # always < MINIMUM_SIZE; the fast lane's answer, to the byte
+]
 STREAMED_TYPES = frozenset({"text/event-stream"})
 
 

@@ -24,7 +24,7 @@ from tests.conftest import FixedClock
 from tests.integration.test_proxy_http import World, make_world
 from tests.support.http import JWT_SECRET, test_client
 
-VOLATILE = {"date", "x-ratelimit-remaining", "x-ratelimit-reset", "content-length"}
+VOLATILE = {"date", "x-ratelimit-remaining", "x-ratelimit-reset", "ratelimit", "content-length"}
 
 
 @dataclasses.dataclass
