@@ -6,10 +6,13 @@ from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
+import msgspec
+
 from domain import guardrails
 from domain.errors import InvalidArgumentError
-from domain.money import micros_to_usd, usd_to_micros
-from domain.what_if import Outcome, WhatIf
+from domain.money import usd_to_micros
+from domain.what_if import WhatIf
+from interfaces.presenters.what_if import present_what_if
 
 MAX_MARKUP_PERCENT = 1_000  # PRICE_MARKUP allows up to 10 (a fraction)
 
@@ -68,34 +71,7 @@ def parse_limits(value: Any, field: str = "limits") -> dict[str, int]:
     return limits
 
 
-def _outcome_json(outcome: Outcome) -> dict[str, Any]:
-    return {
-        "opening_balance": micros_to_usd(outcome.opening),
-        "bill": micros_to_usd(outcome.bill),
-        "closing_balance": micros_to_usd(outcome.closing),
-        "lowest_balance": micros_to_usd(outcome.lowest_balance),
-        "lowest_balance_at": outcome.lowest_at.isoformat() if outcome.lowest_at else None,
-        "refused": [
-            {
-                "at": r.at.isoformat(),
-                "amount": micros_to_usd(r.amount),
-                "reason": r.reason,
-                "windows": list(r.windows),
-            }
-            for r in outcome.refused
-        ],
-        "refused_total": micros_to_usd(sum(r.amount for r in outcome.refused)),
-        "auto_renew_at": [at.isoformat() for at in outcome.auto_renew_at],
-    }
-
-
 def what_if_json(user_id: str, result: WhatIf) -> dict[str, Any]:
-    return {
-        "user_id": user_id,
-        "from": result.start.isoformat(),
-        "to": result.end.isoformat(),
-        "currency": "USD",
-        "real": _outcome_json(result.real),
-        "what_if": _outcome_json(result.replay),
-        "difference": micros_to_usd(result.replay.bill - result.real.bill),
-    }
+    """The replay as plain data (the admin CLI): the same as ``present_what_if``."""
+    data: dict[str, Any] = msgspec.to_builtins(present_what_if(user_id, result))
+    return data

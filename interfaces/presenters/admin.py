@@ -56,3 +56,43 @@ class Stats(Struct):
     charged_total: str
     transactions: int
     projection_lag: dict[str, int]
+
+
+class KeyRevoked(Struct):
+    message: str
+    key_id: str
+
+
+class KeysRevoked(Struct):
+    revoked: list[str]
+    count: int
+
+
+class BalancePoint(Struct):
+    id: int
+    at: str | None
+    balance: str
+
+
+class BalanceHistory(Struct):
+    """Balance after each movement, oldest first."""
+
+    points: list[BalancePoint]
+
+
+class LedgerRow(Struct):
+    """One ledger movement as operators see it (with the actor)."""
+
+    id: int
+    kind: str
+    amount: str
+    hold_id: str | None
+    reason: str
+    reference: str
+    actor: str
+    at: str | None
+
+
+class LedgerPage(Struct):
+    transactions: list[LedgerRow]
+    next_before: int | None

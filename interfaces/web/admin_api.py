@@ -27,12 +27,21 @@ from domain.services.marketplace import InstanceNotFoundError
 from infrastructure.auth import Principal
 from infrastructure.payment_queries import COLUMNS as PAYMENT_COLUMNS
 from infrastructure.payment_queries import PaymentRow
-from interfaces.http.controllers.auth import key_json, user_json
+from interfaces.http.controllers.auth import user_json
 from interfaces.http.controllers.gpu import instance_json, reservation_json
 from interfaces.http.openapi import ADMIN
 from interfaces.http.openapi import errors as problems
 from interfaces.http.payment_rows import payment_row_json
 from interfaces.http.security import container_of, provide_admin
+from interfaces.presenters.admin import (
+    BalanceHistory,
+    BalancePoint,
+    KeyRevoked,
+    KeysRevoked,
+    LedgerPage,
+    LedgerRow,
+)
+from interfaces.presenters.auth import ApiKeyList, present_key
 from interfaces.ws.state import account_json, spending_json
 
 Limit = Annotated[int, QueryParameter(ge=1, le=500, description="rows to return")]
@@ -147,26 +156,26 @@ def transactions(
     user_id: FromPath[UUID],
     limit: Limit = 100,
     before: Annotated[int | None, QueryParameter(ge=1, le=2**63 - 1)] = None,
-) -> dict[str, Any]:
+) -> LedgerPage:
     c = container_of(request)
     user = c.users.by_id(str(user_id))
     rows = c.queries.transactions(user.id, limit=limit, before=before)
-    return {
-        "transactions": [
-            {
-                "id": t.position,
-                "kind": t.kind,
-                "amount": micros_to_usd(t.amount),
-                "hold_id": t.hold_id or None,
-                "reason": t.reason,
-                "reference": t.reference,
-                "actor": t.actor,
-                "at": _iso(t.at_micros),
-            }
+    return LedgerPage(
+        transactions=[
+            LedgerRow(
+                id=t.position,
+                kind=t.kind,
+                amount=micros_to_usd(t.amount),
+                hold_id=t.hold_id or None,
+                reason=t.reason,
+                reference=t.reference,
+                actor=t.actor,
+                at=_iso(t.at_micros),
+            )
             for t in rows
         ],
-        "next_before": rows[-1].position if len(rows) == limit else None,
-    }
+        next_before=rows[-1].position if len(rows) == limit else None,
+    )
 
 
 @get(
@@ -180,7 +189,7 @@ def balance_history(
     principal: NamedDependency[Principal],
     user_id: FromPath[UUID],
     limit: Limit = 200,
-) -> dict[str, Any]:
+) -> BalanceHistory:
     c = container_of(request)
     user = c.users.by_id(str(user_id))
     with c.db.snapshot() as tx:
@@ -193,10 +202,10 @@ def balance_history(
             (str(account_id_for(user.id)), limit),
         )
     points = [
-        {"id": int(p), "at": _iso(int(at)), "balance": micros_to_usd(int(b))}
+        BalancePoint(id=int(p), at=_iso(int(at)), balance=micros_to_usd(int(b)))
         for p, at, b in reversed(rows)
     ]
-    return {"points": points}
+    return BalanceHistory(points=points)
 
 
 @get(
@@ -207,10 +216,10 @@ def balance_history(
 )
 def api_keys(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[UUID]
-) -> dict[str, Any]:
+) -> ApiKeyList:
     c = container_of(request)
     user = c.users.by_id(str(user_id))
-    return {"api_keys": [key_json(k) for k in c.auth.keys.list(user.id)]}
+    return ApiKeyList(api_keys=[present_key(k) for k in c.auth.keys.list(user.id)])
 
 
 @delete(
@@ -225,11 +234,11 @@ def revoke_key(
     principal: NamedDependency[Principal],
     user_id: FromPath[UUID],
     key_id: FromPath[str],
-) -> dict[str, str]:
+) -> KeyRevoked:
     c = container_of(request)
     user = c.users.by_id(str(user_id))
     c.auth.keys.revoke(user.id, key_id, actor=_actor(principal))
-    return {"message": "API key revoked", "key_id": key_id}
+    return KeyRevoked(message="API key revoked", key_id=key_id)
 
 
 @delete(
@@ -241,7 +250,7 @@ def revoke_key(
 )
 def revoke_all_keys(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[UUID]
-) -> dict[str, Any]:
+) -> KeysRevoked:
     c = container_of(request)
     user = c.users.by_id(str(user_id))
     revoked = []
@@ -249,7 +258,7 @@ def revoke_all_keys(
         if key.revoked_at is None:
             c.auth.keys.revoke(user.id, key.id, actor=_actor(principal))
             revoked.append(key.id)
-    return {"revoked": revoked, "count": len(revoked)}
+    return KeysRevoked(revoked=revoked, count=len(revoked))
 
 
 @get(

@@ -14,7 +14,8 @@ from domain.what_if import MAX_RANGE, Rules, check_range
 from infrastructure.auth import Principal
 from interfaces.http.openapi import AUTHED, errors
 from interfaces.http.security import container_of, provide_principal
-from interfaces.what_if_view import parse_limits, parse_markup, parse_time, what_if_json
+from interfaces.presenters.what_if import WhatIfAnswer, present_what_if
+from interfaces.what_if_view import parse_limits, parse_markup, parse_time
 
 FIELDS = frozenset({"from", "to", "markup", "limits"})
 MAX_EVENTS = 200_000  # a longer history is an operator's job (the admin CLI): bounded time
@@ -31,7 +32,7 @@ def what_if(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     data: JSONBody[dict[str, Any]],
-) -> dict[str, Any]:
+) -> WhatIfAnswer:
     """Your recorded charges from ``from`` to ``to`` (at most 93 days) replayed under other
     guard-rail ``limits`` ({"60min": "10.00"}) and/or GPU ``markup`` (percent). Writes nothing."""
     unknown = sorted(set(data) - FIELDS)
@@ -47,7 +48,7 @@ def what_if(
         recorded_markup_ppm=c.settings.price_markup_ppm,
     )
     result = account_what_if(c.ledger, principal.user_id, start, end, rules, MAX_EVENTS)
-    return what_if_json(principal.user_id, result)
+    return present_what_if(principal.user_id, result)
 
 
 router = Router(
