@@ -13,6 +13,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -37,6 +38,7 @@ pytestmark = [pytest.mark.container, pytest.mark.slow]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 SERVICES = ("postgres", "pgbouncer", "redis", "gpuproxy-1", "gpuproxy-2", "nginx")
 PASSWORD = "container-test-pass"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +82,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str
             raise StackError(f"{exc}\n{stack.logs()}") from None
         yield stack, f"http://127.0.0.1:{http_port}"
     finally:
+        ARTIFACTS.mkdir(exist_ok=True)  # every service's log tail, for a look afterwards
+        (ARTIFACTS / "container-stack.log").write_text(stack.logs(lines=400))
         stack.compose("down", "-v", check=False)
         podman.run("podman", "network", "rm", "-f", f"{project}_default", check=False)
         podman.run("podman", "rmi", "-f", images["GPUPROXY_IMAGE"], check=False)
