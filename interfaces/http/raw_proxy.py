@@ -161,9 +161,7 @@ async def open_upstream(
 async def send_upstream(upstream: Upstream, method: str, send: Send) -> None:
     """Pass the instance's answer on: in one message when small and sized, else streamed."""
     response = upstream.response
-    headers: list[tuple[bytes, bytes]] = [
-        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers
-    ]
+    headers = response.raw_headers.copy()  # filtered, lower-case names, bytes: as ASGI wants
     headers.append((b"x-gpuproxy-instance", upstream.endpoint.instance_id.encode()))
     length = response.content_length
     if method == "HEAD" or (length is not None and length <= BUFFER_LIMIT):

@@ -736,8 +736,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 BREAKDOWN = {
-    "client": "aiohttp session GET upstream (the floor of any forwarder)",
-    "forwarder": "Forwarder.send + read (header filtering, time limits)",
+    "client": "aiohttp session GET upstream (the client the Forwarder used before ADR 0024)",
+    "forwarder": "Forwarder.send + read (lean HTTP/1.1 client, header rules, time limits)",
     "forwarder_chunks": "Forwarder.send + iter_chunks (as the proxy routes read the answer)",
     "guard": "TargetGuard.check_endpoint alone (URL built and checked), no upstream",
     "runtime_forward": "ProxyRuntime.forward + chunks (pool, guard, lease, balancing, tracking)",
