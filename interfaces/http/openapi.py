@@ -176,6 +176,7 @@ __all__ = [
     "json_body",
     "operation",
     "operation_id",
+    "passthrough",
 ]
 
 
@@ -203,3 +204,15 @@ DESCRIPTION = (
     "One account, one API and one bill across GPU marketplaces. Money is a USD string with "
     "six decimals; every error is an RFC 9457 problem (`application/problem+json`)."
 )
+
+
+def passthrough(description: str, status: int = 200) -> dict[int, ResponseSpec]:
+    """A success answer whose body is someone else's (an instance's), any media type."""
+    return {
+        status: ResponseSpec(
+            data_container=bytes,
+            generate_examples=False,
+            description=description,
+            media_type="application/octet-stream",
+        )
+    }

@@ -47,3 +47,21 @@ class ModelMetadata(Struct):
     platform: str
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
+
+
+class InferOutput(Struct, omit_defaults=True):
+    """One output tensor: ``data`` (flat, row-major), or ``parameters.binary_data_size`` when
+    it follows the JSON header as raw bytes (Triton's binary tensor extension)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[Any] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class InferResponse(Struct, omit_defaults=True):
+    model_name: str
+    model_version: str
+    outputs: list[InferOutput]
+    id: str | None = None

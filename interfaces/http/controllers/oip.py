@@ -28,6 +28,7 @@ from infrastructure.models import tensors
 from interfaces.http.openapi import AUTHED, PUBLIC, answers, binary_body, errors, operation
 from interfaces.http.security import client_address, container_of, provide_principal
 from interfaces.presenters.health import (
+    InferResponse,
     Live,
     ModelMetadata,
     ModelReady,
@@ -78,7 +79,15 @@ INFER_BODY = binary_body(
     "followed by raw tensors (Triton binary tensor extension; Inference-Header-Content-Length)",
 )
 INFER = operation(body=INFER_BODY)
-INFER_ERRORS = errors(*AUTHED, 404, 413, 503)
+INFER_ERRORS = {
+    **answers(
+        InferResponse,
+        200,
+        description="The outputs (JSON). With binary outputs: application/octet-stream, this "
+        "JSON header (Inference-Header-Content-Length bytes) then the raw tensors",
+    ),
+    **errors(*AUTHED, 404, 413, 503),
+}
 READY_ANSWERS = {
     **errors(401, 404, 429),
     **answers(ModelReady, 400, description="Not ready: the same body, ready false"),

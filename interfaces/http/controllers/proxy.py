@@ -31,7 +31,7 @@ from infrastructure.auth import Principal
 from infrastructure.proxy.runtime import ProxyRuntime, Upstream
 from interfaces import proxy_envelope as proxy_envelope_input
 from interfaces.http import raw_proxy
-from interfaces.http.openapi import AUTHED, binary_body, errors, operation
+from interfaces.http.openapi import AUTHED, binary_body, errors, operation, passthrough
 from interfaces.http.raw_proxy import BUFFER_LIMIT, MAX_TIMELIMIT
 from interfaces.http.schemas import NO_NUL
 from interfaces.http.security import client_address, container_of, provide_principal
@@ -52,8 +52,8 @@ METHODS = READS + WRITES
 PASSTHROUGH = operation(
     body=binary_body("application/octet-stream", "Sent to the instance as is, any media type")
 )
-UPSTREAM_ERRORS = errors(*AUTHED, 402, 404, 502, 503, 504)
 UPSTREAM = "The instance's own status, headers and body (streamed)"
+UPSTREAM_ANSWERS = {**passthrough(UPSTREAM), **errors(*AUTHED, 402, 404, 502, 503, 504)}
 Text = Annotated[str, Meta(max_length=4096, pattern=NO_NUL)]
 
 
@@ -116,7 +116,7 @@ async def answer(upstream: Upstream) -> Response[bytes] | Stream:
     status_code=200,
     summary="Send a request to one of your instances (http, https, openinference, mcp)",
     response_description=UPSTREAM,
-    responses=UPSTREAM_ERRORS,
+    responses=UPSTREAM_ANSWERS,
 )
 async def proxy_envelope(
     request: Request[Any, Any, Any],
@@ -169,7 +169,7 @@ ONE = "Reverse proxy to one of your instances"
     status_code=200,
     summary=POOL,
     response_description=UPSTREAM,
-    responses=UPSTREAM_ERRORS,
+    responses=UPSTREAM_ANSWERS,
 )
 async def proxy_pool(request: Request[Any, Any, Any], path: FromPath[str] = "/") -> ASGIApp:
     return await _raw(request, None, path)
@@ -181,7 +181,7 @@ async def proxy_pool(request: Request[Any, Any, Any], path: FromPath[str] = "/")
     status_code=200,
     summary=POOL,
     response_description=UPSTREAM,
-    responses={**UPSTREAM_ERRORS, **errors(413)},
+    responses={**UPSTREAM_ANSWERS, **errors(413)},
     operation_class=PASSTHROUGH,
 )
 async def proxy_pool_body(request: Request[Any, Any, Any], path: FromPath[str] = "/") -> ASGIApp:
@@ -194,7 +194,7 @@ async def proxy_pool_body(request: Request[Any, Any, Any], path: FromPath[str] =
     status_code=200,
     summary=ONE,
     response_description=UPSTREAM,
-    responses=UPSTREAM_ERRORS,
+    responses=UPSTREAM_ANSWERS,
 )
 async def proxy_instance(
     request: Request[Any, Any, Any], instance_id: FromPath[UUID], path: FromPath[str] = "/"
@@ -208,7 +208,7 @@ async def proxy_instance(
     status_code=200,
     summary=ONE,
     response_description=UPSTREAM,
-    responses={**UPSTREAM_ERRORS, **errors(413)},
+    responses={**UPSTREAM_ANSWERS, **errors(413)},
     operation_class=PASSTHROUGH,
 )
 async def proxy_instance_body(
