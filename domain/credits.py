@@ -42,6 +42,7 @@ from domain.errors import (
     SpendingLimitExceededError,
 )
 from domain.guardrails import GuardrailPolicy, minute_of
+from domain.holds import Hold
 from domain.money import MAX_MICROS
 from domain.pan import refuse_pan
 
@@ -188,6 +189,8 @@ class CreditAccount(Aggregate):
         self.total_debited = 0
         self.cap = 0
         self.held = 0
+        # stored shape (snapshots): hold id -> {"amount", "captured", "expires_at"}; read it
+        # through ``hold`` / ``live_holds``
         self.holds: dict[str, dict[str, Any]] = {}
         self.buckets: list[list[int]] = []
         self.resets: dict[str, list[int]] = {}
@@ -219,14 +222,22 @@ class CreditAccount(Aggregate):
         last: datetime = self.last_at
         return now if now >= last else last
 
+    def hold(self, hold_id: str) -> Hold | None:
+        """The hold with this id, live or past expiry but not yet expired; None if none."""
+        state = self.holds.get(hold_id)
+        return None if state is None else Hold.from_state(hold_id, state)
+
+    def live_holds(self, now: datetime) -> list[Hold]:
+        """Holds that have not reached their expiry at ``now`` (business time)."""
+        now = self.business_time(now)
+        holds = (Hold.from_state(hold_id, state) for hold_id, state in self.holds.items())
+        return [hold for hold in holds if hold.live_at(now)]
+
     def held_at(self, now: datetime) -> int:
         """Outstanding holds that still count at ``now`` (those past expiry no longer do)."""
         if not self.holds:
             return 0
-        now = self.business_time(now)
-        return sum(
-            h["amount"] - h["captured"] for h in self.holds.values() if h["expires_at"] > now
-        )
+        return sum(hold.remaining for hold in self.live_holds(now))
 
     def available_at(self, now: datetime) -> int:
         """Available credit as of ``now``: holds past their expiry no longer count."""
@@ -434,12 +445,11 @@ class CreditAccount(Aggregate):
             return False
         self._expire_due(now)
         hold = self._active_hold(hold_id)
-        remaining = hold["amount"] - hold["captured"]
-        if amount > remaining:
+        if amount > hold.remaining:
             raise HoldConflictError(
                 "Capture exceeds what remains of the hold",
                 hold_id=hold_id,
-                remaining=remaining,
+                remaining=hold.remaining,
                 requested=amount,
             )
         self._hold_captured(
@@ -461,7 +471,7 @@ class CreditAccount(Aggregate):
         hold = self._active_hold(hold_id)
         self._hold_released(
             hold_id=hold_id,
-            amount=hold["amount"] - hold["captured"],
+            amount=hold.remaining,
             actor=_text(actor, "actor"),
             key=key,
             at=now,
@@ -591,8 +601,8 @@ class CreditAccount(Aggregate):
 
     # ------------------------------------------------------------------ helpers
 
-    def _active_hold(self, hold_id: str) -> dict[str, Any]:
-        hold = self.holds.get(hold_id)
+    def _active_hold(self, hold_id: str) -> Hold:
+        hold = self.hold(hold_id)
         if hold is None:
             raise HoldNotFoundError("No active hold with this id", hold_id=hold_id)
         return hold
@@ -600,8 +610,8 @@ class CreditAccount(Aggregate):
     def _expire_due(self, now: datetime) -> int:
         due = [hid for hid, h in self.holds.items() if h["expires_at"] <= now]
         for hold_id in due:
-            hold = self.holds[hold_id]
-            self._hold_expired(hold_id=hold_id, amount=hold["amount"] - hold["captured"], at=now)
+            remaining = Hold.from_state(hold_id, self.holds[hold_id]).remaining
+            self._hold_expired(hold_id=hold_id, amount=remaining, at=now)
         return len(due)
 
     def _maybe_auto_renew(self, now: datetime) -> None:

@@ -15,6 +15,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, event
 
 from domain.errors import DomainError
+from domain.holds import is_rental_hold, next_rental_hold_id
 
 MICROS_PER_HOUR = 3_600_000_000  # microseconds in an hour
 LIVE_STATES = frozenset({"requested", "provisioning", "running", "stopping"})
@@ -90,6 +91,15 @@ class GpuInstance(Aggregate):
     @property
     def is_live(self) -> bool:
         return self.state in LIVE_STATES
+
+    @property
+    def owns_hold(self) -> bool:
+        """True if the current hold is this rental's own (not a reservation's shared hold)."""
+        return is_rental_hold(self.id, self.hold_id)
+
+    def next_hold_id(self) -> str:
+        """The id of the hold a renewal places (``domain.holds.next_rental_hold_id``)."""
+        return next_rental_hold_id(self.id, self.hold_id)
 
     def due(self, until: datetime) -> int:
         """What running up to ``until`` costs in all (0 before it started)."""

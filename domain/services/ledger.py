@@ -535,9 +535,8 @@ class LedgerService:
             effective_limits=self.policy.effective_limits(account.limits),
             window_spend=account.window_spend(now),
             holds=tuple(
-                HoldView(hid, h["amount"], h["captured"], h["expires_at"])
-                for hid, h in account.holds.items()
-                if h["expires_at"] > now
+                HoldView(h.hold_id, h.amount, h.captured, h.expires_at)
+                for h in account.live_holds(now)
             ),
             spending=account.spending_report(now, self.policy),
         )

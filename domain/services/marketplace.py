@@ -22,8 +22,10 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate
 
+from domain import metering
 from domain.credits import CreditAccount
 from domain.errors import DomainError, InvalidArgumentError
+from domain.holds import rental_hold_id
 from domain.instances import GpuInstance
 from domain.marketplace import (
     GpuProvider,
@@ -210,7 +212,7 @@ class MarketplaceService:
             return existing
         offer = await self._offer(adapter.name, offer_id)
         price = self.price(offer.price_per_hour)
-        hold_id = shared_hold or f"gpu:{instance_id}:1"
+        hold_id = shared_hold or rental_hold_id(instance_id)
 
         def request(account: CreditAccount, now: datetime) -> GpuInstance:
             if shared_hold is None:
@@ -304,18 +306,17 @@ class MarketplaceService:
             self._capture_due(account, g, now)
             if g.state != "running":
                 return False
-            hold = account.holds.get(g.hold_id)
-            left = 0 if hold is None else hold["amount"] - hold["captured"]
-            if left * 3600 >= g.price_per_hour * self.config.renew_below_seconds:
+            hold = account.hold(g.hold_id)
+            if not metering.renewal_due(hold, g.price_per_hour, self.config.renew_below_seconds):
                 return False
             if self._renew_hold(account, g, now):
                 return False
-            if self.config.guardrails_action == "block":
+            if metering.blocks_spend(self.config.guardrails_action):
                 g.block_spend("credits or spending limit exhausted", now=now)
             return True
 
         must_stop: bool = self._transact(gpu.owner, instance_id, charge)
-        return must_stop and self.config.guardrails_action == "stop"
+        return must_stop and metering.stops_unfunded(self.config.guardrails_action)
 
     async def destroy(
         self, instance_id: UUID, *, actor: str, reason: str = "destroyed by the owner"
@@ -455,7 +456,7 @@ class MarketplaceService:
                 amount,
                 key=f"hold:{hold_id}",
                 now=now,
-                expires_at=now + timedelta(seconds=self.config.hold_seconds * 2),
+                expires_at=metering.hold_expiry(now, self.config.hold_seconds),
                 policy=self.ledger.policy,
                 reason="GPU reservation",
                 reference=str(reservation_id),
@@ -588,7 +589,7 @@ class MarketplaceService:
         def run(account: CreditAccount, now: datetime) -> tuple[None, Aggregate]:
             current = self.get_reservation(reservation_id)
             change(current, now)
-            if current.hold_id in account.holds:
+            if account.hold(current.hold_id) is not None:
                 account.release(
                     current.hold_id, key=f"release:{current.hold_id}", now=now, actor="reservation"
                 )
@@ -627,7 +628,7 @@ class MarketplaceService:
             self._hold_amount(price),
             key=f"hold:{hold_id}",
             now=now,
-            expires_at=now + timedelta(seconds=self.config.hold_seconds * 2),
+            expires_at=metering.hold_expiry(now, self.config.hold_seconds),
             policy=self.ledger.policy,
             reason="GPU rental",
             reference=str(instance_id),
@@ -635,16 +636,14 @@ class MarketplaceService:
         )
 
     def _hold_amount(self, price_per_hour: int) -> int:
-        return max(1, math.ceil(price_per_hour * self.config.hold_seconds / 3600))
+        return metering.hold_amount(price_per_hour, self.config.hold_seconds)
 
     def _capture_due(self, account: CreditAccount, gpu: GpuInstance, now: datetime) -> None:
         due = gpu.due(now)
-        delta = due - gpu.billed
-        if delta <= 0:
+        step = metering.split_due(due, gpu.billed, account.hold(gpu.hold_id), now)
+        if step is None:
             return
-        hold = account.holds.get(gpu.hold_id)
-        left = 0 if hold is None or hold["expires_at"] <= now else hold["amount"] - hold["captured"]
-        taken = min(delta, left)
+        taken = step.from_hold
         if taken:
             account.capture(
                 gpu.hold_id,
@@ -654,10 +653,10 @@ class MarketplaceService:
                 reason="GPU time",
                 actor="metering",
             )
-        if taken < delta:
+        if step.extra:
             try:
                 account.charge(
-                    delta - taken,
+                    step.extra,
                     key=f"meter-extra:{gpu.id}:{due}",
                     now=now,
                     policy=self.ledger.policy,
@@ -665,15 +664,13 @@ class MarketplaceService:
                     actor="metering",
                     reference=str(gpu.id),
                 )
-                taken = delta
+                taken = step.total
             except DomainError:
                 pass  # cannot be paid: billed stays behind; the instance is being stopped
         gpu.record_metering(gpu.billed + taken, now, gpu.hold_id)
 
     def _renew_hold(self, account: CreditAccount, gpu: GpuInstance, now: datetime) -> bool:
-        own = f"gpu:{gpu.id}:"
-        number = int(gpu.hold_id[len(own) :]) + 1 if gpu.hold_id.startswith(own) else 1
-        new_id = f"{own}{number}"
+        new_id = gpu.next_hold_id()
         try:
             self._place_own_hold(account, new_id, gpu.price_per_hour, gpu.id, "metering", now)
         except DomainError:
@@ -685,7 +682,7 @@ class MarketplaceService:
     @staticmethod
     def _release(account: CreditAccount, gpu: GpuInstance, now: datetime) -> None:
         """Free the rest of the instance's own hold (a reservation's shared hold stays)."""
-        if gpu.hold_id.startswith(f"gpu:{gpu.id}:") and gpu.hold_id in account.holds:
+        if gpu.owns_hold and account.hold(gpu.hold_id) is not None:
             account.release(gpu.hold_id, key=f"release:{gpu.hold_id}", now=now, actor="metering")
 
     def _close_failed(self, instance_id: UUID, reason: str) -> None:
