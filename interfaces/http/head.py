@@ -1,8 +1,9 @@
 """HEAD on every GET route (RFC 9110 §9.3.2): the GET is served, its body is not sent.
 
 Litestar answers HEAD only where a handler declares it, so this ASGI wrapper goes around the
-app's whole handler (fast lane included): a HEAD whose path has no HEAD handler of its own but
-has a GET one is run as that GET, with authentication, rate limits, metrics, compression and
+app's handler, under the fast lane (which answers HEAD on its credits route itself and passes
+HEAD to the proxy's upstream): a HEAD whose path has no HEAD handler of its own but has a GET
+one is run as that GET, with authentication, rate limits, metrics, compression and
 conditional requests applied as for the GET, so the status and every header (``Content-Length``,
 ``ETag``, ``Content-Encoding``…) are the GET's. Only the body is dropped. Routes that declare
 HEAD themselves (the proxy, which forwards it upstream) are left alone, as are paths no route
