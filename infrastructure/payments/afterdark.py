@@ -19,10 +19,8 @@ key travels only in the ``Authorization`` header, never in a ``repr``, an error 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import random
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -40,6 +38,7 @@ from domain.payment_ports import (
     PaymentUnavailableError,
     RefundResult,
 )
+from infrastructure.http_retry import Backoff, Retry, RetryPolicy, retry_after_seconds
 
 if TYPE_CHECKING:
     from typing import Literal
@@ -52,6 +51,7 @@ PROCESSOR: Final = "afterdark"
 DEFAULT_BASE_URL: Final = "https://billing.afterdarksys.com"
 USER_AGENT: Final = "aiserve-gpuproxy/0.1 (afterdark adapter)"
 BACKOFF_MAX_S: Final = 8.0
+RETRY_STATUSES: Final = frozenset({429, *range(500, 600)})
 CHARGE_STATUSES: Final = frozenset({"succeeded", "pending", "failed"})
 REFUND_STATUSES: Final = frozenset({"succeeded", "pending", "failed"})
 LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -187,7 +187,11 @@ class AfterDarkGateway:
             raise ValueError("retries must be >= 0")
         self._base_url = str(url)
         self._retries = retries
-        self._backoff_s = backoff_s
+        self._retry = RetryPolicy(
+            retries + 1,
+            Backoff(backoff_s, BACKOFF_MAX_S, retry_after_cap_s=BACKOFF_MAX_S),
+            retry_statuses=RETRY_STATUSES,
+        )
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
@@ -280,37 +284,42 @@ class AfterDarkGateway:
     ) -> httpx.Response:
         """One call with bounded retries; returns a 2xx answer or raises the mapped error."""
         headers = {"Idempotency-Key": key} if key is not None else {}
-        attempt = 0
-        while True:
-            attempt += 1
-            retry_after = 0.0
+
+        async def one_try(_: int) -> httpx.Response | Retry:
             try:
                 response = await self._client.request(
                     method, self._base_url + path, json=json, headers=headers
                 )
             except httpx.TransportError as exc:
-                reason, code, status = type(exc).__name__, "unavailable", 0
-            else:
-                status = response.status_code
-                if 200 <= status < 300:
-                    return response
-                if status != 429 and status < 500:
-                    raise _client_error(op, response)
-                code, message = _error_fields(response)
-                reason = f"HTTP {status} {message}"
-                header = response.headers.get("retry-after", "")
-                retry_after = float(header) if header.isdigit() else 0.0
-            if attempt > self._retries:
-                raise PaymentUnavailableError(
-                    PROCESSOR, f"{op}: {reason} after {attempt} attempts", code=code, status=status
-                )
-            delay = min(BACKOFF_MAX_S, self._backoff_s * 2.0 ** (attempt - 1))
-            delay *= 0.5 + 0.5 * random.random()  # noqa: S311 - jitter, not cryptography
-            delay = max(delay, min(retry_after, BACKOFF_MAX_S))
+                return _unavailable(op, type(exc).__name__, "unavailable", 0)
+            status = response.status_code
+            if 200 <= status < 300:
+                return response
+            if not self._retry.retries_status(status):
+                raise _client_error(op, response)
+            code, message = _error_fields(response)
+            retry_after = retry_after_seconds(response.headers.get("retry-after"))
+            return _unavailable(op, f"HTTP {status} {message}", code, status, retry_after)
+
+        def waiting(attempt: int, retry: Retry, _: float) -> None:
             log.warning(
-                "afterdark %s: %s; try %d of %d", op, reason, attempt + 1, self._retries + 1
+                "afterdark %s: %s; try %d of %d", op, retry.reason, attempt + 1, self._retries + 1
             )
-            await asyncio.sleep(delay)
+
+        return await self._retry.run(one_try, on_retry=waiting)
+
+
+def _unavailable(
+    op: str, reason: str, code: str, status: int, retry_after: float | None = None
+) -> Retry:
+    """A try that may be repeated; ``PaymentUnavailableError`` once none is left."""
+    return Retry(
+        reason,
+        lambda attempts: PaymentUnavailableError(
+            PROCESSOR, f"{op}: {reason} after {attempts} attempts", code=code, status=status
+        ),
+        retry_after=retry_after,
+    )
 
 
 def _client_error(op: str, response: httpx.Response) -> PaymentError:

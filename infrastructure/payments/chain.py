@@ -28,10 +28,8 @@ The RPC URL often embeds a provider key: it never appears in a ``repr``, an erro
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
-import random
 import re
 from typing import TYPE_CHECKING, Any, Final
 
@@ -43,6 +41,7 @@ from domain.payment_ports import (
     PaymentUnavailableError,
     TokenTransfer,
 )
+from infrastructure.http_retry import Backoff, Retry, RetryPolicy, retry_after_seconds
 
 if TYPE_CHECKING:
     from domain.payment_ports import ChainReader
@@ -232,7 +231,11 @@ class JsonRpcChainReader:
         self._url = url
         self._max_block_range = max_block_range
         self._retries = retries
-        self._backoff_s = backoff_s
+        self._retry = RetryPolicy(
+            retries + 1,
+            Backoff(backoff_s, BACKOFF_MAX_S, retry_after_cap_s=BACKOFF_MAX_S),
+            retry_statuses=RETRY_STATUSES,
+        )
         self._ids = itertools.count(1)
         self._client = httpx.AsyncClient(
             transport=transport,
@@ -305,37 +308,28 @@ class JsonRpcChainReader:
         """One JSON-RPC call with bounded retries; returns its ``result``."""
         request_id = next(self._ids)
         payload = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
-        attempt = 0
-        while True:
-            attempt += 1
-            reason, retry_after = await self._attempt(method, payload, request_id)
-            if isinstance(reason, _Result):
-                return reason.value
-            if attempt > self._retries:
-                raise PaymentUnavailableError(
-                    PROCESSOR,
-                    f"{method}: {reason.text} after {attempt} attempts",
-                    code=reason.code,
-                    status=reason.status,
-                )
-            delay = min(BACKOFF_MAX_S, self._backoff_s * 2.0 ** (attempt - 1))
-            delay *= 0.5 + 0.5 * random.random()  # noqa: S311 - jitter, not cryptography
-            delay = max(delay, min(retry_after, BACKOFF_MAX_S))
-            log.warning("%s: %s; try %d of %d", method, reason.text, attempt + 1, self._retries + 1)
-            await asyncio.sleep(delay)
 
-    async def _attempt(
-        self, method: str, payload: dict[str, Any], request_id: int
-    ) -> tuple[_Result | _Transient, float]:
-        """One try: the result, or why it may be tried again (and the server's Retry-After)."""
+        async def one_try(_: int) -> Any:
+            return await self._attempt(method, payload, request_id)
+
+        def waiting(attempt: int, retry: Retry, _: float) -> None:
+            log.warning(
+                "%s: %s; try %d of %d", method, retry.reason, attempt + 1, self._retries + 1
+            )
+
+        return await self._retry.run(one_try, on_retry=waiting)
+
+    async def _attempt(self, method: str, payload: dict[str, Any], request_id: int) -> Any:
+        """One try: the ``result``, or a ``Retry`` saying why it may be tried again."""
         try:
             response = await self._client.post(self._url, json=payload)
-        except httpx.TransportError as exc:
-            return _Transient(type(exc).__name__, "unavailable"), 0.0
+        except self._retry.retry_exceptions as exc:
+            return _transient(method, type(exc).__name__, "unavailable")
         status = response.status_code
-        if status in RETRY_STATUSES:
+        if self._retry.retries_status(status):
             code = "rate_limited" if status == 429 else "unavailable"
-            return _Transient(f"HTTP {status}", code, status), _retry_after(response)
+            retry_after = retry_after_seconds(response.headers.get("retry-after"))
+            return _transient(method, f"HTTP {status}", code, status, retry_after)
         if status in {401, 403}:
             raise PaymentAuthError(PROCESSOR, f"{method}: HTTP {status}", status=status)
         try:
@@ -350,7 +344,7 @@ class JsonRpcChainReader:
                 raise ChainError(f"{method}: malformed error object", status=status)
             rpc_code, message = int(error["code"]), str(error.get("message") or "")[:300]
             if _is_rate_limited(rpc_code, message):
-                return _Transient(f"rate limited ({rpc_code})", "rate_limited", status), 0.0
+                return _transient(method, f"rate limited ({rpc_code})", "rate_limited", status)
             raise ChainError(
                 f"{method}: {message} ({rpc_code})",
                 rpc_code=rpc_code,
@@ -359,28 +353,20 @@ class JsonRpcChainReader:
             )
         if status != 200 or body.get("id") != request_id or "result" not in body:
             raise ChainError(f"{method}: unexpected answer (HTTP {status})", status=status)
-        return _Result(body["result"]), 0.0
+        return body["result"]
 
 
-class _Result:
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-class _Transient:
-    __slots__ = ("code", "status", "text")
-
-    def __init__(self, text: str, code: str, status: int = 0) -> None:
-        self.text = text
-        self.code = code
-        self.status = status
-
-
-def _retry_after(response: httpx.Response) -> float:
-    value = response.headers.get("retry-after", "")
-    return float(value) if value.isdigit() else 0.0
+def _transient(
+    method: str, reason: str, code: str, status: int = 0, retry_after: float | None = None
+) -> Retry:
+    """A try that may be repeated; ``PaymentUnavailableError`` once none is left."""
+    return Retry(
+        reason,
+        lambda attempts: PaymentUnavailableError(
+            PROCESSOR, f"{method}: {reason} after {attempts} attempts", code=code, status=status
+        ),
+        retry_after=retry_after,
+    )
 
 
 if TYPE_CHECKING:

@@ -33,7 +33,6 @@ never retried.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import logging
 import math
@@ -62,6 +61,7 @@ from domain.marketplace import (
     ProviderUnavailableError,
     RentRequest,
 )
+from infrastructure.http_retry import Backoff, Retry, RetryPolicy, retry_after_seconds
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -196,22 +196,6 @@ def _epoch(value: object) -> float | None:
         return None
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    text = value.strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - datetime.now(tz=when.tzinfo).timestamp())
-
-
 def _detail_text(body: object, raw: str) -> str:
     """The message of an io.net error: ``{"detail": str}`` or a FastAPI 422 list, else the body."""
     detail = body.get("detail") if isinstance(body, dict) else None
@@ -283,11 +267,13 @@ class IoNetProvider:
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(transport=transport, timeout=timeout)
         self._timeout = timeout
-        self._max_attempts = max_attempts
-        self._backoff_base = backoff_base
-        self._backoff_max = backoff_max
-        self._max_retry_after = max_retry_after
         self._sleep = sleep
+        self._retry = RetryPolicy(
+            max_attempts,
+            Backoff(backoff_base, backoff_max, jitter=None, retry_after_cap_s=max_retry_after),
+            sleep=sleep,
+            retry_statuses=RETRY_STATUSES,
+        )
         self._duration_hours = duration_hours
         self._ssh_keys = dict(ssh_keys or {})
         self._vm_image_type = vm_image_type
@@ -537,7 +523,8 @@ class IoNetProvider:
 
         Returns the deploy answer's body, or the deployment found by label after a lost answer.
         """
-        for attempt in range(1, self._max_attempts + 1):
+
+        async def one_try(_: int) -> object:
             try:
                 return await self._call(
                     "POST", "/deploy", json_body=payload, op="rent", idempotent=False
@@ -547,12 +534,10 @@ class IoNetProvider:
                 found = await self._find_by_label(label)
                 if found is not None:
                     return found
-                if attempt == self._max_attempts:
-                    raise ProviderUnavailableError(
-                        PROVIDER_NAME, exc.message, status=exc.status
-                    ) from None
-                await self._sleep(self._delay(attempt, None))
-        raise AssertionError("unreachable")  # pragma: no cover
+                error = ProviderUnavailableError(PROVIDER_NAME, exc.message, status=exc.status)
+                return Retry(exc.message, lambda _: error)
+
+        return await self._retry.run(one_try)
 
     async def _find_by_label(self, label: str) -> ProviderInstance | None:
         rows = [r for r in await self._all_deployments() if r.get("name") == label]
@@ -618,12 +603,6 @@ class IoNetProvider:
 
     # ------------------------------------------------------------------ HTTP
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        backoff = min(self._backoff_max, self._backoff_base * float(2 ** (attempt - 1)))
-        if retry_after is not None:
-            return min(self._max_retry_after, max(backoff, retry_after))
-        return backoff
-
     async def _call(
         self,
         method: str,
@@ -638,9 +617,8 @@ class IoNetProvider:
         """One API call with bounded retries; the parsed JSON body (``None`` when empty)."""
         url = f"{self._origin}{VMAAS_PREFIX}{path}"
         headers = {"x-api-key": self._api_key, "accept": "application/json"}
-        last: ProviderError | None = None
-        for attempt in range(1, self._max_attempts + 1):
-            retry_after: float | None = None
+
+        async def one_try(_: int) -> object:
             try:
                 response = await self._client.request(
                     method,
@@ -652,37 +630,38 @@ class IoNetProvider:
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 # The request never reached the server: safe to send again.
-                last = ProviderUnavailableError(PROVIDER_NAME, f"{op}: {type(exc).__name__}")
+                error = ProviderUnavailableError(PROVIDER_NAME, f"{op}: {type(exc).__name__}")
+                return Retry(str(error), lambda _: error)
             except httpx.TransportError as exc:
                 message = f"{op}: {type(exc).__name__}"
                 if not idempotent:
                     raise _AmbiguousError(PROVIDER_NAME, message) from None
-                last = ProviderUnavailableError(PROVIDER_NAME, message)
-            else:
-                if response.status_code < 400:
-                    return _json(response)
-                error = _classify(response, op, not_found)
-                if response.status_code not in RETRY_STATUSES:
-                    raise error
-                if response.status_code != 429 and not idempotent:
-                    raise _AmbiguousError(
-                        PROVIDER_NAME, f"{op}: HTTP {error.status}", status=error.status
-                    )
-                retry_after = _retry_after(response.headers.get("retry-after"))
-                last = error
-            if attempt < self._max_attempts:
-                delay = self._delay(attempt, retry_after)
-                log.warning(
-                    "io.net %s %s: %s; retry %d/%d in %.2fs",
-                    method,
-                    path,
-                    last,
-                    attempt,
-                    self._max_attempts - 1,
-                    delay,
+                unavailable = ProviderUnavailableError(PROVIDER_NAME, message)
+                return Retry(str(unavailable), lambda _: unavailable)
+            if response.status_code < 400:
+                return _json(response)
+            failed = _classify(response, op, not_found)
+            if not self._retry.retries_status(response.status_code):
+                raise failed
+            if response.status_code != 429 and not idempotent:
+                raise _AmbiguousError(
+                    PROVIDER_NAME, f"{op}: HTTP {failed.status}", status=failed.status
                 )
-                await self._sleep(delay)
-        raise last or ProviderUnavailableError(PROVIDER_NAME, f"{op}: no attempt made")
+            retry_after = retry_after_seconds(response.headers.get("retry-after"))
+            return Retry(str(failed), lambda _: failed, retry_after=retry_after)
+
+        def waiting(attempt: int, retry: Retry, delay: float) -> None:
+            log.warning(
+                "io.net %s %s: %s; retry %d/%d in %.2fs",
+                method,
+                path,
+                retry.reason,
+                attempt,
+                self._retry.max_attempts - 1,
+                delay,
+            )
+
+        return await self._retry.run(one_try, on_retry=waiting)
 
 
 def _json(response: httpx.Response) -> object:

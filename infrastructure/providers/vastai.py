@@ -54,6 +54,7 @@ from domain.marketplace import (
     ProviderUnavailableError,
     RentRequest,
 )
+from infrastructure.http_retry import Backoff, Retry, RetryPolicy
 
 if TYPE_CHECKING:
     from domain.marketplace import GpuProvider
@@ -66,6 +67,7 @@ DEFAULT_TIMEOUT_S: Final = 30.0
 USER_AGENT: Final = "aiserve-gpuproxy/0.1 (vast.ai adapter)"
 
 RETRY_STATUSES: Final = frozenset({429, 502, 503, 504})
+RETRY_EXCEPTIONS: Final = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 # Answers after which the request may have been carried out all the same.
 MAYBE_PROCESSED_STATUSES: Final = frozenset({500, 502, 504})
 LIST_PAGE_SIZE: Final = 25
@@ -365,11 +367,13 @@ class VastAiProvider:
         self._api_key = api_key
         self._base_url = base_url.rstrip("/")
         self._timeout = timeout
-        self._max_attempts = max_attempts
-        self._backoff_base_s = backoff_base_s
-        self._backoff_max_s = backoff_max_s
-        self._sleep = sleep
-        self._jitter = jitter
+        self._retry = RetryPolicy(
+            max_attempts,
+            Backoff(backoff_base_s, backoff_max_s, jitter=jitter),
+            sleep=sleep,
+            retry_statuses=RETRY_STATUSES,
+            retry_exceptions=RETRY_EXCEPTIONS,
+        )
         self._search_storage_gb = search_storage_gb
         self._extra_filters = {k: dict(v) for k, v in (extra_filters or {}).items()}
         self._gpu_names = tuple(gpu_names)
@@ -731,10 +735,6 @@ class VastAiProvider:
             return InvalidProviderRequestError(PROVIDER_NAME, message, status=status)
         return ProviderError(PROVIDER_NAME, message, status=status)
 
-    def _backoff_s(self, attempt: int) -> float:
-        delay = min(self._backoff_max_s, self._backoff_base_s * 2.0 ** (attempt - 1))
-        return delay * (0.5 + 0.5 * self._jitter())
-
     async def _send(
         self,
         method: str,
@@ -752,9 +752,9 @@ class VastAiProvider:
         """
         trace = trace if trace is not None else _Trace()
         url = self._base_url + path
-        while True:
-            trace.attempts += 1
-            attempt = trace.attempts
+
+        async def one_try(attempt: int) -> httpx.Response | Retry:
+            trace.attempts = attempt
             try:
                 response = await self._client.request(
                     method,
@@ -764,40 +764,42 @@ class VastAiProvider:
                     headers=self._headers,
                     timeout=self._timeout,
                 )
-            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            except RETRY_EXCEPTIONS as exc:
                 if not isinstance(
                     exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
                 ):
                     trace.maybe_processed = True
                 reason = type(exc).__name__
-                if attempt >= self._max_attempts:
-                    raise ProviderUnavailableError(
-                        PROVIDER_NAME, f"{op}: {reason} after {attempt} attempts"
-                    ) from exc
-                await self._wait(op, method, path, reason, attempt)
-                continue
+                return Retry(
+                    reason,
+                    lambda n: ProviderUnavailableError(
+                        PROVIDER_NAME, f"{op}: {reason} after {n} attempts"
+                    ),
+                    cause=exc,
+                )
             log.debug("vast.ai %s %s -> %s", method, path, response.status_code)
             if response.status_code in MAYBE_PROCESSED_STATUSES:
                 trace.maybe_processed = True
-            if response.status_code not in RETRY_STATUSES:
+            if not self._retry.retries_status(response.status_code):
                 return response
-            if attempt >= self._max_attempts:
-                raise self._error(response, op, attempts=attempt)
-            await self._wait(op, method, path, f"HTTP {response.status_code}", attempt)
+            return Retry(
+                f"HTTP {response.status_code}",
+                lambda n: self._error(response, op, attempts=n),
+            )
 
-    async def _wait(self, op: str, method: str, path: str, reason: str, attempt: int) -> None:
-        delay = self._backoff_s(attempt)
-        log.warning(
-            "vast.ai %s (%s %s): %s; try %d of %d in %.2f s",
-            op,
-            method,
-            path,
-            reason,
-            attempt + 1,
-            self._max_attempts,
-            delay,
-        )
-        await self._sleep(delay)
+        def waiting(attempt: int, retry: Retry, delay: float) -> None:
+            log.warning(
+                "vast.ai %s (%s %s): %s; try %d of %d in %.2f s",
+                op,
+                method,
+                path,
+                retry.reason,
+                attempt + 1,
+                self._retry.max_attempts,
+                delay,
+            )
+
+        return await self._retry.run(one_try, on_retry=waiting, attempts_made=trace.attempts)
 
 
 if TYPE_CHECKING:
