@@ -82,7 +82,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 
 def test_grpclib_health_client_sees_every_served_service(served: Served) -> None:
-    async def go() -> tuple[list[int], Status]:
+    async def go() -> tuple[list[Any], Status]:
         async with Channel("127.0.0.1", served.port) as channel:
             health = HealthStub(channel)
             statuses = []
