@@ -24,7 +24,7 @@ from litestar.types import (
     Scope,
     Send,
 )
-from msgspec import UNSET, Meta, Struct, UnsetType
+from msgspec import UNSET, Meta, Struct
 
 from domain.balancing import STRATEGIES
 from infrastructure.auth import Principal
@@ -66,7 +66,7 @@ class ProxyBody(Struct, forbid_unknown_fields=True):
         Annotated[str, Meta(max_length=256, pattern=NO_NUL)],
         Annotated[str, Meta(max_length=8192, pattern=NO_NUL)],
     ] = {}
-    body: Any | UnsetType = UNSET
+    body: Any = UNSET  # absent: no body (null is a JSON body)
     path: Text | None = None
     model: Annotated[str, Meta(max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")] | None = None
     timeout: Annotated[float, Meta(gt=0, le=MAX_TIMELIMIT)] | None = None
