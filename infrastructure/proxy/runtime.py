@@ -279,6 +279,28 @@ class ProxyRuntime:
             await self.leases.spend(user_id)
         if caller is not None:
             self.sessions.count(user_id, caller, self.leases.price, "proxy_fees")
+        try:
+            return await self._send(
+                user_id, pool, fixed, method, headers, body, timeout, path, query
+            )
+        except BaseException:  # nothing was delivered (e.g. the strategy's read failed): no fee
+            if self.leases.refund(user_id) and caller is not None:
+                self.sessions.refund(user_id, caller, self.leases.price, "proxy_fees")
+            raise
+
+    async def _send(
+        self,
+        user_id: str,
+        pool: _Pool,
+        fixed: Target | None,
+        method: str,
+        headers: Headers,
+        body: Body,
+        timeout: float | None,
+        path: str,
+        query: str,
+    ) -> Upstream:
+        """The paid part of ``forward``: pick, send, retry; raises if nothing was delivered."""
         deadline = time.monotonic() + (self.default_timeout if timeout is None else timeout)
         may_retry = fixed is None and not isinstance(body, AsyncIterator)
         strategy = await self.strategy(user_id) if fixed is None else ""
@@ -298,9 +320,7 @@ class ProxyRuntime:
             if not (may_retry and self._can_retry(pool, tried)):
                 if isinstance(sent, UpstreamResponse):
                     return Upstream(sent, target.endpoint, lambda _ok: None)
-                if self.leases.refund(user_id) and caller is not None:  # nothing delivered
-                    self.sessions.refund(user_id, caller, self.leases.price, "proxy_fees")
-                raise sent
+                raise sent  # nothing delivered: ``forward`` gives the fee back
             if isinstance(sent, UpstreamResponse):
                 sent.release()
             retrying = True
