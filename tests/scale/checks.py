@@ -186,6 +186,9 @@ def check_metering(
                 "max_gap_s": round(max(gaps, default=0.0), 2),
                 "short_gaps": len(close) - len(handover),
                 "handover_gaps": len(handover),
+                "close_rounds_at": [b.isoformat() for b in close],
+                "metered_until": [m.until.isoformat() for m in metered],
+                "stopped_at": stop.at.isoformat(),
                 "billed": total,
                 "due": due,
             }
