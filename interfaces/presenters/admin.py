@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from msgspec import Struct
+from msgspec import Struct, structs
 
 from interfaces.presenters.auth import User
 from interfaces.presenters.credits import Credits
+from interfaces.presenters.instances import Instance
+from interfaces.presenters.payments import PaymentRow
 
 
 class UserList(Struct):
@@ -96,3 +98,57 @@ class LedgerRow(Struct):
 class LedgerPage(Struct):
     transactions: list[LedgerRow]
     next_before: int | None
+
+
+class OwnedInstance(Instance, kw_only=True):
+    """An instance with whose it is."""
+
+    owner: str
+    owner_email: str | None
+
+
+class InstanceList(Struct):
+    instances: list[OwnedInstance]
+    count: int
+
+
+class OwnedPayment(PaymentRow, kw_only=True):
+    """A payment with whose it is."""
+
+    owner: str
+    owner_email: str | None
+
+
+class AllPayments(Struct):
+    payments: list[OwnedPayment]
+    count: int
+
+
+class SecurityEvent(Struct):
+    at: str
+    actor: str
+    action: str
+    detail: str
+
+
+class LedgerChange(Struct):
+    """A ledger event an actor caused (grant, limits, reset, cap…)."""
+
+    version: int
+    event: str
+    at: str
+    actor: str
+    reason: str
+
+
+class Audit(Struct):
+    security: list[SecurityEvent]
+    ledger: list[LedgerChange]
+
+
+def owned_instance(shown: Instance, owner: str, email: str | None) -> OwnedInstance:
+    return OwnedInstance(**structs.asdict(shown), owner=owner, owner_email=email)
+
+
+def owned_payment(shown: PaymentRow, owner: str, email: str | None) -> OwnedPayment:
+    return OwnedPayment(**structs.asdict(shown), owner=owner, owner_email=email)

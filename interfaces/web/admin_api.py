@@ -28,20 +28,28 @@ from infrastructure.auth import Principal
 from infrastructure.payment_queries import COLUMNS as PAYMENT_COLUMNS
 from infrastructure.payment_queries import PaymentRow
 from interfaces.http.controllers.auth import user_json
-from interfaces.http.controllers.gpu import instance_json, reservation_json
+from interfaces.http.controllers.gpu import reservation_json
 from interfaces.http.openapi import ADMIN
 from interfaces.http.openapi import errors as problems
-from interfaces.http.payment_rows import payment_row_json
 from interfaces.http.security import container_of, provide_admin
 from interfaces.presenters.admin import (
+    AllPayments,
+    Audit,
     BalanceHistory,
     BalancePoint,
+    InstanceList,
     KeyRevoked,
     KeysRevoked,
+    LedgerChange,
     LedgerPage,
     LedgerRow,
+    SecurityEvent,
+    owned_instance,
+    owned_payment,
 )
 from interfaces.presenters.auth import ApiKeyList, present_key
+from interfaces.presenters.instances import present_instance
+from interfaces.presenters.payments import present_payment_row
 from interfaces.ws.state import account_json, spending_json
 
 Limit = Annotated[int, QueryParameter(ge=1, le=500, description="rows to return")]
@@ -272,11 +280,11 @@ def audit(
     principal: NamedDependency[Principal],
     user_id: FromPath[UUID],
     limit: Limit = 100,
-) -> dict[str, Any]:
+) -> Audit:
     c = container_of(request)
     user = c.users.by_id(str(user_id))
     security = [
-        {"at": at, "actor": actor, "action": action, "detail": detail}
+        SecurityEvent(at=at, actor=actor, action=action, detail=detail)
         for at, actor, action, detail in c.users.security_events(user.id)
     ]
     try:
@@ -284,17 +292,17 @@ def audit(
     except AccountNotFoundError:
         history = []
     ledger = [
-        {
-            "version": e.version,
-            "event": e.name,
-            "at": e.at.isoformat(),
-            "actor": str(e.data.get("actor", "")),
-            "reason": str(e.data.get("reason", "")),
-        }
+        LedgerChange(
+            version=e.version,
+            event=e.name,
+            at=e.at.isoformat(),
+            actor=str(e.data.get("actor", "")),
+            reason=str(e.data.get("reason", "")),
+        )
         for e in history
         if e.data.get("actor")
     ]
-    return {"security": security[-limit:], "ledger": ledger[-limit:]}
+    return Audit(security=security[-limit:], ledger=ledger[-limit:])
 
 
 @get(
@@ -308,7 +316,7 @@ def instances(
     principal: NamedDependency[Principal],
     in_state: State = None,
     limit: Limit = 100,
-) -> dict[str, Any]:
+) -> InstanceList:
     c = container_of(request)
     where, params = ("WHERE i.state = ?", [in_state]) if in_state else ("", [])
     with c.db.read() as tx:
@@ -325,8 +333,8 @@ def instances(
             gpu = c.marketplace.get(UUID(str(instance_id)))
         except InstanceNotFoundError:
             continue
-        out.append({**instance_json(gpu, now), "owner": owner, "owner_email": email})
-    return {"instances": out, "count": len(out)}
+        out.append(owned_instance(present_instance(gpu, now), str(owner), email))
+    return InstanceList(instances=out, count=len(out))
 
 
 @get(
@@ -453,7 +461,7 @@ def payments(
     principal: NamedDependency[Principal],
     in_state: State = None,
     limit: Limit = 100,
-) -> dict[str, Any]:
+) -> AllPayments:
     c = container_of(request)
     where, params = ("WHERE p.state = ?", [in_state]) if in_state else ("", [])
     columns = ", ".join(f"p.{name.strip()}" for name in PAYMENT_COLUMNS.split(","))
@@ -466,8 +474,8 @@ def payments(
     out = []
     for row in rows:
         payment = PaymentRow(*row[:-1])
-        out.append({**payment_row_json(payment), "owner": payment.owner, "owner_email": row[-1]})
-    return {"payments": out, "count": len(out)}
+        out.append(owned_payment(present_payment_row(payment), payment.owner, row[-1]))
+    return AllPayments(payments=out, count=len(out))
 
 
 @get(
