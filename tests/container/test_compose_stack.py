@@ -38,6 +38,7 @@ pytestmark = [pytest.mark.container, pytest.mark.slow]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 SERVICES = ("postgres", "pgbouncer", "redis", "gpuproxy-1", "gpuproxy-2", "nginx")
 PASSWORD = "container-test-pass"
+MARKETPLACE_ELECTED = "elected for advisory lock 7420011"  # election.MARKETPLACE_JOBS_LOCK_KEY
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
@@ -96,6 +97,14 @@ def test_register_rent_and_proxy_through_nginx(stack: tuple[Stack, str]) -> None
     assert migrate["ExitCode"] == 0, s.logs()
     user = s.exec("gpuproxy-1", "id", "-u").strip()
     assert user != "0", "the server runs as root"
+    # A sandbox instance lives in the replica that rented it, and only the replica elected for
+    # the marketplace jobs moves it to running (docs/operations.md): stop gpuproxy-1 so that
+    # gpuproxy-2 is both; nginx sends everything to it once gpuproxy-1 fails.
+    s.podman.run("podman", "stop", "-t", "10", s.name("gpuproxy-1"))
+    deadline = time.monotonic() + 90
+    while MARKETPLACE_ELECTED not in s.podman.run("podman", "logs", s.name("gpuproxy-2")).stderr:
+        assert time.monotonic() < deadline, "gpuproxy-2 never took over the marketplace jobs"
+        time.sleep(2)
 
     with httpx.Client(base_url=url, timeout=30) as http:
         ready = http.get("/ready")
