@@ -1133,7 +1133,7 @@ def test_every_error_is_problem_json(client: Client) -> None:
         response = client.request(method, path, **kwargs)
         assert response.status_code >= 400, (method, path, response.text)
         body = assert_problem(response, response.status_code)
-        assert body["error"] == body["detail"]
+        assert body["error"] in body["detail"]  # the specific words; the title is the phrase
         statuses.add(response.status_code)
     assert statuses >= {400, 401, 402, 403, 404, 405}
 

@@ -27,6 +27,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from domain.guardrails import WINDOW_NAMES, GuardrailPolicy
@@ -139,7 +140,20 @@ def _fuzz_operation(
             f"{case.as_curl_command(headers=headers)}\n{response.text[:500]}"
         )
 
-    return run
+    if mode is not GenerationMode.NEGATIVE:
+        return run
+
+    def run_negative() -> None:
+        # A public operation with no parameters and no body has no invalid input to make;
+        # any other operation must be fuzzed with invalid input.
+        try:
+            run()
+        except Unsatisfiable:
+            raw = op.definition.raw
+            if raw.get("parameters") or raw.get("requestBody") or raw.get("security") != []:
+                raise
+
+    return run_negative
 
 
 def test_openapi_fuzz_finds_no_server_error(target: tuple[Any, Target]) -> None:
