@@ -21,7 +21,7 @@ from domain.money import usd_to_micros
 
 MIN_JWT_SECRET_BYTES = 32
 TRUE = {"1", "true", "yes", "on", "y", "t"}
-FALSE = {"0", "false", "no", "off", "n", "f", ""}
+FALSE = {"0", "false", "no", "off", "n", "f"}
 
 
 class ConfigError(ValueError):
@@ -202,8 +202,8 @@ class Settings:
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
-    if raw is None:
-        return default
+    if raw is None or raw.strip() == "":
+        return default  # an empty value (``NAME=`` in an env file) is unset, as for numbers
     value = raw.strip().lower()
     if value in TRUE:
         return True

@@ -188,3 +188,10 @@ def test_public_url_must_be_a_plain_http_url(value: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings({"PUBLIC_URL": value}, env_file=None)
     assert "PUBLIC_URL" in str(info.value)
+
+
+def test_an_empty_boolean_is_its_default() -> None:
+    """``SANDBOX_PROVIDER_ENABLED=`` as .env.example ships it keeps the sandbox market on."""
+    settings = load_settings({"SANDBOX_PROVIDER_ENABLED": ""}, env_file=None)
+    assert settings.sandbox_enabled
+    assert not load_settings({"SANDBOX_PROVIDER_ENABLED": "false"}, env_file=None).sandbox_enabled
