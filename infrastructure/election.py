@@ -12,6 +12,7 @@ vanished notice (and PostgreSQL free its lock) within about half a minute.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,15 @@ class PgElection:
         self.key = key
         self._conn: Any = None
         self._held = False
+        # Jobs of one election ask from several threads at once: without this two of them
+        # could each open a connection, and the one dropped would keep the lock for good.
+        self._lock = threading.Lock()
 
     def leading(self) -> bool:
+        with self._lock:
+            return self._leading()
+
+    def _leading(self) -> bool:
         import psycopg
 
         try:
