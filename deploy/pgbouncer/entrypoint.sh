@@ -25,6 +25,9 @@ max_client_conn = ${PGBOUNCER_MAX_CLIENT_CONN:-1000}
 server_reset_query =
 ignore_startup_parameters = extra_float_digits,options
 server_connect_timeout = 5
+# after a failed server login (PostgreSQL restarting) refuse clients for 1 s, not 15
+# (docs/scale-results.md: a PostgreSQL restart costs 2-3 s instead of 15-25 s)
+server_login_retry = ${PGBOUNCER_SERVER_LOGIN_RETRY:-1}
 query_wait_timeout = 30
 logfile =
 pidfile =

@@ -233,14 +233,22 @@ class Load:
             await self.destroy(client, key, instance_id)
 
     async def destroy(self, client: httpx.AsyncClient, key: str, instance_id: str) -> None:
-        for _ in range(30):
-            rec, _response = await self.send(
+        """Destroy until it is done, waiting what a 429/503 says (the payer's own proxy load
+        can use up its per-minute limit), for at most 90 s."""
+        give_up = time.monotonic() + 90
+        while True:
+            rec, response = await self.send(
                 client, "destroy", "DELETE", f"/api/v1/gpu/instances/vast.ai/{instance_id}", key=key
             )
             if rec.status == 200:
                 self.state.destroyed.add(instance_id)
                 return
-            await asyncio.sleep(1.0)
+            if time.monotonic() >= give_up:
+                return
+            wait = 1.0
+            if response is not None and response.headers.get("retry-after", "").isdigit():
+                wait = min(float(response.headers["retry-after"]), 30.0)
+            await asyncio.sleep(max(wait, 0.5))
 
     async def rate_worker(self, client: httpx.AsyncClient) -> None:
         """Bursts of 24 at once, 6 through each door, every 4 s: above the limit."""
@@ -302,3 +310,7 @@ class Load:
             keys = dict(self.payers)
             for instance_id, user_id in first_rentals.items():
                 await self.destroy(client, keys[user_id], instance_id)
+            # and any rental whose destroy gave up during the run
+            for instance_id, user_id in list(self.state.rentals.items()):
+                if instance_id not in self.state.destroyed:
+                    await self.destroy(client, keys[user_id], instance_id)

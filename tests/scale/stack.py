@@ -109,7 +109,9 @@ def redis_daemon(root: Path) -> Daemon:
         raise FileNotFoundError("redis-server not found (apt-get install redis-server)")
     port = free_port()
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    argv += ["--appendonly", "no", "--dir", str(root)]
+    # As in production (compose.yaml, docs/operations.md): the append-only file keeps the
+    # rate-limit counters and revocation marks across a restart.
+    argv += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(root)]
     return Daemon("redis", argv, root / "redis.log", port=port)
 
 
@@ -144,8 +146,9 @@ def pgbouncer_daemon(root: Path, cluster: Cluster) -> Daemon:
         # PgBouncer's default 30 s: after a PostgreSQL restart dead ones fail one query each
         f"server_check_delay = {os.environ.get('SCALE_PGBOUNCER_CHECK_DELAY', '30')}\n"
         # after a failed server login (PostgreSQL shutting down) PgBouncer refuses clients
-        # for this many seconds; its default, 15, is most of a PostgreSQL restart's cost
-        f"server_login_retry = {os.environ.get('SCALE_PGBOUNCER_LOGIN_RETRY', '15')}\n"
+        # for this many seconds; its default, 15, is most of a PostgreSQL restart's cost, so
+        # the deployment (deploy/pgbouncer, docs/pgbouncer.md) and this test use 1
+        f"server_login_retry = {os.environ.get('SCALE_PGBOUNCER_LOGIN_RETRY', '1')}\n"
         "ignore_startup_parameters = extra_float_digits,options\n"
         f"admin_users = {cluster.user}\n"
         f"logfile = {folder / 'pgbouncer.log'}\n"
