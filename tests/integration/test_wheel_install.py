@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.http import stop_process, wait_healthy
 from tests.support.pg import Cluster, free_port
 
 pytestmark = [pytest.mark.wheel, pytest.mark.slow]
@@ -143,25 +143,12 @@ def _server(install: Install, extra: dict[str, str]) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(
-                    "server exited: " + Path(log.name).read_text(errors="replace")[-3000:]
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.2)
+        wait_healthy(
+            proc, url, timeout=90, output=lambda: Path(log.name).read_text(errors="replace")
+        )
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from infrastructure.settings import Settings
-from tests.support.http import ROOT, env_of
+from tests.support.http import ROOT, env_of, stop_process, wait_healthy
 from tests.support.pg import free_port
 
 
@@ -75,22 +75,10 @@ def _server(env: dict[str, str], log: Path) -> Iterator[tuple[subprocess.Popen[b
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.2)
+        wait_healthy(proc, url, timeout=90, output=log.read_text)
         yield proc, url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=60)
 
 
 @pytest.mark.slow
