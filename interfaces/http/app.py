@@ -11,7 +11,7 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.config import OpenAPIConfig
-from litestar.openapi.spec import Components, License, SecurityScheme
+from litestar.openapi.spec import Components, Contact, License, SecurityScheme
 
 from domain.errors import DomainError
 from infrastructure.proxy.runtime import ProxyRuntime
@@ -85,7 +85,9 @@ def create_app(
         title="GPU Proxy",
         version=VERSION,
         description=DESCRIPTION,
-        license=License(name="Proprietary"),
+        # pyproject's licence is "Proprietary": no SPDX id, so an SPDX LicenseRef- for it
+        license=License(name="Proprietary", identifier="LicenseRef-Proprietary"),
+        contact=Contact(name="aiserve", url=settings.base_url),  # as the agent card's provider
         tags=TAGS,
         path="/schema",
         render_plugins=docs_assets.render_plugins(),  # assets served by this app, no CDN

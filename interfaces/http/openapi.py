@@ -24,8 +24,10 @@ from litestar.enums import MediaType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import (
     OpenAPIMediaType,
+    OpenAPIResponse,
     OpenAPIType,
     Operation,
+    Reference,
     RequestBody,
     Schema,
     SecurityRequirement,
@@ -120,13 +122,19 @@ def json_body(description: str, schema: Schema | None = None) -> RequestBody:
 
 
 def operation(*, public: bool = False, body: RequestBody | None = None) -> type[Operation]:
-    """An ``Operation`` class that marks the route public and/or documents its body."""
+    """An ``Operation`` class that marks the route public and/or documents its body.
+
+    A public route that lists no 400 gets the card guard's (``card_guard.py``: it runs on
+    every route, probes included)."""
 
     @dataclass
     class DocumentedOperation(Operation):
         def __post_init__(self) -> None:
             if public:
                 self.security = []
+                responses = self.responses if self.responses is not None else {}
+                responses.setdefault("400", _card_guard_400())
+                self.responses = responses
             if body is not None and self.request_body is None:
                 self.request_body = body
 
@@ -134,6 +142,16 @@ def operation(*, public: bool = False, body: RequestBody | None = None) -> type[
 
 
 PUBLIC = operation(public=True)
+
+
+def _card_guard_400() -> OpenAPIResponse:
+    return OpenAPIResponse(
+        description=(
+            "A stored header (`User-Agent`, `Idempotency-Key`) looks like it holds a card "
+            "number; refused on every route, nothing changed"
+        ),
+        content={PROBLEM: OpenAPIMediaType(schema=Reference(ref="#/components/schemas/Problem"))},
+    )
 
 
 def _camel(words: list[str]) -> str:
