@@ -48,7 +48,16 @@ def _window(name: str) -> str:
         raise InvalidArgumentError(str(exc), field="window") from None
 
 
-@get("/users", sync_to_thread=True, summary="All users", responses=errors(401, 403, 429))
+@get(
+    "/users",
+    sync_to_thread=True,
+    summary="All users",
+    responses=errors(401, 403, 429),
+    description=(
+        "Every registered user (id, email, name, admin role, creation) for operators. Admin role "
+        "only (403 for other callers); changes nothing."
+    ),
+)
 def users(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> UserList:
     return UserList(users=[present_user(u) for u in container_of(request).users.all()])
 
@@ -58,6 +67,10 @@ def users(request: Request[Any, Any, Any], principal: NamedDependency[Principal]
     sync_to_thread=True,
     summary="One user with credits",
     responses=errors(*ADMIN, 404),
+    description=(
+        "One user by id, with their credit balance as GET /billing/credits shows it. Admin role "
+        "only; changes nothing. 404 for an unknown user."
+    ),
 )
 def user(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[UUID]
@@ -75,6 +88,12 @@ def user(
     sync_to_thread=True,
     summary="Grant credits (USD); Idempotency-Key makes retries one grant",
     responses=errors(*ADMIN, 404),
+    description=(
+        "Adds `amount` USD (greater than zero, at most six decimals) to the user's credits as an "
+        "admin grant, recorded on the ledger with the admin as actor and `reason`. With an "
+        "`Idempotency-Key` header a retry is the same grant (`applied: false`, nothing added "
+        "twice). Admin role only. 400 for a bad amount; 404 for an unknown user."
+    ),
 )
 def grant(
     request: Request[Any, Any, Any],
@@ -107,6 +126,12 @@ def grant(
     sync_to_thread=True,
     summary="Per-user guard-rail limits in USD (0 = off, null = service default)",
     responses=errors(*ADMIN, 404),
+    description=(
+        "Sets the user's own guard-rail limits: a map from window (`60min`, `1d`, …) to USD, where "
+        "0 turns the window off for this user and null returns it to the service default. Recorded "
+        "on the ledger with the admin and `reason`; answers every limit now in force. Admin role "
+        "only. 400 for an unknown window or a negative amount; 404 for an unknown user."
+    ),
 )
 def set_limits(
     request: Request[Any, Any, Any],
@@ -133,6 +158,12 @@ def set_limits(
     sync_to_thread=True,
     summary="Reset spending windows (one or all), with a recorded reason",
     responses=errors(*ADMIN, 404),
+    description=(
+        "Resets the user's spending totals in one guard-rail `window`, or in all of them when none "
+        "is named, so that refused spending may go on. The `reason` is required and recorded on the "
+        "ledger with the admin. Admin role only. 400 for an unknown window or a missing reason; 404 "
+        "for an unknown user."
+    ),
 )
 def reset(
     request: Request[Any, Any, Any],
@@ -152,6 +183,11 @@ def reset(
     sync_to_thread=True,
     summary="Set the overage cap (USD)",
     responses=errors(*ADMIN, 404),
+    description=(
+        "Sets the user's overage cap: how far below zero (USD) metered charges may take the balance "
+        "before they are refused. Recorded on the ledger with the admin and `reason`. Admin role "
+        "only. 400 for a bad amount; 404 for an unknown user."
+    ),
 )
 def set_cap(
     request: Request[Any, Any, Any],
@@ -171,6 +207,11 @@ def set_cap(
     sync_to_thread=True,
     summary="Grant or revoke the admin role",
     responses=errors(*ADMIN, 404),
+    description=(
+        "Grants (`is_admin: true`) or revokes (`false`) the admin role; the change is kept in the "
+        "user's security audit trail with the admin as actor and applies to their next request. "
+        "Admin role only. 404 for an unknown user."
+    ),
 )
 def set_role(
     request: Request[Any, Any, Any],
@@ -184,7 +225,16 @@ def set_role(
     return UserAnswer(user=present_user(changed))
 
 
-@get("/stats", sync_to_thread=True, summary="Ledger statistics", responses=errors(401, 403, 429))
+@get(
+    "/stats",
+    sync_to_thread=True,
+    summary="Ledger statistics",
+    responses=errors(401, 403, 429),
+    description=(
+        "Totals across the service: users, stored events, accounts, balance, held, granted and "
+        "charged sums, transactions, and each projection's lag. Admin role only; changes nothing."
+    ),
+)
 def stats(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> Stats:
     c = container_of(request)
     totals = c.queries.totals()

@@ -56,6 +56,13 @@ def limit_anonymous(request: Request[Any, Any, Any]) -> None:
     summary="Create an account",
     operation_class=PUBLIC,
     responses=errors(400, 409, 429),
+    description=(
+        "Creates an account from `email`, `password` (8 characters or more) and `name`, with an "
+        "empty credit account, and answers the new user; log in next to get a token. Anyone may "
+        "call it, without a credential; it is rate limited per client address, as each call hashes "
+        "a password (429). 400 names an invalid field; 409 when the email, or a look-alike spelling "
+        "of it, is already registered."
+    ),
 )
 def register(request: Request[Any, Any, Any], data: JSONBody[RegisterBody]) -> Registered:
     limit_anonymous(request)
@@ -72,6 +79,12 @@ def register(request: Request[Any, Any, Any], data: JSONBody[RegisterBody]) -> R
     summary="Log in: a JWT for a new session",
     operation_class=PUBLIC,
     responses=errors(400, 401, 429),
+    description=(
+        "Checks `email` and `password` and opens a login session: answers a JWT for `Authorization: "
+        "Bearer` and when it expires. The session (client address, user agent) is recorded and ends "
+        "at logout or expiry. Anyone may call it, without a credential; rate limited per client "
+        "address (429). 401 for a wrong email or password, the same answer for both."
+    ),
 )
 def login(request: Request[Any, Any, Any], data: JSONBody[LoginBody]) -> LoggedIn:
     limit_anonymous(request)
@@ -89,7 +102,12 @@ def login(request: Request[Any, Any, Any], data: JSONBody[LoginBody]) -> LoggedI
     sync_to_thread=True,
     summary="End this session",
     dependencies={"principal": Provide(provide_principal)},
-    responses=errors(401, 429),
+    responses=errors(*AUTHED),
+    description=(
+        "Ends the calling login session at once, on every replica: its token stops working, and so "
+        "do the API keys it created without re-entering the password. Needs the session's Bearer "
+        "token: an API key is not a session (400: revoke the key instead)."
+    ),
 )
 def logout(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> Message:
     container_of(request).auth.logout(principal)
@@ -101,13 +119,15 @@ def logout(request: Request[Any, Any, Any], principal: NamedDependency[Principal
     status_code=201,
     sync_to_thread=True,
     summary="Create an API key (shown once); needs a login session's token",
-    description=(
-        "Only a JWT from /auth/login may create keys (an API key gets 403). The key expires "
-        "with that session at the latest and is revoked at its logout, unless the body "
-        "re-enters the user's `password`: then any `expires_at`, or none, is kept."
-    ),
     dependencies={"principal": Provide(provide_principal)},
     responses=errors(*AUTHED, 403),
+    description=(
+        "Creates an API key named `name` for the caller and answers its secret, once (it is stored "
+        "hashed). Only a JWT from /auth/login may create keys (an API key gets 403). The key "
+        "expires with that session at the latest and is revoked at its logout, unless the body "
+        "re-enters the user's `password`: then any `expires_at`, or none, is kept. 400 names an "
+        "invalid field."
+    ),
 )
 def create_api_key(
     request: Request[Any, Any, Any],
@@ -130,6 +150,10 @@ def create_api_key(
     summary="List your API keys (never the keys themselves)",
     dependencies={"principal": Provide(provide_principal)},
     responses=errors(401, 429),
+    description=(
+        "The caller's API keys, revoked and expired ones included: id, name, creation, expiry and "
+        "revocation, never the secret. Own keys only; changes nothing."
+    ),
 )
 def list_api_keys(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
@@ -145,6 +169,11 @@ def list_api_keys(
     summary="Revoke one of your API keys",
     dependencies={"principal": Provide(provide_principal)},
     responses=errors(*AUTHED, 404),
+    description=(
+        "Revokes one of the caller's API keys by id: it stops authenticating at once, on every "
+        "replica, and the revocation is kept in the security audit trail. 404 when the key is not "
+        "the caller's or is already revoked."
+    ),
 )
 def revoke_api_key(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], key_id: FromPath[str]

@@ -87,12 +87,19 @@ def _status_for(payment: Payment, new: bool) -> int:
     "/billing/payment",
     status_code=201,
     summary="Pay for credits (Stripe, crypto or AfterDark)",
-    description="201 a new payment, 200 a replay (Idempotency-Key), 202 waiting for the "
-    "payer (3-D Secure, crypto transfer), 402 refused by the processor.",
     responses={
         **answers(CreatedPayment, 200, 202, description="A replay (200) or waiting (202)"),
         **errors(*AUTHED, 402, 409, 503),
     },
+    description=(
+        "Starts a payment of `amount` USD (whole cents, within the server's limits) through "
+        "`provider` (or the `X-Billing` header): stripe, crypto or afterdark, with the method in "
+        "`X-Preferred-Payment`. Credits are added when the processor confirms: at once for a card "
+        "that succeeds, later on its webhook or the chain transfer. 201 a new payment, 200 a replay "
+        "(same `Idempotency-Key`), 202 waiting for the payer (3-D Secure, crypto transfer), 402 "
+        "refused by the processor, 409 the same key is still being processed, 503 the processor is "
+        "not configured or does not answer."
+    ),
 )
 async def create_payment(
     request: Request[Any, Any, Any],
@@ -157,6 +164,11 @@ async def _own_payment(request: Request[Any, Any, Any], principal: Principal, pi
     "/billing/payments/{payment_id:uuid}",
     summary="One of your payments",
     responses=errors(*AUTHED, 404),
+    description=(
+        "One payment by id: amount, processor, state (initiated, succeeded, failed, refunded, …), "
+        "refunds and what the payer must do next while it waits. The payment's owner or an admin; "
+        "changes nothing. 404 for an unknown payment or one of another user."
+    ),
 )
 async def get_payment(
     request: Request[Any, Any, Any],
@@ -171,6 +183,10 @@ async def get_payment(
     sync_to_thread=True,
     summary="Your payments, every state, newest first",
     responses=errors(401, 429),
+    description=(
+        "The caller's latest 100 payments in every state, newest first. Own payments only; changes "
+        "nothing."
+    ),
 )
 def list_payments(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
@@ -184,6 +200,13 @@ def list_payments(
     sync_to_thread=True,
     summary="Buy credits when they run low",
     responses=errors(*AUTHED, 503),
+    description=(
+        "Turns auto-renew on or off for the caller: when available credits fall below `threshold`, "
+        "the server pays `amount` with the saved card token `payment_method` (`card:pm_…`) through "
+        "Stripe or AfterDark. The setting is recorded on the caller's ledger. 400 for crypto (no "
+        "saved card), a card number instead of a token, or an amount outside the payment limits; "
+        "503 when that processor is not configured."
+    ),
 )
 def auto_renew(
     request: Request[Any, Any, Any],
@@ -232,12 +255,17 @@ def auto_renew(
     "/billing/statements/{month:str}",
     sync_to_thread=True,
     summary="Monthly statement (YYYY-MM; YYYY-MM.csv or YYYY-MM.pdf for a file)",
-    description="`YYYY-MM` answers JSON; `YYYY-MM.csv` (text/csv) and `YYYY-MM.pdf` "
-    "(application/pdf) answer the same statement as an attachment.",
     responses={
         **answers(MonthlyStatement, 200, description="The statement (JSON, or CSV/PDF file)"),
         **errors(*AUTHED, 404),
     },
+    description=(
+        "The caller's statement for one UTC month: opening balance, payments, grants, charges per "
+        "instance, refunds and closing balance, with the month's opening and closing hashes. "
+        "`YYYY-MM` answers JSON; `YYYY-MM.csv` (text/csv) and `YYYY-MM.pdf` (application/pdf) "
+        "answer the same statement as an attachment. Reading an ended month records its hash chain "
+        "once, for `verify-statements`. Own account only. 400 for a malformed month or format."
+    ),
 )
 def monthly_statement(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], month: FromPath[str]
@@ -260,6 +288,14 @@ def monthly_statement(
         body=json_body("A Stripe event, exactly as Stripe sends it (the signature covers it)"),
     ),
     responses=errors(400, 404),
+    description=(
+        "Stripe calls this with its events: payment_intent.succeeded and payment_failed, "
+        "charge.refunded and charge.dispute.created are applied to the matching payment (credits "
+        "added, or taken back on a refund or dispute); other types and unknown payments answer 200 "
+        "with `ignored`. Public (no API key), but only a body signed with the configured webhook "
+        "secret (`Stripe-Signature`) is accepted: 400 otherwise, or when webhooks are not "
+        "configured on this server."
+    ),
 )
 async def stripe_webhook(request: Request[Any, Any, Any]) -> WebhookReceipt:
     c = container_of(request)
@@ -308,6 +344,12 @@ def _payment_for(c: Any, event: Any) -> UUID | None:
     status_code=200,
     summary="Refund a payment (all or part); credits are debited",
     responses=errors(*ADMIN, 404, 409, 503),
+    description=(
+        "Refunds a succeeded payment through its processor, all of it or `amount` USD, and debits "
+        "the same credits from the owner's account, recorded with the admin as actor. Admin role "
+        "only. 404 for an unknown payment; 409 when the payment cannot be refunded (not succeeded, "
+        "or more than remains); 503 when the processor does not answer."
+    ),
 )
 async def refund(
     request: Request[Any, Any, Any],

@@ -16,7 +16,18 @@ from interfaces.presenters.health import Health, Readiness
 READY_MAX_LAG = 10_000
 
 
-@get("/health", tags=["operations"], summary="Liveness", operation_class=PUBLIC)
+@get(
+    "/health",
+    tags=["operations"],
+    summary="Liveness",
+    operation_class=PUBLIC,
+    description=(
+        "Liveness: 200 with `status: ok`, the server's time and `pid` (the process that answered, "
+        "one of several with `WORKERS`) for as long as the process serves HTTP. It checks no "
+        "dependency: use /ready for that. Anyone may call it, without a credential; it changes "
+        "nothing."
+    ),
+)
 async def health() -> Health:
     """``pid``: the server process that answered (one of several with ``WORKERS``)."""
     return Health(status="ok", timestamp=datetime.now(UTC).isoformat(), pid=os.getpid())
@@ -29,6 +40,12 @@ async def health() -> Health:
     sync_to_thread=True,
     operation_class=PUBLIC,
     responses=answers(Readiness, 503, description="Not ready: the failing checks say why"),
+    description=(
+        "Readiness for load balancers and orchestrators: the database answers a query, Redis "
+        "answers PING (when configured) and no projection is more than 10000 events behind. 200 "
+        "when every check passes; 503 with the same body, naming the failing check, when one does "
+        "not. Anyone may call it, without a credential; it changes nothing."
+    ),
 )
 def ready(request: Request[Any, Any, Any]) -> Response[Readiness]:
     c = container_of(request)
@@ -66,6 +83,12 @@ def ready(request: Request[Any, Any, Any]) -> Response[Readiness]:
     sync_to_thread=True,
     operation_class=PUBLIC,
     media_type=CONTENT_TYPE_LATEST,
+    description=(
+        "Prometheus metrics in the text exposition format: HTTP requests and their duration per "
+        "route, gRPC calls, ledger commands and commit batches, projection lag, and the process's "
+        "own figures. Anyone who can reach the port may scrape it, so restrict it at the network "
+        "edge; reading it changes nothing."
+    ),
 )
 def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     collector = request.app.state.metrics

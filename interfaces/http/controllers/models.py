@@ -94,6 +94,15 @@ def _form(filename: str, fields: dict[str, str]) -> UploadForm:
     summary="Upload a model (ONNX, TorchScript or scikit-learn; served as ONNX)",
     operation_class=UPLOAD,
     responses=errors(*AUTHED, 402, 409, 413, 503),
+    description=(
+        "Uploads a model as multipart/form-data (field `model`): ONNX is served as is; TorchScript "
+        "(with `input_shape`) and scikit-learn models are converted to ONNX. The body is streamed "
+        "to disk and checked against the file-size limit and the caller's quotas as it arrives, so "
+        "an oversized upload stops early. The model belongs to the caller. 400 for a bad form, "
+        "format or model; 409 when the caller already has a model of that `name`; 413 over the "
+        "file-size or storage quota; 429 over the uploads-per-hour or per-day quota; 503 when the "
+        "model store fails."
+    ),
 )
 async def upload_model(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
@@ -152,6 +161,10 @@ async def upload_model(
     sync_to_thread=True,
     summary="Your models, and your upload quota",
     responses=errors(401, 429),
+    description=(
+        "The caller's models (id, name, format, status, signature, size) and their upload quota: "
+        "used and allowed storage and uploads. Own models only; changes nothing."
+    ),
 )
 def list_models(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
@@ -167,6 +180,11 @@ def list_models(
     sync_to_thread=True,
     summary="One of your models, with signature",
     responses=errors(*AUTHED, 404),
+    description=(
+        "One of the caller's models by id or name: format, status, the input and output signature "
+        "(names, types, shapes) and size. Changes nothing. 404 for an unknown model or one of "
+        "another user."
+    ),
 )
 def get_model(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], model_id: FromPath[str]
@@ -180,6 +198,10 @@ def get_model(
     sync_to_thread=True,
     summary="Delete a model",
     responses=errors(*AUTHED, 404),
+    description=(
+        "Deletes one of the caller's models, by id or name, from storage and from serving; its "
+        "quota is freed. 404 for an unknown model or one of another user."
+    ),
 )
 def delete_model(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], model_id: FromPath[str]
@@ -195,6 +217,14 @@ def delete_model(
     status_code=200,
     summary="Run a prediction",
     responses=errors(*AUTHED, 402, 404, 413, 503),
+    description=(
+        "Runs one of the caller's models on `input` (one row or a batch; an object keyed by input "
+        "name for a model with several inputs) and answers the outputs, latency and runtime "
+        "(`used_gpu` says whether a GPU ran it). Each prediction costs the per-request fee, taken "
+        "from a credit lease as proxy fees are. 400 when the input does not fit the model's "
+        "signature; 402 when credits or guard rails refuse the fee; 404 for an unknown model; 413 "
+        "over the body limit; 503 when the model store is unavailable."
+    ),
 )
 async def predict(
     request: Request[Any, Any, Any],

@@ -52,7 +52,17 @@ def credits_json(row: dict[str, int] | None) -> dict[str, Any]:
     return data
 
 
-@get("/billing/credits", summary="Your credit balance", responses=errors(*AUTHED))
+@get(
+    "/billing/credits",
+    summary="Your credit balance",
+    responses=errors(*AUTHED),
+    description=(
+        "The caller's credit balance as USD strings with six decimals: remaining, available "
+        "(remaining less held), held by open rentals and proxy leases, total granted and paid, "
+        "spent, overage and its cap, and the auto-renew setting. Any authenticated caller (API key "
+        "or Bearer token), for their own account only; it changes nothing."
+    ),
+)
 async def credits(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
 ) -> Credits:
@@ -65,6 +75,13 @@ async def credits(
     sync_to_thread=True,
     summary="Your money movements, newest first",
     responses=errors(*AUTHED),
+    description=(
+        "The caller's ledger movements (grants, payments, charges, holds and their captures, "
+        "refunds), newest first, `limit` per page (1-500, default 50). Pass an answer's "
+        "`next_before` as `before` for the next page; the first page also lists the caller's latest "
+        "payments in every state. Own account only; changes nothing. 400 names a bad `limit` or "
+        "`before`."
+    ),
 )
 def transactions(
     request: Request[Any, Any, Any],
@@ -78,7 +95,17 @@ def transactions(
     return present_transactions(rows, [present_payment_row(p) for p in payments], limit)
 
 
-@get("/usage", sync_to_thread=True, summary="Your daily usage", responses=errors(*AUTHED))
+@get(
+    "/usage",
+    sync_to_thread=True,
+    summary="Your daily usage",
+    responses=errors(*AUTHED),
+    description=(
+        "The caller's usage per UTC day: spent, granted and debited amounts and the number of "
+        "charged requests, from `since` to `until` (YYYY-MM-DD, both optional). Own account only; "
+        "changes nothing. 400 when a day is malformed or `since` is after `until`."
+    ),
+)
 def usage(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
@@ -100,6 +127,11 @@ def usage(
     sync_to_thread=True,
     summary="Spend per guard-rail window",
     responses=errors(*AUTHED),
+    description=(
+        "What the caller has spent in each guard-rail window (from minutes to a month) against the "
+        "limit in force for it, and which windows are exceeded; the `X-Guardrail-*` headers repeat "
+        "the totals. Own account only; changes nothing."
+    ),
 )
 def spending(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
@@ -115,6 +147,12 @@ def spending(
     sync_to_thread=True,
     summary="Would this cost be allowed now? 200 allowed, 402 with violations",
     responses=errors(*AUTHED, 402),
+    description=(
+        "Asks whether spending `estimated_cost` (USD, greater than zero) now would stay within "
+        "every guard-rail window: 200 with the window totals when it would, 402 naming the violated "
+        "windows when it would not. Nothing is held or recorded. Own account only. 400 for a "
+        "missing, zero, negative or over-precise amount."
+    ),
 )
 def check_spending(
     request: Request[Any, Any, Any],
