@@ -33,6 +33,7 @@ class MarketplaceJobs:
         poll_interval: float,
         metering_interval: float,
         reconcile_interval: float = 300.0,
+        reconcile_grace: float = 120.0,
         election: Election | None = None,
     ) -> None:
         self.market = market
@@ -41,6 +42,7 @@ class MarketplaceJobs:
         self.poll_interval = poll_interval
         self.metering_interval = metering_interval
         self.reconcile_interval = reconcile_interval
+        self.reconcile_grace = reconcile_grace  # seconds a new rental may be missing remotely
         self._last_metering = 0.0
         self._last_reconcile = time.monotonic()
 
@@ -76,7 +78,7 @@ class MarketplaceJobs:
         live = await asyncio.to_thread(
             self._ids, "requested", "provisioning", "running", "stopping"
         )
-        counts = await self.market.reconcile(live)
+        counts = await self.market.reconcile(live, grace=self.reconcile_grace)
         if any(counts.values()):
             log.warning("reconciler: %s", counts)
         return counts

@@ -202,14 +202,25 @@ def open_redis(settings: Settings) -> Any | None:
     )
 
 
-def open_providers(settings: Settings) -> dict[str, GpuProvider]:
-    """The enabled marketplaces: sandbox by default, vast.ai / io.net when keyed."""
+def open_providers(settings: Settings, db: Database | None = None) -> dict[str, GpuProvider]:
+    """The enabled marketplaces: sandbox by default, vast.ai / io.net when keyed.
+
+    On PostgreSQL the sandbox shares its instances with the other replicas through ``db``
+    (docs/adr/0028); on SQLite (one process) they stay in this process."""
     providers: dict[str, GpuProvider] = {}
     if settings.sandbox_enabled:
         from infrastructure.providers.sandbox import SandboxProvider
+        from infrastructure.providers.sandbox_registry import SandboxRegistry
 
         providers["sandbox"] = SandboxProvider(
-            provisioning_delay=settings.sandbox_provisioning_delay
+            provisioning_delay=settings.sandbox_provisioning_delay,
+            registry=(
+                SandboxRegistry(db, timeout=settings.sandbox_heartbeat_timeout)
+                if db is not None and db.dialect == "postgres"
+                else None
+            ),
+            bind_host=settings.sandbox_bind_host,
+            advertise_host=settings.sandbox_advertise_host,
         )
     if settings.vastai_api_key:
         from infrastructure.providers.vastai import VastAiProvider
@@ -358,7 +369,7 @@ def bootstrap(
         redis=redis,
         marketplace=MarketplaceService(
             ledger,
-            open_providers(settings),
+            open_providers(settings, db),
             clock=clock,
             config=MarketplaceConfig(
                 markup_ppm=settings.price_markup_ppm,

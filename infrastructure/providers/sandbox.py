@@ -38,6 +38,16 @@ passed since the rent, then ``running`` with host and port (``started_at`` is th
 provisioning ends (``"failed"``), or keep it provisioning forever (``"stuck"``).
 
 Offers have unlimited capacity: renting one does not take it off the catalog.
+
+Across replicas (docs/adr/0028): given a ``SandboxRegistry`` (PostgreSQL), the provider writes a
+row per instance it rents and a heartbeat thread (``sandbox-heartbeat``) keeps its rows fresh,
+publishes state changes and carries out destroys other replicas asked for. Every replica's
+provider then answers ``status``/``list_instances``/``destroy``/``endpoint`` for instances
+another process owns from their rows: ``terminated`` once destroyed (at once, even before the
+owner has stopped the server) or once the owner's heartbeat is older than the registry's
+timeout (the owner died). Instances bind ``bind_host`` and are advertised as
+``advertise_host`` (e.g. ``0.0.0.0`` and the replica's name in a compose stack). Without a
+registry (the embedded SQLite default) everything stays in this process, as before.
 """
 
 from __future__ import annotations
@@ -71,6 +81,7 @@ from domain.marketplace import (
     ProviderUnavailableError,
     RentRequest,
 )
+from infrastructure.providers.sandbox_registry import SandboxRegistry, SandboxRow
 
 PROVIDER_NAME = "sandbox"
 DEMO_MODEL = "demo"
@@ -81,6 +92,9 @@ MAX_DELAY_MS = 30_000
 MAX_STREAM_CHUNKS = 10_000
 
 SERVER_THREAD = "sandbox-servers"
+HEARTBEAT_THREAD = "sandbox-heartbeat"
+UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - names, not a bind
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 log = logging.getLogger(__name__)
 
 FailureMode = Literal["rent", "failed", "stuck"]
@@ -720,6 +734,9 @@ class SandboxProvider:
         seed: int | None = None,
         search_delay: float = 0.0,
         max_instances: int = 256,
+        registry: SandboxRegistry | None = None,
+        bind_host: str = SANDBOX_HOST,
+        advertise_host: str | None = None,
     ) -> None:
         """
         ``fail_rate``: probability (0..1) that a rent fails, drawn from ``random.Random(seed)``.
@@ -728,6 +745,9 @@ class SandboxProvider:
         a mapping, each with its own mode. ``failure_mode`` is the mode for ``fail_rate`` and
         for a plain collection ``fail_on``: ``"rent"`` raises ``OfferUnavailableError``,
         ``"failed"`` ends provisioning in ``failed``, ``"stuck"`` never leaves provisioning.
+        ``registry``: share instances with other replicas (module docstring); ``bind_host``:
+        the address instances listen on; ``advertise_host``: how others reach them (default
+        ``bind_host``; required when that is ``0.0.0.0``/``::``).
         """
         if provisioning_delay < 0:
             raise ValueError("provisioning_delay must be >= 0")
@@ -747,6 +767,14 @@ class SandboxProvider:
                 raise ValueError(f"fail_on modes must be among {FAILURE_MODES}")
         self.search_delay = search_delay
         self.max_instances = max_instances
+        self.registry = registry
+        self.bind_host = bind_host
+        self.advertise_host = advertise_host or bind_host
+        if self.advertise_host in UNSPECIFIED_HOSTS:
+            raise ValueError("advertise_host is required when instances bind every address")
+        self._published: dict[str, tuple[str, str]] = {}
+        self._heartbeat: threading.Thread | None = None
+        self._heartbeat_stop = threading.Event()
         self._clock = clock
         self._rng = random.Random(seed)  # noqa: S311 - failure injection, not cryptography
         self._lock = threading.Lock()
@@ -821,18 +849,123 @@ class SandboxProvider:
             log.info(
                 "sandbox instance %s serving on %s:%s",
                 instance.instance_id,
-                SANDBOX_HOST,
+                self.advertise_host,
                 instance.port,
             )
-        return self._view(instance)
+        view = self._view(instance)
+        if self.registry is not None:
+            await asyncio.to_thread(self._register, self.registry, instance, view)
+        return view
+
+    # Across replicas ------------------------------------------------------------------------
+
+    def _register(
+        self, registry: SandboxRegistry, instance: _Instance, view: ProviderInstance
+    ) -> None:
+        """Write the instance's row (blocking) and make sure the heartbeat runs."""
+        try:
+            registry.add(
+                instance_id=instance.instance_id,
+                label=instance.request.label,
+                offer_id=instance.offer.offer_id,
+                price_per_hour=instance.offer.price_per_hour,
+                host=self.advertise_host,
+                port=instance.port or 0,
+                state=view.status,
+                raw_state=view.raw_status,
+                started_at=view.started_at,
+            )
+        except Exception as exc:
+            self._terminate_local(instance, wait=10.0)
+            raise ProviderUnavailableError(
+                PROVIDER_NAME, f"could not register sandbox instance: {exc}"
+            ) from exc
+        with self._lock:
+            self._published[instance.instance_id] = (view.status, view.raw_status)
+            if self._heartbeat is None or not self._heartbeat.is_alive():
+                self._heartbeat_stop.clear()
+                self._heartbeat = threading.Thread(
+                    target=self._beat_forever, name=HEARTBEAT_THREAD, daemon=True
+                )
+                self._heartbeat.start()
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """How often the owner beats: a fifth of the timeout, so one late beat is no death."""
+        return 1.0 if self.registry is None else min(5.0, self.registry.timeout / 5)
+
+    def _beat_forever(self) -> None:
+        while not self._heartbeat_stop.wait(self.heartbeat_interval):
+            try:
+                self.beat()
+            except Exception:
+                log.warning("sandbox heartbeat failed", exc_info=True)
+
+    def beat(self) -> None:
+        """One heartbeat (blocking): refresh the rows, carry out destroys asked for elsewhere,
+        publish state changes (provisioning -> running, failed)."""
+        if self.registry is None:
+            return
+        for instance_id in self.registry.beat():
+            instance = self._instances.get(instance_id)
+            if instance is not None:
+                log.info("sandbox instance %s destroyed at another replica's request", instance_id)
+                self._terminate_local(instance, wait=10.0)
+            self.registry.mark_terminated(instance_id)
+        with self._lock:
+            live = [i for i in self._instances.values() if not i.terminated]
+        for instance in live:
+            view = self._view(instance)
+            if self._published.get(instance.instance_id) != (view.status, view.raw_status):
+                self.registry.publish(
+                    instance.instance_id, view.status, view.raw_status, view.started_at
+                )
+                self._published[instance.instance_id] = (view.status, view.raw_status)
+
+    def _terminate_local(self, instance: _Instance, *, wait: float) -> None:
+        """Mark one of our instances terminated and stop its server (blocking up to ``wait``)."""
+        with self._lock:
+            instance.terminated = True
+            if instance.stop_future is None and instance.server is not None:
+                instance.stop_future = self._servers.submit(_stop_server(instance))
+            stop_future = instance.stop_future
+        if stop_future is not None:
+            with contextlib.suppress(Exception):
+                stop_future.result(timeout=wait)
+
+    def _row_view(self, row: SandboxRow) -> ProviderInstance:
+        """Another process's instance, as its row says."""
+        status, raw = row.state, row.raw_state
+        if row.terminated or row.destroy_requested:
+            status, raw = "terminated", "destroyed"
+        elif row.stale:
+            status, raw = "terminated", "gone: its owner process stopped answering"
+        running = status == "running"
+        return ProviderInstance(
+            provider=PROVIDER_NAME,
+            instance_id=row.instance_id,
+            status=status,
+            raw_status=raw,
+            label=row.label,
+            host=row.host if running else None,
+            port=row.port if running else None,
+            price_per_hour=row.price_per_hour,
+            started_at=row.started_at if running else None,
+        )
+
+    def _foreign(self, instance_id: str) -> SandboxRow | None:
+        if self.registry is None or instance_id in self._instances:
+            return None
+        return self.registry.get(instance_id)
 
     def _prepare_server(self, instance: _Instance) -> None:
         """Bind the socket (the OS picks the port) and build the uvicorn server for it."""
         # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on accepted sockets of a
         # TCP-protocol listener; without it every answer waits ~40 ms for a delayed ACK.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        family = socket.AF_INET6 if ":" in self.bind_host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
-            sock.bind((SANDBOX_HOST, 0))
+            sock.bind((self.bind_host, 0))
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
@@ -844,7 +977,7 @@ class SandboxProvider:
         )
         config = uvicorn.Config(
             app,
-            host=SANDBOX_HOST,
+            host=self.bind_host,
             port=instance.port,
             lifespan="off",
             log_config=None,
@@ -885,7 +1018,7 @@ class SandboxProvider:
             status, raw = "failed", "exited"
         else:
             status, raw = "running", "running"
-            host, port, started_at = SANDBOX_HOST, instance.port, ready_at
+            host, port, started_at = self.advertise_host, instance.port, ready_at
         return ProviderInstance(
             provider=PROVIDER_NAME,
             instance_id=instance.instance_id,
@@ -901,25 +1034,42 @@ class SandboxProvider:
     async def status(self, instance_id: str) -> ProviderInstance:
         instance = self._instances.get(instance_id)
         if instance is None:
-            raise InstanceNotFoundError(
-                PROVIDER_NAME, f"no such instance {instance_id!r}", status=404
-            )
+            row = await asyncio.to_thread(self._foreign, instance_id)
+            if row is None:
+                raise InstanceNotFoundError(
+                    PROVIDER_NAME, f"no such instance {instance_id!r}", status=404
+                )
+            return self._row_view(row)
+        if self.registry is not None and not instance.terminated:
+            row = await asyncio.to_thread(self.registry.get, instance_id)
+            if row is not None and row.destroy_requested:  # asked elsewhere: do it now
+                await self.destroy(instance_id)
         return self._view(instance)
 
     async def list_instances(self) -> list[ProviderInstance]:
         with self._lock:
             live = [i for i in self._instances.values() if not i.terminated]
-        return [self._view(i) for i in live]
+        views = [self._view(i) for i in live]
+        if self.registry is not None:
+            rows = await asyncio.to_thread(self.registry.live)
+            views += [self._row_view(r) for r in rows if r.instance_id not in self._instances]
+        return views
 
     async def destroy(self, instance_id: str) -> None:
+        stop_future: concurrent.futures.Future[None] | None = None
         with self._lock:
             instance = self._instances.get(instance_id)
-            if instance is None:
-                return  # idempotent: unknown or long gone
-            instance.terminated = True
-            if instance.stop_future is None and instance.server is not None:
-                instance.stop_future = self._servers.submit(_stop_server(instance))
-            stop_future = instance.stop_future
+            if instance is not None:
+                instance.terminated = True
+                if instance.stop_future is None and instance.server is not None:
+                    instance.stop_future = self._servers.submit(_stop_server(instance))
+                stop_future = instance.stop_future
+        if instance is None:
+            if self.registry is not None:  # another replica's: its owner stops it
+                await asyncio.to_thread(self.registry.request_destroy, instance_id)
+            return  # idempotent: unknown or long gone
+        if self.registry is not None:
+            await asyncio.to_thread(self.registry.mark_terminated, instance_id)
         if stop_future is not None:
             await asyncio.wrap_future(stop_future)
 
@@ -927,13 +1077,24 @@ class SandboxProvider:
         """Destroy every instance and stop the server thread (the provider can be reused)."""
         ids = list(self._instances)
         await asyncio.gather(*(self.destroy(i) for i in ids))
+        self._heartbeat_stop.set()
+        heartbeat, self._heartbeat = self._heartbeat, None
+        if heartbeat is not None:
+            await asyncio.to_thread(heartbeat.join, 10)
         self._servers.stop()
 
     # Test helpers ---------------------------------------------------------------------------
 
     def endpoint(self, instance_id: str) -> tuple[str, int] | None:
-        """Where the instance listens, even while provisioning (``None`` if it has no server)."""
+        """Where the instance listens, even while provisioning (``None`` if it has no server).
+
+        Another replica's instance (with a registry) is read from its row (blocking)."""
         instance = self._instances.get(instance_id)
-        if instance is None or instance.port is None or instance.terminated:
+        if instance is None:
+            row = self._foreign(instance_id)
+            if row is None or row.gone or not row.port:
+                return None
+            return row.host, row.port
+        if instance.port is None or instance.terminated:
             return None
-        return SANDBOX_HOST, instance.port
+        return self.advertise_host, instance.port

@@ -25,11 +25,14 @@ destination is checked here first (no server-side request forgery):
   (fec0::/10), reserved, documentation/benchmark ranges or otherwise not globally routable,
   unless the guard has ``allow_private=True`` (instances on a private network we trust) or the
   endpoint's provider is ``"sandbox"`` and the address is loopback (sandbox instances are
-  local servers). Some addresses are **never** allowed, whatever the settings: unspecified
-  (``0.0.0.0``, ``::``), multicast, broadcast, link-local (169.254/16 and fe80::/10, where
-  cloud metadata lives: 169.254.169.254 and friends) and the other well-known metadata
-  addresses (``fd00:ec2::254``, ``100.100.100.200``, ``192.0.0.192``). IPv6 addresses that embed
-  an IPv4 address (6to4, NAT64, Teredo) are judged by the embedded address too.
+  local servers) or, with ``sandbox_private=True`` (the sandbox is advertised off loopback:
+  replicas reach each other's instances on the stack's private network, docs/adr/0028), a
+  private (RFC 1918) or unique-local address; never for another provider. Some addresses
+  are **never** allowed, whatever the settings: unspecified (``0.0.0.0``, ``::``), multicast,
+  broadcast, link-local (169.254/16 and fe80::/10, where cloud metadata lives:
+  169.254.169.254 and friends) and the other well-known metadata addresses
+  (``fd00:ec2::254``, ``100.100.100.200``, ``192.0.0.192``). IPv6 addresses that embed an IPv4
+  address (6to4, NAT64, Teredo) are judged by the embedded address too.
 
 ``endpoint_url`` builds the URL for the raw route (``/api/v1/gpu/proxy/{instance_id}/{path}``):
 the path is always appended under the endpoint's own host; dot segments (also percent-encoded,
@@ -172,7 +175,21 @@ def _private_kind(address: IPAddress) -> str | None:
     )
 
 
-def address_refusal(address: IPAddress, endpoint: Endpoint, *, allow_private: bool) -> str | None:
+_RFC1918 = tuple(
+    ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+)
+
+
+def _site_network(address: IPAddress) -> bool:
+    """RFC 1918 or IPv6 unique-local: where a stack's replicas reach each other."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return any(address in net for net in _RFC1918)
+    return address in _ULA
+
+
+def address_refusal(
+    address: IPAddress, endpoint: Endpoint, *, allow_private: bool, sandbox_private: bool = False
+) -> str | None:
     """Why the proxy may not connect to ``address`` for ``endpoint``, or None when it may."""
     kind = _never_kind(address)
     if kind is not None:
@@ -180,7 +197,9 @@ def address_refusal(address: IPAddress, endpoint: Endpoint, *, allow_private: bo
     kind = _private_kind(address)
     if kind is None or allow_private:
         return None
-    if kind == "loopback" and endpoint.provider == SANDBOX_PROVIDER:
+    if endpoint.provider == SANDBOX_PROVIDER and (
+        kind == "loopback" or (sandbox_private and _site_network(address))
+    ):
         return None
     return f"{kind} address {address} is not allowed"
 
@@ -318,6 +337,7 @@ def endpoint_url(
     *,
     encoded: bool = False,
     allow_private: bool = False,
+    sandbox_private: bool = False,
 ) -> str:
     """The URL of ``path`` (and the raw ``query`` string) on ``endpoint``, for the raw route.
 
@@ -331,7 +351,9 @@ def endpoint_url(
     if not 0 < endpoint.port < 65536:
         raise TargetRefusedError(f"invalid port {endpoint.port}")
     if not isinstance(host, str):
-        reason = address_refusal(host, endpoint, allow_private=allow_private)
+        reason = address_refusal(
+            host, endpoint, allow_private=allow_private, sandbox_private=sandbox_private
+        )
         if reason is not None:
             raise TargetRefusedError(reason)
     netloc = _netloc(host, endpoint.port, scheme)
@@ -362,10 +384,12 @@ class TargetGuard:
         self,
         *,
         allow_private: bool = False,
+        sandbox_private: bool = False,
         resolver: Resolver | None = None,
         resolve_timeout: float = 5.0,
     ) -> None:
         self.allow_private = allow_private
+        self.sandbox_private = sandbox_private
         self._resolver: Resolver = resolver or system_resolver
         self._resolve_timeout = resolve_timeout
 
@@ -422,7 +446,12 @@ class TargetGuard:
         if matched is None:
             raise TargetRefusedError(NOT_YOURS)
         for address in addresses:
-            reason = address_refusal(address, matched, allow_private=self.allow_private)
+            reason = address_refusal(
+                address,
+                matched,
+                allow_private=self.allow_private,
+                sandbox_private=self.sandbox_private,
+            )
             if reason is not None:
                 raise TargetRefusedError(reason)
         pinned = addresses[0]
@@ -445,6 +474,12 @@ class TargetGuard:
     ) -> Target:
         """``endpoint_url`` + ``check``: the raw route's target, resolved, checked and pinned."""
         url = endpoint_url(
-            endpoint, path, query, scheme, encoded=encoded, allow_private=self.allow_private
+            endpoint,
+            path,
+            query,
+            scheme,
+            encoded=encoded,
+            allow_private=self.allow_private,
+            sandbox_private=self.sandbox_private,
         )
         return await self.check(url, [endpoint])
