@@ -6,6 +6,9 @@ this job an idle account keeps a dead hold in its state and in the read models. 
 a live hold past its expiry (it only says *where to look*) and has each account's aggregate
 expire what is due (``LedgerService.expire_due``): the aggregate decides. An expired hold
 therefore leaves the balances within one sweep (plus projection lag).
+
+With Redis, each sweep first settles the proxy credit leases of dead processes
+(``LeaseRecovery``: their tallied fees are captured before the holds can expire).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from domain.errors import DomainError
 from domain.ports import Clock
 from domain.services.ledger import LedgerService
 from infrastructure.election import Election
+from infrastructure.proxy.lease_recovery import LeaseRecovery
 from infrastructure.sql import Database
 from projections.base import to_micros
 
@@ -41,6 +45,7 @@ class HoldSweep:
         clock: Clock,
         page: int = 500,
         workers: int = 8,
+        leases: LeaseRecovery | None = None,
     ) -> None:
         self.ledger = ledger
         self.db = db
@@ -49,6 +54,7 @@ class HoldSweep:
         self.clock = clock
         self.page = page
         self.workers = workers
+        self.leases = leases
 
     def due_accounts(self, after: str = "") -> list[str]:
         """Up to ``page`` accounts (after ``after``) that the read model says have due holds."""
@@ -60,6 +66,11 @@ class HoldSweep:
         """One sweep if this process leads; returns how many holds were expired."""
         if not self.election.leading():
             return 0
+        if self.leases is not None:
+            try:
+                self.leases.recover_once()
+            except Exception:  # Redis unreachable: the holds stay until the next round
+                log.exception("recovering proxy leases failed")
         expired, after = 0, ""
         with ThreadPoolExecutor(self.workers, thread_name_prefix="hold-sweep") as pool:
             while accounts := self.due_accounts(after):

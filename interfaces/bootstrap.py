@@ -117,12 +117,19 @@ class Container:
     def hold_sweep(self) -> HoldSweep:
         """The job expiring due holds; on PostgreSQL one elected process sweeps."""
         s = self.settings
+        leases = None
+        if self.redis is not None:  # the proxy's fee tally: recover dead processes' leases
+            from infrastructure.proxy.fee_tally import RedisFeeTally
+            from infrastructure.proxy.lease_recovery import LeaseRecovery
+
+            leases = LeaseRecovery(self.ledger, RedisFeeTally(self.redis), clock=self.ledger.clock)
         return HoldSweep(
             self.ledger,
             self.db,
             self.election(HOLD_SWEEP_LOCK_KEY),
             interval=s.hold_sweep_interval,
             clock=self.ledger.clock,
+            leases=leases,
         )
 
     def payment_jobs(self) -> PaymentJobs:

@@ -3,9 +3,12 @@
 Each serving process holds one credit hold (a *lease*) per active user and spends from it in
 memory; spend is captured in batches. A process only spends what its own hold reserved, and
 the ``CreditAccount`` aggregate places a hold only if available credit and the guard rails
-allow it, so no number of processes can spend more than the ledger granted. A crash loses at
-most that process's unsettled spend (an under-charge); its holds expire by themselves.
-See docs/adr/0009-proxy-credit-leases.md.
+allow it, so no number of processes can spend more than the ledger granted.
+
+With a ``FeeTally`` (Redis; production) every fee is also added to a tally per lease outside
+the process, and another process captures what a dead owner spent (docs/adr/0029). Without
+one (embedded SQLite, one process) a crash loses at most that process's unsettled spend (an
+under-charge); its holds expire by themselves. See docs/adr/0009-proxy-credit-leases.md.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import itertools
 import logging
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,11 +29,13 @@ from typing import ParamSpec, TypeVar
 from domain.errors import (
     DomainError,
     HoldNotFoundError,
+    IdempotencyConflictError,
     InsufficientCreditsError,
     InvalidArgumentError,
     SpendingLimitExceededError,
 )
 from domain.ports import Clock, system_clock
+from domain.services.fee_tally import FeeTally, LeaseEntry, capture_key, release_key
 from domain.services.ledger import LedgerService
 
 log = logging.getLogger(__name__)
@@ -40,6 +45,7 @@ T = TypeVar("T")
 Refusal = InsufficientCreditsError | SpendingLimitExceededError
 
 PLACE_ATTEMPTS = 3  # the full lease, then up to two smaller ones sized from the refusals
+BEAT_EVERY = 2.0  # seconds between "this process is alive" marks in the tally
 
 
 @dataclass(frozen=True)
@@ -65,10 +71,11 @@ class _Lease:
     usable_until: datetime  # no spend after this: leaves time to settle before expiry
     last_spend: datetime
     spent: int = 0
-    settled: int = 0
-    seq: int = 0  # captures sent so far; part of each capture's idempotency key
+    settled: int = 0  # captured so far: the position the next capture's key names
     pending: tuple[str, int] | None = None  # (key, amount) of a capture not known to be applied
     released: bool = False
+    registered: bool = False  # known to the tally's recovery (always True without a tally)
+    write: asyncio.Future[bool] | None = None  # the tally write of the latest spend
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one ledger call at a time
 
 
@@ -91,6 +98,7 @@ class ProxyLeases:
         settle_every: float = 5.0,
         refusal_ttl: timedelta = timedelta(seconds=1),
         executor: Executor | None = None,
+        tally: FeeTally | None = None,
     ) -> None:
         if isinstance(price, bool) or not isinstance(price, int) or price < 0:
             raise InvalidArgumentError("price must be a non-negative integer", field="price")
@@ -115,6 +123,7 @@ class ProxyLeases:
         self.margin = max(ttl / 10, timedelta(seconds=5))
         self.idle_after = timedelta(seconds=2 * settle_every)
         self._executor = executor
+        self.tally = tally
         self._numbers = itertools.count(1)
         self._leases: dict[str, _Lease] = {}
         self._retiring: list[tuple[str, _Lease]] = []  # to capture the rest of and release
@@ -137,7 +146,19 @@ class ProxyLeases:
             return False
         lease.spent += self.price
         lease.last_spend = now
+        if self.tally is not None:
+            lease.write = self.tally.add(lease.hold_id, self.price)
         return True
+
+    def tally_write(self, user_id: str) -> Awaitable[bool] | None:
+        """The durable write of the user's latest spend (None: no tally, or already stored).
+
+        Await it before answering the request that spent: then a fee the client was answered
+        for outlives this process (see the module docstring)."""
+        lease = self._leases.get(user_id)
+        if lease is None or lease.write is None or lease.write.done():
+            return None
+        return asyncio.shield(lease.write)
 
     async def spend(self, user_id: str) -> None:
         """Pay one request, renewing the lease if needed; raise the ledger's 402 error if not.
@@ -174,6 +195,8 @@ class ProxyLeases:
         if lease.spent - self.price < lease.settled + in_flight:
             return False
         lease.spent -= self.price
+        if self.tally is not None:
+            lease.write = self.tally.add(lease.hold_id, -self.price)
         return True
 
     # ---------------------------------------------------------------- settling
@@ -188,16 +211,33 @@ class ProxyLeases:
         self._refused = {u: r for u, r in self._refused.items() if r[0] > now}
 
     async def run_forever(self) -> None:
-        """Settle every ``settle_every`` seconds until closed (or cancelled)."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.settle_every)
-            if self._closed:
-                return  # close() settles
+        """Settle every ``settle_every`` seconds until closed (or cancelled); with a tally,
+        also mark this process alive every ``BEAT_EVERY`` seconds."""
+        beats = None
+        if self.tally is not None:
+            beats = asyncio.get_running_loop().create_task(self._beat_forever(self.tally))
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.settle_every)
+                if self._closed:
+                    return  # close() settles
+                try:
+                    await self.settle()
+                except Exception:
+                    log.exception("settling proxy leases failed")
+        finally:
+            if beats is not None:
+                beats.cancel()
+                await asyncio.gather(beats, return_exceptions=True)
+
+    async def _beat_forever(self, tally: FeeTally) -> None:
+        while not self._closed:
             try:
-                await self.settle()
+                await tally.beat(self.process_id)
             except Exception:
-                log.exception("settling proxy leases failed")
+                log.warning("proxy lease heartbeat failed", exc_info=True)
+            await asyncio.sleep(BEAT_EVERY)
 
     async def close(self) -> None:
         """Stop leasing; settle and release every lease (call at shutdown)."""
@@ -260,7 +300,22 @@ class ProxyLeases:
             key=f"{hold_id}:place",
             reason="proxy lease",
         )
-        return _Lease(hold_id, amount, expires_at, expires_at - self.margin, now)
+        lease = _Lease(hold_id, amount, expires_at, expires_at - self.margin, now)
+        await self._register(user_id, lease)
+        return lease
+
+    async def _register(self, user_id: str, lease: _Lease) -> None:
+        """Make the lease known to recovery (retried by ``settle`` until it is)."""
+        if self.tally is None:
+            lease.registered = True
+            return
+        entry = LeaseEntry(
+            lease.hold_id, user_id, self.process_id, lease.usable_until, lease.expires_at
+        )
+        try:
+            lease.registered = await self.tally.register(entry)
+        except Exception:
+            log.warning("proxy lease %s not registered", lease.hold_id, exc_info=True)
 
     def _retire(self, user_id: str) -> None:
         """Stop spending from the user's lease; ``_settle_all`` captures its rest and releases."""
@@ -268,6 +323,9 @@ class ProxyLeases:
 
     async def _settle_all(self, only_user: str | None = None) -> None:
         """Settle concurrently, so the ledger's group committer batches the commands."""
+        if self.tally is not None:
+            unknown = [(u, lease) for u, lease in self._leases.items() if not lease.registered]
+            await asyncio.gather(*(self._register(u, lease) for u, lease in unknown))
         work = [
             self._settle_one(user_id, lease, release=True)
             for user_id, lease in self._retiring
@@ -287,14 +345,18 @@ class ProxyLeases:
                 if lease.pending is not None:  # outcome unknown: resend it with the same key
                     await self._capture(user_id, lease, *lease.pending)
                 if lease.spent > lease.settled:
-                    lease.seq += 1
-                    key = f"{lease.hold_id}:capture:{lease.seq}"
+                    key = capture_key(lease.hold_id, lease.settled)
                     await self._capture(user_id, lease, key, lease.spent - lease.settled)
                 if release and not lease.released:
                     await self._call(
-                        self.ledger.release, user_id, lease.hold_id, key=f"{lease.hold_id}:release"
+                        self.ledger.release, user_id, lease.hold_id, key=release_key(lease.hold_id)
                     )
                     lease.released = True
+                    if self.tally is not None:
+                        await self.tally.forget(lease.hold_id)
+            except IdempotencyConflictError:  # recovery captured from this position: catch up
+                await self._catch_up(user_id, lease)
+                return
             except HoldNotFoundError:
                 lost = lease.spent - lease.settled
                 if lost:
@@ -319,6 +381,26 @@ class ProxyLeases:
                 return
         if lease.released and (user_id, lease) in self._retiring:
             self._retiring.remove((user_id, lease))
+
+    async def _catch_up(self, user_id: str, lease: _Lease) -> None:
+        """Take the hold's captured total from the ledger (another process captured some of
+        this lease's tally: see docs/adr/0029); the next settle goes on from there."""
+        try:
+            view = await self._call(self.ledger.account, user_id)
+        except Exception:
+            log.warning("proxy lease %s: catching up failed", lease.hold_id, exc_info=True)
+            return
+        hold = next((h for h in view.holds if h.hold_id == lease.hold_id), None)
+        lease.pending = None
+        if hold is None:  # released by recovery: nothing more can be captured from it
+            lease.released = True
+            if self._leases.get(user_id) is lease:
+                del self._leases[user_id]
+            if (user_id, lease) in self._retiring:
+                self._retiring.remove((user_id, lease))
+            return
+        log.info("proxy lease %s: %d captured by another process", lease.hold_id, hold.captured)
+        lease.settled = hold.captured
 
     async def _capture(self, user_id: str, lease: _Lease, key: str, amount: int) -> None:
         lease.pending = (key, amount)

@@ -7,7 +7,9 @@ a balancing pick (``LoadTracker``, this process's live figures), the upstream ca
 (``Forwarder``), and a retry on another instance for connect errors and 502/503 within the
 retry budget. Counters are flushed as ``ProxyUsage`` events every few seconds, with the
 per-caller tallies the usage sessions are folded from; nothing is written to the event store
-per request.
+per request. With Redis the fee is also added to the lease's durable tally (``RedisFeeTally``),
+started when it is spent and awaited before the answer is handed back, so a fee the client
+was answered for is captured even if this process dies (docs/adr/0029).
 
 Read your writes: the marketplace bumps the owner's ``InstanceSignal`` after saving a change
 into or out of ``running``, before it answers. A cached list is used only while the signal
@@ -34,10 +36,12 @@ from typing import Any
 from domain.balancing import Backend, LoadTracker, check_strategy
 from domain.errors import DomainError
 from domain.ports import Clock
+from domain.services.fee_tally import FeeTally
 from domain.services.ledger import LedgerApp, LedgerService
 from domain.services.proxy_leases import ProxyLeases
 from domain.usage import Caller, ProxyUsage, SessionTally
 from infrastructure.projection_runner import ProjectionRunner
+from infrastructure.proxy.fee_tally import RedisFeeTally
 from infrastructure.proxy.forwarder import (
     Body,
     Forwarder,
@@ -45,7 +49,11 @@ from infrastructure.proxy.forwarder import (
     UpstreamConnectError,
     UpstreamResponse,
 )
-from infrastructure.proxy.instance_signal import InstanceSignal, LocalInstanceSignal
+from infrastructure.proxy.instance_signal import (
+    InstanceSignal,
+    LocalInstanceSignal,
+    RedisInstanceSignal,
+)
 from infrastructure.proxy.targets import (
     NOT_YOURS,
     Endpoint,
@@ -128,6 +136,7 @@ class ProxyRuntime:
         signal: InstanceSignal | None = None,
         runner: ProjectionRunner | None = None,
         session_idle_minutes: int = 30,
+        fee_tally: FeeTally | None = None,
     ) -> None:
         self.db = db
         self.app = app
@@ -141,6 +150,9 @@ class ProxyRuntime:
         self.session_idle_minutes = session_idle_minutes
         self.guard = TargetGuard(allow_private=allow_private)
         self.forwarder = Forwarder(connect_timeout=connect_timeout)
+        if fee_tally is None and isinstance(signal, RedisInstanceSignal):
+            fee_tally = RedisFeeTally(signal.client)  # the replicas' Redis (REDIS_URL)
+        self.fee_tally = fee_tally
         self.leases = ProxyLeases(
             ledger,
             price=price,
@@ -148,6 +160,7 @@ class ProxyRuntime:
             ttl=timedelta(minutes=10),
             process_id=self.process_id,
             clock=clock,
+            tally=fee_tally,
         )
         self._pools: dict[str, _Pool] = {}
         self._loads: dict[str, tuple[object, bool, asyncio.Future[_Pool]]] = {}
@@ -277,16 +290,25 @@ class ProxyRuntime:
             fixed = await self._fixed_target(pool, target_url, instance_id, path, query)
         if not self.leases.try_spend(user_id):
             await self.leases.spend(user_id)
+        stored = self.leases.tally_write(user_id)  # in flight beside the upstream call
         if caller is not None:
             self.sessions.count(user_id, caller, self.leases.price, "proxy_fees")
         try:
-            return await self._send(
+            upstream = await self._send(
                 user_id, pool, fixed, method, headers, body, timeout, path, query
             )
         except BaseException:  # nothing was delivered (e.g. the strategy's read failed): no fee
             if self.leases.refund(user_id) and caller is not None:
                 self.sessions.refund(user_id, caller, self.leases.price, "proxy_fees")
             raise
+        if stored is not None:
+            try:
+                await stored  # the fee outlives this process before the client sees an answer
+            except BaseException:
+                upstream.response.release()
+                upstream.done(False)
+                raise
+        return upstream
 
     async def _send(
         self,
@@ -460,6 +482,8 @@ class ProxyRuntime:
         except Exception:
             log.exception("final proxy usage flush failed")
         await self.leases.close()
+        if self.fee_tally is not None:
+            await self.fee_tally.aclose()
         await self.forwarder.aclose()
         if (aclose := getattr(self.signal, "aclose", None)) is not None:
             await aclose()

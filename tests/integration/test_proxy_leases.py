@@ -122,8 +122,8 @@ def test_spend_is_settled_exactly(container: Container, clock: FixedClock) -> No
     assert view.holds == ()
     assert [c["amount"] for c in events(ledger, "HoldCaptured")] == [50_000] * 2 + [23_000, 7_000]
     assert [c["key"] for c in events(ledger, "HoldCaptured")][-2:] == [
-        "lease:p1:3:capture:1",
-        "lease:p1:3:capture:2",
+        "lease:p1:3:capture:from:0",  # named by the position each capture starts from
+        "lease:p1:3:capture:from:23000",
     ]
     assert len(events(ledger, "HoldReleased")) == 3
     assert leases.snapshot() == {}

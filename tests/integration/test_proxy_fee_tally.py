@@ -1,0 +1,170 @@
+"""The durable proxy fee tally (Redis) and lease recovery, on PostgreSQL and a real Redis.
+
+Each fee spent from a lease is added to the lease's tally in Redis; a refund takes it back;
+recovery captures a dead owner's tally exactly once, and a live owner never captures again
+what recovery took (docs/adr/0029-durable-proxy-fee-tally.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from domain.services.proxy_leases import ProxyLeases
+from infrastructure.proxy.fee_tally import ALIVE, LEASES, TALLY, RedisFeeTally
+from infrastructure.proxy.lease_recovery import GRACE, LeaseRecovery
+from infrastructure.settings import Settings
+from interfaces.bootstrap import Container, bootstrap
+from tests.conftest import FixedClock
+
+USD = 1_000_000
+PRICE = 1_000
+USER = "tally-user"
+
+
+@pytest.fixture
+def shared(
+    pg_settings: Settings, redis_url: str, redis_client: Any, clock: FixedClock
+) -> Iterator[Container]:
+    c = bootstrap(dataclasses.replace(pg_settings, redis_url=redis_url), clock=clock)
+    try:
+        c.ledger.grant(USER, USD, key="g")
+        yield c
+    finally:
+        c.close()
+
+
+def leases_of(c: Container, clock: FixedClock, process_id: str = "p1") -> ProxyLeases:
+    assert c.redis is not None
+    return ProxyLeases(
+        c.ledger,
+        price=PRICE,
+        lease_amount=50_000,
+        process_id=process_id,
+        clock=clock,
+        tally=RedisFeeTally(c.redis),
+    )
+
+
+def tally_of(leases: ProxyLeases) -> RedisFeeTally:
+    assert isinstance(leases.tally, RedisFeeTally)
+    return leases.tally
+
+
+def captured(c: Container) -> list[tuple[str, int]]:
+    return [
+        (e.data["key"], e.data["amount"])
+        for e in c.ledger.history(USER)
+        if e.name == "HoldCaptured" and e.data["hold_id"].startswith("lease:")
+    ]
+
+
+async def spend(leases: ProxyLeases, n: int) -> None:
+    for _ in range(n):
+        await leases.spend(USER)
+        stored = leases.tally_write(USER)
+        if stored is not None:
+            assert await stored
+
+
+def test_each_fee_and_refund_reaches_the_tally(shared: Container, clock: FixedClock) -> None:
+    redis = shared.redis
+    leases = leases_of(shared, clock)
+
+    async def body() -> str:
+        await spend(leases, 3)
+        hold_id = leases.snapshot()[USER].hold_id
+        assert int(redis.get(TALLY + hold_id)) == 3 * PRICE
+        assert redis.hexists(LEASES, hold_id)
+        assert redis.exists(ALIVE + "p1")
+        assert leases.refund(USER)  # nothing delivered: the fee comes back, in Redis too
+        stored = leases.tally_write(USER)
+        assert stored is not None
+        assert await stored
+        assert int(redis.get(TALLY + hold_id)) == 2 * PRICE
+        await leases.close()
+        await tally_of(leases).aclose()
+        return hold_id
+
+    hold_id = asyncio.run(body())
+    assert sum(a for _, a in captured(shared)) == 2 * PRICE
+    assert not redis.exists(TALLY + hold_id)  # released by its owner: forgotten
+    assert not redis.hexists(LEASES, hold_id)
+
+
+def test_dead_owners_tally_is_captured_once(shared: Container, clock: FixedClock) -> None:
+    redis = shared.redis
+    leases = leases_of(shared, clock, "dead")
+    recovery = LeaseRecovery(shared.ledger, RedisFeeTally(redis), clock=clock)
+
+    async def body() -> str:
+        await spend(leases, 5)
+        await leases.settle()  # 5 captured by the owner
+        await spend(leases, 4)  # ... and these 4 only tallied when it "dies"
+        await tally_of(leases).aclose()
+        return leases.snapshot()[USER].hold_id
+
+    hold_id = asyncio.run(body())
+    assert recovery.recover_once() == 0  # the owner is alive: its lease is left alone
+    redis.delete(ALIVE + "dead")  # what the key's expiry does after a SIGKILL
+    assert recovery.recover_once() == 4 * PRICE
+    assert recovery.recover_once() == 0
+    assert captured(shared) == [
+        (f"{hold_id}:capture:from:0", 5 * PRICE),
+        (f"{hold_id}:capture:from:5000", 4 * PRICE),
+    ]
+    view = shared.ledger.account(USER)
+    assert (view.total_charged, view.held) == (9 * PRICE, 0)
+    assert not redis.hexists(LEASES, hold_id)
+
+
+def test_owner_never_captures_again_what_recovery_took(
+    shared: Container, clock: FixedClock
+) -> None:
+    """An owner stuck past its lease's use-by time: recovery captures and releases it; the
+    owner's own capture from the same position is then refused, never applied twice."""
+    redis = shared.redis
+    leases = leases_of(shared, clock, "stuck")
+    recovery = LeaseRecovery(shared.ledger, RedisFeeTally(redis), clock=clock)
+
+    async def body() -> None:
+        await spend(leases, 6)
+        lease = leases.snapshot()[USER]
+        clock.advance(seconds=(lease.expires_at - clock()).total_seconds() - 30)
+        assert clock() > lease.expires_at - leases.margin + GRACE
+        redis.set(ALIVE + "stuck", 1)  # alive, but it has not settled in time
+        assert await asyncio.to_thread(recovery.recover_once) == 6 * PRICE
+        assert leases.refund(USER)  # too late to give back: recovery captured it
+        await leases.close()  # 5 from position 0: refused (recovery took 6 from there)
+        assert leases.snapshot() == {}
+        await tally_of(leases).aclose()
+
+    asyncio.run(body())
+    assert sum(a for _, a in captured(shared)) == 6 * PRICE
+    view = shared.ledger.account(USER)
+    assert (view.total_charged, view.held) == (6 * PRICE, 0)
+
+
+def test_expired_unsettled_lease_is_forgotten(shared: Container, clock: FixedClock) -> None:
+    """Recovery that comes too late (no sweep for the whole lease): nothing can be captured;
+    the entry is dropped and the hold has expired, as without a tally."""
+    redis = shared.redis
+    leases = leases_of(shared, clock, "late")
+    recovery = LeaseRecovery(shared.ledger, RedisFeeTally(redis), clock=clock)
+
+    async def body() -> str:
+        await spend(leases, 2)
+        await tally_of(leases).aclose()
+        return leases.snapshot()[USER].hold_id
+
+    hold_id = asyncio.run(body())
+    redis.delete(ALIVE + "late")
+    clock.advance(minutes=11)
+    assert recovery.recover_once() == 0
+    assert not redis.hexists(LEASES, hold_id)
+    assert captured(shared) == []
+    assert shared.ledger.account(USER).held == 0
