@@ -9,7 +9,7 @@ from typing import Any
 
 from domain import guardrails
 from domain.credits import account_id_for
-from infrastructure.sql import Database
+from infrastructure.sql import Database, Row
 
 BALANCE_COLUMNS = (
     "balance",
@@ -25,6 +25,11 @@ BALANCE_COLUMNS = (
 )
 
 
+TRANSACTION_COLUMNS = "position, kind, amount, hold_id, reason, reference, actor, at"
+BALANCE_DELTA = (
+    "CASE kind WHEN 'grant' THEN amount WHEN 'charge' THEN -amount "
+    "WHEN 'capture' THEN -amount WHEN 'debit' THEN -amount ELSE 0 END"
+)
 BALANCE_SQL = f"SELECT {', '.join(BALANCE_COLUMNS)} FROM balances WHERE account_id = ?"
 
 
@@ -44,6 +49,19 @@ class Transaction:
     reference: str
     actor: str
     at_micros: int
+
+
+def _transaction(r: Row) -> Transaction:
+    return Transaction(
+        int(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6]), int(r[7])
+    )
+
+
+@dataclass(frozen=True)
+class BalancePoint:
+    position: int
+    at_micros: int
+    balance: int
 
 
 @dataclass(frozen=True)
@@ -98,6 +116,45 @@ class LedgerQueries:
             )
             for r in rows
         ]
+
+    def transaction_count(self, user_id: str) -> int:
+        with self.db.read() as tx:
+            row = tx.fetchone(
+                "SELECT COUNT(*) FROM transactions WHERE account_id = ?", (account_key(user_id),)
+            )
+        return int(row[0]) if row else 0
+
+    def last_position(self, user_id: str) -> int:
+        """The position of the user's newest money movement (0: none yet)."""
+        with self.db.read() as tx:
+            row = tx.fetchone(
+                "SELECT COALESCE(MAX(position), 0) FROM transactions WHERE account_id = ?",
+                (account_key(user_id),),
+            )
+        return int(row[0]) if row else 0
+
+    def transactions_after(self, user_id: str, after: int, limit: int) -> list[Transaction]:
+        """The user's money movements with a position above ``after``, oldest first."""
+        with self.db.read() as tx:
+            rows = tx.fetchall(
+                f"SELECT {TRANSACTION_COLUMNS} FROM transactions "
+                "WHERE account_id = ? AND position > ? ORDER BY position LIMIT ?",
+                (account_key(user_id), after, limit),
+            )
+        return [_transaction(r) for r in rows]
+
+    def balance_history(self, user_id: str, limit: int) -> list[BalancePoint]:
+        """The balance after each of the user's last ``limit`` movements, oldest first."""
+        with self.db.snapshot() as tx:
+            rows = tx.fetchall(
+                "SELECT position, at, balance FROM ("
+                f"SELECT position, at, kind, SUM({BALANCE_DELTA}) OVER (ORDER BY position) "
+                "AS balance FROM transactions WHERE account_id = ?) t "
+                "WHERE kind IN ('grant', 'charge', 'capture', 'debit') "
+                "ORDER BY position DESC LIMIT ?",
+                (account_key(user_id), limit),
+            )
+        return [BalancePoint(int(p), int(at), int(b)) for p, at, b in reversed(rows)]
 
     def usage(
         self, user_id: str, since: str | None = None, until: str | None = None

@@ -85,6 +85,19 @@ class PaymentQueries:
             f"ORDER BY created_at DESC LIMIT {limit:d}",
         )
 
+    def everyone(self, state: str | None, limit: int) -> list[tuple[PaymentRow, str | None]]:
+        """Every user's payments (optionally in one state), newest first, with the owner's
+        email (admin)."""
+        where, params = ("WHERE p.state = ?", [state]) if state else ("", [])
+        columns = ", ".join(f"p.{name.strip()}" for name in COLUMNS.split(","))
+        with self.db.read() as tx:
+            rows = tx.fetchall(
+                f"SELECT {columns}, u.email FROM payments p LEFT JOIN users u ON u.id = p.owner "
+                f"{where} ORDER BY p.created_at DESC LIMIT ?",
+                (*params, limit),
+            )
+        return [(PaymentRow(*row[:-1]), row[-1]) for row in rows]
+
     def by_external_id(self, external_id: str) -> UUID | None:
         rows = self._rows("external_id = ?", (external_id,), "LIMIT 1")
         return UUID(rows[0].payment_id) if rows else None

@@ -31,6 +31,7 @@ from infrastructure.event_log import EventLog
 from infrastructure.eventstore import events_channel, eventstore_env
 from infrastructure.hold_sweep import HoldSweep
 from infrastructure.identity import UserStore
+from infrastructure.instance_queries import InstanceQueries
 from infrastructure.ledger_queries import LedgerQueries
 from infrastructure.marketplace_jobs import MarketplaceJobs
 from infrastructure.migrate import migrate as apply_migrations
@@ -51,6 +52,7 @@ from infrastructure.sessions import (
 from infrastructure.settings import Settings, load_settings
 from infrastructure.sql import Database, PostgresDatabase, SqliteDatabase
 from infrastructure.tokens import TokenCodec, load_or_create_secret
+from infrastructure.user_queries import UserQueries
 from projections.ledger import ALL
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,8 @@ class Container:
     marketplace: MarketplaceService
     payments: PaymentService
     payment_queries: PaymentQueries
+    instance_queries: InstanceQueries
+    user_queries: UserQueries
     stripe: Any | None = None  # StripeGateway when STRIPE_SECRET_KEY is set (webhooks)
     chain: ChainReader | None = None
     instances_signal: InstanceSignal | None = None  # "an owner's instances changed" (proxy)
@@ -389,6 +393,8 @@ def bootstrap(
             ledger, processors, clock=clock, crypto=crypto, setup=PAYMENT_SETUP_VARIABLES
         ),
         payment_queries=PaymentQueries(db),
+        instance_queries=InstanceQueries(db),
+        user_queries=UserQueries(db),
         stripe=processors.get("stripe"),
         chain=chain,
         instances_signal=instances,

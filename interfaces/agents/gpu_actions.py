@@ -124,14 +124,9 @@ async def reserve_gpus(c: Container, rt: ProxyRuntime, p: Principal, a: ReserveB
 
 
 def _rentals(c: Container, user_id: str) -> list[dict[str, Any]]:
-    with c.db.read() as tx:
-        rows = tx.fetchall(
-            "SELECT instance_id FROM instances WHERE owner = ? ORDER BY requested_at DESC "
-            "LIMIT 200",
-            (user_id,),
-        )
     now = c.ledger.clock()
-    return [instance_json(c.marketplace.get(UUID(str(r[0]))), now) for r in rows]
+    ids = c.instance_queries.ids_for(user_id)
+    return [instance_json(c.marketplace.get(UUID(i)), now) for i in ids]
 
 
 async def list_rentals(c: Container, _rt: ProxyRuntime, p: Principal, _a: NoArgs) -> Result:

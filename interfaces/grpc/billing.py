@@ -15,7 +15,7 @@ from grpclib.exceptions import GRPCError
 from domain.errors import InsufficientCreditsError, InvalidArgumentError, SpendingLimitExceededError
 from domain.money import micros_to_usd
 from domain.services.payments import PaymentRequest
-from interfaces.grpc import convert, queries
+from interfaces.grpc import convert
 from interfaces.grpc.calls import Guard, current, read
 from interfaces.grpc.convert import positive_usd_in, ranged, text, usd_out
 from interfaces.grpc.errors import message_of
@@ -116,7 +116,7 @@ class BillingRpcs:
 
         def page() -> tuple[list[Any], int]:
             rows = self.c.queries.transactions(user.user_id, limit=limit + offset, before=before)
-            return rows[offset:], queries.transaction_count(self.c.db, user.user_id)
+            return rows[offset:], self.c.queries.transaction_count(user.user_id)
 
         rows, total = await read(self.c, page)
         return pb.GetTransactionsResponse(
@@ -178,11 +178,9 @@ class BillingRpcs:
         user = current().user
         after = ranged(watch_account_request.after_id, "after_id", 0, 2**63 - 1)
         if after == 0:
-            after = await read(self.c, queries.last_position, self.c.db, user.user_id)
+            after = await read(self.c, self.c.queries.last_position, user.user_id)
         while not self.guard.draining:
-            rows = await read(
-                self.c, queries.transactions_after, self.c.db, user.user_id, after, 100
-            )
+            rows = await read(self.c, self.c.queries.transactions_after, user.user_id, after, 100)
             for row in rows:
                 yield convert.transaction_message(row)
                 after = row.position

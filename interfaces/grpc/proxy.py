@@ -25,6 +25,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from domain.errors import InvalidArgumentError
+from infrastructure.instance_queries import InstanceQueries
 from infrastructure.proxy.runtime import ProxyRuntime, Upstream
 from interfaces import proxy_envelope as envelope
 from interfaces.grpc.auth import count_request
@@ -155,32 +156,27 @@ async def stream(
 # ------------------------------------------------------------------ load report
 
 
-def _server_rows(runtime: ProxyRuntime, user_id: str) -> list[pb.LoadInfo]:
+def _server_rows(
+    runtime: ProxyRuntime, instances: InstanceQueries, user_id: str
+) -> list[pb.LoadInfo]:
     live = runtime.tracker.snapshot()
-    with runtime.db.read() as tx:
-        rows = tx.fetchall(
-            "SELECT i.instance_id, i.provider, i.gpu_model, i.state, "
-            "COALESCE(l.requests, 0), COALESCE(l.errors, 0), COALESCE(l.latency_ms_sum, 0) "
-            "FROM instances i LEFT JOIN proxy_load l ON l.instance_id = i.instance_id "
-            "WHERE i.owner = ? AND i.state IN ('running', 'stopping') ORDER BY i.requested_at",
-            (user_id,),
-        )
     out = []
-    for iid, provider, model, state, requests, errors, latency in rows:
-        now = live.get(iid)
+    for row in instances.traffic_for(user_id):
+        now = live.get(row.instance_id)
+        requests = row.requests
         out.append(
             pb.LoadInfo(
-                instance_id=iid,
-                provider=provider,
+                instance_id=row.instance_id,
+                provider=row.provider,
                 connections=now.active if now else 0,
                 avg_response_time_ms=round(now.ewma_ms, 3) if now else 0.0,
-                state=state,
-                gpu_model=model,
-                total_requests=int(requests),
-                total_errors=int(errors),
+                state=row.state,
+                gpu_model=row.gpu_model,
+                total_requests=requests,
+                total_errors=row.errors,
                 ejected=bool(now and now.ejected),
                 consecutive_failures=now.consecutive_failures if now else 0,
-                mean_latency_ms=round(latency / requests, 3) if requests else 0.0,
+                mean_latency_ms=round(row.latency_ms_sum / requests, 3) if requests else 0.0,
             )
         )
     return out
@@ -204,12 +200,14 @@ def _provider_rows(server: list[pb.LoadInfo]) -> list[pb.LoadInfo]:
     return list(providers.values())
 
 
-def load_info(runtime: ProxyRuntime, user_id: str, kind: str) -> pb.GetLoadInfoResponse:
+def load_info(
+    runtime: ProxyRuntime, instances: InstanceQueries, user_id: str, kind: str
+) -> pb.GetLoadInfoResponse:
     """``GET /api/v1/loadbalancer/load`` as the earlier proto's message (blocking: a thread)."""
     kind = kind.strip().lower() or "all"
     if kind not in {"server", "provider", "all"}:
         raise InvalidArgumentError("type must be server, provider or all", field="type")
-    server = _with_scores(_server_rows(runtime, user_id))
+    server = _with_scores(_server_rows(runtime, instances, user_id))
     answer = pb.GetLoadInfoResponse(current_strategy=runtime.current_strategy(user_id))
     if kind in {"server", "all"}:
         answer.server_load = server

@@ -28,7 +28,7 @@ from domain.services.marketplace import InstanceNotFoundError, RentSpec
 from domain.usage import Caller
 from infrastructure.auth import Principal
 from infrastructure.proxy.runtime import ProxyRuntime
-from interfaces.grpc import convert, proxy, queries
+from interfaces.grpc import convert, proxy
 from interfaces.grpc.auth import authenticate, limit_anonymous
 from interfaces.grpc.billing import BillingRpcs
 from interfaces.grpc.calls import Call, Guard, current
@@ -240,7 +240,7 @@ class GpuProxyService(BillingRpcs, pb.GpuProxyServiceBase):
         user = current().user
 
         def rentals() -> list[GpuInstance]:
-            ids = queries.rental_ids(self.c.db, user.user_id)
+            ids = self.c.instance_queries.ids_for(user.user_id)
             return [self.c.marketplace.get(UUID(i)) for i in ids]
 
         now = self.c.ledger.clock()
@@ -355,7 +355,11 @@ class GpuProxyService(BillingRpcs, pb.GpuProxyServiceBase):
     ) -> pb.GetLoadInfoResponse:
         user = current().user
         return await asyncio.to_thread(
-            proxy.load_info, self.runtime, user.user_id, get_load_info_request.type
+            proxy.load_info,
+            self.runtime,
+            self.c.instance_queries,
+            user.user_id,
+            get_load_info_request.type,
         )
 
     # ------------------------------------------------------------ CUIC, health

@@ -8,6 +8,7 @@ from typing import Any
 from msgspec import Struct
 
 from domain.money import micros_to_usd
+from infrastructure.instance_queries import InstanceTraffic
 
 
 class Strategy(Struct):
@@ -73,23 +74,24 @@ class Load(Struct, omit_defaults=True):
         )
 
 
-def server_load(rows: Iterable[tuple[Any, ...]], live: Mapping[str, Any]) -> ServerLoad:
-    """Rows of (instance_id, provider, gpu_model, state, requests, errors, latency_ms_sum)."""
+def server_load(rows: Iterable[InstanceTraffic], live: Mapping[str, Any]) -> ServerLoad:
+    """The owner's instances' traffic (``InstanceQueries.traffic_for``) and live figures."""
     instances = []
-    for iid, provider, model, state, requests, errors, latency in rows:
-        now = live.get(iid)
+    for row in rows:
+        now = live.get(row.instance_id)
+        requests, latency = row.requests, row.latency_ms_sum
         instances.append(
             InstanceLoad(
-                instance_id=iid,
-                provider=provider,
-                gpu_model=model,
-                state=state,
+                instance_id=row.instance_id,
+                provider=row.provider,
+                gpu_model=row.gpu_model,
+                state=row.state,
                 active_connections=now.active if now else 0,
                 avg_response_time_ms=round(now.ewma_ms, 3) if now else None,
                 consecutive_failures=now.consecutive_failures if now else 0,
                 ejected=bool(now and now.ejected),
-                total_requests=int(requests),
-                total_errors=int(errors),
+                total_requests=requests,
+                total_errors=row.errors,
                 mean_latency_ms=round(latency / requests, 3) if requests else None,
             )
         )

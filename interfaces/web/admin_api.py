@@ -18,15 +18,12 @@ from litestar import Request, Router, delete, get
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, QueryParameter
 
-from domain.credits import account_id_for
 from domain.errors import AccountNotFoundError
 from domain.marketplace import OfferQuery
 from domain.money import micros_to_usd
 from domain.reservations import Reservation
 from domain.services.marketplace import InstanceNotFoundError
 from infrastructure.auth import Principal
-from infrastructure.payment_queries import COLUMNS as PAYMENT_COLUMNS
-from infrastructure.payment_queries import PaymentRow
 from interfaces.http.controllers.auth import user_json
 from interfaces.http.controllers.gpu import reservation_json
 from interfaces.http.openapi import ADMIN
@@ -55,10 +52,6 @@ from interfaces.ws.state import account_json, spending_json
 Limit = Annotated[int, QueryParameter(ge=1, le=500, description="rows to return")]
 Query = Annotated[str, QueryParameter(max_length=200, pattern=r"^[^\x00]*$")]
 State = Annotated[str | None, QueryParameter(name="state", max_length=32, pattern=r"^[a-z_]*$")]
-BALANCE_DELTA = (
-    "CASE kind WHEN 'grant' THEN amount WHEN 'charge' THEN -amount "
-    "WHEN 'capture' THEN -amount WHEN 'debit' THEN -amount ELSE 0 END"
-)
 RESERVATION_TOPIC = f"{Reservation.__module__}:Reservation.Requested"
 PROBE_TIMEOUT = 5.0
 
@@ -87,27 +80,18 @@ def search_users(
     limit: Limit = 50,
 ) -> dict[str, Any]:
     c = container_of(request)
-    pattern = "%" + q.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    with c.db.read() as tx:
-        rows = tx.fetchall(
-            "SELECT u.id, u.email, u.name, u.is_admin, u.created_at, b.balance, b.held "
-            "FROM users u LEFT JOIN balances b ON b.user_id = u.id "
-            "WHERE lower(u.email) LIKE ? ESCAPE '\\' OR lower(u.name) LIKE ? ESCAPE '\\' "
-            "ORDER BY u.email LIMIT ?",
-            (pattern + "%", pattern + "%", limit),
-        )
     return {
         "users": [
             {
-                "id": str(r[0]),
-                "email": str(r[1]),
-                "name": str(r[2]),
-                "is_admin": bool(r[3]),
-                "created_at": str(r[4]),
-                "credits_remaining": micros_to_usd(int(r[5] or 0)),
-                "credits_held": micros_to_usd(int(r[6] or 0)),
+                "id": u.id,
+                "email": u.email,
+                "name": u.name,
+                "is_admin": u.is_admin,
+                "created_at": u.created_at,
+                "credits_remaining": micros_to_usd(u.balance),
+                "credits_held": micros_to_usd(u.held),
             }
-            for r in rows
+            for u in c.user_queries.search(q, limit)
         ]
     }
 
@@ -200,18 +184,9 @@ def balance_history(
 ) -> BalanceHistory:
     c = container_of(request)
     user = c.users.by_id(str(user_id))
-    with c.db.snapshot() as tx:
-        rows = tx.fetchall(
-            "SELECT position, at, balance FROM ("
-            f"SELECT position, at, kind, SUM({BALANCE_DELTA}) OVER (ORDER BY position) AS balance "
-            "FROM transactions WHERE account_id = ?) t "
-            "WHERE kind IN ('grant', 'charge', 'capture', 'debit') "
-            "ORDER BY position DESC LIMIT ?",
-            (str(account_id_for(user.id)), limit),
-        )
     points = [
-        BalancePoint(id=int(p), at=_iso(int(at)), balance=micros_to_usd(int(b)))
-        for p, at, b in reversed(rows)
+        BalancePoint(id=p.position, at=_iso(p.at_micros), balance=micros_to_usd(p.balance))
+        for p in c.queries.balance_history(user.id, limit)
     ]
     return BalanceHistory(points=points)
 
@@ -318,22 +293,14 @@ def instances(
     limit: Limit = 100,
 ) -> InstanceList:
     c = container_of(request)
-    where, params = ("WHERE i.state = ?", [in_state]) if in_state else ("", [])
-    with c.db.read() as tx:
-        rows = tx.fetchall(
-            "SELECT i.instance_id, i.owner, u.email FROM instances i "
-            f"LEFT JOIN users u ON u.id = i.owner {where} "
-            "ORDER BY i.requested_at DESC LIMIT ?",
-            (*params, limit),
-        )
     now = c.ledger.clock()
     out = []
-    for instance_id, owner, email in rows:
+    for row in c.instance_queries.everyone(in_state, limit):
         try:
-            gpu = c.marketplace.get(UUID(str(instance_id)))
+            gpu = c.marketplace.get(UUID(row.instance_id))
         except InstanceNotFoundError:
             continue
-        out.append(owned_instance(present_instance(gpu, now), str(owner), email))
+        out.append(owned_instance(present_instance(gpu, now), row.owner, row.owner_email))
     return InstanceList(instances=out, count=len(out))
 
 
@@ -374,27 +341,21 @@ def reservations(
 def load(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> dict[str, Any]:
     c = container_of(request)
     live = request.app.state.proxy.tracker.snapshot()
-    with c.db.read() as tx:
-        rows = tx.fetchall(
-            "SELECT l.instance_id, l.owner, l.provider, l.requests, l.errors, l.latency_ms_sum, "
-            "l.last_at, i.state, u.email FROM proxy_load l "
-            "LEFT JOIN instances i ON i.instance_id = l.instance_id "
-            "LEFT JOIN users u ON u.id = l.owner ORDER BY l.requests DESC LIMIT 500"
-        )
     out = []
-    for iid, owner, provider, requests, errors, latency, last_at, state, email in rows:
-        now = live.get(iid)
+    for row in c.instance_queries.load_table():
+        now = live.get(row.instance_id)
+        requests = row.requests
         out.append(
             {
-                "instance_id": iid,
-                "owner": owner,
-                "owner_email": email,
-                "provider": provider,
-                "state": state,
-                "requests": int(requests),
-                "errors": int(errors),
-                "mean_latency_ms": round(int(latency) / int(requests), 3) if requests else None,
-                "last_at": _iso(int(last_at)),
+                "instance_id": row.instance_id,
+                "owner": row.owner,
+                "owner_email": row.owner_email,
+                "provider": row.provider,
+                "state": row.state,
+                "requests": requests,
+                "errors": row.errors,
+                "mean_latency_ms": round(row.latency_ms_sum / requests, 3) if requests else None,
+                "last_at": _iso(row.last_at),
                 "active_connections": now.active if now else 0,
                 "ejected": bool(now and now.ejected),
             }
@@ -435,16 +396,7 @@ async def providers(
     names = sorted(c.marketplace.providers)
     results = await asyncio.gather(*(probe(n) for n in names))
 
-    def counts() -> list[tuple[Any, ...]]:
-        with c.db.read() as tx:
-            rows: list[tuple[Any, ...]] = tx.fetchall(
-                "SELECT provider, state, COUNT(*) FROM instances GROUP BY provider, state"
-            )
-        return rows
-
-    by_state: dict[str, dict[str, int]] = {}
-    for provider, state, count in await asyncio.to_thread(counts):
-        by_state.setdefault(str(provider), {})[str(state)] = int(count)
+    by_state = await asyncio.to_thread(c.instance_queries.counts_by_provider)
     for item in results:
         item["instances"] = by_state.get(item["name"], {})
     return {"providers": results}
@@ -463,18 +415,10 @@ def payments(
     limit: Limit = 100,
 ) -> AllPayments:
     c = container_of(request)
-    where, params = ("WHERE p.state = ?", [in_state]) if in_state else ("", [])
-    columns = ", ".join(f"p.{name.strip()}" for name in PAYMENT_COLUMNS.split(","))
-    with c.db.read() as tx:
-        rows = tx.fetchall(
-            f"SELECT {columns}, u.email FROM payments p LEFT JOIN users u ON u.id = p.owner "
-            f"{where} ORDER BY p.created_at DESC LIMIT ?",
-            (*params, limit),
-        )
-    out = []
-    for row in rows:
-        payment = PaymentRow(*row[:-1])
-        out.append(owned_payment(present_payment_row(payment), payment.owner, row[-1]))
+    out = [
+        owned_payment(present_payment_row(payment), payment.owner, email)
+        for payment, email in c.payment_queries.everyone(in_state, limit)
+    ]
     return AllPayments(payments=out, count=len(out))
 
 

@@ -307,16 +307,9 @@ def rentals(request: Request[Any, Any, Any], principal: NamedDependency[Principa
     c = container_of(request)
     # Read your writes: the list holds every instance an answer (any process) reported.
     c.runner.catch_up_one("instances", time.monotonic() + RENTALS_CATCH_UP)
-    with c.db.read() as tx:
-        rows = tx.fetchall(
-            "SELECT instance_id FROM instances WHERE owner = ? ORDER BY requested_at DESC "
-            "LIMIT 200",
-            (principal.user_id,),
-        )
+    ids = c.instance_queries.ids_for(principal.user_id)
     now = c.ledger.clock()
-    return Rentals(
-        rentals=[present_instance(c.marketplace.get(UUID(str(r[0]))), now) for r in rows]
-    )
+    return Rentals(rentals=[present_instance(c.marketplace.get(UUID(i)), now) for i in ids])
 
 
 router = Router(

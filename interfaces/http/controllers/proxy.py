@@ -250,15 +250,7 @@ LoadType = Annotated[
 
 
 def _server_load(request: Request[Any, Any, Any], user_id: str) -> Any:
-    c = container_of(request)
-    with c.db.read() as tx:
-        rows = tx.fetchall(
-            "SELECT i.instance_id, i.provider, i.gpu_model, i.state, "
-            "COALESCE(l.requests, 0), COALESCE(l.errors, 0), COALESCE(l.latency_ms_sum, 0) "
-            "FROM instances i LEFT JOIN proxy_load l ON l.instance_id = i.instance_id "
-            "WHERE i.owner = ? AND i.state IN ('running', 'stopping') ORDER BY i.requested_at",
-            (user_id,),
-        )
+    rows = container_of(request).instance_queries.traffic_for(user_id)
     return server_load(rows, runtime_of(request).tracker.snapshot())
 
 
