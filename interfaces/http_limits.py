@@ -1,5 +1,7 @@
 """Connection limits for the HTTP server: header-read deadline, keep-alive, connection cap.
 
+(The same protocol also writes each response's head with its body: ``http_writes.py``.)
+
 uvicorn bounds idle keep-alive (``timeout_keep_alive``) but sets no deadline on reading a
 request's headers, and ``limit_concurrency`` is only checked once headers are complete, so
 half-sent requests each hold a socket for ever. ``BoundedHttpProtocol`` adds both: a timer
@@ -14,6 +16,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from interfaces.http_writes import CoalescingCycle, CoalescingTransport
 
 if TYPE_CHECKING:
     from infrastructure.settings import Settings
@@ -67,7 +71,14 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._cancel_header_timer()
+        before = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle is not before:  # a new request (not an upgrade)
+            # head and first body bytes in one write (interfaces/http_writes.py); the ASGI
+            # task that runs the cycle has not started yet
+            cycle.__class__ = CoalescingCycle
+            cycle.transport = CoalescingTransport(self.transport)  # type: ignore[assignment]
 
     def _arm_header_timer(self) -> None:
         self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)

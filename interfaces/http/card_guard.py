@@ -16,8 +16,9 @@ from domain.pan import refuse_pan
 STORED_HEADERS = ("Idempotency-Key", "User-Agent")
 
 
-def refuse_card_numbers(request: Request[Any, Any, Any]) -> None:
-    """Litestar ``before_request`` hook."""
+async def refuse_card_numbers(request: Request[Any, Any, Any]) -> None:
+    """Litestar ``before_request`` hook; a coroutine, so Litestar runs it in the event loop
+    (a plain function is sent to a worker thread: a thread hop on every request)."""
     for name in STORED_HEADERS:
         value = request.headers.get(name)
         if value:

@@ -69,8 +69,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
+import io
 import json
 import os
+import pstats
 import re
 import shutil
 import statistics
@@ -383,6 +386,7 @@ async def _breakdown(
     key: str,
     rounds: int,
     n: int,
+    profile: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Sequential requests in one event loop, each step of (c) alone, interleaved in rounds:
     median wall µs per request (upstream round trip included) and the event loop thread's CPU
@@ -451,6 +455,7 @@ async def _breakdown(
             "app_health": lambda: _asgi_get(app, "/health", []),
             "app_auth": lambda: _asgi_get(app, "/api/v1/loadbalancer/strategy", auth),
             "app_proxy": lambda: _asgi_get(app, proxy_path, auth),
+            "app_credits": lambda: _asgi_get(app, "/api/v1/billing/credits", auth),
             "bare_app": lambda: _asgi_get(bare, "/fwd", []),
         }
         for name, step in steps.items():  # check, then warm up
@@ -467,6 +472,8 @@ async def _breakdown(
                     await step()
                     times.append((time.perf_counter() - start) * 1e6)
                 cpu.setdefault(name, []).append((time.thread_time() - cpu0) / n * 1e6)
+        for name in profile:  # where a step's time goes (after the timed rounds)
+            await _profile(name, steps[name], rounds * n)
     return {
         name: {
             "wall_median_us": round(statistics.median(t), 1),
@@ -475,6 +482,22 @@ async def _breakdown(
         }
         for name, t in wall.items()
     }
+
+
+async def _profile(name: str, step: Callable[[], Awaitable[Any]], n: int) -> None:
+    """``n`` requests of one step under cProfile; the top functions by own time to stderr."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(n):
+        await step()
+    profiler.disable()
+    dump = Path(tempfile.gettempdir()) / f"bench-proxy-{name}.pstats"
+    profiler.dump_stats(dump)  # for pstats' callers/callees views
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(30)
+    stats.sort_stats("cumulative").print_stats(40)
+    print(f"[proxy] profile of {name}, {n} requests ({dump}):\n{out.getvalue()}", file=sys.stderr)
 
 
 def run_breakdown(
@@ -497,6 +520,7 @@ def run_breakdown(
                 key,
                 args.breakdown_rounds,
                 args.breakdown_n,
+                tuple(filter(None, args.profile.split(","))),
             )
         )
     finally:
@@ -519,6 +543,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--breakdown-rounds", type=int, default=10, help="in-process breakdown rounds (0: none)"
     )
     parser.add_argument("--breakdown-n", type=int, default=100, help="requests per step a round")
+    parser.add_argument(
+        "--profile", default="", help="breakdown steps to cProfile, comma-separated (stderr)"
+    )
     parser.add_argument(
         "--upstream",
         choices=("auto", "nginx", "uvicorn"),
@@ -660,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
                 _check(side, BODY if side.name.startswith("ded_") else None)
             # Wait for a quiet machine once: the rounds' own load keeps the load average up.
             first = quiet.wait("proxy")
-            for side in sides:  # warm-up: connections, code paths, caches
+            for side in sides if args.rounds else ():  # warm-up: connections, code paths, caches
                 load(side, 1, max(conns))
             for index in range(args.rounds):
                 now = loadavg()
@@ -746,6 +773,7 @@ BREAKDOWN = {
     "app_health": "server app GET /health (middleware, no auth), no upstream",
     "app_auth": "server app GET /loadbalancer/strategy (auth, rate limit), no upstream",
     "app_proxy": "server app GET /gpu/proxy/{id}/health: (c) without uvicorn",
+    "app_credits": "server app GET /billing/credits with key (fast lane), no upstream",
     "bare_app": "bare forwarder app GET /fwd: (b) without uvicorn",
 }
 
@@ -755,7 +783,9 @@ def print_breakdown(breakdown: dict[str, Any]) -> None:
     print("(wall: median per request; CPU: event-loop thread, mean per request, median of rounds)")
     print(f"  {'wall':>8}{'CPU':>8}  step")
     for name, label in BREAKDOWN.items():
-        row = breakdown[name]
+        row = breakdown.get(name)
+        if row is None:
+            continue
         print(f"  {row['wall_median_us']:>8.1f}{row['cpu_us']:>8.1f}  {name:<18} {label}")
     cpu = {name: row["cpu_us"] for name, row in breakdown.items()}
     print(
@@ -868,7 +898,9 @@ def report(
     use_wrk: bool,
 ) -> dict[str, Any]:
     """Print the medians, the per-round ratios and the aims; return them."""
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {"aims": {}}
+    if not runs:  # --rounds 0: the breakdown (and profile) only
+        return summary
     print(
         f"load generator: {'wrk -t1' if use_wrk else 'aiohttp (subprocess)'}, "
         f"{args.duration}s per run, median of {args.rounds} interleaved rounds, "
