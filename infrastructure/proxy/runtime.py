@@ -129,6 +129,7 @@ class ProxyRuntime:
         price: int,
         lease_amount: int,
         allow_private: bool,
+        sandbox_private: bool = False,
         connect_timeout: float,
         default_timeout: float,
         flush_interval: float,
@@ -148,7 +149,7 @@ class ProxyRuntime:
         self.tracker = LoadTracker()
         self.sessions = SessionTally()
         self.session_idle_minutes = session_idle_minutes
-        self.guard = TargetGuard(allow_private=allow_private)
+        self.guard = TargetGuard(allow_private=allow_private, sandbox_private=sandbox_private)
         self.forwarder = Forwarder(connect_timeout=connect_timeout)
         if fee_tally is None and isinstance(signal, RedisInstanceSignal):
             fee_tally = RedisFeeTally(signal.client)  # the replicas' Redis (REDIS_URL)

@@ -187,6 +187,17 @@ def _site_network(address: IPAddress) -> bool:
     return address in _ULA
 
 
+def advertised_off_loopback(host: str) -> bool:
+    """Whether sandbox instances advertised as ``host`` are reached off loopback, so the guard
+    must let sandbox endpoints be on a private network (``sandbox_private``)."""
+    if host.lower().rstrip(".") == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return True  # a host name: another replica on the stack's network
+
+
 def address_refusal(
     address: IPAddress, endpoint: Endpoint, *, allow_private: bool, sandbox_private: bool = False
 ) -> str | None:

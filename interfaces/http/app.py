@@ -15,6 +15,7 @@ from litestar.openapi.spec import Components, Contact, License, SecurityScheme
 
 from domain.errors import DomainError
 from infrastructure.proxy.runtime import ProxyRuntime
+from infrastructure.proxy.targets import advertised_off_loopback
 from interfaces.agents import routes as agents
 from interfaces.http import docs_assets
 from interfaces.http.card_guard import refuse_card_numbers
@@ -118,6 +119,7 @@ def create_app(
         price=settings.proxy_request_price,
         lease_amount=settings.proxy_lease_amount,
         allow_private=settings.allow_private_targets,
+        sandbox_private=advertised_off_loopback(settings.sandbox_advertise_host),
         connect_timeout=settings.proxy_connect_timeout,
         default_timeout=settings.proxy_default_timeout,
         flush_interval=settings.proxy_usage_flush_interval,

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from infrastructure.proxy.targets import NOT_YOURS, Endpoint, TargetGuard, TargetRefusedError
+from infrastructure.proxy.targets import (
+    NOT_YOURS,
+    Endpoint,
+    TargetGuard,
+    TargetRefusedError,
+    advertised_off_loopback,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -83,3 +89,19 @@ async def test_a_sandbox_endpoint_never_reaches_metadata_or_odd_ranges(
 async def test_a_name_with_one_bad_address_is_refused() -> None:
     endpoint = Endpoint("s", "sandbox", "evil.test", 40001)
     assert "metadata" in await reason(STACK, "http://evil.test:40001/", [endpoint])
+
+
+@pytest.mark.parametrize(
+    ("host", "off"),
+    [
+        ("127.0.0.1", False),
+        ("::1", False),
+        ("localhost", False),
+        ("127.0.0.2", False),
+        ("gpuproxy-1", True),
+        ("10.89.77.3", True),
+        ("fd00::3", True),
+    ],
+)
+def test_only_a_loopback_advertised_sandbox_keeps_private_refused(host: str, off: bool) -> None:
+    assert advertised_off_loopback(host) is off
