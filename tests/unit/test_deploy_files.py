@@ -56,6 +56,16 @@ def test_nginx_upstreams_are_the_compose_replicas() -> None:
     assert "proxy_set_header X-Forwarded-For $remote_addr;" in conf  # replaced, not appended
 
 
+def test_each_replica_advertises_its_sandbox_instances_by_its_own_name() -> None:
+    """Another replica reaches a sandbox instance as ``replica:port`` (docs/adr/0028)."""
+    services = _compose()["services"]
+    for name in (n for n in services if n.startswith("gpuproxy-")):
+        env = services[name]["environment"]
+        assert env["SANDBOX_BIND_HOST"] == "0.0.0.0", name  # noqa: S104
+        assert env["SANDBOX_ADVERTISE_HOST"] == services[name]["hostname"] == name
+        assert env["DB_TYPE"] == "postgres", name  # the shared settings are merged in
+
+
 def test_containerfile_final_stage_is_offline_non_root_and_checks_ready() -> None:
     text = (ROOT / "Containerfile").read_text()
     final = text[text.rindex("\nFROM ") :]
