@@ -96,6 +96,13 @@ async def _translate(
     summary="A2A: JSON-RPC (message/send, tasks/get) or {action, …}",
     operation_class=MESSAGE,
     responses=DOOR_ERRORS,
+    description=(
+        "Agent-to-Agent (A2A) protocol: a JSON-RPC 2.0 request (`message/send`, `tasks/get`) or a "
+        "plain `{action, parameters}` message. Actions are the agent card's skills (credits, "
+        "offers, rentals, spending, proxy, …) and run as the caller, so they change what the same "
+        "REST call would (renting takes a credit hold). Any authenticated caller. 400 for a "
+        "message that is not A2A; 402 and 404 as the action's REST route; 413 over the body limit."
+    ),
 )
 async def a2a(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
@@ -109,6 +116,12 @@ async def a2a(
     summary="ACP: {header: {sender, message_type}, payload}",
     operation_class=MESSAGE,
     responses=DOOR_ERRORS,
+    description=(
+        "Agent Communication Protocol: a message `{header: {sender, message_type}, payload}` whose "
+        "payload names an action (the same actions as A2A), run as the caller and changing what "
+        "the same REST call would. Any authenticated caller. 400 for a malformed message; 402 and "
+        "404 as the action's REST route; 413 over the body limit."
+    ),
 )
 async def acp_door(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
@@ -122,6 +135,12 @@ async def acp_door(
     summary="FIPA ACL: request, query-ref, query-if, cfp, …",
     operation_class=MESSAGE,
     responses=DOOR_ERRORS,
+    description=(
+        "FIPA ACL: a message with a performative (request, query-ref, query-if, cfp, …) whose "
+        "content names an action (the same actions as A2A), run as the caller; the answer is an "
+        "ACL reply (inform, agree, refuse, failure, propose). Any authenticated caller. 400 for a "
+        "malformed message; 402 and 404 as the action's REST route; 413 over the body limit."
+    ),
 )
 async def fipa_door(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
@@ -135,6 +154,12 @@ async def fipa_door(
     summary="KQML: ask-one, ask-all, ask-if, tell, achieve",
     operation_class=MESSAGE,
     responses=DOOR_ERRORS,
+    description=(
+        "KQML: a message with a performative (ask-one, ask-all, ask-if, tell, achieve) whose "
+        "content names an action (the same actions as A2A), run as the caller; the answer is a "
+        "KQML reply. Any authenticated caller. 400 for a malformed message; 402 and 404 as the "
+        "action's REST route; 413 over the body limit."
+    ),
 )
 async def kqml_door(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
@@ -148,6 +173,12 @@ async def kqml_door(
     summary="LangChain: execute a tool",
     operation_class=MESSAGE,
     responses=DOOR_ERRORS,
+    description=(
+        "LangChain: executes one tool from GET /langchain/tools with its arguments, as the caller, "
+        "and answers the tool's output; tools that rent, destroy or proxy change what the same "
+        "REST call would. Any authenticated caller. 400 for an unknown tool or bad arguments; 402 "
+        "and 404 as the tool's REST route; 413 over the body limit."
+    ),
 )
 async def langchain_door(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
@@ -159,6 +190,10 @@ async def langchain_door(
     "/langchain/tools",
     summary="LangChain tool definitions with argument schemas",
     responses=errors(401, 429),
+    description=(
+        "The LangChain tool definitions that POST /langchain executes: name, description and a "
+        "JSON Schema of the arguments for each. Any authenticated caller; changes nothing."
+    ),
 )
 async def langchain_tools(
     principal: NamedDependency[Principal],  # noqa: ARG001 - runs the auth dependency
@@ -172,6 +207,13 @@ async def langchain_tools(
     summary="Any agent protocol, detected from the message shape",
     operation_class=MESSAGE,
     responses=DOOR_ERRORS,
+    description=(
+        "One door for every agent protocol: the protocol (A2A, ACP, FIPA ACL, KQML, LangChain) is "
+        "detected from the message's shape and the message is handled as that protocol's own route "
+        "would, with `X-Agent-Protocol` naming it; an MCP message gets 307 to /api/v1/mcp. Any "
+        "authenticated caller. 400 when no protocol matches; 402 and 404 as the action's REST "
+        "route; 413 over the body limit."
+    ),
 )
 async def agent(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
@@ -210,6 +252,11 @@ PUBLIC_CACHE = CacheControlHeader(public=True, max_age=300)
     cache_control=PUBLIC_CACHE,
     operation_class=PUBLIC,
     tags=["agents"],
+    description=(
+        "The agent protocols this server speaks, their endpoints, how to authenticate and what "
+        "each can do, for agents finding their way. Public (no credential) and cacheable for 5 "
+        "minutes; it changes nothing."
+    ),
 )
 async def discover() -> dict[str, Any]:
     return discover_document()
@@ -221,6 +268,11 @@ async def discover() -> dict[str, Any]:
     cache_control=PUBLIC_CACHE,
     operation_class=PUBLIC,
     tags=["agents"],
+    description=(
+        "The A2A agent card: name, description, skills, JSON-RPC endpoints and security schemes, "
+        "with URLs from `PUBLIC_URL` (never the request's Host). Public (no credential) and "
+        "cacheable for 5 minutes; it changes nothing."
+    ),
 )
 async def agent_card(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """URLs from ``PUBLIC_URL`` (or the listening address), never the request's ``Host``."""

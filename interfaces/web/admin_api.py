@@ -72,6 +72,10 @@ def _actor(principal: Principal) -> str:
     sync_to_thread=True,
     summary="Find users by email or name",
     responses=ADMIN_ERRORS,
+    description=(
+        "Finds users whose email or name contains `q` (every user when it is empty), with their "
+        "remaining and held credits, at most `limit`. Admin role only; changes nothing."
+    ),
 )
 def search_users(
     request: Request[Any, Any, Any],
@@ -101,6 +105,12 @@ def search_users(
     sync_to_thread=True,
     summary="An account now (aggregate)",
     responses=ADMIN_ERRORS,
+    description=(
+        "One user's account as the ledger aggregate has it now: balance, available and held "
+        "credits, spending per window, the user's limit overrides, open holds and auto-renew "
+        "(never the card token), with `as_of`; `credits` is null while the user has no account. "
+        "Admin role only; changes nothing. 404 for an unknown user."
+    ),
 )
 def account(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[UUID]
@@ -141,6 +151,11 @@ def account(
     summary="An account's ledger",
     responses=ADMIN_ERRORS,
     operation_id="getUserTransactions",
+    description=(
+        "One user's ledger movements, newest first, with actor and reason; pages with `limit` and "
+        "`before` as GET /billing/transactions. Admin role only; changes nothing. 404 for an "
+        "unknown user."
+    ),
 )
 def transactions(
     request: Request[Any, Any, Any],
@@ -175,6 +190,10 @@ def transactions(
     sync_to_thread=True,
     summary="Balance after each movement (newest ``limit`` points, oldest first)",
     responses=ADMIN_ERRORS,
+    description=(
+        "One user's balance after each ledger movement: the newest `limit` points, oldest first, "
+        "for a chart. Admin role only; changes nothing. 404 for an unknown user."
+    ),
 )
 def balance_history(
     request: Request[Any, Any, Any],
@@ -196,6 +215,10 @@ def balance_history(
     sync_to_thread=True,
     summary="A user's API keys",
     responses=ADMIN_ERRORS,
+    description=(
+        "One user's API keys, revoked and expired ones included, never the secrets. Admin role "
+        "only; changes nothing. 404 for an unknown user."
+    ),
 )
 def api_keys(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[UUID]
@@ -211,6 +234,11 @@ def api_keys(
     sync_to_thread=True,
     summary="Revoke one of a user's API keys (audited)",
     responses=ADMIN_ERRORS,
+    description=(
+        "Revokes one of a user's API keys: it stops authenticating at once, and the revocation is "
+        "kept in the user's security audit trail with the admin as actor. Admin role only. 404 for "
+        "an unknown user, or a key that is not theirs or is already revoked."
+    ),
 )
 def revoke_key(
     request: Request[Any, Any, Any],
@@ -230,6 +258,11 @@ def revoke_key(
     sync_to_thread=True,
     summary="Revoke every active API key of a user (audited)",
     responses=ADMIN_ERRORS,
+    description=(
+        "Revokes every active API key of a user at once (for a leak), each kept in the security "
+        "audit trail with the admin as actor, and answers the revoked ids. Admin role only. 404 "
+        "for an unknown user."
+    ),
 )
 def revoke_all_keys(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[UUID]
@@ -249,6 +282,12 @@ def revoke_all_keys(
     sync_to_thread=True,
     summary="Security and ledger audit trail",
     responses=ADMIN_ERRORS,
+    description=(
+        "One user's audit trail: security events (registration, logins, keys, roles) and the "
+        "ledger changes someone made (grants, limits, resets, caps, refunds), each with actor and "
+        "reason; the newest `limit` of each. Admin role only; changes nothing. 404 for an unknown "
+        "user."
+    ),
 )
 def audit(
     request: Request[Any, Any, Any],
@@ -285,6 +324,10 @@ def audit(
     sync_to_thread=True,
     summary="Every user's instances, newest first",
     responses=ADMIN_ERRORS,
+    description=(
+        "Every user's instances, newest first, with their owner; only those in `state` when given, "
+        "at most `limit`. Admin role only; changes nothing."
+    ),
 )
 def instances(
     request: Request[Any, Any, Any],
@@ -309,6 +352,10 @@ def instances(
     sync_to_thread=True,
     summary="Every user's reservations, newest first",
     responses=ADMIN_ERRORS,
+    description=(
+        "Every user's reservations, newest first, with their owner, at most `limit`. Admin role "
+        "only; changes nothing."
+    ),
 )
 def reservations(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], limit: Limit = 50
@@ -337,6 +384,11 @@ def reservations(
     summary="Load table: every instance's traffic",
     responses=ADMIN_ERRORS,
     operation_id="getAllLoad",
+    description=(
+        "The load table over every user's instances: requests, errors, mean latency and last "
+        "request from the read model, with live connections and ejection from this replica's "
+        "proxy, and the owner. Admin role only; changes nothing."
+    ),
 )
 def load(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> dict[str, Any]:
     c = container_of(request)
@@ -367,6 +419,11 @@ def load(request: Request[Any, Any, Any], principal: NamedDependency[Principal])
     "/providers",
     summary="Marketplace health: a live probe and instance counts per provider",
     responses=ADMIN_ERRORS,
+    description=(
+        "Probes every configured marketplace now (a one-offer search, 5 seconds at most) and "
+        "answers for each whether it is healthy or its error, the probe's latency and its "
+        "instances per state. Admin role only; changes nothing."
+    ),
 )
 async def providers(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
@@ -407,6 +464,10 @@ async def providers(
     sync_to_thread=True,
     summary="Every user's payments, newest first",
     responses=ADMIN_ERRORS,
+    description=(
+        "Every user's payments, newest first, with the owner's email; only those in `state` when "
+        "given, at most `limit`. Admin role only; changes nothing."
+    ),
 )
 def payments(
     request: Request[Any, Any, Any],
@@ -427,6 +488,11 @@ def payments(
     sync_to_thread=True,
     summary="Projection positions, lag and errors",
     responses=ADMIN_ERRORS,
+    description=(
+        "The read models' state: the event store's head, each projection's position and lag, the "
+        "last projection error, and the WebSocket feed's cursor and connections. Admin role only; "
+        "changes nothing."
+    ),
 )
 def projections(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]

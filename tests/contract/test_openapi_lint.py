@@ -1,5 +1,5 @@
 """The live OpenAPI document passes Spectral (``spectral:oas``) and Redocly (``recommended``)
-with no errors, and describes what the server does (issue 22, ADR 0025).
+with no errors and no warnings, and describes what the server does (issue 22, ADR 0025).
 
 The linters are npm packages pinned in ``tests/contract/package-lock.json``; ``npm ci`` puts
 them in a cache folder keyed by the lock file's hash, so a second run installs nothing. Without
@@ -161,6 +161,19 @@ def _words(camel: str) -> list[str]:
     return [*words, current]
 
 
+def test_every_operation_is_described_in_its_own_words(spec: dict[str, Any]) -> None:
+    """A description per route (what, who, what changes, errors), not one template: two
+    operations share one only when they are one handler's methods or paths (one summary)."""
+    summary_of: dict[str, str] = {}
+    for path, method, op in operations(spec):
+        if path.startswith("/schema"):
+            continue
+        description = op.get("description", "")
+        assert len(description) >= 80, (method, path, description)
+        assert description != op.get("summary"), (method, path)
+        assert summary_of.setdefault(description, op["summary"]) == op["summary"], (method, path)
+
+
 def test_post_put_patch_routes_have_a_request_body(spec: dict[str, Any]) -> None:
     bodiless = {"/api/v1/auth/logout"}  # ends the caller's session: nothing to send
     for path, method, op in operations(spec):
@@ -217,7 +230,7 @@ def _linters() -> Path | None:
     return bin_dir
 
 
-def test_spectral_oas_finds_no_errors(spec_file: Path) -> None:
+def test_spectral_oas_finds_nothing(spec_file: Path) -> None:
     bin_dir = _linters()
     assert bin_dir is not None
     result = subprocess.run(
@@ -229,7 +242,7 @@ def test_spectral_oas_finds_no_errors(spec_file: Path) -> None:
             "--format",
             "json",
             "--fail-severity",
-            "error",
+            "warn",
             str(spec_file),
         ],
         capture_output=True,
@@ -237,14 +250,13 @@ def test_spectral_oas_finds_no_errors(spec_file: Path) -> None:
         text=True,
         timeout=120,
     )
-    findings = json.loads(result.stdout[result.stdout.index("[") :]) if "[" in result.stdout else []
-    errors = [f for f in findings if f["severity"] == 0]
-    assert errors == [], errors[:5]
+    # the JSON list, then (when it is empty) a "No results …" line
+    findings, _ = json.JSONDecoder().raw_decode(result.stdout, result.stdout.index("["))
+    assert findings == [], findings[:5]  # no errors, and no warnings either (issue 22)
     assert result.returncode == 0, result.stderr
-    assert [f for f in findings if f["code"] != "operation-description"] == [], findings[:5]
 
 
-def test_redocly_recommended_finds_no_errors(spec_file: Path) -> None:
+def test_redocly_recommended_finds_nothing(spec_file: Path) -> None:
     bin_dir = _linters()
     assert bin_dir is not None
     result = subprocess.run(
@@ -264,7 +276,5 @@ def test_redocly_recommended_finds_no_errors(spec_file: Path) -> None:
         env={**os.environ, "REDOCLY_TELEMETRY": "off", "REDOCLY_SUPPRESS_UPDATE_NOTICE": "true"},
     )
     report = json.loads(result.stdout[result.stdout.index("{") :])
-    errors = [p for p in report["problems"] if p["severity"] == "error"]
-    assert errors == [], errors[:5]
+    assert report["problems"] == [], report["problems"][:5]  # no errors, and no warnings
     assert result.returncode == 0, result.stderr
-    assert report["problems"] == [], report["problems"][:5]

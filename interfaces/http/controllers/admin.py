@@ -160,9 +160,9 @@ def set_limits(
     responses=errors(*ADMIN, 404),
     description=(
         "Resets the user's spending totals in one guard-rail `window`, or in all of them when none "
-        "is named, so that refused spending may go on. The `reason` is required and recorded on the "
-        "ledger with the admin. Admin role only. 400 for an unknown window or a missing reason; 404 "
-        "for an unknown user."
+        "is named, so that refused spending may go on. The `reason` is required and recorded on "
+        "the ledger with the admin. Admin role only. 400 for an unknown window or a missing "
+        "reason; 404 for an unknown user."
     ),
 )
 def reset(
@@ -184,9 +184,9 @@ def reset(
     summary="Set the overage cap (USD)",
     responses=errors(*ADMIN, 404),
     description=(
-        "Sets the user's overage cap: how far below zero (USD) metered charges may take the balance "
-        "before they are refused. Recorded on the ledger with the admin and `reason`. Admin role "
-        "only. 400 for a bad amount; 404 for an unknown user."
+        "Sets the user's overage cap: how far below zero (USD) metered charges may take the "
+        "balance before they are refused. Recorded on the ledger with the admin and `reason`. "
+        "Admin role only. 400 for a bad amount; 404 for an unknown user."
     ),
 )
 def set_cap(

@@ -60,8 +60,8 @@ def limit_anonymous(request: Request[Any, Any, Any]) -> None:
         "Creates an account from `email`, `password` (8 characters or more) and `name`, with an "
         "empty credit account, and answers the new user; log in next to get a token. Anyone may "
         "call it, without a credential; it is rate limited per client address, as each call hashes "
-        "a password (429). 400 names an invalid field; 409 when the email, or a look-alike spelling "
-        "of it, is already registered."
+        "a password (429). 400 names an invalid field; 409 when the email, or a look-alike "
+        "spelling of it, is already registered."
     ),
 )
 def register(request: Request[Any, Any, Any], data: JSONBody[RegisterBody]) -> Registered:
@@ -80,10 +80,11 @@ def register(request: Request[Any, Any, Any], data: JSONBody[RegisterBody]) -> R
     operation_class=PUBLIC,
     responses=errors(400, 401, 429),
     description=(
-        "Checks `email` and `password` and opens a login session: answers a JWT for `Authorization: "
-        "Bearer` and when it expires. The session (client address, user agent) is recorded and ends "
-        "at logout or expiry. Anyone may call it, without a credential; rate limited per client "
-        "address (429). 401 for a wrong email or password, the same answer for both."
+        "Checks `email` and `password` and opens a login session: answers a JWT for "
+        "`Authorization: Bearer` and when it expires. The session (client address, user agent) is "
+        "recorded and ends at logout or expiry. Anyone may call it, without a credential; rate "
+        "limited per client address (429). 401 for a wrong email or password, the same answer for "
+        "both."
     ),
 )
 def login(request: Request[Any, Any, Any], data: JSONBody[LoginBody]) -> LoggedIn:

@@ -95,10 +95,10 @@ def _status_for(payment: Payment, new: bool) -> int:
         "Starts a payment of `amount` USD (whole cents, within the server's limits) through "
         "`provider` (or the `X-Billing` header): stripe, crypto or afterdark, with the method in "
         "`X-Preferred-Payment`. Credits are added when the processor confirms: at once for a card "
-        "that succeeds, later on its webhook or the chain transfer. 201 a new payment, 200 a replay "
-        "(same `Idempotency-Key`), 202 waiting for the payer (3-D Secure, crypto transfer), 402 "
-        "refused by the processor, 409 the same key is still being processed, 503 the processor is "
-        "not configured or does not answer."
+        "that succeeds, later on its webhook or the chain transfer. 201 a new payment, 200 a "
+        "replay (same `Idempotency-Key`), 202 waiting for the payer (3-D Secure, crypto transfer), "
+        "402 refused by the processor, 409 the same key is still being processed, 503 the "
+        "processor is not configured or does not answer."
     ),
 )
 async def create_payment(

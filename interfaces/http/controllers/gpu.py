@@ -108,6 +108,14 @@ def _instance_id(value: str) -> UUID:
     "/instances",
     summary="GPU offers from every marketplace (or one), cheapest first",
     responses=errors(*AUTHED, 503),
+    description=(
+        "Searches the GPU offers of every configured marketplace, or of `provider`, filtered by "
+        "`min_vram` (GB), `max_price` (USD per hour), `gpu_model`, `region` and `num_gpus`, sorted "
+        "by `sort` (price by default), at most `limit`. Prices are what the caller pays. A "
+        "marketplace that fails is named under `errors` while the others still answer. Any "
+        "authenticated caller; changes nothing. 400 names a bad filter; 503 when no marketplace "
+        "can be searched."
+    ),
 )
 async def catalog(
     request: Request[Any, Any, Any],
@@ -144,6 +152,14 @@ async def catalog(
     status_code=201,
     summary="Rent an offer: a credit hold first (402 if refused), then the provider",
     responses=errors(*AUTHED, 402, 404, 409, 502, 503),
+    description=(
+        "Rents offer `{id}` of marketplace `{provider}` with the given image, environment, ports, "
+        "disk and start command. A credit hold is taken first (402 when credits or guard rails "
+        "refuse it), then the provider is asked; the instance is billed per second until it is "
+        "destroyed. The same `Idempotency-Key` gives the same instance on a retry. 404 for an "
+        "unknown offer; 409 when the offer is no longer available; 502 when the provider fails and "
+        "503 when it is unreachable (the hold is released)."
+    ),
 )
 async def rent(
     request: Request[Any, Any, Any],
@@ -192,6 +208,11 @@ def _owned(
     "/instances/{provider:str}/{id:str}",
     summary="One of your instances",
     responses=errors(*AUTHED, 404),
+    description=(
+        "One of the caller's instances, by id, on `{provider}`: state, GPU, price, endpoint and "
+        "what it has cost so far. The owner or an admin; changes nothing. 404 for an unknown "
+        "instance, one of another user, or an id that is not a UUID."
+    ),
 )
 async def instance(
     request: Request[Any, Any, Any],
@@ -209,6 +230,12 @@ async def instance(
     status_code=200,
     summary="Stop billing and destroy one of your instances",
     responses=errors(*AUTHED, 404, 502),
+    description=(
+        "Stops billing for one of the caller's instances at once (what it cost is captured and the "
+        "rest of its hold freed) and asks the provider to destroy it; answers the instance in its "
+        "final state. The owner or an admin. 404 for an unknown instance or one of another user; "
+        "502 when the provider fails."
+    ),
 )
 async def destroy(
     request: Request[Any, Any, Any],
@@ -228,6 +255,13 @@ async def destroy(
     status_code=201,
     summary="Reserve 1-16 GPUs under one hold: all running before the deadline, or none",
     responses=errors(*AUTHED, 402, 409, 503),
+    description=(
+        "Reserves `count` GPUs (1 to 16) matching the filters under one credit hold: the instances "
+        "are rented at once and must all be running before the reservation's deadline, or they are "
+        "all destroyed and the hold freed. Answers the reservation; follow it with GET "
+        "/gpu/reservations/{id}. 402 when credits or guard rails refuse the hold; 409 when too few "
+        "offers match; 503 when the marketplaces are unreachable."
+    ),
 )
 async def reserve(
     request: Request[Any, Any, Any],
@@ -269,6 +303,10 @@ def _own_reservation(
     "/reservations/{reservation_id:uuid}",
     summary="One of your reservations",
     responses=errors(*AUTHED, 404),
+    description=(
+        "One of the caller's reservations: its state, instances, hold and deadline. The owner or "
+        "an admin; changes nothing. 404 for an unknown reservation or one of another user."
+    ),
 )
 async def reservation(
     request: Request[Any, Any, Any],
@@ -284,6 +322,11 @@ async def reservation(
     status_code=200,
     summary="Release a reservation: destroy its instances, free the hold",
     responses=errors(*AUTHED, 404),
+    description=(
+        "Releases one of the caller's reservations: destroys its instances and frees what is left "
+        "of its hold. The owner or an admin. 404 for an unknown reservation or one of another "
+        "user."
+    ),
 )
 async def release(
     request: Request[Any, Any, Any],
@@ -302,6 +345,11 @@ async def release(
     sync_to_thread=True,
     summary="Your instances, newest first",
     responses=errors(401, 429),
+    description=(
+        "Every instance the caller has rented, in any state, newest first, with state, price and "
+        "what each has cost so far. A rental just made is listed (the list waits briefly for the "
+        "read model). Own instances only; changes nothing."
+    ),
 )
 def rentals(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> Rentals:
     c = container_of(request)

@@ -78,9 +78,9 @@ async def credits(
     description=(
         "The caller's ledger movements (grants, payments, charges, holds and their captures, "
         "refunds), newest first, `limit` per page (1-500, default 50). Pass an answer's "
-        "`next_before` as `before` for the next page; the first page also lists the caller's latest "
-        "payments in every state. Own account only; changes nothing. 400 names a bad `limit` or "
-        "`before`."
+        "`next_before` as `before` for the next page; the first page also lists the caller's "
+        "latest payments in every state. Own account only; changes nothing. 400 names a bad "
+        "`limit` or `before`."
     ),
 )
 def transactions(
@@ -149,9 +149,9 @@ def spending(
     responses=errors(*AUTHED, 402),
     description=(
         "Asks whether spending `estimated_cost` (USD, greater than zero) now would stay within "
-        "every guard-rail window: 200 with the window totals when it would, 402 naming the violated "
-        "windows when it would not. Nothing is held or recorded. Own account only. 400 for a "
-        "missing, zero, negative or over-precise amount."
+        "every guard-rail window: 200 with the window totals when it would, 402 naming the "
+        "violated windows when it would not. Nothing is held or recorded. Own account only. 400 "
+        "for a missing, zero, negative or over-precise amount."
     ),
 )
 def check_spending(

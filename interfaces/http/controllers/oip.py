@@ -112,7 +112,15 @@ def _check_version(version: str) -> None:
 # ------------------------------------------------------------------ health
 
 
-@get("/v2/health/live", summary="OIP: server live", operation_class=PUBLIC)
+@get(
+    "/v2/health/live",
+    summary="OIP: server live",
+    operation_class=PUBLIC,
+    description=(
+        "Open Inference Protocol v2 liveness: 200 `{live: true}` while the server serves HTTP. "
+        "Anyone may call it, without a credential; it changes nothing."
+    ),
+)
 async def live() -> Live:
     return Live(live=True)
 
@@ -124,6 +132,11 @@ async def live() -> Live:
     operation_id="getServerReady",
     operation_class=PUBLIC,
     responses=answers(Ready, 503, description="Not ready"),
+    description=(
+        "Open Inference Protocol v2 server readiness: 200 `{ready: true}` when the database "
+        "answers, 503 `{ready: false}` when it does not (clients read the status code). Anyone may "
+        "call it, without a credential; it changes nothing."
+    ),
 )
 def ready(request: Request[Any, Any, Any]) -> Response[Ready]:
     try:
@@ -134,7 +147,16 @@ def ready(request: Request[Any, Any, Any]) -> Response[Ready]:
     return Response(Ready(ready=True))
 
 
-@get("/v2", summary="OIP: server metadata", operation_class=PUBLIC)
+@get(
+    "/v2",
+    summary="OIP: server metadata",
+    operation_class=PUBLIC,
+    description=(
+        "Open Inference Protocol v2 server metadata: name, version and the extensions served (such "
+        "as Triton's binary tensor data). Anyone may call it, without a credential; it changes "
+        "nothing."
+    ),
+)
 async def server_metadata() -> ServerMetadata:
     from interfaces.http.app import VERSION as APP_VERSION
 
@@ -181,7 +203,16 @@ async def _infer(
     return _answer(parsed, record, name, result.outputs)
 
 
-@get("/models/{name:str}", summary="OIP: model metadata", responses=errors(*AUTHED, 404))
+@get(
+    "/models/{name:str}",
+    summary="OIP: model metadata",
+    responses=errors(*AUTHED, 404),
+    description=(
+        "Open Inference Protocol v2 metadata of one of the caller's models, named by id or name: "
+        "platform, versions (only `1`) and the input and output tensors (name, datatype, shape). "
+        "Changes nothing. 404 for an unknown model or one of another user."
+    ),
+)
 async def model_metadata(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], name: FromPath[str]
 ) -> ModelMetadata:
@@ -192,6 +223,10 @@ async def model_metadata(
     "/models/{name:str}/versions/{version:str}",
     summary="OIP: model metadata (version 1)",
     responses=errors(*AUTHED, 404),
+    description=(
+        "The same as GET /v2/models/{name} for version `1`, the only version a model has: any "
+        "other version is 404, as is an unknown model or one of another user. Changes nothing."
+    ),
 )
 async def model_version_metadata(
     request: Request[Any, Any, Any],
@@ -203,7 +238,16 @@ async def model_version_metadata(
     return await _metadata(request, principal, name)
 
 
-@get("/models/{name:str}/ready", summary="OIP: model ready", responses=READY_ANSWERS)
+@get(
+    "/models/{name:str}/ready",
+    summary="OIP: model ready",
+    responses=READY_ANSWERS,
+    description=(
+        "Whether one of the caller's models can serve inference: 200 `{ready: true}`, or 400 with "
+        "`{ready: false}` while it cannot (the KServe v2 spec and tritonclient read the status "
+        "code). Changes nothing. 404 for an unknown model or one of another user."
+    ),
+)
 async def model_ready(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], name: FromPath[str]
 ) -> Response[dict[str, Any]]:
@@ -214,6 +258,10 @@ async def model_ready(
     "/models/{name:str}/versions/{version:str}/ready",
     summary="OIP: model ready (version 1)",
     responses=READY_ANSWERS,
+    description=(
+        "The same as GET /v2/models/{name}/ready for version `1`, the only version a model has: "
+        "any other version is 404, as is an unknown model or one of another user. Changes nothing."
+    ),
 )
 async def model_version_ready(
     request: Request[Any, Any, Any],
@@ -231,6 +279,14 @@ async def model_version_ready(
     summary="OIP: inference",
     operation_class=INFER,
     responses=INFER_ERRORS,
+    description=(
+        "Open Inference Protocol v2 inference on one of the caller's models: input tensors as JSON "
+        "`data`, or with Triton's binary tensor extension (`Inference-Header-Content-Length`, "
+        "`binary_data_size`); outputs as JSON or binary (`binary_data_output`). Each inference "
+        "costs the per-request fee from a credit lease. 400 for a malformed request or tensors "
+        "that do not fit the signature; 402 when credits or guard rails refuse the fee; 404 for an "
+        "unknown model; 413 over the body limit; 503 when the model store is unavailable."
+    ),
 )
 async def infer_model(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], name: FromPath[str]
@@ -244,6 +300,11 @@ async def infer_model(
     summary="OIP: inference (version 1)",
     operation_class=INFER,
     responses=INFER_ERRORS,
+    description=(
+        "The same as POST /v2/models/{name}/infer for version `1`, the only version a model has: "
+        "any other version is 404. Each inference costs the per-request fee from a credit lease "
+        "(402 when refused); 400 for a malformed request; 413 over the body limit."
+    ),
 )
 async def infer_model_version(
     request: Request[Any, Any, Any],

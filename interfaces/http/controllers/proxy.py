@@ -117,6 +117,15 @@ async def answer(upstream: Upstream) -> Response[bytes] | Stream:
     summary="Send a request to one of your instances (http, https, openinference, mcp)",
     response_description=UPSTREAM,
     responses=UPSTREAM_ANSWERS,
+    description=(
+        "Sends one request to one of the caller's running instances, named by `instance_id` or "
+        "`target_url`, over `protocol` http, https, openinference (`model` names the model) or "
+        "mcp, with `method`, `headers`, `body`, `path` and `timeout` (or `X-Timelimit`), and "
+        "answers with the instance's own status, headers and body. Each request costs the "
+        "per-request fee from a credit lease. 400 for a bad envelope or a private target; 402 when "
+        "credits or guard rails refuse the fee; 404 for an instance that is not the caller's; 502 "
+        "when the instance fails; 503 when none is running; 504 when it does not answer in time."
+    ),
 )
 async def proxy_envelope(
     request: Request[Any, Any, Any],
@@ -170,6 +179,13 @@ ONE = "Reverse proxy to one of your instances"
     summary=POOL,
     response_description=UPSTREAM,
     responses=UPSTREAM_ANSWERS,
+    description=(
+        "Reverse proxy without a body (GET, DELETE, HEAD, OPTIONS): the request (path after "
+        "`/pool`, query, headers) goes to one of the caller's running instances, chosen by the "
+        "caller's load-balancing strategy, and the instance's answer is streamed back as is. Each "
+        "request costs the per-request fee. 402 when credits or guard rails refuse it; 502 when "
+        "the instance fails; 503 when none is running; 504 when it does not answer in time."
+    ),
 )
 async def proxy_pool(request: Request[Any, Any, Any], path: FromPath[str] = "/") -> ASGIApp:
     return await _raw(request, None, path)
@@ -183,6 +199,12 @@ async def proxy_pool(request: Request[Any, Any, Any], path: FromPath[str] = "/")
     response_description=UPSTREAM,
     responses={**UPSTREAM_ANSWERS, **errors(413)},
     operation_class=PASSTHROUGH,
+    description=(
+        "Reverse proxy with a body (POST, PUT, PATCH): as the pool's other methods, and the body "
+        "is streamed to the chosen instance as is. Each request costs the per-request fee. 402 "
+        "when credits or guard rails refuse it; 413 over the body limit; 502 when the instance "
+        "fails; 503 when none is running; 504 when it does not answer in time."
+    ),
 )
 async def proxy_pool_body(request: Request[Any, Any, Any], path: FromPath[str] = "/") -> ASGIApp:
     return await _raw(request, None, path)
@@ -195,6 +217,13 @@ async def proxy_pool_body(request: Request[Any, Any, Any], path: FromPath[str] =
     summary=ONE,
     response_description=UPSTREAM,
     responses=UPSTREAM_ANSWERS,
+    description=(
+        "Reverse proxy without a body (GET, DELETE, HEAD, OPTIONS) to one of the caller's "
+        "instances by id: the request (path after the id, query, headers) is forwarded and the "
+        "instance's answer streamed back as is. Each request costs the per-request fee. 402 when "
+        "credits or guard rails refuse it; 404 for an instance that is not the caller's; 502 when "
+        "it fails; 503 when it is not running; 504 when it does not answer in time."
+    ),
 )
 async def proxy_instance(
     request: Request[Any, Any, Any], instance_id: FromPath[UUID], path: FromPath[str] = "/"
@@ -210,6 +239,13 @@ async def proxy_instance(
     response_description=UPSTREAM,
     responses={**UPSTREAM_ANSWERS, **errors(413)},
     operation_class=PASSTHROUGH,
+    description=(
+        "Reverse proxy with a body (POST, PUT, PATCH) to one of the caller's instances by id: as "
+        "its other methods, and the body is streamed to the instance as is. Each request costs the "
+        "per-request fee. 402 when credits or guard rails refuse it; 404 for an instance that is "
+        "not the caller's; 413 over the body limit; 502, 503, 504 as the instance fails, is not "
+        "running or times out."
+    ),
 )
 async def proxy_instance_body(
     request: Request[Any, Any, Any], instance_id: FromPath[UUID], path: FromPath[str] = "/"
@@ -221,6 +257,10 @@ async def proxy_instance_body(
     "/loadbalancer/strategy",
     summary="Your load-balancing strategy",
     responses=errors(401, 429),
+    description=(
+        "The load-balancing strategy the pool proxy uses for the caller, and the strategies "
+        "available. Any authenticated caller; changes nothing."
+    ),
 )
 async def get_strategy(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
@@ -234,6 +274,10 @@ async def get_strategy(
     sync_to_thread=True,
     summary="Choose your load-balancing strategy",
     responses=errors(*AUTHED),
+    description=(
+        "Sets the load-balancing strategy the pool proxy uses for the caller (one of those GET "
+        "/loadbalancer/strategy lists), on every replica. 400 for an unknown strategy."
+    ),
 )
 def set_strategy(
     request: Request[Any, Any, Any],
@@ -259,6 +303,12 @@ def _server_load(request: Request[Any, Any, Any], user_id: str) -> Any:
     sync_to_thread=True,
     summary="Server and provider load",
     responses=errors(*AUTHED),
+    description=(
+        "The load the caller's proxy traffic puts on their instances: per instance requests, "
+        "errors, latency, live connections and ejection (`type=server`), totals per provider "
+        "(`type=provider`), or both (`all`), with the strategy and the credit lease. Own instances "
+        "only; changes nothing. 400 for another `type`."
+    ),
 )
 def load(
     request: Request[Any, Any, Any],

@@ -24,11 +24,11 @@ from interfaces.presenters.usage import SessionPage, present_page
     summary="Usage sessions (yours; an admin may name any user by user_id or email)",
     responses=errors(*AUTHED, 403, 404),
     description=(
-        "Usage sessions, newest first: one per client (credential, address and user agent) with its "
-        "first and last request, request count and credits charged; a session closes after a quiet "
-        "spell. Callers see their own; an admin may name another user by `user_id` or `email` (not "
-        "both). Pages with `limit` and `before`. Changes nothing. 403 when a non-admin names a "
-        "user; 404 for an unknown user."
+        "Usage sessions, newest first: one per client (credential, address and user agent) with "
+        "its first and last request, request count and credits charged; a session closes after a "
+        "quiet spell. Callers see their own; an admin may name another user by `user_id` or "
+        "`email` (not both). Pages with `limit` and `before`. Changes nothing. 403 when a "
+        "non-admin names a user; 404 for an unknown user."
     ),
 )
 def sessions(

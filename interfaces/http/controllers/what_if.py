@@ -28,11 +28,11 @@ MAX_EVENTS = 200_000  # a longer history is an operator's job (the admin CLI): b
     summary="What-if replay",
     responses=errors(*AUTHED, 413),
     description=(
-        "Replays the caller's recorded charges from `from` to `to` (ISO 8601 times, at most 93 days "
-        'apart) under other guard-rail `limits` (for example `{"60min": "10.00"}`) and/or another '
-        "GPU `markup` percent, and answers what would have been charged and refused beside what "
-        "was. Own account only; writes nothing. 400 names an unknown or invalid field; 413 when the "
-        "range holds more than 200000 events (operators replay those with the admin CLI)."
+        "Replays the caller's recorded charges from `from` to `to` (ISO 8601 times, at most 93 "
+        'days apart) under other guard-rail `limits` (for example `{"60min": "10.00"}`) and/or '
+        "another GPU `markup` percent, and answers what would have been charged and refused beside "
+        "what was. Own account only; writes nothing. 400 names an unknown or invalid field; 413 "
+        "when the range holds more than 200000 events (operators replay those with the admin CLI)."
     ),
 )
 def what_if(
