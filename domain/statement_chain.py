@@ -65,20 +65,41 @@ def link(previous: str, record: StoredRecord) -> str:
     return hashlib.sha256(previous.encode("ascii") + canonical(record)).hexdigest()
 
 
-def month_chain(month: str, records: Iterable[StoredRecord]) -> MonthChain:
-    """The chain for ``month`` from the account's events in log (version) order."""
-    start, end = month_bounds(month)
-    current, opening = GENESIS, GENESIS
-    links: list[Link] = []
-    for record in records:
-        if record.at >= end:
-            break
-        current = link(current, record)
-        if record.at < start:
-            opening = current
+class MonthChainBuilder:
+    """``month_chain`` fed one record at a time, from any point of the chain: ``start_hash`` is
+    the chain after the record before the first one given (``GENESIS`` before version 1)."""
+
+    def __init__(self, month: str, start_hash: str = GENESIS) -> None:
+        self.month = month
+        self.start, self.end = month_bounds(month)
+        self.current = self.opening = start_hash
+        self.links: list[Link] = []
+
+    def add(self, record: StoredRecord) -> bool:
+        """Link ``record``; False (and nothing linked) once records reach the month's end."""
+        if record.at >= self.end:
+            return False
+        self.current = link(self.current, record)
+        if record.at < self.start:
+            self.opening = self.current
         else:
-            links.append(Link(record.version, record.topic, record.at, current))
-    return MonthChain(month, opening, current, tuple(links))
+            self.links.append(Link(record.version, record.topic, record.at, self.current))
+        return True
+
+    def result(self) -> MonthChain:
+        return MonthChain(self.month, self.opening, self.current, tuple(self.links))
+
+
+def month_chain(
+    month: str, records: Iterable[StoredRecord], start_hash: str = GENESIS
+) -> MonthChain:
+    """The chain for ``month`` from the account's events in log (version) order (from version
+    1, or from just after the record whose chain ``start_hash`` is)."""
+    builder = MonthChainBuilder(month, start_hash)
+    for record in records:
+        if not builder.add(record):
+            break
+    return builder.result()
 
 
 def first_mismatch(

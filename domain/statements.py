@@ -8,7 +8,7 @@ opening + payments + other grants - charges - refunds/disputes/adjustments = clo
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -85,14 +85,30 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
     return start, end
 
 
-def statement(month: str, events: Iterable[AccountEvent]) -> Statement:
-    """Fold every event of one account (oldest first) into the statement for ``month``."""
+def hold_placed(data: Mapping[str, Any]) -> tuple[str, str]:
+    """What a ``HoldPlaced`` event tells a statement: (reference, reason) of its captures."""
+    return data.get("reference") or data.get("reason") or "", data.get("reason") or ""
+
+
+def statement(
+    month: str,
+    events: Iterable[AccountEvent],
+    *,
+    balance: int = 0,
+    placed: Mapping[str, tuple[str, str]] | None = None,
+) -> Statement:
+    """Fold the events of one account (oldest first) into the statement for ``month``.
+
+    Given every event, from the first. Or given only those from some point on, with
+    ``balance`` the balance before them and ``placed`` (hold id -> (reference, reason)) the
+    holds placed before them that may still be captured: the same statement (a month's
+    statement reads from the month's start, docs/adr/0033).
+    """
     start, end = month_bounds(month)
     result = Statement(month=month)
-    balance = 0
     opened = False
-    references: dict[str, str] = {}  # hold id -> what it paid for
-    reasons: dict[str, str] = {}  # hold id -> why it was placed
+    references: dict[str, str] = {h: ref for h, (ref, _) in (placed or {}).items()}
+    reasons: dict[str, str] = {h: why for h, (_, why) in (placed or {}).items()}
     for event in events:
         if event.at >= end:
             break
@@ -101,8 +117,7 @@ def statement(month: str, events: Iterable[AccountEvent]) -> Statement:
         data = event.data
         amount = int(data.get("amount", 0))
         if event.name == "HoldPlaced":
-            references[data["hold_id"]] = data.get("reference") or data.get("reason") or ""
-            reasons[data["hold_id"]] = data.get("reason") or ""
+            references[data["hold_id"]], reasons[data["hold_id"]] = hold_placed(data)
             continue
         if event.name == "Granted":
             balance += amount

@@ -7,6 +7,7 @@ the way the library stored them) and keeps ``statement_hashes`` (docs/adr/0019).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,6 +21,7 @@ from domain.statement_chain import MonthChain, StoredRecord, first_mismatch, mon
 from infrastructure.sql import Database
 
 _decoder = msgspec.json.Decoder()
+RECORD_PAGE = 2_000  # stored events read per query
 
 
 def _at(state: dict[str, Any]) -> datetime:
@@ -31,27 +33,51 @@ def _at(state: dict[str, Any]) -> datetime:
 
 def stored_records(app: Application[UUID], user_id: str) -> list[StoredRecord]:
     """The account's stored events in version order (empty if it has none)."""
+    return list(iter_records(app, account_id_for(user_id)))
+
+
+def iter_records(
+    app: Application[UUID],
+    account_id: UUID,
+    *,
+    after: int = 0,
+    upto: int | None = None,
+    desc: bool = False,
+    page: int = RECORD_PAGE,
+) -> Iterator[StoredRecord]:
+    """The account's stored events with ``after < version <= upto``, a page per query, in
+    version order (newest first if ``desc``): a month of a long stream is read without the
+    rest of it, and without holding it all."""
     recorder: Any = app.recorder
+    low, high = after, upto
+    while True:
+        rows = recorder.select_events(account_id, gt=low, lte=high, desc=desc, limit=page)
+        for stored in rows:
+            yield _record(app, stored)
+        if len(rows) < page:
+            return
+        if desc:
+            high = int(rows[-1].originator_version) - 1
+        else:
+            low = int(rows[-1].originator_version)
+
+
+def _record(app: Application[UUID], stored: Any) -> StoredRecord:
+    state = stored.state
     cipher, compressor = app.mapper.cipher, app.mapper.compressor
-    out = []
-    for stored in recorder.select_events(account_id_for(user_id)):
-        state = stored.state
-        if cipher is not None:
-            state = cipher.decrypt(state)
-        if compressor is not None:
-            state = compressor.decompress(state)
-        data = _decoder.decode(state)
-        originator = stored.originator_id
-        out.append(
-            StoredRecord(
-                originator_id=originator if isinstance(originator, UUID) else UUID(originator),
-                version=int(stored.originator_version),
-                topic=stored.topic,
-                state=data,
-                at=_at(data),
-            )
-        )
-    return out
+    if cipher is not None:
+        state = cipher.decrypt(state)
+    if compressor is not None:
+        state = compressor.decompress(state)
+    data = _decoder.decode(state)
+    originator = stored.originator_id
+    return StoredRecord(
+        originator_id=originator if isinstance(originator, UUID) else UUID(originator),
+        version=int(stored.originator_version),
+        topic=stored.topic,
+        state=data,
+        at=_at(data),
+    )
 
 
 @dataclass(frozen=True)
@@ -86,6 +112,16 @@ class StatementHashes:
                     now.isoformat(),
                 ),
             )
+
+    def latest_before(self, user_id: str, month: str) -> tuple[str, str] | None:
+        """The newest recorded month before ``month`` and its closing hash (None if none)."""
+        with self.db.read() as tx:
+            row = tx.fetchone(
+                "SELECT month, closing_hash FROM statement_hashes WHERE user_id = ? AND month < ?"
+                " ORDER BY month DESC LIMIT 1",
+                (user_id, month),
+            )
+        return None if row is None else (str(row[0]), str(row[1]))
 
     def recorded(self, user_id: str | None = None, month: str | None = None) -> list[Recorded]:
         sql = "SELECT user_id, month, opening_hash, closing_hash, links FROM statement_hashes"

@@ -431,6 +431,11 @@ class LedgerService:
         account: CreditAccount = self.app.repository.get(account_id, version=version)
         return self._view(account, at)
 
+    def version_at(self, user_id: str, at: datetime, *, strict: bool = False) -> int:
+        """The account's newest version whose business time is ``<= at`` (``< at`` if
+        ``strict``), 0 if none: a search of the stream, whatever its length."""
+        return self._version_at(user_id, at, strict=strict)
+
     def history(
         self,
         user_id: str,
@@ -517,6 +522,7 @@ class LedgerService:
     def _view(self, account: CreditAccount, now: datetime) -> AccountView:
         now = account.business_time(now)
         held = account.held_at(now)
+        spending = account.spending_report(now, self.policy)  # every window, summed once
         return AccountView(
             user_id=account.user_id,
             account_id=account.id,
@@ -533,12 +539,12 @@ class LedgerService:
             auto_renew=dict(account.auto_renew),
             limits=dict(account.limits),
             effective_limits=self.policy.effective_limits(account.limits),
-            window_spend=account.window_spend(now),
+            window_spend=spending.spent,
             holds=tuple(
                 HoldView(h.hold_id, h.amount, h.captured, h.expires_at)
                 for h in account.live_holds(now)
             ),
-            spending=account.spending_report(now, self.policy),
+            spending=spending,
         )
 
 

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -161,7 +162,14 @@ def storage(dsn: str, events: int, counts: Counts) -> dict[str, Any]:
     }
 
 
-def measure_size(cluster: Cluster, shape: Shape, *, verify: bool) -> dict[str, Any]:
+def measure_size(
+    cluster: Cluster,
+    shape: Shape,
+    *,
+    verify: bool,
+    after_load: Callable[[Settings, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Load, (``after_load``: reads that need no read model), rebuild, verify, storage."""
     dbname = f"scale_{shape.events}"
     settings, counts, load_s = load(cluster, dbname, shape)
     out: dict[str, Any] = {
@@ -175,6 +183,8 @@ def measure_size(cluster: Cluster, shape: Shape, *, verify: bool) -> dict[str, A
     }
     console.print(f"[{dbname}] loaded {counts.events:,} events in {load_s:.0f} s")
     out["storage"] = storage(cluster.dsn(dbname), counts.events, counts)
+    if after_load is not None:
+        after_load(settings, out)
     out["load_avg_before_rebuild"] = loadavg()
     rebuilt = admin(settings, "rebuild-projections")
     own = float(rebuilt["output"]["seconds"])  # the rebuild itself, without the CLI's start
@@ -184,17 +194,24 @@ def measure_size(cluster: Cluster, shape: Shape, *, verify: bool) -> dict[str, A
     rebuilt["load_avg_after"] = loadavg()
     out["rebuild"] = rebuilt
     console.print(f"[{dbname}] rebuild {own:.1f} s ({rebuilt['us_per_event']} µs/event)")
-    if verify:
-        checked = admin(settings, "verify-projections")
-        checked["ok"] = all(r["ok"] for r in checked["output"])
-        checked["load_avg_after"] = loadavg()
-        out["verify"] = checked
-        console.print(f"[{dbname}] verify {checked['s']} s, ok={checked['ok']}")
     out["storage"]["after_rebuild_database_bytes"] = storage(
         cluster.dsn(dbname), counts.events, counts
     )["database_bytes"]
     out["dbname"] = dbname
+    if verify:
+        verify_size(settings, out)
     return out
+
+
+def verify_size(settings: Settings, out: dict[str, Any]) -> None:
+    """``verify-projections`` of one loaded and rebuilt size (into ``out["verify"]``)."""
+    out["load_avg_before_verify"] = loadavg()
+    checked = admin(settings, "verify-projections")
+    checked["ok"] = all(r["ok"] for r in checked["output"])
+    checked["us_per_event"] = round(checked["s"] / out["events"] * 1e6, 2)
+    checked["load_avg_after"] = loadavg()
+    out["verify"] = checked
+    console.print(f"[{out['dbname']}] verify {checked['s']} s, ok={checked['ok']}")
 
 
 def _timed_ms(fn: Any) -> float:
@@ -234,18 +251,34 @@ def time_travel(settings: Settings, shape: Shape, rounds: int) -> dict[str, Any]
             k: round(out["whale"][k]["median_ms"] / out["reference"][k]["median_ms"], 3)
             for k in samples["whale"]
         }
-        month = (START + timedelta(days=45)).strftime("%Y-%m")
-        statements: dict[str, Any] = {"month": month}
-        for name, user in users.items():
-            start = time.perf_counter()
-            result = build_statement(container, user, month)
-            statements[name] = {
-                "s": round(time.perf_counter() - start, 3),
-                "reconciles": result.reconciles,
-            }
-        out["statement"] = statements
+        out["statement"] = statements(container, users)
     finally:
         container.close()
+    return out
+
+
+def statements(container: Container, users: dict[str, str]) -> dict[str, Any]:
+    """``build_statement`` per account: February with nothing recorded (its hash chain from
+    the first event), then January (recorded, as every ended month is), then March (its chain
+    from February's recorded closing hash: the monthly routine)."""
+    months = {
+        "cold": (START + timedelta(days=45)).strftime("%Y-%m"),
+        "month_before": START.strftime("%Y-%m"),
+        "after_recorded_month": (START + timedelta(days=70)).strftime("%Y-%m"),
+    }
+    out: dict[str, Any] = {"months": months}
+    for name, user in users.items():
+        out[name] = {}
+        for label, month in months.items():
+            start = time.perf_counter()
+            result = build_statement(container, user, month)
+            out[name][label] = {
+                "month": month,
+                "s": round(time.perf_counter() - start, 3),
+                "events_in_month": len(result.items),
+                "reconciles": result.reconciles,
+            }
+            console.print(f"statement {name} {month} ({label}): {out[name][label]['s']} s")
     return out
 
 
@@ -368,10 +401,18 @@ def main(argv: list[str] | None = None) -> int:
         results["server"] = server_facts(cluster)
         for events in sizes:
             shape = Shape.scaled(events)
-            if events == sizes[-1] and args.whale_events:
+            largest = events == sizes[-1]
+            if largest and args.whale_events:
                 shape = replace(shape, whales=args.whales, whale_events=args.whale_events)
-            verify = not args.no_verify and events <= args.verify_max
-            results["sizes"].append(measure_size(cluster, shape, verify=verify))
+            travel = None
+            if largest and "travel" not in skip:  # first: it needs no read model
+
+                def travel(settings: Settings, _: dict[str, Any], shape: Shape = shape) -> None:
+                    results["time_travel"] = time_travel(settings, shape, args.travel_rounds)
+                    save(results, args.out)
+
+            verify = not args.no_verify and events <= args.verify_max and not largest
+            results["sizes"].append(measure_size(cluster, shape, verify=verify, after_load=travel))
             save(results, args.out)
         first, last = results["sizes"][0], results["sizes"][-1]
         if len(sizes) > 1:
@@ -379,14 +420,14 @@ def main(argv: list[str] | None = None) -> int:
                 last["rebuild"]["us_per_event"] / first["rebuild"]["us_per_event"], 3
             )
         big = load_settings(cluster.env(last["dbname"]), env_file=None)
-        big_shape = Shape(**last["shape"])
         if "charges" not in skip:
             results["charges"] = charges(
                 cluster, big, args.charge_rounds, args.threads, args.seconds
             )
             save(results, args.out)
-        if "travel" not in skip:
-            results["time_travel"] = time_travel(big, big_shape, args.travel_rounds)
+        if not args.no_verify and sizes[-1] <= args.verify_max:  # the longest step: last
+            verify_size(big, last)
+            save(results, args.out)
     results["finished"] = datetime.now(UTC).isoformat()
     out = save(results, args.out)
     for label, value, aim in summary_rows(results):
