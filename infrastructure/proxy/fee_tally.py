@@ -3,16 +3,18 @@
 Keys (docs/adr/0029-durable-proxy-fee-tally.md):
 
 - ``gpuproxy:lease-tally:{hold_id}``: micro-USD spent from the lease (``INCRBY`` per fee,
-  negative for a refund), kept ``KEEP_SECONDS``;
+  negative for a refund); created with a ``KEEP_SECONDS`` expiry when the lease is registered
+  (``INCRBY`` keeps it), deleted when the lease is released or recovered;
 - ``gpuproxy:proxy-leases``: a hash, hold id -> the ``LeaseEntry`` (JSON) recovery needs;
 - ``gpuproxy:proxy-alive:{process_id}``: set every ``BEAT_EVERY`` by the owner, expiring
   after ``ALIVE_SECONDS``; while it exists recovery leaves the process's leases alone.
 
-The hot path (``add``) runs on the event loop through ``redis.asyncio``: every add of one
-event-loop tick goes into one pipeline, and one pipeline is in flight at a time (adds meanwhile
-wait for the next), so the writes of a lease are applied in the order they were made. A write
-that fails or takes longer than ``WRITE_TIMEOUT`` answers False (logged): the fee stays in
-the owner's memory and is captured as before, only not recoverable if the owner dies too.
+The hot path (``add``) runs on the event loop through ``redis.asyncio``: the adds of one
+event-loop tick go out together (one ``INCRBY``, or one pipeline for several leases), and one
+such write is in flight at a time (adds meanwhile wait for the next), so the writes of a lease
+are applied in the order they were made. A write that fails or takes longer than
+``WRITE_TIMEOUT`` answers False (logged): the fee stays in the owner's memory and is captured
+as before, only not recoverable if the owner dies too.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class RedisFeeTally:
         return future
 
     async def _drain(self) -> None:
+        future = None
         try:
             while self._pending:
                 batch, self._pending = self._pending, {}
@@ -103,26 +106,28 @@ class RedisFeeTally:
                     future.set_result(ok)
         finally:
             self._drainer = None
+            if future is not None and not future.done():  # cancelled (shutdown): not stored
+                future.set_result(False)
 
     @staticmethod
     def _increments(batch: dict[str, int]) -> list[tuple[str, tuple[Any, ...]]]:
-        ops: list[tuple[str, tuple[Any, ...]]] = []
-        for hold_id, amount in batch.items():
-            ops.append(("incrby", (TALLY + hold_id, amount)))
-            ops.append(("expire", (TALLY + hold_id, KEEP_SECONDS)))
-        return ops
+        return [("incrby", (TALLY + hold_id, amount)) for hold_id, amount in batch.items()]
 
     async def _run(self, ops: list[tuple[str, tuple[Any, ...]]]) -> bool:
-        """One pipeline (no MULTI) on the event loop; True if every command was stored."""
+        """One command, or one pipeline (no MULTI), on the event loop; True if all stored."""
         client = self._async()
         try:
             if client is None:  # an unknown connection kind: the sync client in a thread
                 return await asyncio.to_thread(self._run_sync, ops)
             async with asyncio.timeout(WRITE_TIMEOUT):
-                pipe = client.pipeline(transaction=False)
-                for name, args in ops:
-                    getattr(pipe, name)(*args)
-                await pipe.execute()
+                if len(ops) == 1:  # the common case: cheaper than a pipeline
+                    name, args = ops[0]
+                    await getattr(client, name)(*args)
+                else:
+                    pipe = client.pipeline(transaction=False)
+                    for name, args in ops:
+                        getattr(pipe, name)(*args)
+                    await pipe.execute()
             return True
         except Exception:
             log.warning("proxy fee tally: %d writes not stored", len(ops), exc_info=True)

@@ -168,3 +168,35 @@ def test_expired_unsettled_lease_is_forgotten(shared: Container, clock: FixedClo
     assert not redis.hexists(LEASES, hold_id)
     assert captured(shared) == []
     assert shared.ledger.account(USER).held == 0
+
+
+def test_unreachable_redis_answers_false_and_the_fee_stays_in_memory(
+    shared: Container, clock: FixedClock
+) -> None:
+    """Redis down (restarting): the write answers False quickly, never raises; the fee is
+    captured by its live owner as without a tally."""
+    import redis
+
+    from tests.support.pg import free_port
+
+    down = RedisFeeTally(redis.Redis(port=free_port(), socket_connect_timeout=0.5))
+    leases = ProxyLeases(
+        shared.ledger,
+        price=PRICE,
+        lease_amount=50_000,
+        process_id="p-down",
+        clock=clock,
+        tally=down,
+    )
+
+    async def body() -> None:
+        await leases.spend(USER)
+        stored = leases.tally_write(USER)
+        assert stored is not None
+        assert await stored is False
+        assert down.failures == 1
+        await leases.close()
+        await down.aclose()
+
+    asyncio.run(body())
+    assert sum(a for _, a in captured(shared)) == PRICE

@@ -1,0 +1,149 @@
+"""What the durable proxy fee tally (docs/adr/0029) costs a proxied request.
+
+Two ``ProxyRuntime`` objects on one container (SQLite, a real redis-server, a sandbox
+instance served from a thread of this process), identical but for ``fee_tally``: one with a
+``RedisFeeTally`` (each fee's ``INCRBY`` started at the spend, awaited before ``forward``
+returns), one without (ADR 0009's in-memory spend only). Interleaved in rounds, side by side:
+
+- sequential ``forward`` + reading the body: median wall µs per request and the event-loop
+  thread's CPU µs per request (``time.thread_time``);
+- 16 concurrent callers: requests per second.
+
+Run: ``.venv/bin/python -m tests.bench.bench_fee_tally [--rounds 5] [--n 200]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from domain.marketplace import OfferQuery
+from domain.services.marketplace import RentSpec
+from infrastructure.proxy.fee_tally import RedisFeeTally
+from infrastructure.proxy.instance_signal import LocalInstanceSignal
+from infrastructure.proxy.runtime import ProxyRuntime
+from infrastructure.settings import load_settings
+from interfaces.bootstrap import Container, bootstrap
+from tests.support.redis_server import running_redis
+
+PRICE = 100  # micro-USD per request
+
+
+def runtime(c: Container, tally: RedisFeeTally | None) -> ProxyRuntime:
+    stores: tuple[Any, ...] = (c.db, c.ledger)
+    if "app" in inspect.signature(ProxyRuntime).parameters:  # before the runtime lost ``app``
+        stores = (c.db, c.app, c.ledger)
+    return ProxyRuntime(
+        *stores,
+        default_strategy="round_robin",
+        price=PRICE,
+        lease_amount=10_000_000,
+        allow_private=True,
+        connect_timeout=5,
+        default_timeout=30,
+        flush_interval=3600,
+        clock=c.ledger.clock,
+        signal=LocalInstanceSignal(),
+        fee_tally=tally,
+    )
+
+
+async def measure(c: Container, user_id: str, instance_id: str, args: Any) -> dict[str, Any]:
+    assert c.redis is not None
+    sides = {"no_tally": runtime(c, None), "redis_tally": runtime(c, RedisFeeTally(c.redis))}
+
+    async def one(rt: ProxyRuntime) -> None:
+        sent = await rt.forward(
+            user_id,
+            method="GET",
+            headers=[("host", "127.0.0.1")],
+            body=None,
+            timeout=None,
+            instance_id=instance_id,
+            path="health",
+        )
+        async for _ in sent.chunks():
+            pass
+
+    for rt in sides.values():
+        for _ in range(100):  # warm up: lease, pool, connections
+            await one(rt)
+    wall: dict[str, list[float]] = {k: [] for k in sides}
+    cpu: dict[str, list[float]] = {k: [] for k in sides}
+    rps: dict[str, list[float]] = {k: [] for k in sides}
+    for _ in range(args.rounds):
+        for name, rt in sides.items():
+            cpu0 = time.thread_time()
+            for _ in range(args.n):
+                t0 = time.perf_counter()
+                await one(rt)
+                wall[name].append((time.perf_counter() - t0) * 1e6)
+            cpu[name].append((time.thread_time() - cpu0) / args.n * 1e6)
+            t0 = time.perf_counter()
+            for _ in range(args.n // 16):
+                await asyncio.gather(*(one(rt) for _ in range(16)))
+            rps[name].append((args.n // 16) * 16 / (time.perf_counter() - t0))
+    for rt in sides.values():
+        await rt.aclose()
+    return {
+        name: {
+            "p50_wall_us": round(statistics.median(wall[name]), 1),
+            "p90_wall_us": round(statistics.quantiles(wall[name], n=10)[-1], 1),
+            "cpu_us_per_request": round(statistics.median(cpu[name]), 1),
+            "rps_16_concurrent": round(statistics.median(rps[name])),
+        }
+        for name in sides
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=Path("bench-results/fee_tally.json"))
+    args = parser.parse_args()
+    with running_redis() as url, tempfile.TemporaryDirectory() as data:
+        settings = load_settings(
+            {
+                "DATA_DIR": data,
+                "REDIS_URL": url,
+                "SANDBOX_PROVIDER_ENABLED": "true",
+                "SANDBOX_PROVISIONING_DELAY": "0",
+                "JWT_SECRET": "bench-secret-0123456789-abcdefghijklmnop",
+            },
+            env_file=None,
+        )
+        c = bootstrap(settings)
+        loop = asyncio.new_event_loop()
+        try:
+            user = c.users.create("bench@example.com", "correct-horse-battery", "Bench")
+            c.ledger.grant(user.id, 1_000_000_000, key="bench")
+            offers = loop.run_until_complete(c.marketplace.catalog(OfferQuery())).offers
+            offer = min(offers, key=lambda o: o.price_per_hour).offer_id
+            gpu = loop.run_until_complete(c.marketplace.rent(user.id, "sandbox", offer, RentSpec()))
+            c.runner.catch_up()
+            result = loop.run_until_complete(measure(c, user.id, str(gpu.id), args))
+            loop.run_until_complete(c.aclose_providers())
+        finally:
+            loop.close()
+            c.close()
+    result["method"] = (
+        f"{args.rounds} rounds x {args.n} sequential requests per side (interleaved) + "
+        f"{args.n // 16} x 16 concurrent; sandbox upstream in a thread of the same process; "
+        "loopback redis-server (no AOF)"
+    )
+    print(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
