@@ -41,10 +41,10 @@ from interfaces.http.errors import (
     on_validation_error,
 )
 from interfaces.http.fast_lane import FastLane
-from interfaces.http.forwarded import ForwardedClient, TrustedProxies, parse_networks
-from interfaces.http.head import head_as_get
+from interfaces.http.forwarded import TrustedProxies, parse_networks
+from interfaces.http.front import Front
 from interfaces.http.json_body import AppRequest
-from interfaces.http.observability import Metrics, Observer, observe
+from interfaces.http.observability import Metrics, Observer
 from interfaces.http.openapi import AUTH_SCHEMES, DESCRIPTION, TAGS, operation_id
 from interfaces.web import admin_api, dashboard
 from interfaces.ws.service import Streams, streams_socket
@@ -180,7 +180,6 @@ def create_app(
         ],
         lifespan=[agents.lifespan],
         exception_handlers=handlers,
-        middleware=[observe(observer)],
         openapi_config=openapi,
         cors_config=cors,
         compression_config=compression_config(),  # never the proxy's passthrough
@@ -190,22 +189,23 @@ def create_app(
         debug=False,
         logging_config=None,  # the server process owns logging (file, syslog)
     )
-    # under the fast lane (which observes its own routes and answers HEAD on credits itself):
-    # router-level 404/405 are counted too; HEAD runs as GET on every other GET route
-    app.asgi_handler = head_as_get(observer.unmatched(app.asgi_handler), app.asgi_router)
-    if fast_lane:
-        app.asgi_handler = FastLane(
-            app.asgi_handler,
-            container=container,
-            runtime=runtime,
-            observer=observer,
-            exception_handlers=handlers,
-            cors=cors is not None,
-        )
-    if settings.forwarded_allow_ips:  # outermost: every layer sees the real client
-        app.asgi_handler = ForwardedClient(
-            app.asgi_handler, TrustedProxies(parse_networks(settings.forwarded_allow_ips))
-        )
+    # one outer layer (front.py): the real client, the fast lane, then metrics, access log,
+    # rate-limit headers and HEAD-as-GET for Litestar's routes and its 404/405
+    lane = FastLane(
+        app.asgi_handler,
+        container=container,
+        runtime=runtime,
+        observer=observer,
+        exception_handlers=handlers,
+        cors=cors is not None,
+    )
+    app.asgi_handler = Front(
+        app.asgi_handler,
+        router=app.asgi_router,
+        observer=observer,
+        lane=lane if fast_lane else None,
+        proxies=TrustedProxies(parse_networks(settings.forwarded_allow_ips)),
+    )
     app.state.container = container
     app.state.metrics = metrics
     app.state.proxy = runtime

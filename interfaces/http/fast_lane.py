@@ -55,7 +55,8 @@ def _credits_bytes(row: tuple[tuple[str, int], ...] | None) -> bytes:
 
 
 class FastLane:
-    """An ASGI wrapper around the app's handler (``Litestar.asgi_handler``)."""
+    """The lane's routes (``match``); also an ASGI wrapper around ``inner`` on its own (the
+    app calls ``match`` from its one outer layer, ``front.Front``)."""
 
     def __init__(
         self,
@@ -75,13 +76,14 @@ class FastLane:
         self.cors = cors
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = self._match(scope) if scope["type"] == "http" else None  # type: ignore[comparison-overlap]
+        handler = self.match(scope) if scope["type"] == "http" else None  # type: ignore[comparison-overlap]
         if handler is None:
             await self.inner(scope, receive, send)
         else:
             await self.observer(handler, scope, receive, send)
 
-    def _match(self, scope: Scope) -> Handler | None:
+    def match(self, scope: Scope) -> Handler | None:
+        """The handler for an HTTP request this lane answers, else None (for Litestar)."""
         path: str = scope["path"]
         method: str = scope["method"]  # type: ignore[typeddict-item]
         if path == CREDITS:

@@ -10,8 +10,9 @@ is left of that and never believed. ``X-Forwarded-For`` is read when present, el
 address (``unknown``, an obfuscated ``_name``, garbage) ends the walk: the last trusted hop
 is then taken as the client, never a name the client could have chosen.
 
-``ForwardedClient`` rewrites the ASGI scope's ``client`` before anything reads it, so the fast
-lane, Litestar's routes, the per-address limits and the access log all see the same address.
+The app's outer layer (``front.Front``) rewrites the ASGI scope's ``client`` with
+``TrustedProxies.client`` before anything reads it, so the fast lane, Litestar's routes, the
+per-address limits and the access log all see the same address.
 """
 
 from __future__ import annotations
@@ -19,10 +20,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from litestar.types import ASGIApp, Receive, Scope, Send
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -99,20 +96,3 @@ class TrustedProxies:
             if not self.trusts(client):
                 break
         return client
-
-
-class ForwardedClient:
-    """ASGI wrapper: ``scope["client"]`` becomes the real client (see the module docstring)."""
-
-    def __init__(self, inner: ASGIApp, proxies: TrustedProxies) -> None:
-        self.inner = inner
-        self.proxies = proxies
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in {"http", "websocket"}:
-            peer = scope.get("client")
-            if peer:
-                host = self.proxies.client(str(peer[0]), scope["headers"])
-                if host != peer[0]:
-                    scope["client"] = (host, 0)  # the port is the proxy's, not the client's
-        await self.inner(scope, receive, send)

@@ -93,7 +93,8 @@ class Metrics:
 class Observer:
     """Metrics, access log and rate-limit headers around one request (any ASGI app).
 
-    The app's middleware for Litestar routes, and the fast lane's wrapper for its own.
+    ``around`` for Litestar's routes and requests no route takes, ``__call__`` for the fast
+    lane's; both from the app's one outer layer, ``front.Front``.
     """
 
     MAX_SERIES = 4_096  # label combinations kept resolved (routes are templates: few)
@@ -117,6 +118,7 @@ class Observer:
         series[1].observe(elapsed)
 
     async def __call__(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """One request of a route that set ``scope["path_template"]`` (the fast lane's)."""
         started = time.perf_counter()
         status = 500
 
@@ -124,16 +126,7 @@ class Observer:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                extra = scope.get("state", {}).get(RATE_HEADERS)
-                if extra:  # a 429 answer already carries them: never twice
-                    headers = list(message.get("headers", ()))
-                    present = {name.lower() for name, _ in headers}
-                    headers.extend(
-                        (name, v.encode())
-                        for k, v in extra.items()
-                        if (name := k.lower().encode()) not in present
-                    )
-                    message["headers"] = headers
+                _add_rate_headers(scope, message)
             await send(message)
 
         scope[OBSERVED] = True  # type: ignore[literal-required]
@@ -146,39 +139,71 @@ class Observer:
             self._record(method, route, status, elapsed)
             access_log.info("%s %s %s %.1fms", method, route, status, elapsed * 1000)
 
-    def unmatched(self, app: ASGIApp) -> ASGIApp:
-        """Wrap the app's handler so that requests no route took (Litestar's router answers
-        404 and 405 before any route middleware runs) are counted as ``unmatched`` and logged
-        with their path; requests a route or the fast lane observed are left alone."""
+    async def around(
+        self, app: ASGIApp, scope: Scope, receive: Receive, send: Send, *, as_get: bool
+    ) -> None:
+        """One request to Litestar (``front.Front``), with one ``send`` wrapper for all of:
+        the status for metrics and the access log (route: the template Litestar's router
+        matched, else ``unmatched`` with the path: its 404 and 405), the rate-limit headers,
+        HEAD in a 405's ``Allow`` beside GET, and with ``as_get`` a HEAD served as its GET
+        (``head.py``): the GET's status and headers, one empty final body."""
+        started = time.perf_counter()
+        status = 500
+        ended = False
+        if as_get:
+            scope["method"] = "GET"  # type: ignore[typeddict-unknown-key]
+            scope[HEAD_AS_GET] = True  # type: ignore[literal-required]
 
-        async def outer(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http":  # type: ignore[comparison-overlap]
-                await app(scope, receive, send)
-                return
-            started = time.perf_counter()
-            status = 500
+        async def send_observed(message: Message) -> None:
+            nonlocal status, ended
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                _add_rate_headers(scope, message)
+                if status == 405:
+                    _allow_head(message)
+            elif as_get and message["type"] == "http.response.body":
+                if ended:
+                    return
+                ended = True  # one empty, final body message however the GET streams
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
 
-            async def send_status(message: Message) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                    if status == 405:
-                        _allow_head(message)
-                await send(message)
+        scope[OBSERVED] = True  # type: ignore[literal-required]
+        try:
+            await app(scope, receive, send_observed)
+        finally:
+            elapsed = time.perf_counter() - started
+            method = _method(scope)
+            route: str | None = scope.get("path_template")
+            if route:
+                self._record(method, route, status, elapsed)
+                access_log.info("%s %s %s %.1fms", method, route, status, elapsed * 1000)
+            else:
+                self._record(method, UNMATCHED, status, elapsed)
+                path = scope.get("path", "")[:200]
+                access_log.info(
+                    "%s %s %s %.1fms path=%r", method, UNMATCHED, status, elapsed * 1000, path
+                )
 
-            try:
-                await app(scope, receive, send_status)
-            finally:
-                if not scope.get(OBSERVED):
-                    elapsed = time.perf_counter() - started
-                    method = _method(scope)
-                    self._record(method, UNMATCHED, status, elapsed)
-                    path = scope.get("path", "")[:200]
-                    access_log.info(
-                        "%s %s %s %.1fms path=%r", method, UNMATCHED, status, elapsed * 1000, path
-                    )
 
-        return outer
+_RATE_NAMES: dict[str, bytes] = {}  # header name -> its lower-case bytes (a handful)
+
+
+def _add_rate_headers(scope: Scope, message: HTTPResponseStartEvent) -> None:
+    """The rate-limit headers the auth step left in the scope's state (a 429 answer already
+    carries them: never twice)."""
+    extra = scope.get("state", {}).get(RATE_HEADERS)
+    if not extra:
+        return
+    headers = list(message.get("headers", ()))
+    present = {name.lower() for name, _ in headers}
+    for key, value in extra.items():
+        name = _RATE_NAMES.get(key)
+        if name is None:
+            name = _RATE_NAMES.setdefault(key, key.lower().encode())
+        if name not in present:
+            headers.append((name, value.encode()))
+    message["headers"] = headers
 
 
 def _allow_head(message: HTTPResponseStartEvent) -> None:
@@ -196,18 +221,3 @@ def _allow_head(message: HTTPResponseStartEvent) -> None:
 def _method(scope: Scope) -> str:
     """The request's method as the client sent it (a HEAD is served as a GET)."""
     return "HEAD" if scope.get(HEAD_AS_GET) else str(scope.get("method", ""))
-
-
-def observe(observer: Observer) -> Any:
-    """ASGI middleware factory for the Litestar app (see ``Observer``)."""
-
-    def factory(app: ASGIApp) -> ASGIApp:
-        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http":  # type: ignore[comparison-overlap]
-                await app(scope, receive, send)
-                return
-            await observer(app, scope, receive, send)
-
-        return middleware
-
-    return factory

@@ -20,6 +20,7 @@ from litestar.testing import TestClient
 
 from infrastructure.settings import Settings
 from interfaces.http.fast_lane import FastLane
+from interfaces.http.front import Front
 from tests.conftest import FixedClock
 from tests.integration.test_proxy_http import World, make_world
 from tests.support.http import JWT_SECRET, test_client
@@ -36,15 +37,16 @@ class Doors:
         return self.world.client
 
     def both(self, method: str, url: str, **kwargs: Any) -> tuple[Any, Any]:
-        app = self.client.app
-        lane = app.asgi_handler
+        front = self.client.app.asgi_handler
+        assert isinstance(front, Front)
+        lane = front.lane
         assert isinstance(lane, FastLane)
         fast = self.client.request(method, url, **kwargs)
-        app.asgi_handler = lane.inner
+        front.lane = None  # the slow door: Litestar serves the lane's routes
         try:
             slow = self.client.request(method, url, **kwargs)
         finally:
-            app.asgi_handler = lane
+            front.lane = lane
         return fast, slow
 
 
