@@ -53,6 +53,7 @@ from infrastructure.auth import Principal
 from interfaces.agents.actions import ACTIONS, execute, problem_of
 from interfaces.agents.discovery import VERSION
 from interfaces.agents.wire import MalformedMessageError, decode
+from interfaces.presenters.agents import JsonRpcError, JsonRpcResponse
 
 if TYPE_CHECKING:
     from a2a.server.context import ServerCallContext
@@ -243,10 +244,11 @@ class A2ARpc:
         """Answer one JSON-RPC request; streaming methods are refused (the card says so)."""
         message = decode(body)
         if isinstance(message, dict) and message.get("method") in STREAMING:
-            error = {"code": -32004, "message": "Streaming is not supported by this agent"}
+            error = JsonRpcError(code=-32004, message="Streaming is not supported by this agent")
             request_id = message.get("id")
             ok_id = isinstance(request_id, str | int) and not isinstance(request_id, bool)
-            return Response({"jsonrpc": "2.0", "id": request_id if ok_id else None, "error": error})
+            refused = JsonRpcResponse(jsonrpc="2.0", id=request_id if ok_id else None, error=error)
+            return Response(refused)
         sent = False
 
         async def receive() -> AsgiMessage:

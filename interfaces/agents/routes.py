@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from litestar import Litestar, Request, Response, Router, asgi, get, post
 from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency, Provide
@@ -26,6 +27,18 @@ from interfaces.agents.wire import Caller, decode, failure
 from interfaces.http.errors import PROBLEM
 from interfaces.http.openapi import AUTHED, PUBLIC, errors, json_body, operation
 from interfaces.http.security import provide_principal
+from interfaces.presenters.agents import (
+    A2AReply,
+    AcpReply,
+    AgentCard,
+    AnyReply,
+    Discovery,
+    FipaReply,
+    JsonRpcResponse,
+    KqmlReply,
+    LangchainReply,
+    LangchainTools,
+)
 
 if TYPE_CHECKING:
     from litestar.types import Receive, Scope, Send
@@ -40,6 +53,13 @@ TRANSLATORS: dict[str, Translator] = {
     "fipa": fipa.handle,
     "kqml": kqml.handle,
     "langchain": langchain.handle,
+}
+REPLIES: dict[str, type[msgspec.Struct]] = {
+    "a2a": A2AReply,
+    "acp": AcpReply,
+    "fipa": FipaReply,
+    "kqml": KqmlReply,
+    "langchain": LangchainReply,
 }
 MCP_PATH = "/api/v1/mcp"
 MESSAGE = operation(body=json_body("The agent message, in the protocol the route names"))
@@ -71,10 +91,18 @@ def doors_of(request: Request[Any, Any, Any]) -> AgentDoors:
     return doors
 
 
-def _json(status: int, body: dict[str, Any], **headers: str) -> Response[dict[str, Any]]:
+def _json(status: int, body: dict[str, Any], **headers: str) -> Response[Any]:
     """A reply; an error reply is an RFC 9457 problem, so it says so in its media type."""
     media_type = PROBLEM if status >= 400 else "application/json"
     return Response(body, status_code=status, headers=headers, media_type=media_type)
+
+
+def _reply(protocol: str, status: int, body: dict[str, Any]) -> Response[Any]:
+    """A translator's reply: a success is its protocol's typed reply (``REPLIES``); a reply
+    with a member the type does not show fails here rather than go out undocumented."""
+    if status >= 400:
+        return _json(status, body)
+    return Response(msgspec.convert(body, REPLIES[protocol]), status_code=status)
 
 
 async def _translate(
@@ -87,7 +115,7 @@ async def _translate(
         return await doors.rpc.respond(request, body, principal)
     caller = Caller(doors.container, doors.runtime, principal)
     status, reply = await TRANSLATORS[protocol](caller, message)
-    return _json(status, reply)
+    return _reply(protocol, status, reply)
 
 
 @post(
@@ -106,7 +134,7 @@ async def _translate(
 )
 async def a2a(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
-) -> Response[Any]:
+) -> Response[A2AReply | JsonRpcResponse]:
     return await _translate(request, principal, "a2a")
 
 
@@ -125,7 +153,7 @@ async def a2a(
 )
 async def acp_door(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
-) -> Response[Any]:
+) -> Response[AcpReply]:
     return await _translate(request, principal, "acp")
 
 
@@ -144,7 +172,7 @@ async def acp_door(
 )
 async def fipa_door(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
-) -> Response[Any]:
+) -> Response[FipaReply]:
     return await _translate(request, principal, "fipa")
 
 
@@ -163,7 +191,7 @@ async def fipa_door(
 )
 async def kqml_door(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
-) -> Response[Any]:
+) -> Response[KqmlReply]:
     return await _translate(request, principal, "kqml")
 
 
@@ -182,7 +210,7 @@ async def kqml_door(
 )
 async def langchain_door(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
-) -> Response[Any]:
+) -> Response[LangchainReply]:
     return await _translate(request, principal, "langchain")
 
 
@@ -197,8 +225,8 @@ async def langchain_door(
 )
 async def langchain_tools(
     principal: NamedDependency[Principal],  # noqa: ARG001 - runs the auth dependency
-) -> dict[str, Any]:
-    return {"tools": langchain.tools()}
+) -> LangchainTools:
+    return msgspec.convert({"tools": langchain.tools()}, LangchainTools)
 
 
 @post(
@@ -217,7 +245,7 @@ async def langchain_tools(
 )
 async def agent(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
-) -> Response[Any]:
+) -> Response[AnyReply]:
     body = await request.body()
     message = decode(body)
     try:
@@ -238,7 +266,7 @@ async def agent(
         answer = await doors.rpc.respond(request, body, principal)
     else:
         caller = Caller(doors.container, doors.runtime, principal)
-        answer = _json(*await TRANSLATORS[protocol](caller, message))
+        answer = _reply(protocol, *await TRANSLATORS[protocol](caller, message))
     answer.headers["X-Agent-Protocol"] = protocol
     return answer
 
@@ -258,7 +286,7 @@ PUBLIC_CACHE = CacheControlHeader(public=True, max_age=300)
         "minutes; it changes nothing."
     ),
 )
-async def discover() -> dict[str, Any]:
+async def discover() -> Discovery:
     return discover_document()
 
 
@@ -274,9 +302,11 @@ async def discover() -> dict[str, Any]:
         "cacheable for 5 minutes; it changes nothing."
     ),
 )
-async def agent_card(request: Request[Any, Any, Any]) -> dict[str, Any]:
+async def agent_card(request: Request[Any, Any, Any]) -> AgentCard:
     """URLs from ``PUBLIC_URL`` (or the listening address), never the request's ``Host``."""
-    return agent_card_json(doors_of(request).container.settings.base_url)
+    return msgspec.convert(
+        agent_card_json(doors_of(request).container.settings.base_url), AgentCard
+    )
 
 
 @asgi(MCP_PATH, copy_scope=False)

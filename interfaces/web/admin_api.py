@@ -24,8 +24,6 @@ from domain.money import micros_to_usd
 from domain.reservations import Reservation
 from domain.services.marketplace import InstanceNotFoundError
 from infrastructure.auth import Principal
-from interfaces.http.controllers.auth import user_json
-from interfaces.http.controllers.gpu import reservation_json
 from interfaces.http.openapi import ADMIN
 from interfaces.http.openapi import errors as problems
 from interfaces.http.security import container_of, provide_admin
@@ -44,10 +42,26 @@ from interfaces.presenters.admin import (
     owned_instance,
     owned_payment,
 )
-from interfaces.presenters.auth import ApiKeyList, present_key
-from interfaces.presenters.instances import present_instance
+from interfaces.presenters.auth import ApiKeyList, present_key, present_user
+from interfaces.presenters.credits import AutoRenew
+from interfaces.presenters.dashboard import (
+    AdminAccount,
+    FoundUser,
+    Hold,
+    LoadRow,
+    LoadTable,
+    Projections,
+    ProviderHealth,
+    ProviderList,
+    ReservationList,
+    Streams,
+    UserSearch,
+    owned_reservation,
+    present_account_credits,
+)
+from interfaces.presenters.instances import present_instance, present_reservation
 from interfaces.presenters.payments import present_payment_row
-from interfaces.ws.state import account_json, spending_json
+from interfaces.presenters.spending import present_spending
 
 Limit = Annotated[int, QueryParameter(ge=1, le=500, description="rows to return")]
 Query = Annotated[str, QueryParameter(max_length=200, pattern=r"^[^\x00]*$")]
@@ -82,22 +96,22 @@ def search_users(
     principal: NamedDependency[Principal],
     q: Query = "",
     limit: Limit = 50,
-) -> dict[str, Any]:
+) -> UserSearch:
     c = container_of(request)
-    return {
-        "users": [
-            {
-                "id": u.id,
-                "email": u.email,
-                "name": u.name,
-                "is_admin": u.is_admin,
-                "created_at": u.created_at,
-                "credits_remaining": micros_to_usd(u.balance),
-                "credits_held": micros_to_usd(u.held),
-            }
+    return UserSearch(
+        users=[
+            FoundUser(
+                id=u.id,
+                email=u.email,
+                name=u.name,
+                is_admin=u.is_admin,
+                created_at=u.created_at,
+                credits_remaining=micros_to_usd(u.balance),
+                credits_held=micros_to_usd(u.held),
+            )
             for u in c.user_queries.search(q, limit)
         ]
-    }
+    )
 
 
 @get(
@@ -114,35 +128,35 @@ def search_users(
 )
 def account(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[UUID]
-) -> dict[str, Any]:
+) -> AdminAccount:
     c = container_of(request)
     user = c.users.by_id(str(user_id))
-    body: dict[str, Any] = {"user": user_json(user), "credits": None, "spending": None}
     try:
         view = c.ledger.account(user.id)
     except AccountNotFoundError:
-        return body
-    body.update(
-        credits=account_json(view),
-        spending=spending_json(view),
+        return AdminAccount(user=present_user(user), credits=None, spending=None)
+    renew = view.auto_renew
+    return AdminAccount(
+        user=present_user(user),
+        credits=present_account_credits(view),
+        spending=present_spending(view.spending),
         limit_overrides={k: micros_to_usd(v) for k, v in view.limits.items()},
         holds=[
-            {
-                "hold_id": h.hold_id,
-                "amount": micros_to_usd(h.amount),
-                "captured": micros_to_usd(h.captured),
-                "expires_at": h.expires_at.isoformat(),
-            }
+            Hold(
+                hold_id=h.hold_id,
+                amount=micros_to_usd(h.amount),
+                captured=micros_to_usd(h.captured),
+                expires_at=h.expires_at.isoformat(),
+            )
             for h in view.holds
         ],
-        auto_renew={
-            k: (micros_to_usd(v) if k in {"threshold", "amount"} and isinstance(v, int) else v)
-            for k, v in view.auto_renew.items()
-            if k != "payment_method"
-        },
+        auto_renew=AutoRenew(
+            enabled=bool(renew["enabled"]),
+            threshold=micros_to_usd(int(renew["threshold"])),
+            amount=micros_to_usd(int(renew["amount"])),
+        ),
         as_of=view.as_of.isoformat(),
     )
-    return body
 
 
 @get(
@@ -359,7 +373,7 @@ def instances(
 )
 def reservations(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], limit: Limit = 50
-) -> dict[str, Any]:
+) -> ReservationList:
     c = container_of(request)
     newest: deque[UUID] = deque(maxlen=limit)
     start = 1
@@ -374,8 +388,8 @@ def reservations(
     out = []
     for rid in reversed(newest):
         found = c.marketplace.get_reservation(rid)
-        out.append({**reservation_json(found), "owner": found.owner})
-    return {"reservations": out, "count": len(out)}
+        out.append(owned_reservation(present_reservation(found), found.owner))
+    return ReservationList(reservations=out, count=len(out))
 
 
 @get(
@@ -390,7 +404,7 @@ def reservations(
         "proxy, and the owner. Admin role only; changes nothing."
     ),
 )
-def load(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> dict[str, Any]:
+def load(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> LoadTable:
     c = container_of(request)
     live = request.app.state.proxy.tracker.snapshot()
     out = []
@@ -398,21 +412,21 @@ def load(request: Request[Any, Any, Any], principal: NamedDependency[Principal])
         now = live.get(row.instance_id)
         requests = row.requests
         out.append(
-            {
-                "instance_id": row.instance_id,
-                "owner": row.owner,
-                "owner_email": row.owner_email,
-                "provider": row.provider,
-                "state": row.state,
-                "requests": requests,
-                "errors": row.errors,
-                "mean_latency_ms": round(row.latency_ms_sum / requests, 3) if requests else None,
-                "last_at": _iso(row.last_at),
-                "active_connections": now.active if now else 0,
-                "ejected": bool(now and now.ejected),
-            }
+            LoadRow(
+                instance_id=row.instance_id,
+                owner=row.owner,
+                owner_email=row.owner_email,
+                provider=row.provider,
+                state=row.state,
+                requests=requests,
+                errors=row.errors,
+                mean_latency_ms=round(row.latency_ms_sum / requests, 3) if requests else None,
+                last_at=_iso(row.last_at),
+                active_connections=now.active if now else 0,
+                ejected=bool(now and now.ejected),
+            )
         )
-    return {"instances": out, "count": len(out)}
+    return LoadTable(instances=out, count=len(out))
 
 
 @get(
@@ -427,36 +441,38 @@ def load(request: Request[Any, Any, Any], principal: NamedDependency[Principal])
 )
 async def providers(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
-) -> dict[str, Any]:
+) -> ProviderList:
     c = container_of(request)
 
-    async def probe(name: str) -> dict[str, Any]:
+    async def probe(name: str) -> ProviderHealth:
         started = time.perf_counter()
         try:
             offers = await asyncio.wait_for(
                 c.marketplace.providers[name].search(OfferQuery(limit=1)), PROBE_TIMEOUT
             )
         except Exception as exc:
-            return {
-                "name": name,
-                "healthy": False,
-                "error": f"{type(exc).__name__}: {exc}"[:300],
-                "latency_ms": round((time.perf_counter() - started) * 1000, 1),
-            }
-        return {
-            "name": name,
-            "healthy": True,
-            "offers_seen": len(offers),
-            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
-        }
+            return ProviderHealth(
+                name=name,
+                healthy=False,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+                latency_ms=round((time.perf_counter() - started) * 1000, 1),
+                instances={},
+            )
+        return ProviderHealth(
+            name=name,
+            healthy=True,
+            offers_seen=len(offers),
+            latency_ms=round((time.perf_counter() - started) * 1000, 1),
+            instances={},
+        )
 
     names = sorted(c.marketplace.providers)
     results = await asyncio.gather(*(probe(n) for n in names))
 
     by_state = await asyncio.to_thread(c.instance_queries.counts_by_provider)
     for item in results:
-        item["instances"] = by_state.get(item["name"], {})
-    return {"providers": results}
+        item.instances = by_state.get(item.name, {})
+    return ProviderList(providers=list(results))
 
 
 @get(
@@ -496,18 +512,18 @@ def payments(
 )
 def projections(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal]
-) -> dict[str, Any]:
+) -> Projections:
     c = container_of(request)
     head = c.events.head()
     positions = c.runner.positions()
     streams = request.app.state.streams
-    return {
-        "head": head,
-        "positions": positions,
-        "lag": {name: max(0, head - pos) for name, pos in positions.items()},
-        "last_error": c.runner.last_error,
-        "streams": {"cursor": streams.feed.cursor, "connections": len(streams.hub.sessions)},
-    }
+    return Projections(
+        head=head,
+        positions=positions,
+        lag={name: max(0, head - pos) for name, pos in positions.items()},
+        last_error=c.runner.last_error,
+        streams=Streams(cursor=streams.feed.cursor, connections=len(streams.hub.sessions)),
+    )
 
 
 router = Router(

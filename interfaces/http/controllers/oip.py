@@ -175,12 +175,12 @@ async def _metadata(
 
 async def _ready(
     request: Request[Any, Any, Any], principal: Principal, name: str
-) -> Response[dict[str, Any]]:
+) -> Response[ModelReady]:
     """200 when ready, else 400 with the same body: the KServe v2 REST spec (and
     tritonclient's ``is_model_ready``) read the status code, 200 true, 4xx false."""
     record = await service_of(request).find(principal.user_id, name)
     ready = record.status == "ready"
-    return Response({"name": name, "ready": ready}, status_code=200 if ready else 400)
+    return Response(ModelReady(name=name, ready=ready), status_code=200 if ready else 400)
 
 
 async def _infer(
@@ -250,7 +250,7 @@ async def model_version_metadata(
 )
 async def model_ready(
     request: Request[Any, Any, Any], principal: NamedDependency[Principal], name: FromPath[str]
-) -> Response[dict[str, Any]]:
+) -> Response[ModelReady]:
     return await _ready(request, principal, name)
 
 
@@ -268,7 +268,7 @@ async def model_version_ready(
     principal: NamedDependency[Principal],
     name: FromPath[str],
     version: FromPath[str],
-) -> Response[dict[str, Any]]:
+) -> Response[ModelReady]:
     _check_version(version)
     return await _ready(request, principal, name)
 
