@@ -106,21 +106,29 @@ def check_money(
 
 
 def check_proxy_fees(
-    container: Any, records: list[Rec], price: int, payers: set[str]
+    container: Any, records: list[Rec], price: int, faults: list[Fault]
 ) -> tuple[bool, dict[str, Any]]:
-    """Proxy fees captured from the replicas' credit leases: never more than the proxied
-    requests answered 200 times the price (a SIGKILLed replica's last uncaptured fees are
-    lost to the operator, never charged twice to the user)."""
+    """Proxy fees captured from the replicas' credit leases: exactly the proxied requests
+    answered 200 times the price. A SIGKILLed replica's fees are in Redis's fee tally and the
+    elected hold sweep captures them (docs/adr/0029). The only slack: proxied requests in
+    flight at the kill, whose fee the dead replica may have tallied without the answer
+    reaching the client (or nginx retried them on another replica, which charged again)."""
     captured = 0
     for e in all_events(container):
         if _name(e) == "CreditAccount.HoldCaptured" and str(e.hold_id).startswith("lease:"):
             captured += int(e.amount)
-    served = sum(1 for r in records if r.kind == "proxy" and r.status == 200)
-    return captured <= served * price, {
+    proxied = [r for r in records if r.kind == "proxy"]
+    served = sum(1 for r in proxied if r.status == 200)
+    kills = [f.start for f in faults if f.name.startswith("SIGKILL")]
+    in_flight = sum(1 for r in proxied if any(r.overlaps(k, k) for k in kills))
+    exact = served * price <= captured <= (served + in_flight) * price and captured % price == 0
+    return exact, {
         "proxied_200": served,
         "fees_due": served * price,
         "fees_captured": captured,
         "uncaptured": served * price - captured,
+        "in_flight_at_kill": in_flight,
+        "over_captured_fees": max(0, captured - served * price) // max(price, 1),
     }
 
 

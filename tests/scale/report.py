@@ -56,7 +56,11 @@ def render(result: dict[str, Any], name: str) -> str:
         f"problems: {money['problems'] or 'none'}.",
         f"- Proxy fees: {fees['proxied_200']} proxied requests answered 200, "
         f"{fees['fees_due']} µUSD due, {fees['fees_captured']} µUSD captured from the "
-        f"replicas' leases ({fees['uncaptured']} µUSD not captured).",
+        f"replicas' leases ({fees['uncaptured']} µUSD not captured; "
+        f"{fees.get('in_flight_at_kill', '-')} proxied requests in flight at the kill, "
+        f"{fees.get('over_captured_fees', '-')} fees captured beyond the 200s; a dead "
+        f"replica's leases recovered {fees.get('dead_leases_recovered_after_s', '-')} s "
+        f"after the load).",
         f"- Metering: {meter['instances_billed']} rentals billed exactly up to their stop "
         f"(problems: {meter['problems'] or 'none'}); Metered events per metering interval "
         f"mean {meter['metered_per_interval_mean']}, max {meter['metered_per_interval_max']}; "
