@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from domain.marketplace import OfferQuery
+from domain.services.marketplace import RentSpec
 from domain.services.proxy_leases import ProxyLeases
 from infrastructure.proxy.fee_tally import ALIVE, LEASES, TALLY, RedisFeeTally
+from infrastructure.proxy.instance_signal import LocalInstanceSignal
 from infrastructure.proxy.lease_recovery import GRACE, LeaseRecovery
+from infrastructure.proxy.runtime import ProxyRuntime
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, bootstrap
 from tests.conftest import FixedClock
@@ -30,7 +36,10 @@ USER = "tally-user"
 def shared(
     pg_settings: Settings, redis_url: str, redis_client: Any, clock: FixedClock
 ) -> Iterator[Container]:
-    c = bootstrap(dataclasses.replace(pg_settings, redis_url=redis_url), clock=clock)
+    c = bootstrap(
+        dataclasses.replace(pg_settings, redis_url=redis_url, sandbox_provisioning_delay=0.0),
+        clock=clock,
+    )
     try:
         c.ledger.grant(USER, USD, key="g")
         yield c
@@ -72,7 +81,7 @@ async def spend(leases: ProxyLeases, n: int) -> None:
 
 
 def test_each_fee_and_refund_reaches_the_tally(shared: Container, clock: FixedClock) -> None:
-    redis = shared.redis
+    redis: Any = shared.redis
     leases = leases_of(shared, clock)
 
     async def body() -> str:
@@ -97,7 +106,7 @@ def test_each_fee_and_refund_reaches_the_tally(shared: Container, clock: FixedCl
 
 
 def test_dead_owners_tally_is_captured_once(shared: Container, clock: FixedClock) -> None:
-    redis = shared.redis
+    redis: Any = shared.redis
     leases = leases_of(shared, clock, "dead")
     recovery = LeaseRecovery(shared.ledger, RedisFeeTally(redis), clock=clock)
 
@@ -127,7 +136,7 @@ def test_owner_never_captures_again_what_recovery_took(
 ) -> None:
     """An owner stuck past its lease's use-by time: recovery captures and releases it; the
     owner's own capture from the same position is then refused, never applied twice."""
-    redis = shared.redis
+    redis: Any = shared.redis
     leases = leases_of(shared, clock, "stuck")
     recovery = LeaseRecovery(shared.ledger, RedisFeeTally(redis), clock=clock)
 
@@ -152,7 +161,7 @@ def test_owner_never_captures_again_what_recovery_took(
 def test_expired_unsettled_lease_is_forgotten(shared: Container, clock: FixedClock) -> None:
     """Recovery that comes too late (no sweep for the whole lease): nothing can be captured;
     the entry is dropped and the hold has expired, as without a tally."""
-    redis = shared.redis
+    redis: Any = shared.redis
     leases = leases_of(shared, clock, "late")
     recovery = LeaseRecovery(shared.ledger, RedisFeeTally(redis), clock=clock)
 
@@ -200,3 +209,73 @@ def test_unreachable_redis_answers_false_and_the_fee_stays_in_memory(
 
     asyncio.run(body())
     assert sum(a for _, a in captured(shared)) == PRICE
+
+
+def test_forward_answers_only_once_the_fee_is_in_redis(
+    shared: Container, clock: FixedClock, redis_client: Any
+) -> None:
+    """``ProxyRuntime.forward`` hands the answer back only after the fee's ``INCRBY`` is
+    stored: with Redis refusing writes for 0.3 s (``CLIENT PAUSE … WRITE``; reads go on), the
+    forward waits, and the tally already holds the fee when it returns."""
+    shared.ledger.grant(USER, 100 * USD, key="g-rent")
+    offer = min(
+        asyncio.run(shared.marketplace.catalog(OfferQuery())).offers,
+        key=lambda o: o.price_per_hour,
+    ).offer_id
+    gpu = asyncio.run(shared.marketplace.rent(USER, "sandbox", offer, RentSpec()))
+    shared.runner.catch_up()
+    assert shared.redis is not None
+    runtime = _runtime(shared, RedisFeeTally(shared.redis))
+
+    async def forward() -> float:
+        started = time.monotonic()
+        sent = await runtime.forward(
+            USER,
+            method="GET",
+            headers=[("host", "127.0.0.1")],
+            body=None,
+            timeout=None,
+            instance_id=str(gpu.id),
+            path="health",
+        )
+        took = time.monotonic() - started
+        async for _ in sent.chunks():
+            pass
+        assert sent.response.status == 200
+        return took
+
+    async def body() -> None:
+        await forward()  # places and registers the lease
+        hold_id = runtime.leases.snapshot()[USER].hold_id
+        assert int(redis_client.get(TALLY + hold_id)) == PRICE
+        redis_client.execute_command("CLIENT", "PAUSE", 300, "WRITE")
+        took = await forward()
+        assert int(redis_client.get(TALLY + hold_id)) == 2 * PRICE  # stored before the answer
+        assert took >= 0.25
+        await runtime.aclose()
+
+    try:
+        asyncio.run(body())
+    finally:
+        asyncio.run(shared.aclose_providers())
+
+
+def _runtime(c: Container, tally: RedisFeeTally) -> ProxyRuntime:
+    """A runtime on the container (its constructor took the event store app until the
+    ledger recorded usage itself: both shapes are accepted)."""
+    stores: tuple[Any, ...] = (c.db, c.ledger)
+    if "app" in inspect.signature(ProxyRuntime).parameters:
+        stores = (c.db, c.app, c.ledger)
+    return ProxyRuntime(
+        *stores,
+        default_strategy="round_robin",
+        price=PRICE,
+        lease_amount=50_000,
+        allow_private=True,
+        connect_timeout=5,
+        default_timeout=30,
+        flush_interval=3600,
+        clock=c.ledger.clock,
+        signal=LocalInstanceSignal(),
+        fee_tally=tally,
+    )
