@@ -773,6 +773,7 @@ class SandboxProvider:
         if self.advertise_host in UNSPECIFIED_HOSTS:
             raise ValueError("advertise_host is required when instances bind every address")
         self._published: dict[str, tuple[str, str]] = {}
+        self._unmarked: set[str] = set()  # destroyed here, row not yet marked terminated
         self._heartbeat: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
         self._clock = clock
@@ -906,6 +907,9 @@ class SandboxProvider:
         publish state changes (provisioning -> running, failed)."""
         if self.registry is None:
             return
+        for instance_id in list(self._unmarked):
+            self.registry.mark_terminated(instance_id)
+            self._unmarked.discard(instance_id)
         for instance_id in self.registry.beat():
             instance = self._instances.get(instance_id)
             if instance is not None:
@@ -1069,7 +1073,11 @@ class SandboxProvider:
                 await asyncio.to_thread(self.registry.request_destroy, instance_id)
             return  # idempotent: unknown or long gone
         if self.registry is not None:
-            await asyncio.to_thread(self.registry.mark_terminated, instance_id)
+            try:
+                await asyncio.to_thread(self.registry.mark_terminated, instance_id)
+            except Exception:  # the server stops all the same; the next beat marks the row
+                log.warning("could not mark sandbox instance %s terminated", instance_id)
+                self._unmarked.add(instance_id)
         if stop_future is not None:
             await asyncio.wrap_future(stop_future)
 
