@@ -86,6 +86,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -145,10 +146,12 @@ def wrk(side: Side, seconds: int, connections: int) -> dict[str, Any]:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    total = re.search(r"(\d+) requests in", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
     return {
         "rps": rps,
+        "requests": int(total.group(1)) if total else round(rps * seconds),
         "p50_ms": p50,
         "p99_ms": p99,
         "errors": float(non2xx.group(1)) if non2xx else 0.0,
@@ -289,6 +292,41 @@ def _point_at(env: dict[str, str], instance_id: str, owner: str, port: int) -> N
             time.sleep(0.05)
     finally:
         db.close()
+
+
+def listening_pids(port: int) -> list[int]:
+    """Every process holding the socket that listens on ``port`` (nginx: master and worker)."""
+    hexport = f"{port:04X}"
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as handle:
+            for line in handle.readlines()[1:]:
+                fields = line.split()
+                if fields[1].endswith(":" + hexport) and fields[3] == "0A":  # LISTEN
+                    inodes.add(fields[9])
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    found.append(int(pid))
+                    break
+    return found
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (from /proc/PID/stat)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+    return total
 
 
 def _check(side: Side, expect_body: bytes | None = None) -> None:
@@ -685,6 +723,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
             for side in sides:
                 _check(side, BODY if side.name.startswith("ded_") else None)
+            side_pids = {s.name: listening_pids(urlsplit(s.url).port or 80) for s in sides}
             # Wait for a quiet machine once: the rounds' own load keeps the load average up.
             first = quiet.wait("proxy")
             for side in sides if args.rounds else ():  # warm-up: connections, code paths, caches
@@ -711,7 +750,20 @@ def main(argv: list[str] | None = None) -> int:
                         "order": [s.name for s in order],
                     }
                     for side in order:
-                        run[side.name] = load(side, args.duration, c)
+                        pids = side_pids[side.name]
+                        cpu0 = cpu_seconds(pids)
+                        run[side.name] = measured = load(side, args.duration, c)
+                        # the serving process's CPU per request: what bounds req/s once it
+                        # has a core to itself, and far less moved by the machine's load
+                        measured["server_cpu_us"] = round(
+                            (cpu_seconds(pids) - cpu0)
+                            / max(
+                                1,
+                                measured.get("requests") or round(measured["rps"] * args.duration),
+                            )
+                            * 1e6,
+                            1,
+                        )
                     run["ratios"] = ratios(run)
                     run["load"] = {**record, "load_after": loadavg()}
                     print(
@@ -872,6 +924,12 @@ def ratios(run: dict[str, Any]) -> dict[str, float]:
         out["ded_nginx_added_p50_ms"] = round(
             run["ded_nginx"]["p50_ms"] - run["ded_direct"]["p50_ms"], 3
         )
+        # nginx's CPU per request over the proxy's: the req/s ratio each would reach with a
+        # core of its own (load generator and upstream elsewhere)
+        proxy_cpu = run["ded_proxy"].get("server_cpu_us")
+        nginx_cpu = run["ded_nginx"].get("server_cpu_us")
+        if proxy_cpu and nginx_cpu:
+            out["ded_nginx_cpu_over_proxy_cpu"] = round(nginx_cpu / proxy_cpu, 3)
     for up in ("ded", "sbx"):
         if f"{up}_proxy" not in run:
             continue
@@ -933,6 +991,17 @@ def report(
             }
             for key in keys
         }
+    for c in conns:
+        mine = [r for r in runs if r["connections"] == c]
+        cpu = {
+            side.name: round(statistics.median(r[side.name].get("server_cpu_us", 0) for r in mine))
+            for side in sides
+        }
+        summary[str(c)]["server_cpu_us"] = cpu
+        print(
+            f"serving process CPU µs per request, {c} conns (median of rounds): "
+            + ", ".join(f"{name} {us}" for name, us in cpu.items())
+        )
     aims: dict[str, Any] = {}
     high, low = str(max(conns)), str(min(conns))
     over_nginx = summary[high]["ratios"].get("ded_proxy_over_nginx")
@@ -947,6 +1016,14 @@ def report(
             f"{AIM_NGINX_RATIO}: {'met' if aims['proxy_over_nginx_met'] else 'MISSED'}); "
             f"nginx adds {nginx_added['median']:.3f} ms p50 at {low} conn"
         )
+        by_cpu = summary[high]["ratios"].get("ded_nginx_cpu_over_proxy_cpu")
+        if by_cpu is not None:
+            aims["nginx_cpu_over_proxy_cpu"] = by_cpu
+            print(
+                f"dedicated: nginx CPU per request / (c) CPU per request at {high} conns "
+                f"{by_cpu['median']:.3f} (rounds {by_cpu['rounds']}): the req/s ratio with a "
+                "core each"
+            )
     for up, name in (("ded", "dedicated"), ("sbx", "sandbox")):
         if f"{up}_proxy_over_bare" not in summary[high]["ratios"]:
             continue
