@@ -179,14 +179,14 @@ class Gate:
 
 def open_throttle(settings: Settings, redis: Any | None) -> AuthThrottle:
     """The throttle the settings ask for: counts in Redis when configured, else in-process."""
-    window = settings.auth_failure_window_seconds
+    window = settings.auth.failure_window_seconds
     counts: FailureCounts = (
         RedisFailureCounts(redis, window) if redis is not None else MemoryFailureCounts(window)
     )
     return AuthThrottle(
         counts,
-        per_key=settings.auth_failures_per_key,
-        per_address=settings.auth_failures_per_address,
+        per_key=settings.auth.failures_per_key,
+        per_address=settings.auth.failures_per_address,
         window=window,
-        max_hashing=settings.auth_max_concurrent_hashes,
+        max_hashing=settings.auth.max_concurrent_hashes,
     )

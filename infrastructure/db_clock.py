@@ -69,7 +69,9 @@ def business_clock(
     An injected clock (tests) is taken as it is unless a reference comes with it.
     """
     if reference is None:
-        if clock is not system_clock or settings.db_type != "postgres":
+        if clock is not system_clock or settings.db.type != "postgres":
             return clock
         reference = DatabaseClock(db)
-    return BoundedClock(clock, reference, timedelta(seconds=settings.clock_max_ahead_seconds))
+    return BoundedClock(
+        clock, reference, timedelta(seconds=settings.ledger.clock_max_ahead_seconds)
+    )

@@ -32,11 +32,11 @@ return 0
 
 def feed_namespace(settings: Settings) -> str:
     """Redis key prefix for this deployment's feed (one per database)."""
-    if settings.db_type == "sqlite":
-        where = str(settings.sqlite_path.resolve())
+    if settings.db.type == "sqlite":
+        where = str(settings.db.sqlite_path.resolve())
     else:
-        where = f"{settings.db_host}:{settings.db_port}/{settings.db_name}"
-    digest = hashlib.sha256(f"{settings.db_type}:{where}".encode()).hexdigest()[:16]
+        where = f"{settings.db.host}:{settings.db.port}/{settings.db.name}"
+    digest = hashlib.sha256(f"{settings.db.type}:{where}".encode()).hexdigest()[:16]
     return f"gpuproxy:feed:{digest}"
 
 

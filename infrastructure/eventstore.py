@@ -13,11 +13,11 @@ def eventstore_env(settings: Settings) -> dict[str, str]:
     id commit before an earlier one, so a tailing projection could skip events for good.
     The recorders also write the idempotency key table (``infrastructure.idempotency``).
     """
-    if settings.db_type == "sqlite":
-        settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    if settings.db.type == "sqlite":
+        settings.db.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         return {
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-            "SQLITE_DBNAME": str(settings.sqlite_path),
+            "SQLITE_DBNAME": str(settings.db.sqlite_path),
             "SQLITE_LOCK_TIMEOUT": "30",
             "CREATE_TABLE": "y",
             "APPLICATION_RECORDER_TOPIC": "infrastructure.idempotency:SQLiteLedgerRecorder",
@@ -25,15 +25,15 @@ def eventstore_env(settings: Settings) -> dict[str, str]:
     return {
         # Behind PgBouncer (transaction mode): no prepared statements, no session SET.
         "PERSISTENCE_MODULE": FACTORY_TOPIC
-        if settings.transaction_pooler
+        if settings.db.transaction_pooler
         else "eventsourcing.postgres",
-        "POSTGRES_DBNAME": settings.db_name,
-        "POSTGRES_HOST": settings.db_host,
-        "POSTGRES_PORT": str(settings.db_port),
-        "POSTGRES_USER": settings.db_user,
-        "POSTGRES_PASSWORD": settings.db_password,
+        "POSTGRES_DBNAME": settings.db.name,
+        "POSTGRES_HOST": settings.db.host,
+        "POSTGRES_PORT": str(settings.db.port),
+        "POSTGRES_USER": settings.db.user,
+        "POSTGRES_PASSWORD": settings.db.password,
         "POSTGRES_POOL_SIZE": "2",
-        "POSTGRES_MAX_OVERFLOW": str(max(2, settings.db_max_conns // 2)),
+        "POSTGRES_MAX_OVERFLOW": str(max(2, settings.db.max_conns // 2)),
         "POSTGRES_CONNECT_TIMEOUT": "10",
         "POSTGRES_LOCK_TIMEOUT": "10",
         # No ping per pool checkout (a round trip per save); the library's recorder retries

@@ -100,10 +100,10 @@ class Container:
         """Leadership of one singleton job: a session advisory lock on a direct connection
         (never through PgBouncer) on PostgreSQL; on SQLite the one process always leads.
         One per key and process (closed with the container)."""
-        if self.settings.db_type != "postgres":
+        if self.settings.db.type != "postgres":
             return SoleProcess()
         if key not in self._elections:
-            election = PgElection(self.settings.direct_conninfo, key)
+            election = PgElection(self.settings.db.direct_conninfo, key)
             self._elections[key] = election
             self._closers.append(election.close)
         return self._elections[key]
@@ -113,9 +113,9 @@ class Container:
             self.marketplace,
             self.db,
             election=self.election(MARKETPLACE_JOBS_LOCK_KEY),
-            poll_interval=self.settings.instance_poll_interval,
-            metering_interval=self.settings.metering_interval,
-            reconcile_interval=self.settings.reconcile_interval,
+            poll_interval=self.settings.marketplace.instance_poll_interval,
+            metering_interval=self.settings.marketplace.metering_interval,
+            reconcile_interval=self.settings.marketplace.reconcile_interval,
         )
 
     def hold_sweep(self) -> HoldSweep:
@@ -131,7 +131,7 @@ class Container:
             self.ledger,
             self.db,
             self.election(HOLD_SWEEP_LOCK_KEY),
-            interval=s.hold_sweep_interval,
+            interval=s.ledger.hold_sweep_interval,
             clock=self.ledger.clock,
             leases=leases,
         )
@@ -146,16 +146,16 @@ class Container:
                 network=crypto.network,
                 token=crypto.token,
                 receiving_address=crypto.receiving_address,
-                confirmations=s.crypto_confirmations,
+                confirmations=s.payments.crypto_confirmations,
             )
         return PaymentJobs(
             self.payments,
             self.payment_queries,
             self.db,
             self.election(PAYMENT_JOBS_LOCK_KEY),
-            reconcile_interval=s.payment_reconcile_interval,
+            reconcile_interval=s.payments.reconcile_interval,
             crypto=watch,
-            crypto_interval=s.crypto_poll_interval,
+            crypto_interval=s.payments.crypto_poll_interval,
         )
 
     async def aclose_providers(self) -> None:
@@ -185,31 +185,33 @@ class Container:
 
 def ensure_database(settings: Settings) -> bool:
     """Create the PostgreSQL database if it does not exist yet; True if it was created."""
-    if settings.db_type != "postgres":
+    if settings.db.type != "postgres":
         return False
     import psycopg
     from psycopg import sql
 
     try:
-        psycopg.connect(settings.postgres_conninfo, connect_timeout=10).close()
+        psycopg.connect(settings.db.postgres_conninfo, connect_timeout=10).close()
     except psycopg.OperationalError as exc:
         if "does not exist" not in str(exc):
             raise
-        admin_settings = replace(settings, db_name="postgres")  # direct: a pooler may not list it
-        with psycopg.connect(admin_settings.direct_conninfo, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.db_name)))
+        admin_settings = replace(
+            settings, db=replace(settings.db, name="postgres")
+        )  # direct: a pooler may not list it
+        with psycopg.connect(admin_settings.db.direct_conninfo, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.db.name)))
         return True
     return False
 
 
 def open_redis(settings: Settings) -> Any | None:
     """A Redis client when ``REDIS_URL``/``REDIS_HOST`` is set; in-process stand-ins otherwise."""
-    if not settings.redis_url:
+    if not settings.redis.url:
         return None
     import redis
 
     return redis.Redis.from_url(
-        settings.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
+        settings.redis.url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
     )
 
 
@@ -219,56 +221,58 @@ def open_providers(settings: Settings, db: Database | None = None) -> dict[str, 
     On PostgreSQL the sandbox shares its instances with the other replicas through ``db``
     (docs/adr/0028); on SQLite (one process) they stay in this process."""
     providers: dict[str, GpuProvider] = {}
-    if settings.sandbox_enabled:
+    if settings.providers.sandbox_enabled:
         from infrastructure.providers.sandbox import SandboxProvider
         from infrastructure.providers.sandbox_registry import SandboxRegistry
 
         providers["sandbox"] = SandboxProvider(
-            provisioning_delay=settings.sandbox_provisioning_delay,
+            provisioning_delay=settings.providers.sandbox_provisioning_delay,
             registry=(
-                SandboxRegistry(db, timeout=settings.sandbox_heartbeat_timeout)
+                SandboxRegistry(db, timeout=settings.providers.sandbox_heartbeat_timeout)
                 if db is not None and db.dialect == "postgres"
                 else None
             ),
-            bind_host=settings.sandbox_bind_host,
-            advertise_host=settings.sandbox_advertise_host,
+            bind_host=settings.providers.sandbox_bind_host,
+            advertise_host=settings.providers.sandbox_advertise_host,
         )
-    if settings.vastai_api_key:
+    if settings.providers.vastai_api_key:
         from infrastructure.providers.vastai import VastAiProvider
 
         providers["vast.ai"] = VastAiProvider(
-            base_url=settings.vastai_api_url, api_key=settings.vastai_api_key
+            base_url=settings.providers.vastai_api_url, api_key=settings.providers.vastai_api_key
         )
-    if settings.ionet_api_key:
+    if settings.providers.ionet_api_key:
         from infrastructure.providers.ionet import IoNetProvider
 
-        providers["io.net"] = IoNetProvider(settings.ionet_api_key, base_url=settings.ionet_api_url)
+        providers["io.net"] = IoNetProvider(
+            settings.providers.ionet_api_key, base_url=settings.providers.ionet_api_url
+        )
     return providers
 
 
 def open_processors(settings: Settings) -> dict[str, CardProcessor]:
     """Card processors with keys configured (Stripe, AfterDark)."""
     processors: dict[str, CardProcessor] = {}
-    if settings.stripe_secret_key:
+    if settings.payments.stripe_secret_key:
         from infrastructure.payments.stripe_gateway import StripeGateway
 
         processors["stripe"] = StripeGateway(
-            settings.stripe_secret_key,
-            webhook_secret=settings.stripe_webhook_secret,
-            api_base=settings.stripe_api_base,
+            settings.payments.stripe_secret_key,
+            webhook_secret=settings.payments.stripe_webhook_secret,
+            api_base=settings.payments.stripe_api_base,
         )
-    if settings.afterdark_api_key:
+    if settings.payments.afterdark_api_key:
         from infrastructure.payments.afterdark import AfterDarkGateway
 
         processors["afterdark"] = AfterDarkGateway(
-            settings.afterdark_api_key, base_url=settings.afterdark_api_url
+            settings.payments.afterdark_api_key, base_url=settings.payments.afterdark_api_url
         )
     return processors
 
 
 def open_chain(settings: Settings) -> tuple[ChainReader | None, CryptoConfig | None]:
     """The chain reader and crypto terms when crypto payments are enabled."""
-    if not settings.crypto_enabled:
+    if not settings.payments.crypto_enabled:
         return None, None
     from infrastructure.payments.chain import (
         SUPPORTED_NETWORKS,
@@ -276,43 +280,43 @@ def open_chain(settings: Settings) -> tuple[ChainReader | None, CryptoConfig | N
         JsonRpcChainReader,
     )
 
-    network = settings.crypto_network
+    network = settings.payments.crypto_network
     config = CryptoConfig(
         network=network,
         chain_id=SUPPORTED_NETWORKS[network],
-        token=settings.crypto_token_address or USDC_CONTRACTS[network].lower(),
-        receiving_address=settings.crypto_receiving_address,
-        ttl=timedelta(seconds=settings.crypto_payment_ttl),
-        max_open=settings.crypto_max_open_requests,
+        token=settings.payments.crypto_token_address or USDC_CONTRACTS[network].lower(),
+        receiving_address=settings.payments.crypto_receiving_address,
+        ttl=timedelta(seconds=settings.payments.crypto_payment_ttl),
+        max_open=settings.payments.crypto_max_open_requests,
     )
-    return JsonRpcChainReader(settings.crypto_rpc_url), config
+    return JsonRpcChainReader(settings.payments.crypto_rpc_url), config
 
 
 def revocation_signal(settings: Settings, redis: Any | None) -> RevocationSignal:
     """How processes tell each other that a credential or role changed."""
     if redis is not None:
         return RedisSignal(redis)
-    if settings.db_type == "sqlite":
-        return FileSignal(settings.data_dir / "credentials.epoch")
+    if settings.db.type == "sqlite":
+        return FileSignal(settings.db.data_dir / "credentials.epoch")
     return NoSignal()  # PostgreSQL without Redis: re-read the key row on every request
 
 
 def session_store(settings: Settings, db: Database, redis: Any | None) -> SessionStore:
-    if settings.session_mode == "sql" or redis is None:
+    if settings.auth.session_mode == "sql" or redis is None:
         return SqlSessions(db)
-    if settings.session_mode == "redis":
+    if settings.auth.session_mode == "redis":
         return RedisSessions(redis)
     return BalancedSessions(SqlSessions(db), RedisSessions(redis))
 
 
 def open_database(settings: Settings) -> Database:
-    if settings.db_type == "postgres":
+    if settings.db.type == "postgres":
         return PostgresDatabase(
-            settings.postgres_conninfo,
-            max_size=max(2, settings.db_max_conns // 2),
-            server_prepare=not settings.transaction_pooler,
+            settings.db.postgres_conninfo,
+            max_size=max(2, settings.db.max_conns // 2),
+            server_prepare=not settings.db.transaction_pooler,
         )
-    return SqliteDatabase(settings.sqlite_path)
+    return SqliteDatabase(settings.db.sqlite_path)
 
 
 def bootstrap(
@@ -332,23 +336,27 @@ def bootstrap(
     clock = business_clock(settings, db, clock, reference_clock)
     if migrate:
         apply_migrations(db)
-    if settings.db_type == "postgres":
+    if settings.db.type == "postgres":
         # The library runs CREATE ... IF NOT EXISTS and CREATE OR REPLACE FUNCTION on every
         # start; concurrent starts collide ("tuple concurrently updated"): serialise them.
         # The lock's transaction is on a direct connection: through PgBouncer it would hold
         # one of the pooler's server connections while the library waits for another.
         import psycopg
 
-        with psycopg.connect(settings.direct_conninfo, connect_timeout=10) as lock:
+        with psycopg.connect(settings.db.direct_conninfo, connect_timeout=10) as lock:
             lock.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTSTORE_LOCK_KEY,))
             app = LedgerApp(env=eventstore_env(settings))
     else:
         app = LedgerApp(env=eventstore_env(settings))
     events = EventLog(app)
-    runner = ProjectionRunner(db, events, ALL, poll_interval=settings.projection_poll_interval)
-    ledger = LedgerService(app, policy=settings.guardrails, clock=clock, on_saved=runner.wake)
+    runner = ProjectionRunner(
+        db, events, ALL, poll_interval=settings.ledger.projection_poll_interval
+    )
+    ledger = LedgerService(
+        app, policy=settings.ledger.guardrails, clock=clock, on_saved=runner.wake
+    )
     redis = open_redis(settings)
-    instances = instance_signal(settings.db_type, settings.data_dir, redis)
+    instances = instance_signal(settings.db.type, settings.db.data_dir, redis)
     signal = revocation_signal(settings, redis)
     processors = open_processors(settings)
     chain, crypto = open_chain(settings)
@@ -367,15 +375,15 @@ def bootstrap(
             ApiKeyStore(db, users, signal),
             session_store(settings, db, redis),
             TokenCodec(
-                load_or_create_secret(settings.jwt_secret, settings.data_dir),
-                settings.jwt_expiration_seconds,
+                load_or_create_secret(settings.auth.jwt_secret, settings.db.data_dir),
+                settings.auth.jwt_expiration_seconds,
             ),
             open_throttle(settings, redis),
         ),
         limiter=(
-            RedisRateLimiter(redis, settings.rate_limit_per_minute)
+            RedisRateLimiter(redis, settings.auth.rate_limit_per_minute)
             if redis is not None
-            else MemoryRateLimiter(settings.rate_limit_per_minute)
+            else MemoryRateLimiter(settings.auth.rate_limit_per_minute)
         ),
         redis=redis,
         marketplace=MarketplaceService(
@@ -383,9 +391,9 @@ def bootstrap(
             open_providers(settings, db),
             clock=clock,
             config=MarketplaceConfig(
-                markup_ppm=settings.price_markup_ppm,
-                guardrails_action=settings.guardrails_action,
-                spread=settings.lb_strategy,
+                markup_ppm=settings.marketplace.price_markup_ppm,
+                guardrails_action=settings.marketplace.guardrails_action,
+                spread=settings.marketplace.lb_strategy,
             ),
             on_instances_changed=instances.bump,
         ),
@@ -400,8 +408,8 @@ def bootstrap(
         instances_signal=instances,
     )
     if run_projections:
-        if settings.db_type == "postgres":
-            listener = PgWakeup(settings.direct_conninfo, events_channel(app.name), runner.wake)
+        if settings.db.type == "postgres":
+            listener = PgWakeup(settings.db.direct_conninfo, events_channel(app.name), runner.wake)
             listener.start()
             container._closers.append(listener.stop)
         runner.start()

@@ -103,14 +103,14 @@ def uvicorn_limits(settings: Settings) -> dict[str, Any]:
         "BoundedHttpProtocol",
         (BoundedHttpProtocol,),
         {
-            "header_timeout": settings.http_header_timeout,
-            "max_connections": settings.http_max_connections,
+            "header_timeout": settings.http.header_timeout,
+            "max_connections": settings.http.max_connections,
         },
     )
     return {
         "http": protocol,
-        "timeout_keep_alive": settings.http_keepalive_seconds,
+        "timeout_keep_alive": settings.http.keepalive_seconds,
         # uvicorn's own check counts the asking connection too; ours refuses past the cap
         # first, so this one only bounds running tasks (one per connection, WebSockets too).
-        "limit_concurrency": settings.http_max_connections + 1,
+        "limit_concurrency": settings.http.max_connections + 1,
     }

@@ -60,11 +60,11 @@ def close_all(sockets: list[socket.socket]) -> None:
 
 def bind_ports(settings: Settings) -> tuple[list[socket.socket], list[socket.socket]]:
     """``PORT``, then ``GRPC_PORT`` when gRPC is on: (HTTP sockets, gRPC sockets)."""
-    http = bind_tcp(settings.host, settings.port, what="HTTP", advice=HTTP_ADVICE)
-    if not settings.grpc_enabled:
+    http = bind_tcp(settings.http.host, settings.http.port, what="HTTP", advice=HTTP_ADVICE)
+    if not settings.grpc.enabled:
         return http, []
     try:
-        grpc = bind_tcp(settings.host, settings.grpc_port, what="gRPC", advice=GRPC_ADVICE)
+        grpc = bind_tcp(settings.http.host, settings.grpc.port, what="gRPC", advice=GRPC_ADVICE)
     except PortUnavailableError:
         close_all(http)
         raise

@@ -42,11 +42,13 @@ def build_parser() -> OneLineParser:
 
 
 def _syslog_handler(settings: Settings) -> logging.Handler:
-    facility = logging.handlers.SysLogHandler.facility_names[settings.syslog_facility]
-    if settings.syslog_network in {"unix", "unixgram"}:
-        return logging.handlers.SysLogHandler(address=settings.syslog_address, facility=facility)
-    host, _, port = settings.syslog_address.rpartition(":")
-    socktype = socket.SOCK_STREAM if settings.syslog_network == "tcp" else socket.SOCK_DGRAM
+    facility = logging.handlers.SysLogHandler.facility_names[settings.log.syslog_facility]
+    if settings.log.syslog_network in {"unix", "unixgram"}:
+        return logging.handlers.SysLogHandler(
+            address=settings.log.syslog_address, facility=facility
+        )
+    host, _, port = settings.log.syslog_address.rpartition(":")
+    socktype = socket.SOCK_STREAM if settings.log.syslog_network == "tcp" else socket.SOCK_DGRAM
     return logging.handlers.SysLogHandler(
         address=(host or "localhost", int(port or 514)), facility=facility, socktype=socktype
     )
@@ -55,12 +57,12 @@ def _syslog_handler(settings: Settings) -> logging.Handler:
 def configure_logging(settings: Settings, *, debug: bool) -> None:
     """Console always; LOG_FILE/AISERVE_LOG_FILE and syslog when configured."""
     handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if settings.log_file:
-        handlers.append(logging.FileHandler(settings.log_file))
-    if settings.syslog_enabled:
+    if settings.log.file:
+        handlers.append(logging.FileHandler(settings.log.file))
+    if settings.log.syslog_enabled:
         handlers.append(_syslog_handler(settings))
     logging.basicConfig(
-        level=logging.DEBUG if debug else getattr(logging, settings.log_level, logging.INFO),
+        level=logging.DEBUG if debug else getattr(logging, settings.log.level, logging.INFO),
         format=FORMAT,
         handlers=handlers,
         force=True,
@@ -72,7 +74,7 @@ def configure_logging(settings: Settings, *, debug: bool) -> None:
         "httpcore",
         "hpack",
         "h2",
-        *(() if settings.access_log else ("uvicorn.access",)),
+        *(() if settings.log.access_log else ("uvicorn.access",)),
     )
     for noisy in quiet:
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -101,19 +103,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aiserve-gpuproxyd: {exc}", file=sys.stderr)
         return 2
 
-    if settings.workers == 1:
+    if settings.http.workers == 1:
         return serve(settings, args, http_sockets, grpc_sockets)
-    if not settings.redis_url:
+    if not settings.redis.url:
         log.warning(
             "WORKERS=%d without Redis: rate limits and failed-login counts are per worker",
-            settings.workers,
+            settings.http.workers,
         )
     from interfaces.workers import Supervisor
 
-    log.info("%d workers on %s:%s", settings.workers, settings.host, settings.port)
+    log.info("%d workers on %s:%s", settings.http.workers, settings.http.host, settings.http.port)
     try:
         return Supervisor(
-            settings.workers, lambda: serve(settings, args, http_sockets, grpc_sockets)
+            settings.http.workers, lambda: serve(settings, args, http_sockets, grpc_sockets)
         ).run()
     finally:
         close_all([*http_sockets, *grpc_sockets])
@@ -143,7 +145,7 @@ def serve(
         print(f"aiserve-gpuproxyd: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     app = create_app(container, developer_mode=developer, run_jobs=True)
-    if settings.grpc_enabled:
+    if settings.grpc.enabled:
         from interfaces.grpc.server import GrpcServer
         from interfaces.grpc_inference.service import InferenceService
 
@@ -157,17 +159,21 @@ def serve(
         )
         app.on_startup.append(grpc.start)
         app.on_shutdown.append(grpc.stop)  # shutdown hooks run last-first: before the runtime
-    where = settings.sqlite_path if settings.db_type == "sqlite" else settings.db_host
+    where = settings.db.sqlite_path if settings.db.type == "sqlite" else settings.db.host
     log.info(
-        "ledger on %s (%s); HTTP on %s:%s", settings.db_type, where, settings.host, settings.port
+        "ledger on %s (%s); HTTP on %s:%s",
+        settings.db.type,
+        where,
+        settings.http.host,
+        settings.http.port,
     )
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            host=settings.host,
-            port=settings.port,
+            host=settings.http.host,
+            port=settings.http.port,
             log_config=None,
-            access_log=settings.access_log,
+            access_log=settings.log.access_log,
             lifespan="on",
             timeout_graceful_shutdown=30,
             server_header=False,

@@ -31,35 +31,35 @@ def build_model_service(
 
     storage = open_storage(settings)
     batching = (
-        BatchConfig(max_rows=settings.model_batch_max_rows, wait_ms=settings.model_batch_wait_ms)
-        if settings.model_batching
+        BatchConfig(max_rows=settings.models.batch_max_rows, wait_ms=settings.models.batch_wait_ms)
+        if settings.models.batching
         else None
     )
     engine = OnnxEngine(
         storage,
-        cache_bytes=settings.model_cache_bytes,
-        threads=settings.model_inference_threads,
-        intra_op_threads=settings.model_intra_op_threads,
-        execution_provider=settings.model_execution_provider,
-        cuda_tf32=settings.model_cuda_tf32,
+        cache_bytes=settings.models.cache_bytes,
+        threads=settings.models.inference_threads,
+        intra_op_threads=settings.models.intra_op_threads,
+        execution_provider=settings.models.execution_provider,
+        cuda_tf32=settings.models.cuda_tf32,
         batching=batching,
     )
     converter = SubprocessConverter(
-        timeout=settings.model_convert_timeout,
-        memory_bytes=max(CONVERT_MEMORY_FLOOR, 4 * settings.max_upload_bytes),
+        timeout=settings.models.convert_timeout,
+        memory_bytes=max(CONVERT_MEMORY_FLOOR, 4 * settings.models.max_upload_bytes),
     )
     config = ModelServingConfig(
         limits=UploadLimits(
-            total_bytes=settings.storage_quota_bytes,
-            file_bytes=settings.max_upload_bytes,
-            per_hour=settings.uploads_per_hour,
-            per_day=settings.uploads_per_day,
+            total_bytes=settings.models.storage_quota_bytes,
+            file_bytes=settings.models.max_upload_bytes,
+            per_hour=settings.models.uploads_per_hour,
+            per_day=settings.models.uploads_per_day,
         ),
-        allow_pickle=settings.allow_pickle_models,
-        price=settings.model_predict_price,
-        lease_amount=settings.model_lease_amount,
-        flush_interval=settings.model_usage_flush_interval,
-        session_idle_minutes=settings.usage_session_idle_minutes,
+        allow_pickle=settings.models.allow_pickle,
+        price=settings.models.predict_price,
+        lease_amount=settings.models.lease_amount,
+        flush_interval=settings.models.usage_flush_interval,
+        session_idle_minutes=settings.proxy.usage_session_idle_minutes,
     )
     return ModelService(
         SqlModelCatalog(db),

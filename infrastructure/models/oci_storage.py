@@ -33,23 +33,23 @@ def oci_config(settings: Settings) -> dict[str, Any]:
     """An OCI SDK config from the environment settings or the config file; validated."""
     import oci
 
-    if settings.oci_user:
+    if settings.models.oci_user:
         config: dict[str, Any] = {
-            "user": settings.oci_user,
-            "tenancy": settings.oci_tenancy,
-            "fingerprint": settings.oci_fingerprint,
-            "key_file": settings.oci_key_file,
-            "region": settings.oci_region,
+            "user": settings.models.oci_user,
+            "tenancy": settings.models.oci_tenancy,
+            "fingerprint": settings.models.oci_fingerprint,
+            "key_file": settings.models.oci_key_file,
+            "region": settings.models.oci_region,
         }
     else:
         config = dict(
             oci.config.from_file(
-                settings.oci_config_file or oci.config.DEFAULT_LOCATION,
-                settings.oci_config_profile or "DEFAULT",
+                settings.models.oci_config_file or oci.config.DEFAULT_LOCATION,
+                settings.models.oci_config_profile or "DEFAULT",
             )
         )
-        if settings.oci_region:
-            config["region"] = settings.oci_region
+        if settings.models.oci_region:
+            config["region"] = settings.models.oci_region
     oci.config.validate_config(config)
     return config
 
@@ -83,20 +83,20 @@ class OciStorage:
         import oci
 
         retry = oci.retry.RetryStrategyBuilder(
-            max_attempts=settings.oci_max_attempts,
+            max_attempts=settings.models.oci_max_attempts,
             total_elapsed_time_seconds=300,
             service_error_retry_on_any_5xx=True,
         ).get_retry_strategy()
         kwargs: dict[str, Any] = {"retry_strategy": retry, "timeout": (10.0, 300.0)}
-        if settings.oci_storage_endpoint:
-            kwargs["service_endpoint"] = settings.oci_storage_endpoint
+        if settings.models.oci_storage_endpoint:
+            kwargs["service_endpoint"] = settings.models.oci_storage_endpoint
         client = oci.object_storage.ObjectStorageClient(oci_config(settings), **kwargs)
         return cls(
             client,
-            namespace=settings.oci_storage_namespace,
-            bucket=settings.oci_storage_bucket,
-            cache_dir=settings.data_dir / "model-cache",
-            part_size=settings.oci_part_size,
+            namespace=settings.models.oci_storage_namespace,
+            bucket=settings.models.oci_storage_bucket,
+            cache_dir=settings.db.data_dir / "model-cache",
+            part_size=settings.models.oci_part_size,
         )
 
     def put(self, key: str, source: Path) -> int:

@@ -68,8 +68,8 @@ class LocalStorage:
 
 def open_storage(settings: Settings) -> ModelStorage:
     """The backend ``STORAGE_BACKEND`` names."""
-    if settings.storage_backend == "oci":
+    if settings.models.storage_backend == "oci":
         from infrastructure.models.oci_storage import OciStorage
 
         return OciStorage.from_settings(settings)
-    return LocalStorage(settings.data_dir)
+    return LocalStorage(settings.db.data_dir)

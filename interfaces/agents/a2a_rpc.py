@@ -232,7 +232,7 @@ class A2ARpc:
         handler = DefaultRequestHandler(
             agent_executor=GpuProxyExecutor(container, runtime),
             task_store=BoundedTaskStore(),
-            agent_card=agent_card(container.settings.base_url),
+            agent_card=agent_card(container.settings.http.base_url),
         )
         self.dispatcher = JsonRpcDispatcher(
             handler, context_builder=PrincipalContextBuilder(), enable_v0_3_compat=True

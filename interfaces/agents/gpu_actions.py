@@ -117,7 +117,7 @@ async def reserve_gpus(c: Container, rt: ProxyRuntime, p: Principal, a: ReserveB
         query,
         None if a.provider == "all" else a.provider,
         RentSpec(image=a.image),
-        timeout=c.settings.reservation_timeout,
+        timeout=c.settings.marketplace.reservation_timeout,
     )
     rt.forget_pool(p.user_id)
     return {"reservation": reservation_json(reservation)}

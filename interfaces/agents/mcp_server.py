@@ -109,7 +109,7 @@ class McpDoor:
     """The ASGI endpoint: authenticate, check the origin, hand over to the SDK's manager."""
 
     def __init__(self, container: Container, runtime: ProxyRuntime) -> None:
-        self.origins = set(container.settings.cors_origins)
+        self.origins = set(container.settings.http.cors_origins)
         self.manager = StreamableHTTPSessionManager(
             build_server(container, runtime), json_response=True
         )

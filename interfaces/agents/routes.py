@@ -305,7 +305,7 @@ async def discover() -> Discovery:
 async def agent_card(request: Request[Any, Any, Any]) -> AgentCard:
     """URLs from ``PUBLIC_URL`` (or the listening address), never the request's ``Host``."""
     return msgspec.convert(
-        agent_card_json(doors_of(request).container.settings.base_url), AgentCard
+        agent_card_json(doors_of(request).container.settings.http.base_url), AgentCard
     )
 
 

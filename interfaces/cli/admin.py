@@ -91,7 +91,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     settings = load_settings(env_file=args.env_file)
     if ensure_database(settings):
-        print(f"created database {settings.db_name}")
+        print(f"created database {settings.db.name}")
     db = open_database(settings)
     try:
         applied = migrate(db)

@@ -14,7 +14,7 @@ def _database(args: argparse.Namespace) -> Any:
     from interfaces.bootstrap import open_database
 
     settings = load_settings(env_file=args.env_file)
-    if settings.db_type != "postgres":
+    if settings.db.type != "postgres":
         fail("the event log is partitioned on PostgreSQL only", 2)
     return open_database(settings)
 

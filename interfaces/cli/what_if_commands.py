@@ -44,9 +44,9 @@ def rules_of(c: Any, args: argparse.Namespace) -> Rules:
         policy=c.ledger.policy,
         limits=parse_limits(args.limits) if args.limits else None,
         markup_ppm=parse_markup(args.markup) if args.markup else None,
-        recorded_markup_ppm=c.settings.price_markup_ppm,
+        recorded_markup_ppm=c.settings.marketplace.price_markup_ppm,
         proxy_price=parse_usd(args.proxy_price, "proxy_price") if args.proxy_price else None,
-        recorded_proxy_price=c.settings.proxy_request_price,
+        recorded_proxy_price=c.settings.proxy.request_price,
         gpu_prices=_prices(args.prices) if args.prices else None,
     )
 

@@ -48,10 +48,10 @@ class BillingRpcs:
         amount = positive_usd_in(request.amount, "amount")
         if amount % 10_000:
             raise InvalidArgumentError("amount must be whole cents", field="amount")
-        if not settings.payment_min <= amount <= settings.payment_max:
+        if not settings.payments.minimum <= amount <= settings.payments.maximum:
             raise InvalidArgumentError(
-                f"amount must be between {micros_to_usd(settings.payment_min)} and "
-                f"{micros_to_usd(settings.payment_max)} USD",
+                f"amount must be between {micros_to_usd(settings.payments.minimum)} and "
+                f"{micros_to_usd(settings.payments.maximum)} USD",
                 field="amount",
             )
         stripe = self.c.stripe
@@ -61,7 +61,9 @@ class BillingRpcs:
             test_card=stripe.test_payment_method
             if stripe is not None and stripe.is_test_mode
             else None,
-            networks=(settings.crypto_network,) if settings.crypto_enabled else (),
+            networks=(settings.payments.crypto_network,)
+            if settings.payments.crypto_enabled
+            else (),
         )
         key = call.header("idempotency-key") or f"auto-{uuid.uuid4()}"
         if len(key) > 255 or "\x00" in key:

@@ -110,23 +110,25 @@ class GrpcServer:
         if self.metrics is not None:
             self.metrics.instrument(server)
         tls = None
-        if settings.grpc_tls_cert and settings.grpc_tls_key:
-            tls = tls_context(settings.grpc_tls_cert, settings.grpc_tls_key)
+        if settings.grpc.tls_cert and settings.grpc.tls_key:
+            tls = tls_context(settings.grpc.tls_cert, settings.grpc.tls_key)
         try:
             if len(self.sockets) == 1:
                 await server.start(sock=self.sockets[0], ssl=tls)
             else:  # none bound, or a host name with several addresses: grpclib binds them all
                 for sock in self.sockets:
                     sock.close()
-                await server.start(settings.host, settings.grpc_port, ssl=tls, reuse_address=True)
+                await server.start(
+                    settings.http.host, settings.grpc.port, ssl=tls, reuse_address=True
+                )
         except OSError as exc:
             raise RuntimeError(
-                f"cannot listen for gRPC on {settings.host}:{settings.grpc_port} "
+                f"cannot listen for gRPC on {settings.http.host}:{settings.grpc.port} "
                 f"(GRPC_PORT; GRPC_ENABLED=false turns gRPC off): {exc.strerror or exc}"
             ) from None
         self.server = server
         mode = "TLS" if tls else "insecure (set GRPC_TLS_CERT and GRPC_TLS_KEY for TLS)"
-        log.info("gRPC on %s:%s, %s", settings.host, settings.grpc_port, mode)
+        log.info("gRPC on %s:%s, %s", settings.http.host, settings.grpc.port, mode)
 
     async def stop(self) -> None:
         if self.server is None:

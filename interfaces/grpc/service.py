@@ -277,7 +277,7 @@ class GpuProxyService(BillingRpcs, pb.GpuProxyServiceBase):
             query,
             None if data.provider == "all" else data.provider,
             RentSpec(image=data.image),
-            timeout=self.c.settings.reservation_timeout,
+            timeout=self.c.settings.marketplace.reservation_timeout,
             caller=self._caller(current()),
         )
         members = await asyncio.to_thread(

@@ -81,14 +81,18 @@ def create_app(
     metrics = Metrics(container)
     observer = Observer(metrics)
     settings = container.settings
-    cors = CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None
+    cors = (
+        CORSConfig(allow_origins=list(settings.http.cors_origins))
+        if settings.http.cors_origins
+        else None
+    )
     openapi = OpenAPIConfig(
         title="GPU Proxy",
         version=VERSION,
         description=DESCRIPTION,
         # pyproject's licence is "Proprietary": no SPDX id, so an SPDX LicenseRef- for it
         license=License(name="Proprietary", identifier="LicenseRef-Proprietary"),
-        contact=Contact(name="aiserve", url=settings.base_url),  # as the agent card's provider
+        contact=Contact(name="aiserve", url=settings.http.base_url),  # as the agent card's provider
         tags=TAGS,
         path="/schema",
         render_plugins=docs_assets.render_plugins(),  # assets served by this app, no CDN
@@ -115,18 +119,18 @@ def create_app(
         container.db,
         container.app,
         container.ledger,
-        default_strategy=settings.lb_strategy,
-        price=settings.proxy_request_price,
-        lease_amount=settings.proxy_lease_amount,
-        allow_private=settings.allow_private_targets,
-        sandbox_private=advertised_off_loopback(settings.sandbox_advertise_host),
-        connect_timeout=settings.proxy_connect_timeout,
-        default_timeout=settings.proxy_default_timeout,
-        flush_interval=settings.proxy_usage_flush_interval,
+        default_strategy=settings.marketplace.lb_strategy,
+        price=settings.proxy.request_price,
+        lease_amount=settings.proxy.lease_amount,
+        allow_private=settings.proxy.allow_private_targets,
+        sandbox_private=advertised_off_loopback(settings.providers.sandbox_advertise_host),
+        connect_timeout=settings.proxy.connect_timeout,
+        default_timeout=settings.proxy.default_timeout,
+        flush_interval=settings.proxy.usage_flush_interval,
         clock=container.ledger.clock,
         signal=container.instances_signal,
         runner=container.runner,
-        session_idle_minutes=settings.usage_session_idle_minutes,
+        session_idle_minutes=settings.proxy.usage_session_idle_minutes,
     )
     streams = Streams(container)
 
@@ -173,8 +177,8 @@ def create_app(
             streams_socket,
             dashboard.router,
             admin_api.router,
-            model_routes.router(settings.model_max_request_bytes),
-            oip.router(settings.model_max_request_bytes),
+            model_routes.router(settings.models.max_request_bytes),
+            oip.router(settings.models.max_request_bytes),
             oip.health,
             docs_assets.docs_asset,
         ],
@@ -183,7 +187,7 @@ def create_app(
         openapi_config=openapi,
         cors_config=cors,
         compression_config=compression_config(),  # never the proxy's passthrough
-        request_max_body_size=settings.max_body_bytes,
+        request_max_body_size=settings.http.max_body_bytes,
         request_class=AppRequest,
         before_request=refuse_card_numbers,  # no card number in a header that is stored
         debug=False,
@@ -204,7 +208,7 @@ def create_app(
         router=app.asgi_router,
         observer=observer,
         lane=lane if fast_lane else None,
-        proxies=TrustedProxies(parse_networks(settings.forwarded_allow_ips)),
+        proxies=TrustedProxies(parse_networks(settings.http.forwarded_allow_ips)),
     )
     app.state.container = container
     app.state.metrics = metrics

@@ -136,7 +136,7 @@ async def open_upstream(
         c, scope, header(pairs, "x-api-key"), header(pairs, "authorization")
     )
     path = "/" + path.lstrip("/")
-    body = await request_body(pairs, receive, c.settings.max_body_bytes)
+    body = await request_body(pairs, receive, c.settings.http.max_body_bytes)
     try:
         return await runtime.forward(
             principal.user_id,

@@ -217,8 +217,8 @@ class Connection:
         session, settings = self.session, self.c.settings
         checked = time.monotonic()
         while True:
-            await asyncio.sleep(settings.ws_ping_interval)
-            if time.monotonic() - session.last_heard > settings.ws_ping_timeout:
+            await asyncio.sleep(settings.streams.ping_interval)
+            if time.monotonic() - session.last_heard > settings.streams.ping_timeout:
                 session.close(protocol.CLOSE_PING_TIMEOUT, "ping timeout: nothing heard")
                 return
             session.offer(_ping(session.position))

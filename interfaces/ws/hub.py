@@ -111,10 +111,10 @@ class StreamHub:
     async def _replay(self, session: Session, sub: Subscription, ref: str | None) -> int:
         """Send the events after ``sub.since`` up to the feed's cursor, then go live."""
         position = self.feed.cursor if sub.since is None else sub.since
-        if self.feed.cursor - position > self.settings.ws_max_replay:
+        if self.feed.cursor - position > self.settings.streams.max_replay:
             raise ReplayTooLongError(
                 f"since is {self.feed.cursor - position} events behind (at most "
-                f"{self.settings.ws_max_replay}); reload through the REST API and subscribe "
+                f"{self.settings.streams.max_replay}); reload through the REST API and subscribe "
                 "without since"
             )
         sent = 0

@@ -34,11 +34,13 @@ class Streams:
         settings = container.settings
         self.c = container
         self.bus: Bus = (
-            RedisBus(settings.redis_url, feed_namespace(settings))
-            if settings.redis_url
+            RedisBus(settings.redis.url, feed_namespace(settings))
+            if settings.redis.url
             else MemoryBus()
         )
-        self.feed = EventFeed(container.events, self.bus, poll_interval=settings.ws_poll_interval)
+        self.feed = EventFeed(
+            container.events, self.bus, poll_interval=settings.streams.poll_interval
+        )
         self.hub = StreamHub(container, self.feed)
 
     async def run_forever(self) -> None:
@@ -58,7 +60,7 @@ class Streams:
             return
         await socket.accept(subprotocols=BEARER if BEARER in offered_protocols(socket) else None)
         session = Session(
-            socket, principal, creds, address=address, queue_size=self.c.settings.ws_queue_size
+            socket, principal, creds, address=address, queue_size=self.c.settings.streams.queue_size
         )
         await Connection(self.c, self.hub, socket.app.state.proxy, session).serve()
 

@@ -255,7 +255,7 @@ def bench_commands(cluster: Cluster, args: argparse.Namespace, quiet: Quiet) -> 
         proposed = None
         if args.proposals:
             app = proposals.BackgroundSnapshotApp(env=eventstore_env(settings))
-            proposed = LedgerService(app, policy=settings.guardrails)
+            proposed = LedgerService(app, policy=settings.ledger.guardrails)
             prop_users = [f"prop-{i}" for i in range(threads)]
             open_accounts(proposed, prop_users)
         plain_users = [f"plain-{i}" for i in range(threads)]
@@ -603,7 +603,7 @@ def write_history(
 
 def bench_guardrail(cluster: Cluster, args: argparse.Namespace, quiet: Quiet) -> dict[str, Any]:
     settings = settings_for(cluster, "bench_guardrail")
-    policy = settings.guardrails
+    policy = settings.ledger.guardrails
     assert policy.enabled
     assert len(policy.effective_limits({})) == len(WINDOW_NAMES)
     clock = FixedClock(datetime(2026, 11, 1, 12, 0, tzinfo=UTC))

@@ -274,7 +274,7 @@ def _rent_running(base: str, key: str) -> dict[str, Any]:
 
 def _point_at(env: dict[str, str], instance_id: str, owner: str, port: int) -> None:
     """Once the read model shows the instance running, make its row say ``port``."""
-    db = SqliteDatabase(load_settings(env, env_file=None).sqlite_path)
+    db = SqliteDatabase(load_settings(env, env_file=None).db.sqlite_path)
     try:
         deadline = time.monotonic() + 30
         while True:

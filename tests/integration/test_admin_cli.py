@@ -134,7 +134,7 @@ def test_per_user_limits_are_enforced_with_the_switch_off(
 ) -> None:
     """GUARDRAILS_ENABLED=false (the default) governs only the env defaults: limits set for a
     user show in ``balance`` and the spending report and refuse a charge over them."""
-    assert not settings.guardrails.enabled
+    assert not settings.ledger.guardrails.enabled
     assert admin("create-user", "ann@example.com", "s3cret-pass", "Ann") == 0
     assert admin("grant-credits", "ann@example.com", "50.00", "--idempotency-key", "k1") == 0
     args = ("set-limits", "ann@example.com", "60min=10.00", "72h=100.00", "--reason", "vip")

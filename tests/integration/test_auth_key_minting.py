@@ -33,7 +33,12 @@ Client = Any
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[Client]:
-    tuned = dataclasses.replace(settings, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000)
+    tuned = dataclasses.replace(
+        settings,
+        auth=dataclasses.replace(
+            settings.auth, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000
+        ),
+    )
     with test_client(tuned) as c:
         yield c
 
@@ -108,7 +113,9 @@ def test_a_wrong_password_makes_no_key(client: Client) -> None:
 
 
 def test_grpc_create_api_key_follows_the_same_rules(sqlite_settings: Settings) -> None:
-    settings = dataclasses.replace(sqlite_settings, jwt_secret=JWT_SECRET)
+    settings = dataclasses.replace(
+        sqlite_settings, auth=dataclasses.replace(sqlite_settings.auth, jwt_secret=JWT_SECRET)
+    )
     with in_process(settings) as (c, port):
         user = c.users.create("grpc-minter@example.com", PASSWORD, "G")
         c.ledger.open_account(user.id)

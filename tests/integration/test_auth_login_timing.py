@@ -14,7 +14,10 @@ PASSWORD = "correct-horse-battery"
 
 def test_unknown_and_existing_emails_take_the_same_time(sqlite_settings: Settings) -> None:
     settings = dataclasses.replace(
-        sqlite_settings, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000
+        sqlite_settings,
+        auth=dataclasses.replace(
+            sqlite_settings.auth, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000
+        ),
     )
     with test_client(settings) as client:
         body = {"email": "known@example.com", "password": PASSWORD, "name": "Known"}

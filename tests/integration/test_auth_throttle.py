@@ -66,16 +66,18 @@ def hasher(monkeypatch: pytest.MonkeyPatch) -> CountingHasher:
     return counting
 
 
-def tuned(settings: Settings, **changes: Any) -> Settings:
+def tuned(settings: Settings, **auth: Any) -> Settings:
+    """``settings`` with a JWT key, a high rate limit and tight failure limits (``auth``: more
+    ``AuthSettings`` changes)."""
     values = {
         "jwt_secret": JWT_SECRET,
         "rate_limit_per_minute": 100_000,
-        "auth_failures_per_key": 3,
-        "auth_failures_per_address": 1_000,
-        "auth_failure_window_seconds": WINDOW,
-        **changes,
+        "failures_per_key": 3,
+        "failures_per_address": 1_000,
+        "failure_window_seconds": WINDOW,
+        **auth,
     }
-    return dataclasses.replace(settings, **values)
+    return dataclasses.replace(settings, auth=dataclasses.replace(settings.auth, **values))
 
 
 def new_key(c: Any, email: str) -> str:
@@ -124,7 +126,7 @@ def test_bad_secrets_for_a_key_id_get_429_with_retry_after_and_no_argon2(
 def test_the_owner_keeps_working_and_other_addresses_are_not_refused(
     sqlite_settings: Settings,
 ) -> None:
-    settings = tuned(sqlite_settings, auth_failures_per_address=20)
+    settings = tuned(sqlite_settings, failures_per_address=20)
     c = bootstrap(settings)
     try:
         alice, bob = new_key(c, "alice@example.com"), new_key(c, "bob@example.com")
@@ -169,7 +171,9 @@ def test_the_owner_keeps_working_and_other_addresses_are_not_refused(
 def test_failure_counts_are_shared_by_replicas_through_redis(
     pg_settings: Settings, redis_url: str, redis_client: Any, hasher: CountingHasher
 ) -> None:
-    settings = tuned(pg_settings, redis_url=redis_url)
+    settings = dataclasses.replace(
+        tuned(pg_settings), redis=dataclasses.replace(pg_settings.redis, url=redis_url)
+    )
     with test_client(settings) as first, test_client(settings) as second:
         key = new_key(first.app.state.container, "shared@example.com")
         for n in range(3):
@@ -182,7 +186,7 @@ def test_failure_counts_are_shared_by_replicas_through_redis(
 
 
 def test_argon2_checks_are_bounded(sqlite_settings: Settings, hasher: CountingHasher) -> None:
-    with test_client(tuned(sqlite_settings, auth_max_concurrent_hashes=1)) as client:
+    with test_client(tuned(sqlite_settings, max_concurrent_hashes=1)) as client:
         c = client.app.state.container
         keys = [new_key(c, f"u{n}@example.com") for n in range(6)]
         outcomes: list[str] = []

@@ -60,12 +60,14 @@ BAD_INPUTS: list[tuple[str, str, dict[str, Any], str]] = [
 
 @pytest.fixture
 def client(settings: Settings, clock: FixedClock) -> Iterator[tuple[TestClient[Any], Container]]:
-    stripe = {  # configured, so the payment checks reach the amount; never called here
-        "stripe_secret_key": "sk_test_unused",
-        "stripe_webhook_secret": "whsec_unused",
-        "stripe_api_base": "http://127.0.0.1:9",
-    }
-    c = bootstrap(dataclasses.replace(settings, jwt_secret=JWT_SECRET, **stripe), clock=clock)
+    stripe = dataclasses.replace(  # configured, so the payment checks reach the amount
+        settings.payments,  # (never called here)
+        stripe_secret_key="sk_test_unused",
+        stripe_webhook_secret="whsec_unused",
+        stripe_api_base="http://127.0.0.1:9",
+    )
+    auth = dataclasses.replace(settings.auth, jwt_secret=JWT_SECRET)
+    c = bootstrap(dataclasses.replace(settings, auth=auth, payments=stripe), clock=clock)
     try:
         with TestClient(create_app(c)) as test_client:
             yield test_client, c

@@ -58,10 +58,12 @@ def world(settings: Settings, clock: FixedClock) -> Iterator[World]:
     with running_stripe() as stripe:
         tuned = dataclasses.replace(
             settings,
-            jwt_secret=JWT_SECRET,
-            rate_limit_per_minute=100_000,
-            stripe_secret_key=stripe.secret_key,
-            stripe_api_base=stripe.url,
+            auth=dataclasses.replace(
+                settings.auth, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000
+            ),
+            payments=dataclasses.replace(
+                settings.payments, stripe_secret_key=stripe.secret_key, stripe_api_base=stripe.url
+            ),
         )
         c = bootstrap(tuned, clock=clock)
         try:

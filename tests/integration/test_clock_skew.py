@@ -37,7 +37,9 @@ def replica(settings: Settings) -> Iterator[Callable[..., Container]]:
     made: list[Container] = []
 
     def make(clock: Clock, reference: Clock | None = None) -> Container:
-        limited = dataclasses.replace(settings, guardrails=LIMITED)
+        limited = dataclasses.replace(
+            settings, ledger=dataclasses.replace(settings.ledger, guardrails=LIMITED)
+        )
         made.append(bootstrap(limited, clock=clock, reference_clock=reference))
         return made[-1]
 
@@ -127,7 +129,7 @@ def test_the_real_clock_is_bounded_by_the_database_clock_on_postgres(settings: S
     db = open_database(settings)
     try:
         chosen = business_clock(settings, db, system_clock)
-        if settings.db_type == "sqlite":
+        if settings.db.type == "sqlite":
             assert chosen is system_clock  # one process, one clock: nothing to bound against
             return
         assert isinstance(chosen, BoundedClock)
@@ -135,6 +137,6 @@ def test_the_real_clock_is_bounded_by_the_database_clock_on_postgres(settings: S
         for _ in range(3):  # in the background; each reading is the server's time meanwhile
             server = server_clock()
             assert abs(server - datetime.now(UTC)) < timedelta(seconds=5)
-        assert chosen() <= server + timedelta(seconds=settings.clock_max_ahead_seconds + 1)
+        assert chosen() <= server + timedelta(seconds=settings.ledger.clock_max_ahead_seconds + 1)
     finally:
         db.close()

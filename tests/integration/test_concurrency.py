@@ -152,7 +152,7 @@ def test_processes_charging_shared_account_never_overspend(
     acked, done = run_workers(
         [
             {
-                **pg_cluster.env(pg_settings.db_name),
+                **pg_cluster.env(pg_settings.db.name),
                 "CHARGE_USER": shared,
                 "CHARGE_OWN_USER": own[p],
                 "CHARGE_COUNT": str(per_thread),

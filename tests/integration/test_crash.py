@@ -35,13 +35,13 @@ GRANT, CHARGE = 1_000, 700
 def service_env(settings: Settings) -> dict[str, str]:
     """The ``DB_*`` variables of ``settings`` (for PostgreSQL the same as ``Cluster.env``)."""
     return {
-        "DB_TYPE": settings.db_type,
-        "DB_NAME": settings.db_name,
-        "DB_HOST": settings.db_host,
-        "DB_PORT": str(settings.db_port),
-        "DB_USER": settings.db_user,
-        "DB_PASSWORD": settings.db_password,
-        "DATA_DIR": str(settings.data_dir),
+        "DB_TYPE": settings.db.type,
+        "DB_NAME": settings.db.name,
+        "DB_HOST": settings.db.host,
+        "DB_PORT": str(settings.db.port),
+        "DB_USER": settings.db.user,
+        "DB_PASSWORD": settings.db.password,
+        "DATA_DIR": str(settings.db.data_dir),
     }
 
 

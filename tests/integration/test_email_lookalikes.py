@@ -22,7 +22,12 @@ Client = Any
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[Client]:
-    tuned = dataclasses.replace(settings, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000)
+    tuned = dataclasses.replace(
+        settings,
+        auth=dataclasses.replace(
+            settings.auth, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000
+        ),
+    )
     with test_client(tuned) as c:
         yield c
 

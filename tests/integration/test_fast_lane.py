@@ -52,7 +52,9 @@ class Doors:
 
 @pytest.fixture
 def doors(settings: Settings, clock: FixedClock) -> Iterator[Doors]:
-    for world in make_world(settings, clock, max_body_bytes=64 * 1024):
+    for world in make_world(
+        settings, clock, http=dataclasses.replace(settings.http, max_body_bytes=64 * 1024)
+    ):
         yield Doors(world)
 
 
@@ -98,7 +100,10 @@ def test_credits_same_through_both_doors(doors: Doors) -> None:
 
 
 def test_rate_limit_through_the_fast_lane(settings: Settings) -> None:
-    tuned = dataclasses.replace(settings, jwt_secret=JWT_SECRET, rate_limit_per_minute=3)
+    tuned = dataclasses.replace(
+        settings,
+        auth=dataclasses.replace(settings.auth, jwt_secret=JWT_SECRET, rate_limit_per_minute=3),
+    )
     with test_client(tuned) as client:
         email, password = "rl@example.com", "correct-horse-battery"
         client.post(
@@ -212,7 +217,11 @@ def test_metrics_use_the_same_route_names(doors: Doors) -> None:
 def test_cors_requests_get_cors_headers_on_the_hot_routes(settings: Settings) -> None:
     """With CORS configured, a request carrying an Origin goes through Litestar's CORS layer."""
     origin = "https://app.example.com"
-    tuned = dataclasses.replace(settings, jwt_secret=JWT_SECRET, cors_origins=(origin,))
+    tuned = dataclasses.replace(
+        settings,
+        auth=dataclasses.replace(settings.auth, jwt_secret=JWT_SECRET),
+        http=dataclasses.replace(settings.http, cors_origins=(origin,)),
+    )
     with test_client(tuned) as client:
         email, password = "cors@example.com", "correct-horse-battery"
         client.post(

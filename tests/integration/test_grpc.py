@@ -847,7 +847,11 @@ def test_cli_grpc_mode_matches_rest(world: World, capsys: pytest.CaptureFixture[
 def in_process(settings: Settings) -> Iterator[tuple[Container, int]]:
     """The gRPC server of one process, started in a background event loop."""
     port = free_port()
-    tuned = dataclasses.replace(settings, host="127.0.0.1", grpc_port=port)
+    tuned = dataclasses.replace(
+        settings,
+        http=dataclasses.replace(settings.http, host="127.0.0.1"),
+        grpc=dataclasses.replace(settings.grpc, port=port),
+    )
     c = bootstrap(tuned)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -952,7 +956,9 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
 @pytest.mark.postgres
 def test_postgres_server_over_tls(pg_settings: Settings, tmp_path: Path, google: Any) -> None:
     pb2, pb2_grpc = google
-    settings = dataclasses.replace(pg_settings, jwt_secret=JWT_SECRET)
+    settings = dataclasses.replace(
+        pg_settings, auth=dataclasses.replace(pg_settings.auth, jwt_secret=JWT_SECRET)
+    )
     keys, emails = seed_users(settings)
     cert, key = _self_signed(tmp_path)
     port = free_port()

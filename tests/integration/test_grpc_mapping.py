@@ -155,9 +155,9 @@ def test_zero_is_not_positive() -> None:
 
 def test_grpc_settings() -> None:
     default = load_settings({}, env_file=None)
-    assert (default.grpc_enabled, default.grpc_port, default.grpc_tls_cert) == (True, 9090, "")
+    assert (default.grpc.enabled, default.grpc.port, default.grpc.tls_cert) == (True, 9090, "")
     tuned = load_settings({"GRPC_PORT": "7000", "GRPC_ENABLED": "off"}, env_file=None)
-    assert (tuned.grpc_enabled, tuned.grpc_port) == (False, 7000)
+    assert (tuned.grpc.enabled, tuned.grpc.port) == (False, 7000)
     for env, name in (
         ({"GRPC_PORT": "nine"}, "GRPC_PORT"),
         ({"GRPC_PORT": "70000"}, "GRPC_PORT"),
@@ -169,7 +169,7 @@ def test_grpc_settings() -> None:
         with pytest.raises(ConfigError, match=name):
             load_settings(env, env_file=None)
     both = load_settings({"GRPC_TLS_CERT": __file__, "GRPC_TLS_KEY": __file__}, env_file=None)
-    assert both.grpc_tls_key == __file__
+    assert both.grpc.tls_key == __file__
 
 
 def test_grpc_target_parsing() -> None:

@@ -6,6 +6,7 @@ SQLite and PostgreSQL (the ``settings`` fixture).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections.abc import Iterator
@@ -26,7 +27,12 @@ USD = 1_000_000
 def limited(settings: Settings, clock: FixedClock) -> Iterator[Container]:
     """A container whose guard rails are on (a 60-minute window of 30.00)."""
     policy = GuardrailPolicy(enabled=True, limits={"60MIN": 30 * USD})
-    c = bootstrap(Settings(**{**settings.__dict__, "guardrails": policy}), clock=clock)
+    c = bootstrap(
+        dataclasses.replace(
+            settings, ledger=dataclasses.replace(settings.ledger, guardrails=policy)
+        ),
+        clock=clock,
+    )
     try:
         yield c
     finally:

@@ -35,10 +35,10 @@ Client = Any  # litestar.testing.TestClient[Litestar]
 # ------------------------------------------------------------------------------------ helpers
 
 
-def _settings(settings: Settings, **changes: Any) -> Settings:
-    return dataclasses.replace(
-        settings, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000, **changes
-    )
+def _settings(settings: Settings, **groups: Any) -> Settings:
+    tuned = dataclasses.replace(settings, **groups)
+    auth = dataclasses.replace(tuned.auth, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000)
+    return dataclasses.replace(tuned, auth=auth)
 
 
 @pytest.fixture
@@ -188,7 +188,7 @@ def test_concurrent_registration_of_one_email_is_409_not_500(
         )
         racer.start()
         deadline = time.monotonic() + 10
-        while settings.db_type == "postgres" and time.monotonic() < deadline:
+        while settings.db.type == "postgres" and time.monotonic() < deadline:
             with c.db.read() as probe:  # wait until the racer is blocked on our row
                 row = probe.fetchone(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
@@ -284,7 +284,7 @@ def test_login_returns_a_jwt_for_a_new_session(client: Client) -> None:
     claims = claims_of(tokens["access_token"])
     assert claims["sub"] == user["id"]
     assert claims["sid"]
-    lifetime = container_of(client).settings.jwt_expiration_seconds
+    lifetime = container_of(client).settings.auth.jwt_expiration_seconds
     assert claims["exp"] - claims["iat"] == lifetime
     expires = datetime.fromisoformat(tokens["expires_at"])
     assert int(expires.timestamp()) == claims["exp"]
@@ -784,7 +784,9 @@ def test_spending_check_allows_a_funded_cost_and_changes_nothing(client: Client)
 
 def test_spending_check_over_a_window_limit_is_402_with_violations(settings: Settings) -> None:
     policy = GuardrailPolicy(enabled=True, limits={"60MIN": 5_000_000})
-    with test_client(_settings(settings, guardrails=policy)) as client:
+    with test_client(
+        _settings(settings, ledger=dataclasses.replace(settings.ledger, guardrails=policy))
+    ) as client:
         user, auth = user_with_token(client, "limited@example.com")
         c = container_of(client)
         c.ledger.grant(user["id"], 10_000_000, key="fund", reason="fund")
@@ -1063,7 +1065,9 @@ def test_health_ready_and_metrics(client: Client) -> None:
 
 
 def test_a_body_over_the_limit_is_413(settings: Settings) -> None:
-    with test_client(_settings(settings, max_body_bytes=4096)) as client:
+    with test_client(
+        _settings(settings, http=dataclasses.replace(settings.http, max_body_bytes=4096))
+    ) as client:
         big = json.dumps({"email": "big@example.com", "password": "p" * 5000, "name": "B"})
         response = client.post(
             "/api/v1/auth/register", content=big, headers={"content-type": "application/json"}
@@ -1098,7 +1102,10 @@ def test_default_body_limit_is_one_mebibyte(client: Client) -> None:
 
 
 def test_rate_limit_is_429_with_headers(settings: Settings) -> None:
-    limited = dataclasses.replace(_settings(settings), rate_limit_per_minute=3)
+    tuned = _settings(settings)
+    limited = dataclasses.replace(
+        tuned, auth=dataclasses.replace(tuned.auth, rate_limit_per_minute=3)
+    )
     with test_client(limited) as client:
         _, auth = user_with_token(client, "busy@example.com")
         responses = [client.get(CREDITS, headers=auth) for _ in range(5)]

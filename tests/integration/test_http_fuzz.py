@@ -63,9 +63,13 @@ class Target:
 def _fuzz_settings(sqlite_settings: Settings) -> Settings:
     return dataclasses.replace(
         sqlite_settings,
-        jwt_secret=JWT_SECRET,
-        rate_limit_per_minute=10_000_000,
-        guardrails=GuardrailPolicy(enabled=True, limits={"60MIN": 50_000_000}),
+        auth=dataclasses.replace(
+            sqlite_settings.auth, jwt_secret=JWT_SECRET, rate_limit_per_minute=10_000_000
+        ),
+        ledger=dataclasses.replace(
+            sqlite_settings.ledger,
+            guardrails=GuardrailPolicy(enabled=True, limits={"60MIN": 50_000_000}),
+        ),
     )
 
 

@@ -35,9 +35,9 @@ class Server:
 
 @contextlib.contextmanager
 def _server(settings: Settings, **limits: str) -> Iterator[Server]:
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    Path(settings.db.data_dir).mkdir(parents=True, exist_ok=True)
     env = {**env_of(settings), "GRPC_ENABLED": "false", **limits}
-    with server_process(env, Path(settings.data_dir) / "server.log") as url:
+    with server_process(env, Path(settings.db.data_dir) / "server.log") as url:
         parts = urlsplit(url)
         server = Server((str(parts.hostname), int(parts.port or 0)))
         try:
@@ -153,8 +153,8 @@ def test_connections_past_the_cap_get_503_and_are_closed(sqlite_settings: Settin
 
 def test_limits_are_settings_with_bounds() -> None:
     defaults = load_settings({}, env_file=None)
-    assert (defaults.http_header_timeout, defaults.http_keepalive_seconds) == (10.0, 5)
-    assert defaults.http_max_connections == 500
+    assert (defaults.http.header_timeout, defaults.http.keepalive_seconds) == (10.0, 5)
+    assert defaults.http.max_connections == 500
     for name, bad in (
         ("HTTP_HEADER_TIMEOUT_SECONDS", "0"),
         ("HTTP_KEEPALIVE_SECONDS", "0"),

@@ -30,7 +30,9 @@ def _user_with_key(settings: Settings, email: str = "rl@example.com") -> str:
 @pytest.mark.slow
 def test_rate_limit_is_exact_across_two_processes(pg_settings: Settings, redis_url: str) -> None:
     settings = dataclasses.replace(
-        pg_settings, redis_url=redis_url, rate_limit_per_minute=60, jwt_secret=JWT_SECRET
+        pg_settings,
+        redis=dataclasses.replace(pg_settings.redis, url=redis_url),
+        auth=dataclasses.replace(pg_settings.auth, rate_limit_per_minute=60, jwt_secret=JWT_SECRET),
     )
     key = _user_with_key(settings)
     env = env_of(settings)
@@ -76,9 +78,8 @@ def test_session_modes_logout_takes_effect_at_once(
 ) -> None:
     settings = dataclasses.replace(
         sqlite_settings,
-        jwt_secret=JWT_SECRET,
-        session_mode=mode,
-        redis_url="" if mode == "sql" else redis_url,
+        auth=dataclasses.replace(sqlite_settings.auth, jwt_secret=JWT_SECRET, session_mode=mode),
+        redis=dataclasses.replace(sqlite_settings.redis, url="" if mode == "sql" else redis_url),
     )
     with test_client(settings) as client:
         client.post(
@@ -102,7 +103,11 @@ def test_balanced_mode_falls_back_to_sql_when_redis_forgets(
     sqlite_settings: Settings, redis_url: str, redis_client: object
 ) -> None:
     settings = dataclasses.replace(
-        sqlite_settings, jwt_secret=JWT_SECRET, session_mode="balanced", redis_url=redis_url
+        sqlite_settings,
+        auth=dataclasses.replace(
+            sqlite_settings.auth, jwt_secret=JWT_SECRET, session_mode="balanced"
+        ),
+        redis=dataclasses.replace(sqlite_settings.redis, url=redis_url),
     )
     with test_client(settings) as client:
         client.post(
@@ -118,7 +123,9 @@ def test_balanced_mode_falls_back_to_sql_when_redis_forgets(
 
 
 def test_no_secret_reaches_the_log_file(sqlite_settings: Settings, tmp_path: Path) -> None:
-    settings = dataclasses.replace(sqlite_settings, jwt_secret=JWT_SECRET)
+    settings = dataclasses.replace(
+        sqlite_settings, auth=dataclasses.replace(sqlite_settings.auth, jwt_secret=JWT_SECRET)
+    )
     log_file = tmp_path / "server.log"
     env = {**env_of(settings), "LOG_LEVEL": "DEBUG"}
     with server_process(env, log_file=log_file) as base, httpx.Client(base_url=base) as client:

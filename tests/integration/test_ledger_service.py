@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
@@ -87,7 +88,9 @@ def test_holds_place_capture_release_and_expire(container: Container, clock: Fix
 
 def test_guard_rail_window_refuses_with_violations(settings: Settings, clock: FixedClock) -> None:
     policy = GuardrailPolicy(enabled=True, limits={"5MIN": 2 * USD, "60MIN": 3 * USD})
-    limited = Settings(**{**settings.__dict__, "guardrails": policy})
+    limited = dataclasses.replace(
+        settings, ledger=dataclasses.replace(settings.ledger, guardrails=policy)
+    )
     c = bootstrap(limited, clock=clock)
     try:
         ledger = c.ledger

@@ -30,10 +30,13 @@ PASSWORD = "correct-horse-battery"
 def market(settings: Settings, clock: FixedClock) -> Iterator[tuple[TestClient[Any], Container]]:
     tuned = dataclasses.replace(
         settings,
-        jwt_secret=JWT_SECRET,
-        sandbox_enabled=True,
-        sandbox_provisioning_delay=0.0,
-        guardrails=GuardrailPolicy(enabled=True, limits={"72H": 40 * USD}),
+        auth=dataclasses.replace(settings.auth, jwt_secret=JWT_SECRET),
+        providers=dataclasses.replace(
+            settings.providers, sandbox_enabled=True, sandbox_provisioning_delay=0.0
+        ),
+        ledger=dataclasses.replace(
+            settings.ledger, guardrails=GuardrailPolicy(enabled=True, limits={"72H": 40 * USD})
+        ),
     )
     container = bootstrap(tuned, clock=clock)
     try:
@@ -205,9 +208,11 @@ def test_bad_input_is_4xx(market: tuple[TestClient[Any], Container]) -> None:
 def test_block_action_records_and_keeps_running(settings: Settings, clock: FixedClock) -> None:
     tuned = dataclasses.replace(
         settings,
-        jwt_secret=JWT_SECRET,
-        sandbox_provisioning_delay=0.0,
-        guardrails=GuardrailPolicy(enabled=True, limits={"72H": 3 * USD}),
+        auth=dataclasses.replace(settings.auth, jwt_secret=JWT_SECRET),
+        providers=dataclasses.replace(settings.providers, sandbox_provisioning_delay=0.0),
+        ledger=dataclasses.replace(
+            settings.ledger, guardrails=GuardrailPolicy(enabled=True, limits={"72H": 3 * USD})
+        ),
     )
     c = bootstrap(tuned, clock=clock)
     c.marketplace.config = dataclasses.replace(c.marketplace.config, guardrails_action="block")

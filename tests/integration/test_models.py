@@ -8,6 +8,7 @@ the module; quotas, prices and PostgreSQL have their own worlds below.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -379,7 +380,9 @@ def test_oip_rest_json(world: World, dense: tuple[str, Any]) -> None:
 def test_session_cache_is_bounded(tmp_path: Path) -> None:
     settings = load_settings({"DATA_DIR": str(tmp_path / "data")}, env_file=None)
     small, _ = dense_onnx(seed=1, pad=100_000)  # about 400 kB each
-    with make_world(settings, model_cache_bytes=1_048_576) as w:
+    with make_world(
+        settings, models=dataclasses.replace(settings.models, cache_bytes=1_048_576)
+    ) as w:
         ids = []
         for n in range(3):
             created = w.upload("alice", f"m{n}.onnx", small, name=f"m{n}")
@@ -399,7 +402,10 @@ def test_dynamic_batching_gives_each_caller_its_rows(tmp_path: Path) -> None:
     settings = load_settings({"DATA_DIR": str(tmp_path / "data")}, env_file=None)
     content, reference = dense_onnx(seed=4)
     with make_world(
-        settings, model_batching=True, model_batch_wait_ms=20.0, model_batch_max_rows=64
+        settings,
+        models=dataclasses.replace(
+            settings.models, batching=True, batch_wait_ms=20.0, batch_max_rows=64
+        ),
     ) as w:
         model_id = w.upload("alice", "b.onnx", content, name="b").json()["model_id"]
         service = w.c.model_service()
@@ -431,10 +437,10 @@ def test_storage_backend_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="MODEL_LEASE_AMOUNT"):
         load_settings({"MODEL_PREDICT_PRICE": "5", "MODEL_LEASE_AMOUNT": "1"}, env_file=None)
     s = load_settings({}, env_file=None)
-    assert (s.storage_quota_bytes, s.max_upload_bytes) == (100 * 10**9, 10 * 10**9)
-    assert (s.uploads_per_hour, s.uploads_per_day) == (50, 500)
-    assert s.allow_pickle_models is False
-    assert s.model_predict_price == 0
+    assert (s.models.storage_quota_bytes, s.models.max_upload_bytes) == (100 * 10**9, 10 * 10**9)
+    assert (s.models.uploads_per_hour, s.models.uploads_per_day) == (50, 500)
+    assert s.models.allow_pickle is False
+    assert s.models.predict_price == 0
 
 
 # ------------------------------------------------------------------ rules

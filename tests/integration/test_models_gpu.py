@@ -6,6 +6,7 @@ GPU machine with ``pip install -e '.[gpu]'`` (the CPU ``onnxruntime`` removed fi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,9 @@ def test_ml_operators_report_cpu_even_with_cuda(gpu_world: World) -> None:
 
 def test_cpu_mode_never_asks_for_cuda(tmp_path: Path) -> None:
     settings = load_settings({"DATA_DIR": str(tmp_path / "data")}, env_file=None)
-    with make_world(settings, model_execution_provider="cpu") as w:
+    with make_world(
+        settings, models=dataclasses.replace(settings.models, execution_provider="cpu")
+    ) as w:
         content, _ = dense_onnx()
         assert w.upload("alice", "d.onnx", content, name="d").status_code == 201
         assert w.predict("alice", "d", {"input": [1, 2, 3, 4]}).json()["used_gpu"] is False

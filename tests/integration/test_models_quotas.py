@@ -6,6 +6,7 @@ nothing is left behind: no staging file, no stored object, no reservation, no co
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from collections.abc import Iterator
@@ -28,11 +29,14 @@ def _tight(settings: Settings, clock: FixedClock, folder: Path) -> Iterator[Worl
     with make_world(
         settings,
         clock,
-        data_dir=folder / "data",
-        uploads_per_hour=2,
-        uploads_per_day=3,
-        max_upload_bytes=10_000,
-        storage_quota_bytes=6_000,
+        db=dataclasses.replace(settings.db, data_dir=folder / "data"),
+        models=dataclasses.replace(
+            settings.models,
+            uploads_per_hour=2,
+            uploads_per_day=3,
+            max_upload_bytes=10_000,
+            storage_quota_bytes=6_000,
+        ),
     ) as w:
         yield w
 
@@ -155,7 +159,11 @@ def test_prediction_price_is_paid_from_a_lease(
     sqlite_settings: Settings, clock: FixedClock
 ) -> None:
     with make_world(
-        sqlite_settings, clock, model_predict_price=10_000, model_lease_amount=50_000
+        sqlite_settings,
+        clock,
+        models=dataclasses.replace(
+            sqlite_settings.models, predict_price=10_000, lease_amount=50_000
+        ),
     ) as w:
         content, _ = dense_onnx()
         created = w.upload("alice", "p.onnx", content, name="p")

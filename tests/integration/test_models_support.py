@@ -60,7 +60,7 @@ class World:
 
     @property
     def data_dir(self) -> Path:
-        return self.c.settings.data_dir
+        return self.c.settings.db.data_dir
 
 
 def add_user(c: Container, name: str, *, credits: int = 0, admin: bool = False) -> tuple[str, str]:
@@ -75,9 +75,11 @@ def add_user(c: Container, name: str, *, credits: int = 0, admin: bool = False) 
 
 
 @contextlib.contextmanager
-def make_world(settings: Settings, clock: Any = None, **overrides: Any) -> Iterator[World]:
+def make_world(settings: Settings, clock: Any = None, **groups: Any) -> Iterator[World]:
+    tuned = dataclasses.replace(settings, **groups)
     tuned = dataclasses.replace(
-        settings, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000, **overrides
+        tuned,
+        auth=dataclasses.replace(tuned.auth, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000),
     )
     c = bootstrap(tuned, clock=clock) if clock is not None else bootstrap(tuned)
     try:

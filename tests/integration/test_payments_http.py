@@ -95,16 +95,20 @@ def shop(settings: Settings, clock: FixedClock) -> Iterator[Shop]:
     with running_stripe() as stripe, running_chain() as chain:
         tuned = dataclasses.replace(
             settings,
-            jwt_secret=JWT_SECRET,
-            rate_limit_per_minute=100_000,
-            stripe_secret_key=stripe.secret_key,
-            stripe_webhook_secret=stripe.webhook_secret,
-            stripe_api_base=stripe.url,
-            crypto_enabled=True,
-            crypto_rpc_url=chain.url,
-            crypto_receiving_address=RECEIVER,
-            crypto_token_address=TOKEN,
-            crypto_confirmations=3,
+            auth=dataclasses.replace(
+                settings.auth, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000
+            ),
+            payments=dataclasses.replace(
+                settings.payments,
+                stripe_secret_key=stripe.secret_key,
+                stripe_webhook_secret=stripe.webhook_secret,
+                stripe_api_base=stripe.url,
+                crypto_enabled=True,
+                crypto_rpc_url=chain.url,
+                crypto_receiving_address=RECEIVER,
+                crypto_token_address=TOKEN,
+                crypto_confirmations=3,
+            ),
         )
         c = bootstrap(tuned, clock=clock)
         try:
@@ -212,9 +216,10 @@ def test_raw_card_number_is_refused_with_a_live_key(settings: Settings, clock: F
     with running_stripe(secret_key="sk_live_fake") as stripe:
         tuned = dataclasses.replace(
             settings,
-            jwt_secret=JWT_SECRET,
-            stripe_secret_key=stripe.secret_key,
-            stripe_api_base=stripe.url,
+            auth=dataclasses.replace(settings.auth, jwt_secret=JWT_SECRET),
+            payments=dataclasses.replace(
+                settings.payments, stripe_secret_key=stripe.secret_key, stripe_api_base=stripe.url
+            ),
         )
         c = bootstrap(tuned, clock=clock)
         try:
@@ -671,9 +676,10 @@ def test_afterdark_payment(settings: Settings, clock: FixedClock) -> None:
     with running_afterdark() as afterdark:
         tuned = dataclasses.replace(
             settings,
-            jwt_secret=JWT_SECRET,
-            afterdark_api_key="ad_test_key",
-            afterdark_api_url=afterdark.url,
+            auth=dataclasses.replace(settings.auth, jwt_secret=JWT_SECRET),
+            payments=dataclasses.replace(
+                settings.payments, afterdark_api_key="ad_test_key", afterdark_api_url=afterdark.url
+            ),
         )
         c = bootstrap(tuned, clock=clock)
         try:

@@ -41,7 +41,11 @@ class Bare:
 
 @pytest.fixture
 def bare(sqlite_settings: Settings) -> Iterator[Bare]:
-    c = bootstrap(dataclasses.replace(sqlite_settings, jwt_secret=JWT_SECRET))
+    c = bootstrap(
+        dataclasses.replace(
+            sqlite_settings, auth=dataclasses.replace(sqlite_settings.auth, jwt_secret=JWT_SECRET)
+        )
+    )
     try:
         with TestClient(create_app(c)) as client:
             client.post(

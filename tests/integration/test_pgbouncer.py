@@ -65,13 +65,13 @@ def bounced(bouncer: Bouncer, pg_cluster: Cluster) -> Settings:
 
 
 def test_settings_send_session_work_to_postgresql_itself(bounced: Settings) -> None:
-    assert bounced.transaction_pooler
-    assert f"port={bounced.db_port}" in bounced.postgres_conninfo
-    assert f"port={bounced.db_direct_port}" in bounced.direct_conninfo
-    assert bounced.db_port != bounced.db_direct_port
+    assert bounced.db.transaction_pooler
+    assert f"port={bounced.db.port}" in bounced.db.postgres_conninfo
+    assert f"port={bounced.db.direct_port}" in bounced.db.direct_conninfo
+    assert bounced.db.port != bounced.db.direct_port
     plain = load_settings({"DB_TYPE": "postgres", "DB_PORT": "6000"}, env_file=None)
-    assert not plain.transaction_pooler
-    assert "port=6000" in plain.direct_conninfo  # the direct address defaults to DB_HOST/PORT
+    assert not plain.db.transaction_pooler
+    assert "port=6000" in plain.db.direct_conninfo  # the direct address defaults to DB_HOST/PORT
 
 
 def test_start_up_creates_its_database_past_a_pooler_that_lists_only_it(
@@ -106,13 +106,13 @@ def test_server_prepared_statements_break_through_the_pooler_and_are_off(
     bounced: Settings,
 ) -> None:
     # The fixture really pools by transaction: psycopg's default (prepare after 5 runs) fails.
-    prepared = PostgresDatabase(bounced.postgres_conninfo, max_size=6, server_prepare=True)
+    prepared = PostgresDatabase(bounced.db.postgres_conninfo, max_size=6, server_prepare=True)
     try:
         broken = _rotate(prepared)
     finally:
         prepared.close()
     assert {"DuplicatePreparedStatement", "InvalidSqlStatementName"} & set(broken), broken
-    unprepared = PostgresDatabase(bounced.postgres_conninfo, max_size=6, server_prepare=False)
+    unprepared = PostgresDatabase(bounced.db.postgres_conninfo, max_size=6, server_prepare=False)
     try:
         assert _rotate(unprepared) == []
     finally:
@@ -187,7 +187,9 @@ def test_projection_runners_of_two_replicas_apply_each_event_once(bounced: Setti
 def test_projections_wake_on_notify_from_another_replica(bounced: Settings) -> None:
     # The reader's watchdog poll is a minute away: only NOTIFY (LISTEN on the direct
     # connection) can wake it for the writer's save.
-    slow_poll = dataclasses.replace(bounced, projection_poll_interval=60.0)
+    slow_poll = dataclasses.replace(
+        bounced, ledger=dataclasses.replace(bounced.ledger, projection_poll_interval=60.0)
+    )
     reader = bootstrap(slow_poll, run_projections=True)
     writer = bootstrap(slow_poll)
     try:
@@ -209,7 +211,7 @@ def test_an_election_through_the_pooler_never_hands_over(
     # Why elections connect directly: through PgBouncer the session lock is taken on a pooled
     # server connection, which the next client is lent too (the lock is re-entrant for that
     # session: two leaders at once), and which keeps the lock after its holder has gone.
-    wrong = [PgElection(bounced.postgres_conninfo, 99) for _ in range(2)]
+    wrong = [PgElection(bounced.db.postgres_conninfo, 99) for _ in range(2)]
     try:
         assert wrong[0].leading()
         both = wrong[1].leading()
@@ -219,7 +221,7 @@ def test_an_election_through_the_pooler_never_hands_over(
     finally:
         for election in wrong:
             election.close()
-        with psycopg.connect(bounced.direct_conninfo, autocommit=True) as admin:
+        with psycopg.connect(bounced.db.direct_conninfo, autocommit=True) as admin:
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks "
                 "WHERE locktype = 'advisory' AND objid = 99 AND pid <> pg_backend_pid()"
@@ -251,7 +253,11 @@ def test_two_replicas_meter_each_interval_once_and_the_survivor_takes_over(
     bounced: Settings, clock: FixedClock
 ) -> None:
     tuned = dataclasses.replace(
-        bounced, sandbox_enabled=True, sandbox_provisioning_delay=0.0, metering_interval=0.0
+        bounced,
+        providers=dataclasses.replace(
+            bounced.providers, sandbox_enabled=True, sandbox_provisioning_delay=0.0
+        ),
+        marketplace=dataclasses.replace(bounced.marketplace, metering_interval=0.0),
     )
     replicas = [bootstrap(tuned, clock=clock), bootstrap(tuned, clock=clock)]
     a, b = replicas
@@ -272,7 +278,7 @@ def test_two_replicas_meter_each_interval_once_and_the_survivor_takes_over(
             clock.advance(seconds=60)
             assert round_() == [True, False]
         # a dies: its session ends, PostgreSQL frees the lock, and a runs no more rounds.
-        with psycopg.connect(tuned.direct_conninfo, autocommit=True) as admin:
+        with psycopg.connect(tuned.db.direct_conninfo, autocommit=True) as admin:
             held = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = %s"
             (holder,) = admin.execute(held, (MARKETPLACE_JOBS_LOCK_KEY,)).fetchall()
             admin.execute("SELECT pg_terminate_backend(%s)", holder)
@@ -298,8 +304,8 @@ def test_the_server_serves_a_renter_through_the_pooler(bounced: Settings, tmp_pa
     env = {
         **env_of(bounced),
         "DB_POOLER": "pgbouncer",
-        "DB_DIRECT_HOST": bounced.db_direct_host,
-        "DB_DIRECT_PORT": str(bounced.db_direct_port),
+        "DB_DIRECT_HOST": bounced.db.direct_host,
+        "DB_DIRECT_PORT": str(bounced.db.direct_port),
         "DATA_DIR": str(tmp_path),
         "JWT_SECRET": JWT_SECRET,
         "RATE_LIMIT_PER_MINUTE": "100000",
@@ -395,7 +401,7 @@ def test_metering_processes_bill_once_and_the_survivor_takes_over_a_kill(
 ) -> None:
     interval = 0.5
     env = {
-        **bouncer.env(bounced.db_name),
+        **bouncer.env(bounced.db.name),
         "METERING_INTERVAL_SECONDS": str(interval),
         "INSTANCE_POLL_SECONDS": "0.1",
         "SANDBOX_PROVISIONING_DELAY": "0",
@@ -410,7 +416,7 @@ def test_metering_processes_bill_once_and_the_survivor_takes_over_a_kill(
         jobs = c.jobs()
         assert asyncio.run(jobs.run_once())  # provisioning -> running, here (sandbox state)
         jobs.election.close()
-        with psycopg.connect(bounced.direct_conninfo, autocommit=True) as admin:
+        with psycopg.connect(bounced.db.direct_conninfo, autocommit=True) as admin:
             replicas.append(_replica(env))
             _wait(lambda: _lock_holder(admin) is not None, 30, "the first replica never led")
             first = _lock_holder(admin)

@@ -28,7 +28,12 @@ CREDITS = "/api/v1/billing/credits"
 
 
 def test_every_door_answers_the_same_credits(settings: Settings) -> None:
-    settings = dataclasses.replace(settings, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000)
+    settings = dataclasses.replace(
+        settings,
+        auth=dataclasses.replace(
+            settings.auth, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000
+        ),
+    )
     container = bootstrap(settings)
     try:
         with TestClient(create_app(container)) as fast:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from datetime import timedelta
@@ -85,7 +86,9 @@ def test_two_runners_apply_each_event_once(settings: Settings, clock: FixedClock
 
 def test_watchdog_catches_up_without_notifications(settings: Settings, clock: FixedClock) -> None:
     """A runner in another 'process' is never woken by this one's saves: it must poll."""
-    fast = Settings(**{**settings.__dict__, "projection_poll_interval": 0.05})
+    fast = dataclasses.replace(
+        settings, ledger=dataclasses.replace(settings.ledger, projection_poll_interval=0.05)
+    )
     reader = bootstrap(fast, clock=clock, run_projections=True)
     writer = bootstrap(settings, clock=clock)
     try:
@@ -106,7 +109,9 @@ def test_watchdog_catches_up_without_notifications(settings: Settings, clock: Fi
 def test_rebuild_while_writes_and_live_runner_continue(
     settings: Settings, clock: FixedClock
 ) -> None:
-    fast = Settings(**{**settings.__dict__, "projection_poll_interval": 0.02})
+    fast = dataclasses.replace(
+        settings, ledger=dataclasses.replace(settings.ledger, projection_poll_interval=0.02)
+    )
     c = bootstrap(fast, clock=clock, run_projections=True)
     try:
         _write_history(c, clock, rounds=10)

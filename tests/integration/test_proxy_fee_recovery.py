@@ -52,11 +52,13 @@ def test_fees_of_a_sigkilled_server_are_captured_exactly_once(
 ) -> None:
     settings = dataclasses.replace(
         pg_settings,
-        redis_url=redis_url,
-        jwt_secret=JWT_SECRET,
-        sandbox_enabled=True,
-        sandbox_provisioning_delay=0.0,
-        rate_limit_per_minute=100_000,
+        redis=dataclasses.replace(pg_settings.redis, url=redis_url),
+        auth=dataclasses.replace(
+            pg_settings.auth, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000
+        ),
+        providers=dataclasses.replace(
+            pg_settings.providers, sandbox_enabled=True, sandbox_provisioning_delay=0.0
+        ),
     )
     host = bootstrap(settings)  # hosts the instance; later the elected sweep
     loop = asyncio.new_event_loop()

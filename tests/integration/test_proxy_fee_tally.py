@@ -37,7 +37,11 @@ def shared(
     pg_settings: Settings, redis_url: str, redis_client: Any, clock: FixedClock
 ) -> Iterator[Container]:
     c = bootstrap(
-        dataclasses.replace(pg_settings, redis_url=redis_url, sandbox_provisioning_delay=0.0),
+        dataclasses.replace(
+            pg_settings,
+            redis=dataclasses.replace(pg_settings.redis, url=redis_url),
+            providers=dataclasses.replace(pg_settings.providers, sandbox_provisioning_delay=0.0),
+        ),
         clock=clock,
     )
     try:

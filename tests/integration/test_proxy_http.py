@@ -68,14 +68,14 @@ def _running(c: Container, gpus: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return result
 
 
-def make_world(settings: Settings, clock: FixedClock, **overrides: Any) -> Iterator[World]:
+def make_world(settings: Settings, clock: FixedClock, **groups: Any) -> Iterator[World]:
+    tuned = dataclasses.replace(settings, **groups)
     tuned = dataclasses.replace(
-        settings,
-        jwt_secret=JWT_SECRET,
-        sandbox_enabled=True,
-        sandbox_provisioning_delay=0.0,
-        rate_limit_per_minute=100_000,
-        **overrides,
+        tuned,
+        auth=dataclasses.replace(tuned.auth, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000),
+        providers=dataclasses.replace(
+            tuned.providers, sandbox_enabled=True, sandbox_provisioning_delay=0.0
+        ),
     )
     c = bootstrap(tuned, clock=clock)
     try:
@@ -305,12 +305,13 @@ def test_per_request_fee_from_a_lease_then_402(settings: Settings, clock: FixedC
     """Requests are paid from leased holds; when funds run out: 402, nothing overspent."""
     tuned = dataclasses.replace(
         settings,
-        jwt_secret=JWT_SECRET,
-        sandbox_enabled=True,
-        sandbox_provisioning_delay=0.0,
-        rate_limit_per_minute=100_000,
-        proxy_request_price=100_000,
-        proxy_lease_amount=300_000,
+        auth=dataclasses.replace(
+            settings.auth, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000
+        ),
+        providers=dataclasses.replace(
+            settings.providers, sandbox_enabled=True, sandbox_provisioning_delay=0.0
+        ),
+        proxy=dataclasses.replace(settings.proxy, request_price=100_000, lease_amount=300_000),
     )
     c = bootstrap(tuned, clock=clock)
     try:
@@ -339,11 +340,13 @@ def test_per_request_fee_from_a_lease_then_402(settings: Settings, clock: FixedC
 def test_no_fee_when_nothing_was_delivered(sqlite_settings: Settings, clock: FixedClock) -> None:
     tuned = dataclasses.replace(
         sqlite_settings,
-        jwt_secret=JWT_SECRET,
-        sandbox_enabled=True,
-        sandbox_provisioning_delay=0.0,
-        proxy_request_price=100_000,
-        proxy_lease_amount=300_000,
+        auth=dataclasses.replace(sqlite_settings.auth, jwt_secret=JWT_SECRET),
+        providers=dataclasses.replace(
+            sqlite_settings.providers, sandbox_enabled=True, sandbox_provisioning_delay=0.0
+        ),
+        proxy=dataclasses.replace(
+            sqlite_settings.proxy, request_price=100_000, lease_amount=300_000
+        ),
     )
     c = bootstrap(tuned, clock=clock)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
@@ -222,7 +223,12 @@ def test_guard_rail_refusal_is_spending_limit_exceeded(
     settings: Settings, clock: FixedClock
 ) -> None:
     policy = GuardrailPolicy(enabled=True, limits={"5MIN": 10_000})
-    c = bootstrap(Settings(**{**settings.__dict__, "guardrails": policy}), clock=clock)
+    c = bootstrap(
+        dataclasses.replace(
+            settings, ledger=dataclasses.replace(settings.ledger, guardrails=policy)
+        ),
+        clock=clock,
+    )
     try:
         ledger = c.ledger
         ledger.grant(USER, USD, key="g")

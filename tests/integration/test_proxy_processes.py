@@ -26,7 +26,11 @@ FUNDS = 3 * USD  # 30 requests' worth
 @pytest.mark.slow
 def test_leases_across_two_processes_never_overspend(pg_settings: Settings) -> None:
     settings = dataclasses.replace(
-        pg_settings, jwt_secret=JWT_SECRET, sandbox_enabled=True, sandbox_provisioning_delay=0.0
+        pg_settings,
+        auth=dataclasses.replace(pg_settings.auth, jwt_secret=JWT_SECRET),
+        providers=dataclasses.replace(
+            pg_settings.providers, sandbox_enabled=True, sandbox_provisioning_delay=0.0
+        ),
     )
     c = bootstrap(settings)  # this process hosts the sandbox instance the servers reach
     try:

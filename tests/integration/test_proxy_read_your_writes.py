@@ -70,10 +70,11 @@ def test_proxy_sees_running_and_destroyed_at_once_on_another_process(
 ) -> None:
     settings = dataclasses.replace(
         pg_settings,
-        redis_url=redis_url,
-        jwt_secret=JWT_SECRET,
-        sandbox_enabled=True,
-        sandbox_provisioning_delay=0.0,
+        redis=dataclasses.replace(pg_settings.redis, url=redis_url),
+        auth=dataclasses.replace(pg_settings.auth, jwt_secret=JWT_SECRET),
+        providers=dataclasses.replace(
+            pg_settings.providers, sandbox_enabled=True, sandbox_provisioning_delay=0.0
+        ),
     )
     user_id, key = _user_key(settings)
     env = {**env_of(settings), "RATE_LIMIT_PER_MINUTE": "100000"}
@@ -137,13 +138,18 @@ def shared(request: pytest.FixtureRequest) -> Settings:
     db = "pg_settings" if request.param.startswith("postgres") else "sqlite_settings"
     settings: Settings = request.getfixturevalue(db)
     if request.param.endswith("redis"):
-        settings = dataclasses.replace(settings, redis_url=request.getfixturevalue("redis_url"))
+        settings = dataclasses.replace(
+            settings,
+            redis=dataclasses.replace(settings.redis, url=request.getfixturevalue("redis_url")),
+        )
     return dataclasses.replace(
         settings,
-        jwt_secret=JWT_SECRET,
-        sandbox_enabled=True,
-        sandbox_provisioning_delay=0.0,
-        rate_limit_per_minute=100_000,
+        auth=dataclasses.replace(
+            settings.auth, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000
+        ),
+        providers=dataclasses.replace(
+            settings.providers, sandbox_enabled=True, sandbox_provisioning_delay=0.0
+        ),
     )
 
 

@@ -269,10 +269,10 @@ def test_admin_cli_rebuild_then_verify(
         c.close()
     env = {
         "DB_TYPE": "postgres",
-        "DB_HOST": pg_settings.db_host,
-        "DB_PORT": str(pg_settings.db_port),
-        "DB_USER": pg_settings.db_user,
-        "DB_NAME": pg_settings.db_name,
+        "DB_HOST": pg_settings.db.host,
+        "DB_PORT": str(pg_settings.db.port),
+        "DB_USER": pg_settings.db.user,
+        "DB_NAME": pg_settings.db.name,
         "DB_PASSWORD": "",
     }
     for key, value in env.items():

@@ -42,7 +42,13 @@ class MadeThenHung(SandboxProvider):
 
 @pytest.fixture
 def container(settings: Settings, clock: FixedClock) -> Iterator[Container]:
-    c = bootstrap(dataclasses.replace(settings, sandbox_provisioning_delay=0.0), clock=clock)
+    c = bootstrap(
+        dataclasses.replace(
+            settings,
+            providers=dataclasses.replace(settings.providers, sandbox_provisioning_delay=0.0),
+        ),
+        clock=clock,
+    )
     try:
         yield c
     finally:

@@ -27,7 +27,11 @@ USD = 1_000_000
 
 @pytest.fixture
 def container(settings: Settings, clock: FixedClock) -> Iterator[Container]:
-    tuned = dataclasses.replace(settings, jwt_secret=JWT_SECRET, sandbox_provisioning_delay=0.0)
+    tuned = dataclasses.replace(
+        settings,
+        auth=dataclasses.replace(settings.auth, jwt_secret=JWT_SECRET),
+        providers=dataclasses.replace(settings.providers, sandbox_provisioning_delay=0.0),
+    )
     c = bootstrap(tuned, clock=clock)
     try:
         yield c

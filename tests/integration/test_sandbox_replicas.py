@@ -40,10 +40,13 @@ TIMEOUT = 2.0  # seconds without a heartbeat after which an owner's instances ar
 def _settings(pg_settings: Settings) -> Settings:
     return dataclasses.replace(
         pg_settings,
-        jwt_secret=JWT_SECRET,
-        sandbox_enabled=True,
-        sandbox_provisioning_delay=0.0,
-        sandbox_heartbeat_timeout=TIMEOUT,
+        auth=dataclasses.replace(pg_settings.auth, jwt_secret=JWT_SECRET),
+        providers=dataclasses.replace(
+            pg_settings.providers,
+            sandbox_enabled=True,
+            sandbox_provisioning_delay=0.0,
+            sandbox_heartbeat_timeout=TIMEOUT,
+        ),
     )
 
 
@@ -120,7 +123,12 @@ def test_a_destroy_asked_elsewhere_is_carried_out_when_the_owner_is_asked(
     pg_settings: Settings,
 ) -> None:
     """The owner's own status() sees the request at once, without waiting for a beat."""
-    settings = _settings(dataclasses.replace(pg_settings, sandbox_heartbeat_timeout=300.0))
+    settings = _settings(
+        dataclasses.replace(
+            pg_settings,
+            providers=dataclasses.replace(pg_settings.providers, sandbox_heartbeat_timeout=300.0),
+        )
+    )
     a, b = bootstrap(settings), bootstrap(settings)
     loop = asyncio.new_event_loop()
     try:

@@ -39,7 +39,11 @@ CHECK = "/api/v1/guardrails/spending/check"
 
 def limited(settings: Settings) -> Settings:
     return dataclasses.replace(
-        settings, guardrails=LIMITED, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000
+        settings,
+        ledger=dataclasses.replace(settings.ledger, guardrails=LIMITED),
+        auth=dataclasses.replace(
+            settings.auth, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000
+        ),
     )
 
 

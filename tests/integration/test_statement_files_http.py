@@ -23,7 +23,12 @@ USD = 1_000_000
 
 @pytest.fixture
 def client(settings: Settings, clock: FixedClock) -> Iterator[tuple[TestClient[Any], Container]]:
-    c = bootstrap(dataclasses.replace(settings, jwt_secret=JWT_SECRET), clock=clock)
+    c = bootstrap(
+        dataclasses.replace(
+            settings, auth=dataclasses.replace(settings.auth, jwt_secret=JWT_SECRET)
+        ),
+        clock=clock,
+    )
     try:
         with TestClient(create_app(c)) as test_client:
             yield test_client, c

@@ -43,7 +43,7 @@ def history(container: Container, clock: FixedClock) -> tuple[str, list[int]]:
 def _tamper(container: Container, sql: str, *params: Any) -> None:
     recorder: Any = container.app.recorder
     table = recorder.events_table_name
-    if container.settings.db_type != "sqlite":
+    if container.settings.db.type != "sqlite":
         sql = sql.replace("?", "%s")
     with recorder.datastore.transaction(commit=True) as cursor:
         cursor.execute(sql.format(table=table), params)
@@ -131,7 +131,7 @@ def test_reordered_events_are_named(container: Container, history: tuple[str, li
 
 def _key(container: Container) -> Any:
     aid = _aid(container)
-    return aid.hex if container.settings.db_type == "sqlite" else aid  # SQLite stores uuid.hex
+    return aid.hex if container.settings.db.type == "sqlite" else aid  # SQLite stores uuid.hex
 
 
 @pytest.fixture

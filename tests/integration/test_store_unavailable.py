@@ -26,8 +26,9 @@ def test_database_down_is_503_with_retry_after() -> None:
         pytest.skip(f"PostgreSQL not available: {exc}")
     try:
         cluster.create_database("down")
+        loaded = load_settings(cluster.env("down"), env_file=None)
         settings = dataclasses.replace(
-            load_settings(cluster.env("down"), env_file=None), jwt_secret=JWT_SECRET
+            loaded, auth=dataclasses.replace(loaded.auth, jwt_secret=JWT_SECRET)
         )
         c = bootstrap(settings)
         try:

@@ -99,13 +99,15 @@ class InProcessApi:
 def world(settings: Settings, clock: FixedClock) -> Iterator[World]:
     tuned = dataclasses.replace(
         settings,
-        jwt_secret=JWT_SECRET,
-        sandbox_enabled=True,
-        sandbox_provisioning_delay=0.0,
-        rate_limit_per_minute=100_000,
-        proxy_request_price=PRICE,
-        proxy_lease_amount=USD,
-        proxy_usage_flush_interval=3600.0,  # flushed by the tests only
+        auth=dataclasses.replace(
+            settings.auth, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000
+        ),
+        providers=dataclasses.replace(
+            settings.providers, sandbox_enabled=True, sandbox_provisioning_delay=0.0
+        ),
+        proxy=dataclasses.replace(
+            settings.proxy, request_price=PRICE, lease_amount=USD, usage_flush_interval=3600.0
+        ),
     )
     c = bootstrap(tuned, clock=clock)
     try:
@@ -422,9 +424,12 @@ def test_model_predictions_count_with_their_fees(
     with models.make_world(
         sqlite_settings,
         clock,
-        model_predict_price=10_000,
-        model_lease_amount=50_000,
-        model_usage_flush_interval=3600.0,
+        models=dataclasses.replace(
+            sqlite_settings.models,
+            predict_price=10_000,
+            lease_amount=50_000,
+            usage_flush_interval=3600.0,
+        ),
     ) as w:
         content, _ = models.dense_onnx()
         assert w.upload("alice", "p.onnx", content, name="p").status_code == 201
@@ -448,12 +453,13 @@ def test_model_predictions_count_with_their_fees(
 def test_grpc_rent_counts_in_the_callers_session(settings: Settings, clock: FixedClock) -> None:
     tuned = dataclasses.replace(
         settings,
-        jwt_secret=JWT_SECRET,
-        sandbox_enabled=True,
-        sandbox_provisioning_delay=0.0,
-        proxy_usage_flush_interval=3600.0,
-        host="127.0.0.1",
-        grpc_port=free_port(),
+        auth=dataclasses.replace(settings.auth, jwt_secret=JWT_SECRET),
+        providers=dataclasses.replace(
+            settings.providers, sandbox_enabled=True, sandbox_provisioning_delay=0.0
+        ),
+        proxy=dataclasses.replace(settings.proxy, usage_flush_interval=3600.0),
+        http=dataclasses.replace(settings.http, host="127.0.0.1"),
+        grpc=dataclasses.replace(settings.grpc, port=free_port()),
     )
     c = bootstrap(tuned, clock=clock)
     loop = asyncio.new_event_loop()
@@ -473,7 +479,7 @@ def test_grpc_rent_counts_in_the_callers_session(settings: Settings, clock: Fixe
         run(server.start())
 
         async def rent() -> str:
-            async with Channel("127.0.0.1", tuned.grpc_port) as channel:
+            async with Channel("127.0.0.1", tuned.grpc.port) as channel:
                 stub = pb.GpuProxyServiceStub(channel, metadata={"x-api-key": plaintext})
                 request = pb.CreateGpuInstanceRequest(
                     provider="sandbox", instance_id="sbx-a4000-1x-de"

@@ -45,12 +45,14 @@ class World:
 def world(settings: Settings, clock: FixedClock) -> Iterator[World]:
     tuned = dataclasses.replace(
         settings,
-        jwt_secret=JWT_SECRET,
-        sandbox_enabled=True,
-        sandbox_provisioning_delay=0.0,
-        rate_limit_per_minute=100_000,
-        price_markup_ppm=MARKUP_PPM,
-        guardrails=POLICY,
+        auth=dataclasses.replace(
+            settings.auth, jwt_secret=JWT_SECRET, rate_limit_per_minute=100_000
+        ),
+        providers=dataclasses.replace(
+            settings.providers, sandbox_enabled=True, sandbox_provisioning_delay=0.0
+        ),
+        marketplace=dataclasses.replace(settings.marketplace, price_markup_ppm=MARKUP_PPM),
+        ledger=dataclasses.replace(settings.ledger, guardrails=POLICY),
     )
     c = bootstrap(tuned, clock=clock)
     try:

@@ -44,7 +44,11 @@ def two_servers(env: dict[str, str]) -> Iterator[list[str]]:
 def test_events_fan_out_across_two_processes(
     pg_settings: Settings, redis_url: str, redis_client: Any
 ) -> None:
-    settings = dataclasses.replace(pg_settings, redis_url=redis_url, jwt_secret=JWT_SECRET)
+    settings = dataclasses.replace(
+        pg_settings,
+        redis=dataclasses.replace(pg_settings.redis, url=redis_url),
+        auth=dataclasses.replace(pg_settings.auth, jwt_secret=JWT_SECRET),
+    )
     c = bootstrap(settings)
     try:
         alice, bob = make_user(c, "alice"), make_user(c, "bob")

@@ -27,21 +27,21 @@ JWT_SECRET = "test-secret-0123456789-abcdefghijklmnop"
 def env_of(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process use the same databases as ``settings``."""
     env = {
-        "DATA_DIR": str(settings.data_dir),
-        "DB_TYPE": settings.db_type,
-        "DB_NAME": settings.db_name,
-        "JWT_SECRET": settings.jwt_secret or JWT_SECRET,
+        "DATA_DIR": str(settings.db.data_dir),
+        "DB_TYPE": settings.db.type,
+        "DB_NAME": settings.db.name,
+        "JWT_SECRET": settings.auth.jwt_secret or JWT_SECRET,
     }
-    if settings.db_type == "postgres":
+    if settings.db.type == "postgres":
         env.update(
-            DB_HOST=settings.db_host,
-            DB_PORT=str(settings.db_port),
-            DB_USER=settings.db_user,
-            DB_PASSWORD=settings.db_password,
+            DB_HOST=settings.db.host,
+            DB_PORT=str(settings.db.port),
+            DB_USER=settings.db.user,
+            DB_PASSWORD=settings.db.password,
         )
-    if settings.redis_url:
-        env.update(REDIS_URL=settings.redis_url, SESSION_MODE=settings.session_mode)
-    env["RATE_LIMIT_PER_MINUTE"] = str(settings.rate_limit_per_minute)
+    if settings.redis.url:
+        env.update(REDIS_URL=settings.redis.url, SESSION_MODE=settings.auth.session_mode)
+    env["RATE_LIMIT_PER_MINUTE"] = str(settings.auth.rate_limit_per_minute)
     return env
 
 

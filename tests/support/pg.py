@@ -128,13 +128,13 @@ def running_cluster(*, durable: bool = False) -> Iterator[Cluster]:
 
 def env_of(settings: Settings) -> dict[str, str]:
     """The environment a separate command (the admin CLI) needs to reach ``settings``' database."""
-    if settings.db_type == "sqlite":
-        return {"DB_TYPE": "sqlite", "DATA_DIR": str(settings.data_dir)}
+    if settings.db.type == "sqlite":
+        return {"DB_TYPE": "sqlite", "DATA_DIR": str(settings.db.data_dir)}
     return {
         "DB_TYPE": "postgres",
-        "DB_HOST": settings.db_host,
-        "DB_PORT": str(settings.db_port),
-        "DB_USER": settings.db_user,
-        "DB_NAME": settings.db_name,
+        "DB_HOST": settings.db.host,
+        "DB_PORT": str(settings.db.port),
+        "DB_USER": settings.db.user,
+        "DB_NAME": settings.db.name,
         "DB_PASSWORD": "",
     }

@@ -18,7 +18,7 @@ def _client(peer: str, *headers: tuple[str, str]) -> str:
 def test_nothing_is_believed_by_default() -> None:
     none = TrustedProxies(parse_networks([]))
     assert none.client(PROXY, [(b"x-forwarded-for", b"203.0.113.9")]) == PROXY
-    assert load_settings({}, env_file=None).forwarded_allow_ips == ()
+    assert load_settings({}, env_file=None).http.forwarded_allow_ips == ()
 
 
 def test_an_untrusted_peer_cannot_name_its_address() -> None:
@@ -72,15 +72,15 @@ def test_rfc_7239_forwarded() -> None:
 
 def test_settings_accept_addresses_and_networks_and_name_a_bad_entry() -> None:
     settings = load_settings({"FORWARDED_ALLOW_IPS": " 10.0.0.1, 172.16.0.0/12,::1 "}, None)
-    assert settings.forwarded_allow_ips == ("10.0.0.1/32", "172.16.0.0/12", "::1/128")
+    assert settings.http.forwarded_allow_ips == ("10.0.0.1/32", "172.16.0.0/12", "::1/128")
     with pytest.raises(ConfigError, match=r"FORWARDED_ALLOW_IPS: 'nginx' is not an IP"):
         load_settings({"FORWARDED_ALLOW_IPS": "10.0.0.1,nginx"}, None)
 
 
 def test_workers_default_to_one_and_need_postgres_above_it() -> None:
-    assert load_settings({}, env_file=None).workers == 1
+    assert load_settings({}, env_file=None).http.workers == 1
     postgres = load_settings({"DB_TYPE": "postgres", "WORKERS": "4"}, env_file=None)
-    assert postgres.workers == 4
+    assert postgres.http.workers == 4
     with pytest.raises(ConfigError, match=r"^WORKERS=2 needs DB_TYPE=postgres"):
         load_settings({"WORKERS": "2"}, env_file=None)
     with pytest.raises(ConfigError, match="WORKERS=0 is out of range"):

@@ -14,18 +14,18 @@ from infrastructure.settings import ConfigError, Settings, load_settings
 def test_defaults() -> None:
     settings = load_settings({}, env_file=None)
     assert settings == Settings()
-    assert settings.db_type == "sqlite"
-    assert settings.db_name == "gpuproxy.db"
-    assert settings.data_dir == Path("./data")
-    assert settings.sqlite_path == Path("data") / "gpuproxy.db"
-    assert settings.db_host == "localhost"
-    assert settings.db_port == 5432
-    assert settings.db_user == "postgres"
-    assert settings.db_password == ""
-    assert settings.db_max_conns == 20
-    assert settings.projection_poll_interval == 1.0
-    assert settings.log_level == "INFO"
-    assert settings.guardrails == GuardrailPolicy(enabled=False, limits={})
+    assert settings.db.type == "sqlite"
+    assert settings.db.name == "gpuproxy.db"
+    assert settings.db.data_dir == Path("./data")
+    assert settings.db.sqlite_path == Path("data") / "gpuproxy.db"
+    assert settings.db.host == "localhost"
+    assert settings.db.port == 5432
+    assert settings.db.user == "postgres"
+    assert settings.db.password == ""
+    assert settings.db.max_conns == 20
+    assert settings.ledger.projection_poll_interval == 1.0
+    assert settings.log.level == "INFO"
+    assert settings.ledger.guardrails == GuardrailPolicy(enabled=False, limits={})
 
 
 def test_postgres_defaults_and_values() -> None:
@@ -42,24 +42,24 @@ def test_postgres_defaults_and_values() -> None:
         },
         env_file=None,
     )
-    assert settings.db_type == "postgres"
-    assert settings.db_name == "gpuproxy"
-    assert settings.db_host == "db.internal"
-    assert settings.db_port == 6543
-    assert settings.db_user == "ledger"
-    assert settings.db_password == "s3cret"
+    assert settings.db.type == "postgres"
+    assert settings.db.name == "gpuproxy"
+    assert settings.db.host == "db.internal"
+    assert settings.db.port == 6543
+    assert settings.db.user == "ledger"
+    assert settings.db.password == "s3cret"
     assert "s3cret" not in repr(settings)
-    assert settings.db_max_conns == 2
-    assert settings.log_level == "DEBUG"
-    assert settings.projection_poll_interval == 0.25
+    assert settings.db.max_conns == 2
+    assert settings.log.level == "DEBUG"
+    assert settings.ledger.projection_poll_interval == 0.25
 
 
 def test_absolute_sqlite_name_ignores_data_dir(tmp_path: Path) -> None:
     db = tmp_path / "ledger.db"
     settings = load_settings({"DB_NAME": str(db), "DATA_DIR": "/elsewhere"}, env_file=None)
-    assert settings.sqlite_path == db
+    assert settings.db.sqlite_path == db
     relative = load_settings({"DB_NAME": "x.db", "DATA_DIR": str(tmp_path)}, env_file=None)
-    assert relative.sqlite_path == tmp_path / "x.db"
+    assert relative.db.sqlite_path == tmp_path / "x.db"
 
 
 def test_guardrail_limits_are_read_in_micros() -> None:
@@ -73,9 +73,9 @@ def test_guardrail_limits_are_read_in_micros() -> None:
         },
         env_file=None,
     )
-    assert settings.guardrails.enabled is True
-    assert dict(settings.guardrails.limits) == {"60MIN": 12_500_000, "48H": 1, "5MIN": 0}
-    assert settings.guardrails.effective_limits({}) == {"60MIN": 12_500_000, "48H": 1}
+    assert settings.ledger.guardrails.enabled is True
+    assert dict(settings.ledger.guardrails.limits) == {"60MIN": 12_500_000, "48H": 1, "5MIN": 0}
+    assert settings.ledger.guardrails.effective_limits({}) == {"60MIN": 12_500_000, "48H": 1}
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,10 @@ def test_guardrail_limits_are_read_in_micros() -> None:
     [("true", True), ("YES", True), ("1", True), ("on", True), ("false", False), ("0", False)],
 )
 def test_guardrails_enabled_booleans(raw: str, expected: bool) -> None:
-    assert load_settings({"GUARDRAILS_ENABLED": raw}, env_file=None).guardrails.enabled is expected
+    assert (
+        load_settings({"GUARDRAILS_ENABLED": raw}, env_file=None).ledger.guardrails.enabled
+        is expected
+    )
 
 
 @pytest.mark.parametrize(
@@ -127,17 +130,17 @@ def test_env_file_is_read_and_environment_wins(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     settings = load_settings({"DB_PORT": "7000", "GUARDRAILS_MAX_60MIN_RATE": "9"}, env_file)
-    assert settings.db_type == "postgres"
-    assert settings.db_name == "from_file"
-    assert settings.db_port == 7000
-    assert settings.guardrails.enabled is True
-    assert dict(settings.guardrails.limits) == {"60MIN": 9_000_000}
+    assert settings.db.type == "postgres"
+    assert settings.db.name == "from_file"
+    assert settings.db.port == 7000
+    assert settings.ledger.guardrails.enabled is True
+    assert dict(settings.ledger.guardrails.limits) == {"60MIN": 9_000_000}
 
 
 def test_env_file_accepts_str_path(tmp_path: Path) -> None:
     env_file = tmp_path / "custom.env"
     env_file.write_text("DB_HOST=file-host\n", encoding="utf-8")
-    assert load_settings({}, str(env_file)).db_host == "file-host"
+    assert load_settings({}, str(env_file)).db.host == "file-host"
 
 
 def test_invalid_value_in_env_file_is_reported(tmp_path: Path) -> None:
@@ -146,7 +149,7 @@ def test_invalid_value_in_env_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="DB_MAX_CONNS"):
         load_settings({}, env_file)
     # The environment overrides the bad file value.
-    assert load_settings({"DB_MAX_CONNS": "5"}, env_file).db_max_conns == 5
+    assert load_settings({"DB_MAX_CONNS": "5"}, env_file).db.max_conns == 5
 
 
 def test_missing_env_file_is_ignored(tmp_path: Path) -> None:
@@ -161,8 +164,8 @@ def test_process_environment_is_used_when_environ_is_none(
     monkeypatch.setenv("DB_PORT", "1234")
     monkeypatch.setenv("LOG_LEVEL", "warning")
     settings = load_settings(None, env_file=None)
-    assert settings.db_port == 1234
-    assert settings.log_level == "WARNING"
+    assert settings.db.port == 1234
+    assert settings.log.level == "WARNING"
 
 
 @pytest.mark.parametrize(
@@ -178,7 +181,7 @@ def test_process_environment_is_used_when_environ_is_none(
 def test_base_url_is_public_url_or_the_listening_address(
     env: dict[str, str], expected: str
 ) -> None:
-    assert load_settings(env, env_file=None).base_url == expected
+    assert load_settings(env, env_file=None).http.base_url == expected
 
 
 @pytest.mark.parametrize(
@@ -193,5 +196,7 @@ def test_public_url_must_be_a_plain_http_url(value: str) -> None:
 def test_an_empty_boolean_is_its_default() -> None:
     """``SANDBOX_PROVIDER_ENABLED=`` as .env.example ships it keeps the sandbox market on."""
     settings = load_settings({"SANDBOX_PROVIDER_ENABLED": ""}, env_file=None)
-    assert settings.sandbox_enabled
-    assert not load_settings({"SANDBOX_PROVIDER_ENABLED": "false"}, env_file=None).sandbox_enabled
+    assert settings.providers.sandbox_enabled
+    assert not load_settings(
+        {"SANDBOX_PROVIDER_ENABLED": "false"}, env_file=None
+    ).providers.sandbox_enabled

@@ -115,10 +115,10 @@ async def create_payment(
     settings = c.settings
     if amount % 10_000:
         raise InvalidArgumentError("amount must be whole cents", field="amount")
-    if not settings.payment_min <= amount <= settings.payment_max:
+    if not settings.payments.minimum <= amount <= settings.payments.maximum:
         raise InvalidArgumentError(
-            f"amount must be between {micros_to_usd(settings.payment_min)} and "
-            f"{micros_to_usd(settings.payment_max)} USD",
+            f"amount must be between {micros_to_usd(settings.payments.minimum)} and "
+            f"{micros_to_usd(settings.payments.maximum)} USD",
             field="amount",
         )
     c.payments.require(processor)  # before the method: its errors would hide the real one
@@ -129,7 +129,7 @@ async def create_payment(
         test_card=stripe.test_payment_method
         if stripe is not None and stripe.is_test_mode
         else None,
-        networks=(settings.crypto_network,) if settings.crypto_enabled else (),
+        networks=(settings.payments.crypto_network,) if settings.payments.crypto_enabled else (),
     )
     key = headers.get("idempotency-key") or f"auto-{uuid.uuid4()}"
     if len(key) > 255 or "\x00" in key:
@@ -225,7 +225,10 @@ def auto_renew(
                 "auto-renew needs a saved card (Stripe or AfterDark)", field="provider"
             )
         c.payments.require(processor)  # a renewal this server could never pay is refused now
-        if not c.settings.payment_min <= amount <= c.settings.payment_max or amount % 10_000:
+        if (
+            not c.settings.payments.minimum <= amount <= c.settings.payments.maximum
+            or amount % 10_000
+        ):
             raise InvalidArgumentError("amount is outside the payment limits", field="amount")
         chosen = payment_method(processor, data.payment_method)
         if "last4" in chosen:
@@ -300,7 +303,7 @@ def monthly_statement(
 async def stripe_webhook(request: Request[Any, Any, Any]) -> WebhookReceipt:
     c = container_of(request)
     gateway = c.stripe
-    if gateway is None or not c.settings.stripe_webhook_secret:
+    if gateway is None or not c.settings.payments.stripe_webhook_secret:
         raise InvalidArgumentError(
             "Stripe webhooks are not configured on this server: the operator sets "
             + SETUP_VARIABLES["stripe"]

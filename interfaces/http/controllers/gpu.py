@@ -284,7 +284,7 @@ async def reserve(
         query,
         None if data.provider == "all" else data.provider,
         RentSpec(image=data.image),
-        timeout=c.settings.reservation_timeout,
+        timeout=c.settings.marketplace.reservation_timeout,
         caller=_caller(request, principal),
     )
     return ReservationAnswer(reservation=present_reservation(reservation))

@@ -117,7 +117,7 @@ async def upload_model(
         raise service.limits.file_too_large(length)
     is_admin = principal.is_admin
     ticket = await sync_to_thread(service.begin_upload, principal.user_id, length)
-    folder = c.settings.data_dir / "uploads"
+    folder = c.settings.db.data_dir / "uploads"
     staged = folder / f"{ticket.upload_id}.upload"
 
     def on_filename(filename: str, fields: dict[str, str]) -> None:

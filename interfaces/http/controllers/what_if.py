@@ -52,7 +52,7 @@ def what_if(
         policy=c.ledger.policy,
         limits=parse_limits(data["limits"]) if data.get("limits") is not None else None,
         markup_ppm=parse_markup(data["markup"]) if data.get("markup") is not None else None,
-        recorded_markup_ppm=c.settings.price_markup_ppm,
+        recorded_markup_ppm=c.settings.marketplace.price_markup_ppm,
     )
     result = account_what_if(c.ledger, principal.user_id, start, end, rules, MAX_EVENTS)
     return present_what_if(principal.user_id, result)
