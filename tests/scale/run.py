@@ -232,7 +232,7 @@ def run_faults(
 
 def main() -> int:
     seconds = float(os.environ.get("SCALE_SECONDS", "90"))
-    use_bouncer = os.environ.get("SCALE_PGBOUNCER", "1") != "0" and hasattr(Settings, "db_pooler")
+    use_bouncer = os.environ.get("SCALE_PGBOUNCER", "1") != "0"  # DB_POOLER=pgbouncer
     out_file = Path(os.environ.get("SCALE_OUT", ROOT / "test-artifacts" / "scale-result.json"))
     root = Path(tempfile.mkdtemp(prefix="gpuproxy-scale-"))
     root.chmod(0o755)  # pgbouncer (as postgres) and nginx's workers read their files here
