@@ -119,6 +119,42 @@ def test_another_replica_answers_for_and_destroys_an_instance(pg_settings: Setti
 
 
 @pytest.mark.slow
+def test_the_elected_replica_moves_another_replica_s_rental_to_running(
+    pg_settings: Settings,
+) -> None:
+    settings = _settings(pg_settings)
+    settings = dataclasses.replace(
+        settings,
+        providers=dataclasses.replace(settings.providers, sandbox_provisioning_delay=0.5),
+    )
+    a, b = bootstrap(settings), bootstrap(settings)
+    loop = asyncio.new_event_loop()
+    try:
+        user = a.users.create("cy@example.com", "correct-horse-battery", "Cy")
+        a.ledger.grant(user.id, 10 * USD, key="seed")
+        gpu = loop.run_until_complete(a.marketplace.rent(user.id, "sandbox", OFFER, RentSpec()))
+        assert gpu.state == "provisioning", gpu.state
+        jobs = b.jobs()  # A runs no jobs: B refreshes the rental from A's published row
+        deadline = time.monotonic() + 10
+        while (state := b.marketplace.get(gpu.id).state) != "running":
+            assert state == "provisioning", state
+            assert time.monotonic() < deadline, "B never saw A's instance running"
+            b.runner.catch_up()  # the instances read model the jobs pick work from
+            assert loop.run_until_complete(jobs.run_once())
+            time.sleep(0.1)
+        running = b.marketplace.get(gpu.id)
+        assert running.provider_instance_id is not None
+        assert _sandbox(a).endpoint(running.provider_instance_id) == ("127.0.0.1", running.port)
+        answer = httpx.get(f"http://127.0.0.1:{running.port}/v2/health/ready", timeout=5)
+        assert answer.status_code == 200, answer.text
+    finally:
+        for c in (a, b):
+            loop.run_until_complete(c.aclose_providers())
+            c.close()
+        loop.close()
+
+
+@pytest.mark.slow
 def test_a_destroy_asked_elsewhere_is_carried_out_when_the_owner_is_asked(
     pg_settings: Settings,
 ) -> None:
@@ -227,6 +263,7 @@ def test_a_killed_owner_s_instance_reads_terminated_and_metering_stops(
             assert time.monotonic() - killed >= TIMEOUT * 0.5  # not before the heartbeat aged
             assert pid not in {i.instance_id for i in loop.run_until_complete(pb.list_instances())}
 
+        b.runner.catch_up()  # the owner process's projection runner died with it
         counts = loop.run_until_complete(jobs.reconcile())
         assert counts["vanished"] == 1, counts
         closed = b.marketplace.get(gpu_id)
