@@ -29,7 +29,7 @@ from infrastructure.providers.sandbox import SandboxProvider
 from infrastructure.providers.sandbox_registry import SandboxRegistry
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, bootstrap
-from tests.support.http import JWT_SECRET, ROOT, env_of, stop_process, wait_healthy
+from tests.support.http import JWT_SECRET, ROOT, env_of, stop_process, test_client, wait_healthy
 from tests.support.pg import free_port
 
 USD = 1_000_000
@@ -151,6 +151,30 @@ def test_the_elected_replica_moves_another_replica_s_rental_to_running(
         for c in (a, b):
             loop.run_until_complete(c.aclose_providers())
             c.close()
+        loop.close()
+
+
+@pytest.mark.slow
+def test_replica_b_proxies_to_an_instance_replica_a_serves(pg_settings: Settings) -> None:
+    """The proxy of an app that never rented the instance forwards to it (its owner's port)."""
+    settings = _settings(pg_settings)
+    a = bootstrap(settings)
+    loop = asyncio.new_event_loop()
+    try:
+        user = a.users.create("di@example.com", "correct-horse-battery", "Di")
+        a.ledger.grant(user.id, 10 * USD, key="seed")
+        _, key = a.auth.keys.create(user.id, "b")
+        gpu = loop.run_until_complete(a.marketplace.rent(user.id, "sandbox", OFFER, RentSpec()))
+        assert gpu.state == "running", gpu.state
+        with test_client(settings) as b:
+            answer = b.get(f"/api/v1/gpu/proxy/{gpu.id}/health", headers={"X-API-Key": key})
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["x-sandbox-instance-id"] == gpu.provider_instance_id
+            pb = b.app.state.container.marketplace.provider("sandbox")
+            assert gpu.provider_instance_id not in pb._instances  # B serves no instance itself
+    finally:
+        loop.run_until_complete(a.aclose_providers())
+        a.close()
         loop.close()
 
 
