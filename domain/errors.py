@@ -90,3 +90,24 @@ class ConcurrencyError(DomainError):
 
     status = 503
     title = "Busy, retry"
+
+
+class InstanceNotReachableError(DomainError):
+    """The proxy's target is not one of the caller's running instances."""
+
+    status = 404
+    title = "Instance not found"
+
+
+class InstancesBehindError(DomainError):
+    """The instances read model could not be caught up in time: try again shortly."""
+
+    status = 503
+    title = "Instances catching up"
+
+
+class NoRunningInstancesError(DomainError):
+    """The caller has nothing to balance over: rent an instance first (a 4xx: their state)."""
+
+    status = 409
+    title = "No running instances"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from domain.marketplace import GpuProvider
 from domain.payment_ports import CardProcessor, ChainReader
@@ -19,6 +20,7 @@ from infrastructure.api_keys import ApiKeyStore
 from infrastructure.auth import AuthService
 from infrastructure.auth_throttle import open_throttle
 from infrastructure.db_clock import business_clock
+from infrastructure.db_setup import open_ledger_app
 from infrastructure.election import (
     HOLD_SWEEP_LOCK_KEY,
     MARKETPLACE_JOBS_LOCK_KEY,
@@ -28,7 +30,7 @@ from infrastructure.election import (
     SoleProcess,
 )
 from infrastructure.event_log import EventLog
-from infrastructure.eventstore import events_channel, eventstore_env
+from infrastructure.eventstore import events_channel
 from infrastructure.hold_sweep import HoldSweep
 from infrastructure.identity import UserStore
 from infrastructure.instance_queries import InstanceQueries
@@ -55,8 +57,15 @@ from infrastructure.tokens import TokenCodec, load_or_create_secret
 from infrastructure.user_queries import UserQueries
 from projections.ledger import ALL
 
+if TYPE_CHECKING:
+    from litestar.di import Provide
+
+    from infrastructure.proxy.runtime import ProxyRuntime
+    from interfaces.agents.routes import AgentDoors
+    from interfaces.http.observability import Metrics
+    from interfaces.ws.service import Streams
+
 log = logging.getLogger(__name__)
-EVENTSTORE_LOCK_KEY = 7_420_002  # serialises event-store start-up on PostgreSQL
 
 
 @dataclass
@@ -92,7 +101,7 @@ class Container:
             from infrastructure.models import build_model_service
 
             self._models = build_model_service(
-                self.settings, self.db, self.ledger, self.app, self.ledger.clock
+                self.settings, self.db, self.ledger, self.ledger.clock
             )
         return self._models
 
@@ -183,25 +192,89 @@ class Container:
             close_app()
 
 
-def ensure_database(settings: Settings) -> bool:
-    """Create the PostgreSQL database if it does not exist yet; True if it was created."""
-    if settings.db.type != "postgres":
-        return False
-    import psycopg
-    from psycopg import sql
+def proxy_runtime(container: Container) -> ProxyRuntime:
+    """The proxy of one serving process: credit leases, balancing, forwarding, usage."""
+    from infrastructure.proxy.runtime import ProxyRuntime
+    from infrastructure.proxy.targets import advertised_off_loopback
 
-    try:
-        psycopg.connect(settings.db.postgres_conninfo, connect_timeout=10).close()
-    except psycopg.OperationalError as exc:
-        if "does not exist" not in str(exc):
-            raise
-        admin_settings = replace(
-            settings, db=replace(settings.db, name="postgres")
-        )  # direct: a pooler may not list it
-        with psycopg.connect(admin_settings.db.direct_conninfo, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.db.name)))
-        return True
-    return False
+    settings = container.settings
+    return ProxyRuntime(
+        container.db,
+        container.ledger,
+        default_strategy=settings.marketplace.lb_strategy,
+        price=settings.proxy.request_price,
+        lease_amount=settings.proxy.lease_amount,
+        allow_private=settings.proxy.allow_private_targets,
+        sandbox_private=advertised_off_loopback(settings.providers.sandbox_advertise_host),
+        connect_timeout=settings.proxy.connect_timeout,
+        default_timeout=settings.proxy.default_timeout,
+        flush_interval=settings.proxy.usage_flush_interval,
+        clock=container.ledger.clock,
+        signal=container.instances_signal,
+        runner=container.runner,
+        session_idle_minutes=settings.proxy.usage_session_idle_minutes,
+    )
+
+
+@dataclass
+class ServingDoors:
+    """What the doors of one serving app share, built here and handed to each door: REST
+    (Litestar dependencies), the fast lane, WebSocket, agents/MCP and gRPC (constructors).
+    Nothing is borrowed from ``app.state`` (tests/unit/test_composition_root.py)."""
+
+    container: Container
+    proxy: ProxyRuntime
+    streams: Streams
+    metrics: Metrics
+    agents: AgentDoors
+
+    def dependencies(self) -> dict[str, Provide]:
+        """The Litestar dependencies: ``c`` (the container), ``runtime``, ``streams``,
+        ``metrics``, ``agents``; each the one object built here."""
+        from litestar.di import Provide
+
+        parts: dict[str, object] = {
+            "c": self.container,
+            "runtime": self.proxy,
+            "streams": self.streams,
+            "metrics": self.metrics,
+            "agents": self.agents,
+        }
+        return {
+            name: Provide(_constant(part), use_cache=True, sync_to_thread=False)
+            for name, part in parts.items()
+        }
+
+    def signature_namespace(self) -> dict[str, Any]:
+        """The names the handlers' annotations use for these parts (imported for typing)."""
+        return {
+            type(part).__name__: type(part)
+            for part in (self.container, self.proxy, self.streams, self.metrics, self.agents)
+        }
+
+
+def _constant(part: object) -> Callable[[], object]:
+    def provide() -> object:
+        return part
+
+    return provide
+
+
+def serving(container: Container) -> ServingDoors:
+    """The parts one serving app's doors share (one set per app: its MCP session manager
+    runs once, its runtime and streams stop with it)."""
+    from interfaces.agents.routes import AgentDoors
+    from interfaces.http.observability import Metrics
+    from interfaces.ws.service import Streams
+
+    runtime = proxy_runtime(container)
+    return ServingDoors(
+        container=container,
+        proxy=runtime,
+        streams=Streams(container, runtime),
+        metrics=Metrics(container),
+        agents=AgentDoors(container, runtime),
+    )
 
 
 def open_redis(settings: Settings) -> Any | None:
@@ -336,18 +409,7 @@ def bootstrap(
     clock = business_clock(settings, db, clock, reference_clock)
     if migrate:
         apply_migrations(db)
-    if settings.db.type == "postgres":
-        # The library runs CREATE ... IF NOT EXISTS and CREATE OR REPLACE FUNCTION on every
-        # start; concurrent starts collide ("tuple concurrently updated"): serialise them.
-        # The lock's transaction is on a direct connection: through PgBouncer it would hold
-        # one of the pooler's server connections while the library waits for another.
-        import psycopg
-
-        with psycopg.connect(settings.db.direct_conninfo, connect_timeout=10) as lock:
-            lock.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTSTORE_LOCK_KEY,))
-            app = LedgerApp(env=eventstore_env(settings))
-    else:
-        app = LedgerApp(env=eventstore_env(settings))
+    app = open_ledger_app(settings)
     events = EventLog(app)
     runner = ProjectionRunner(
         db, events, ALL, poll_interval=settings.ledger.projection_poll_interval

@@ -12,14 +12,15 @@ import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from msgspec import UNSET
+from msgspec import UNSET, Meta, Struct
 
 from domain.errors import InvalidArgumentError
 from domain.usage import Caller
 from infrastructure.proxy.targets import TargetRefusedError
+from interfaces.http.schemas import NO_NUL
 
 if TYPE_CHECKING:
     from infrastructure.proxy.runtime import ProxyRuntime, Upstream
@@ -28,6 +29,29 @@ log = logging.getLogger(__name__)
 PROTOCOLS = ("http", "https", "openinference", "mcp")
 METHOD_NAMES = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 NO_BODY = object()  # the envelope had no body at all (distinct from JSON null)
+MAX_TIMELIMIT = 86_400.0  # seconds a proxied request may take at most
+
+
+Text = Annotated[str, Meta(max_length=4096, pattern=NO_NUL)]
+
+
+class ProxyBody(Struct, forbid_unknown_fields=True):
+    protocol: Annotated[str, Meta(min_length=1, max_length=20)]
+    target_url: Text | None = None
+    instance_id: Annotated[str, Meta(max_length=64, pattern=NO_NUL)] | None = None
+    method: Annotated[str, Meta(max_length=10)] = "POST"
+    headers: dict[
+        Annotated[str, Meta(max_length=256, pattern=NO_NUL)],
+        Annotated[str, Meta(max_length=8192, pattern=NO_NUL)],
+    ] = {}
+    body: Any = UNSET  # absent: no body (null is a JSON body)
+    path: Text | None = None
+    model: Annotated[str, Meta(max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")] | None = None
+    timeout: Annotated[float, Meta(gt=0, le=MAX_TIMELIMIT)] | None = None
+
+
+class StrategyBody(Struct, forbid_unknown_fields=True):
+    strategy: Annotated[str, Meta(min_length=1, max_length=64)]
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,7 @@ def serve(
     developer = args.developer_mode
     import uvicorn
 
-    from interfaces.bootstrap import bootstrap
+    from interfaces.bootstrap import bootstrap, serving
     from interfaces.http.app import create_app
     from interfaces.http_limits import uvicorn_limits
     from interfaces.listeners import close_all
@@ -144,7 +144,8 @@ def serve(
             raise
         print(f"aiserve-gpuproxyd: cannot start: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    app = create_app(container, developer_mode=developer, run_jobs=True)
+    doors = serving(container)  # the parts REST, WebSocket, agents and gRPC share
+    app = create_app(container, developer_mode=developer, run_jobs=True, doors=doors)
     if settings.grpc.enabled:
         from interfaces.grpc.server import GrpcServer
         from interfaces.grpc_inference.service import InferenceService
@@ -152,10 +153,10 @@ def serve(
         # the HTTP app's proxy runtime, shared; OIP v2 inference on the same port
         grpc = GrpcServer(
             container,
-            app.state.proxy,
+            doors.proxy,
             extra_services=[InferenceService(container)],
             sockets=grpc_sockets,
-            metrics=app.state.metrics.grpc,  # counted beside the HTTP metrics at /metrics
+            metrics=doors.metrics.grpc,  # counted beside the HTTP metrics at /metrics
         )
         app.on_startup.append(grpc.start)
         app.on_shutdown.append(grpc.stop)  # shutdown hooks run last-first: before the runtime

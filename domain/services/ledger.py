@@ -27,6 +27,7 @@ from domain.errors import AccountNotFoundError
 from domain.guardrails import GuardrailPolicy, SpendingReport
 from domain.ports import Clock, system_clock
 from domain.services.committer import GroupCommitter, SaveWith
+from domain.usage import ProxyUsage
 
 SNAPSHOT_INTERVAL = 100
 HISTORY_PAGE = 1_000  # events read per query when listing an account's history
@@ -284,6 +285,10 @@ class LedgerService:
 
         found, _position = self.committer.execute(account_id, command, create, atomic=True)
         return cast(T, found)
+
+    def record_usage(self, usage: ProxyUsage) -> None:
+        """Save one flush of a process's proxy or model counters (reports; moves no money)."""
+        self.app.save(usage)
 
     def open_account(self, user_id: str) -> Outcome:
         return self._run(user_id, lambda _account, _now: None)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from domain.ports import Clock
-    from domain.services.ledger import LedgerApp, LedgerService
+    from domain.services.ledger import LedgerService
     from domain.services.models import ModelService
     from infrastructure.settings import Settings
     from infrastructure.sql import Database
@@ -18,7 +18,7 @@ CONVERT_MEMORY_FLOOR = 8 * 1024**3  # address space for a conversion child (torc
 
 
 def build_model_service(
-    settings: Settings, db: Database, ledger: LedgerService, app: LedgerApp, clock: Clock
+    settings: Settings, db: Database, ledger: LedgerService, clock: Clock
 ) -> ModelService:
     """The process's model service over the configured storage backend."""
     from domain.models import UploadLimits
@@ -67,7 +67,7 @@ def build_model_service(
         converter,
         engine,
         ledger=ledger,
-        save_usage=app.save,
+        save_usage=ledger.record_usage,
         config=config,
         clock=clock,
     )

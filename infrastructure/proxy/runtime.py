@@ -34,10 +34,14 @@ from datetime import timedelta
 from typing import Any
 
 from domain.balancing import Backend, LoadTracker, check_strategy
-from domain.errors import DomainError
+from domain.errors import (
+    InstanceNotReachableError,
+    InstancesBehindError,
+    NoRunningInstancesError,
+)
 from domain.ports import Clock
 from domain.services.fee_tally import FeeTally
-from domain.services.ledger import LedgerApp, LedgerService
+from domain.services.ledger import LedgerService
 from domain.services.proxy_leases import ProxyLeases
 from domain.usage import Caller, ProxyUsage, SessionTally
 from infrastructure.projection_runner import ProjectionRunner
@@ -72,25 +76,6 @@ TARGETS_KEPT = 4096  # checked targets remembered (endpoints with an IP-literal 
 STRATEGY_TTL = 2.0  # seconds a user's strategy is reused (changes reach other processes then)
 
 
-class InstanceNotReachableError(DomainError):
-    status = 404
-    title = "Instance not found"
-
-
-class InstancesBehindError(DomainError):
-    """The instances read model could not be caught up in time: try again shortly."""
-
-    status = 503
-    title = "Instances catching up"
-
-
-class NoRunningInstancesError(DomainError):
-    """The caller has nothing to balance over: rent an instance first (a 4xx: their state)."""
-
-    status = 409
-    title = "No running instances"
-
-
 @dataclass(frozen=True)
 class Upstream:
     """An answer in flight: close it with ``done(ok)`` once its body was sent on."""
@@ -122,7 +107,6 @@ class ProxyRuntime:
     def __init__(
         self,
         db: Database,
-        app: LedgerApp,
         ledger: LedgerService,
         *,
         default_strategy: str,
@@ -140,7 +124,7 @@ class ProxyRuntime:
         fee_tally: FeeTally | None = None,
     ) -> None:
         self.db = db
-        self.app = app
+        self.ledger = ledger
         self.clock = clock
         self.default_strategy = default_strategy
         self.default_timeout = default_timeout
@@ -453,7 +437,7 @@ class ProxyRuntime:
         if rows or self.sessions:
             at = self.clock()
             sessions = self.sessions.drain(at)
-            self.app.save(
+            self.ledger.record_usage(
                 ProxyUsage(
                     process_id=self.process_id,
                     rows=rows,

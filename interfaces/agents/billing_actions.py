@@ -15,11 +15,11 @@ from msgspec import Meta, Struct
 from domain.errors import InsufficientCreditsError, SpendingLimitExceededError
 from domain.money import micros_to_usd
 from interfaces.agents.base import Action, NoArgs, Result
-from interfaces.http.controllers.money import credits_json, positive_usd
 from interfaces.http.errors import spending_body
 from interfaces.http.payment_rows import payment_row_json
-from interfaces.http.schemas import SpendCheckBody
+from interfaces.http.schemas import SpendCheckBody, positive_usd
 from interfaces.http.security import read
+from interfaces.presenters.credits import credits_json
 from interfaces.spending_view import spending_json
 
 if TYPE_CHECKING:

@@ -16,14 +16,8 @@ from msgspec import Meta, Struct
 from domain.marketplace import OfferQuery
 from domain.services.marketplace import InstanceNotFoundError, RentSpec
 from interfaces.agents.base import Action, NoArgs, Result, usd_filter
-from interfaces.http.controllers.gpu import (
-    RentBody,
-    ReserveBody,
-    instance_json,
-    offer_json,
-    reservation_json,
-)
-from interfaces.http.schemas import NO_NUL
+from interfaces.http.schemas import NO_NUL, RentBody, ReserveBody
+from interfaces.presenters.instances import instance_json, offer_json, reservation_json
 
 if TYPE_CHECKING:
     from infrastructure.auth import Principal

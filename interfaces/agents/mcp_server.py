@@ -109,6 +109,7 @@ class McpDoor:
     """The ASGI endpoint: authenticate, check the origin, hand over to the SDK's manager."""
 
     def __init__(self, container: Container, runtime: ProxyRuntime) -> None:
+        self.container = container
         self.origins = set(container.settings.http.cors_origins)
         self.manager = StreamableHTTPSessionManager(
             build_server(container, runtime), json_response=True
@@ -122,7 +123,7 @@ class McpDoor:
             await refused.to_asgi_response(None, request)(scope, receive, send)
             return
         try:
-            principal = await provide_principal(request)
+            principal = await provide_principal(request, self.container)
         except DomainError as exc:
             answer = on_domain_error(request, exc)
             await answer.to_asgi_response(None, request)(scope, receive, send)

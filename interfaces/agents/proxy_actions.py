@@ -20,9 +20,7 @@ from msgspec import UNSET, Meta
 from domain.balancing import STRATEGIES
 from infrastructure.proxy.forwarder import UpstreamError
 from interfaces.agents.base import Action, NoArgs, Result
-from interfaces.http.controllers.proxy import ProxyBody, StrategyBody
-from interfaces.http.raw_proxy import MAX_TIMELIMIT
-from interfaces.proxy_envelope import NO_BODY, prepare, send
+from interfaces.proxy_envelope import MAX_TIMELIMIT, NO_BODY, ProxyBody, StrategyBody, prepare, send
 
 if TYPE_CHECKING:
     from infrastructure.auth import Principal

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -66,29 +65,22 @@ MESSAGE = operation(body=json_body("The agent message, in the protocol the route
 DOOR_ERRORS = errors(*AUTHED, 402, 404, 413)
 
 
-@dataclass
 class AgentDoors:
-    """Per-app state: the services, the MCP session manager and the A2A dispatcher."""
+    """One app's agent doors: the services, the MCP session manager and the A2A dispatcher
+    (built by the composition root, ``interfaces.bootstrap.serving``; the ``agents``
+    dependency). A plain class: the dependency is handed over as is, never validated."""
 
-    container: Container
-    runtime: ProxyRuntime
-    mcp: McpDoor
-    rpc: A2ARpc
+    def __init__(self, container: Container, runtime: ProxyRuntime) -> None:
+        self.container = container
+        self.runtime = runtime
+        self.mcp = McpDoor(container, runtime)
+        self.rpc = A2ARpc(container, runtime)
 
-
-@asynccontextmanager
-async def lifespan(app: Litestar) -> AsyncIterator[None]:
-    """Build the doors over the app's container and proxy runtime; run the MCP manager."""
-    container, runtime = app.state.container, app.state.proxy
-    doors = AgentDoors(container, runtime, McpDoor(container, runtime), A2ARpc(container, runtime))
-    app.state.agents = doors
-    async with doors.mcp.manager.run():
-        yield
-
-
-def doors_of(request: Request[Any, Any, Any]) -> AgentDoors:
-    doors: AgentDoors = request.app.state.agents
-    return doors
+    @asynccontextmanager
+    async def running(self, _app: Litestar) -> AsyncIterator[None]:
+        """The app's lifespan: the MCP session manager runs while the app does."""
+        async with self.mcp.manager.run():
+            yield
 
 
 def _json(status: int, body: dict[str, Any], **headers: str) -> Response[Any]:
@@ -106,9 +98,8 @@ def _reply(protocol: str, status: int, body: dict[str, Any]) -> Response[Any]:
 
 
 async def _translate(
-    request: Request[Any, Any, Any], principal: Principal, protocol: str
+    request: Request[Any, Any, Any], doors: AgentDoors, principal: Principal, protocol: str
 ) -> Response[Any]:
-    doors = doors_of(request)
     body = await request.body()
     message = decode(body)
     if protocol == "a2a" and isinstance(message, dict) and "jsonrpc" in message:
@@ -133,9 +124,11 @@ async def _translate(
     ),
 )
 async def a2a(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    agents: NamedDependency[AgentDoors],
 ) -> Response[A2AReply | JsonRpcResponse]:
-    return await _translate(request, principal, "a2a")
+    return await _translate(request, agents, principal, "a2a")
 
 
 @post(
@@ -152,9 +145,11 @@ async def a2a(
     ),
 )
 async def acp_door(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    agents: NamedDependency[AgentDoors],
 ) -> Response[AcpReply]:
-    return await _translate(request, principal, "acp")
+    return await _translate(request, agents, principal, "acp")
 
 
 @post(
@@ -171,9 +166,11 @@ async def acp_door(
     ),
 )
 async def fipa_door(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    agents: NamedDependency[AgentDoors],
 ) -> Response[FipaReply]:
-    return await _translate(request, principal, "fipa")
+    return await _translate(request, agents, principal, "fipa")
 
 
 @post(
@@ -190,9 +187,11 @@ async def fipa_door(
     ),
 )
 async def kqml_door(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    agents: NamedDependency[AgentDoors],
 ) -> Response[KqmlReply]:
-    return await _translate(request, principal, "kqml")
+    return await _translate(request, agents, principal, "kqml")
 
 
 @post(
@@ -209,9 +208,11 @@ async def kqml_door(
     ),
 )
 async def langchain_door(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    agents: NamedDependency[AgentDoors],
 ) -> Response[LangchainReply]:
-    return await _translate(request, principal, "langchain")
+    return await _translate(request, agents, principal, "langchain")
 
 
 @get(
@@ -244,7 +245,9 @@ async def langchain_tools(
     ),
 )
 async def agent(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    agents: NamedDependency[AgentDoors],
 ) -> Response[AnyReply]:
     body = await request.body()
     message = decode(body)
@@ -261,11 +264,10 @@ async def agent(
         }
         return _json(307, note, Location=MCP_PATH, **{"X-Agent-Protocol": "mcp"})
     answer: Response[Any]
-    doors = doors_of(request)
     if protocol == "a2a-jsonrpc":
-        answer = await doors.rpc.respond(request, body, principal)
+        answer = await agents.rpc.respond(request, body, principal)
     else:
-        caller = Caller(doors.container, doors.runtime, principal)
+        caller = Caller(agents.container, agents.runtime, principal)
         answer = _reply(protocol, *await TRANSLATORS[protocol](caller, message))
     answer.headers["X-Agent-Protocol"] = protocol
     return answer
@@ -302,18 +304,19 @@ async def discover() -> Discovery:
         "cacheable for 5 minutes; it changes nothing."
     ),
 )
-async def agent_card(request: Request[Any, Any, Any]) -> AgentCard:
+async def agent_card(c: NamedDependency[Container]) -> AgentCard:
     """URLs from ``PUBLIC_URL`` (or the listening address), never the request's ``Host``."""
-    return msgspec.convert(
-        agent_card_json(doors_of(request).container.settings.http.base_url), AgentCard
-    )
+    return msgspec.convert(agent_card_json(c.settings.http.base_url), AgentCard)
 
 
-@asgi(MCP_PATH, copy_scope=False)
-async def mcp(scope: Scope, receive: Receive, send: Send) -> None:
-    """MCP Streamable HTTP (POST messages, GET stream, DELETE session)."""
-    doors: AgentDoors = scope["app"].state.agents
-    await doors.mcp(scope, receive, send)
+def mcp_route(doors: AgentDoors) -> ASGIRouteHandler:
+    """MCP Streamable HTTP (POST messages, GET stream, DELETE session) on this app's door."""
+
+    @asgi(MCP_PATH, copy_scope=False)
+    async def mcp(scope: Scope, receive: Receive, send: Send) -> None:
+        await doors.mcp(scope, receive, send)
+
+    return mcp
 
 
 router = Router(
@@ -322,9 +325,8 @@ router = Router(
     dependencies={"principal": Provide(provide_principal)},
     route_handlers=[a2a, acp_door, fipa_door, kqml_door, langchain_door, langchain_tools, agent],
 )
-route_handlers: list[Router | HTTPRouteHandler | ASGIRouteHandler] = [
-    router,
-    discover,
-    agent_card,
-    mcp,
-]
+
+
+def route_handlers(doors: AgentDoors) -> list[Router | HTTPRouteHandler | ASGIRouteHandler]:
+    """The agent routes of one app (its MCP door is a route of its own)."""
+    return [router, discover, agent_card, mcp_route(doors)]

@@ -85,9 +85,10 @@ def _usd(value: str) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from infrastructure.db_setup import ensure_database
     from infrastructure.migrate import migrate
     from infrastructure.settings import load_settings
-    from interfaces.bootstrap import bootstrap, ensure_database, open_database
+    from interfaces.bootstrap import bootstrap, open_database
 
     settings = load_settings(env_file=args.env_file)
     if ensure_database(settings):

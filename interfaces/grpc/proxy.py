@@ -32,7 +32,7 @@ from interfaces.grpc.auth import count_request
 from interfaces.grpc.calls import Call
 from interfaces.grpc.convert import usd_out
 from interfaces.grpc.generated import gpuproxy as pb
-from interfaces.http.controllers.proxy import ProxyBody
+from interfaces.proxy_envelope import ProxyBody
 from interfaces.usage_sessions_view import caller_of
 
 if TYPE_CHECKING:

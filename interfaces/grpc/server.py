@@ -27,6 +27,7 @@ from grpclib.reflection.v1 import reflection_pb2
 from grpclib.reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
 from grpclib.server import Server
 
+from infrastructure.db_setup import database_answers
 from infrastructure.proxy.runtime import ProxyRuntime
 from interfaces.grpc.calls import Guard
 from interfaces.grpc.metrics import GrpcMetrics
@@ -93,8 +94,7 @@ class GrpcServer:
 
     async def _database_ok(self) -> bool:
         def ping() -> bool:
-            with self.c.db.snapshot() as tx:
-                tx.fetchone("SELECT 1")
+            database_answers(self.c.db)
             return True
 
         return await asyncio.to_thread(ping)

@@ -34,8 +34,7 @@ from interfaces.grpc.billing import BillingRpcs
 from interfaces.grpc.calls import Call, Guard, current
 from interfaces.grpc.convert import ranged, text, usd_in
 from interfaces.grpc.generated import gpuproxy as pb
-from interfaces.http.controllers.gpu import RentBody, ReserveBody
-from interfaces.http.schemas import LoginBody
+from interfaces.http.schemas import LoginBody, RentBody, ReserveBody
 from interfaces.usage_sessions_view import caller_of, counted
 
 if TYPE_CHECKING:

@@ -30,6 +30,7 @@ from domain.errors import DomainError
 from domain.models import ModelInputError, ModelNotFoundError, ModelRecord
 from domain.usage import Caller
 from infrastructure.auth import Principal
+from infrastructure.db_setup import database_answers
 from infrastructure.models import tensors
 from interfaces.grpc.auth import authenticate, peer_of
 from interfaces.grpc.errors import to_grpc
@@ -143,8 +144,7 @@ class InferenceService:
 
     async def server_ready(self, request: Any) -> Any:
         def ping() -> None:
-            with self.c.db.snapshot() as tx:
-                tx.fetchone("SELECT 1")
+            database_answers(self.c.db)
 
         try:
             await asyncio.to_thread(ping)

@@ -14,9 +14,8 @@ from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.spec import Components, Contact, License, SecurityScheme
 
 from domain.errors import DomainError
-from infrastructure.proxy.runtime import ProxyRuntime
-from infrastructure.proxy.targets import advertised_off_loopback
 from interfaces.agents import routes as agents
+from interfaces.bootstrap import ServingDoors, serving
 from interfaces.http import docs_assets
 from interfaces.http.card_guard import refuse_card_numbers
 from interfaces.http.compression import compression_config
@@ -44,10 +43,10 @@ from interfaces.http.fast_lane import FastLane
 from interfaces.http.forwarded import TrustedProxies, parse_networks
 from interfaces.http.front import Front
 from interfaces.http.json_body import AppRequest
-from interfaces.http.observability import Metrics, Observer
+from interfaces.http.observability import Observer
 from interfaces.http.openapi import AUTH_SCHEMES, DESCRIPTION, TAGS, operation_id
 from interfaces.web import admin_api, dashboard
-from interfaces.ws.service import Streams, streams_socket
+from interfaces.ws.service import streams_socket
 
 if TYPE_CHECKING:
     from interfaces.bootstrap import Container
@@ -72,13 +71,15 @@ def create_app(
     developer_mode: bool = False,
     run_jobs: bool = False,
     fast_lane: bool = True,
+    doors: ServingDoors | None = None,
 ) -> Litestar:
     """Build the HTTP app over an already-wired container (the composition root owns it).
 
     ``fast_lane`` answers the hottest routes before Litestar's routing (``fast_lane.py``);
     off, Litestar serves them too (the tests compare both doors).
     """
-    metrics = Metrics(container)
+    doors = doors or serving(container)  # the composition root builds what the doors share
+    metrics, runtime, streams = doors.metrics, doors.proxy, doors.streams
     observer = Observer(metrics)
     settings = container.settings
     cors = (
@@ -115,24 +116,6 @@ def create_app(
         Exception: make_internal_handler(developer_mode),
     }
     tasks: list[asyncio.Task[None]] = []
-    runtime = ProxyRuntime(
-        container.db,
-        container.app,
-        container.ledger,
-        default_strategy=settings.marketplace.lb_strategy,
-        price=settings.proxy.request_price,
-        lease_amount=settings.proxy.lease_amount,
-        allow_private=settings.proxy.allow_private_targets,
-        sandbox_private=advertised_off_loopback(settings.providers.sandbox_advertise_host),
-        connect_timeout=settings.proxy.connect_timeout,
-        default_timeout=settings.proxy.default_timeout,
-        flush_interval=settings.proxy.usage_flush_interval,
-        clock=container.ledger.clock,
-        signal=container.instances_signal,
-        runner=container.runner,
-        session_idle_minutes=settings.proxy.usage_session_idle_minutes,
-    )
-    streams = Streams(container)
 
     async def start_jobs() -> None:
         tasks.append(asyncio.create_task(runtime.run_forever()))
@@ -173,7 +156,7 @@ def create_app(
             billing.webhooks,
             billing.admin_router,
             proxy.router,
-            *agents.route_handlers,
+            *agents.route_handlers(doors.agents),
             streams_socket,
             dashboard.router,
             admin_api.router,
@@ -182,7 +165,9 @@ def create_app(
             oip.health,
             docs_assets.docs_asset,
         ],
-        lifespan=[agents.lifespan],
+        lifespan=[doors.agents.running],
+        dependencies=doors.dependencies(),  # c, runtime, streams, metrics, agents
+        signature_namespace=doors.signature_namespace(),
         exception_handlers=handlers,
         openapi_config=openapi,
         cors_config=cors,
@@ -210,6 +195,7 @@ def create_app(
         lane=lane if fast_lane else None,
         proxies=TrustedProxies(parse_networks(settings.http.forwarded_allow_ips)),
     )
+    # published for tests and tools only: no door reads app.state (its parts are injected)
     app.state.container = container
     app.state.metrics = metrics
     app.state.proxy = runtime

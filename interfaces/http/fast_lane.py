@@ -24,9 +24,9 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from infrastructure.proxy.runtime import ProxyRuntime
 from interfaces.http import raw_proxy
-from interfaces.http.controllers.money import credits_json
 from interfaces.http.observability import Observer
 from interfaces.http.security import principal_for, read
+from interfaces.presenters.credits import credits_json
 
 if TYPE_CHECKING:
     from interfaces.bootstrap import Container

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from interfaces.bootstrap import Container
 
 BUFFER_LIMIT = 1_048_576  # request bodies up to this are buffered, so a retry can resend them
-MAX_TIMELIMIT = 86_400.0
+MAX_TIMELIMIT = proxy_envelope.MAX_TIMELIMIT
 Pairs = Sequence[tuple[str, str]]
 
 

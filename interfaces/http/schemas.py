@@ -7,8 +7,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
+import msgspec
 from msgspec import Meta, Struct
 
+from domain.errors import InvalidArgumentError
+from domain.money import usd_to_micros
 from domain.pan import refuse_pan
 
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL; nobody means to send one
@@ -87,3 +90,38 @@ class CapBody(Body):
 
 class RoleBody(Body):
     is_admin: bool
+
+
+class RentBody(Body):
+    image: Annotated[str, Meta(min_length=1, max_length=300, pattern=NO_NUL)] = (
+        "nvidia/cuda:12.4.1-base-ubuntu22.04"
+    )
+    env: dict[
+        Annotated[str, Meta(max_length=100, pattern=NO_NUL)],
+        Annotated[str, Meta(max_length=2000, pattern=NO_NUL)],
+    ] = msgspec.field(default_factory=dict)
+    ports: Annotated[list[Annotated[int, Meta(ge=1, le=65535)]], Meta(max_length=16)] = (
+        msgspec.field(default_factory=lambda: [8000])
+    )
+    disk_gb: Annotated[int, Meta(ge=1, le=4096)] = 20
+    onstart: Annotated[str, Meta(max_length=4000, pattern=NO_NUL)] = ""
+
+
+class ReserveBody(Body):
+    count: Annotated[int, Meta(ge=1, le=16)]
+    provider: Annotated[str, Meta(max_length=32, pattern=NO_NUL)] = "all"
+    min_vram: Annotated[float, Meta(ge=0, le=10_000)] | None = None
+    max_price: Annotated[str, Meta(max_length=32, pattern=NO_NUL)] | None = None
+    gpu_model: Annotated[str, Meta(max_length=64, pattern=NO_NUL)] | None = None
+    region: Annotated[str, Meta(max_length=64, pattern=NO_NUL)] | None = None
+    num_gpus: Annotated[int, Meta(ge=1, le=64)] | None = None
+    image: Annotated[str, Meta(min_length=1, max_length=300, pattern=NO_NUL)] = (
+        "nvidia/cuda:12.4.1-base-ubuntu22.04"
+    )
+
+
+def positive_usd(value: Any, field: str) -> int:
+    micros = usd_to_micros(value, field=field)
+    if micros <= 0:
+        raise InvalidArgumentError(f"{field} must be greater than zero", field=field)
+    return micros

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from litestar import Request
 from litestar.concurrency import sync_to_thread
+from litestar.di import NamedDependency
 from litestar.types import Scope
 
 from infrastructure.auth import Principal
@@ -19,11 +20,6 @@ if TYPE_CHECKING:
 RATE_HEADERS = "gpuproxy.rate_headers"
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-def container_of(request: Request[Any, Any, Any]) -> Container:
-    container: Container = request.app.state.container
-    return container
 
 
 def reads_are_local(c: Container) -> bool:
@@ -83,18 +79,20 @@ async def principal_for(
     return principal
 
 
-async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
-    """The calling user, as a route dependency (see ``principal_for``)."""
+async def provide_principal(
+    request: Request[Any, Any, Any], c: NamedDependency[Container]
+) -> Principal:
+    """The calling user, as a route dependency (see ``principal_for``); ``c`` is the
+    container dependency (``interfaces.bootstrap.ServingDoors``)."""
     headers = request.headers
     return await principal_for(
-        container_of(request),
-        request.scope,
-        headers.get("x-api-key"),
-        headers.get("authorization"),
+        c, request.scope, headers.get("x-api-key"), headers.get("authorization")
     )
 
 
-async def provide_admin(request: Request[Any, Any, Any]) -> Principal:
-    principal = await provide_principal(request)
+async def provide_admin(
+    request: Request[Any, Any, Any], c: NamedDependency[Container]
+) -> Principal:
+    principal = await provide_principal(request, c)
     principal.require_admin()
     return principal

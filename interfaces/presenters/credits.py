@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
+import msgspec
 from msgspec import Struct
 
 from domain.money import micros_to_usd
@@ -49,3 +51,9 @@ def present_credits(row: Mapping[str, int] | None) -> Credits:
             amount=micros_to_usd(row.get("auto_renew_amount", 0)),
         ),
     )
+
+
+def credits_json(row: dict[str, int] | None) -> dict[str, Any]:
+    """The balance as plain data (the fast lane, agents): the same as ``present_credits``."""
+    data: dict[str, Any] = msgspec.to_builtins(present_credits(row))
+    return data

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from msgspec import Struct
 
 from domain.instances import GpuInstance
@@ -144,3 +145,19 @@ def present_reservation(reservation: ReservationRecord) -> Reservation:
         reason=reservation.reason or None,
         held=micros_to_usd(reservation.hold_amount),
     )
+
+
+def reservation_json(reservation: ReservationRecord) -> dict[str, Any]:
+    """The reservation as plain data (doors that answer dicts)."""
+    data: dict[str, Any] = msgspec.to_builtins(present_reservation(reservation))
+    return data
+
+
+def offer_json(offer: OfferRecord) -> dict[str, Any]:
+    data: dict[str, Any] = msgspec.to_builtins(present_offer(offer))
+    return data
+
+
+def instance_json(gpu: GpuInstance, now: datetime) -> dict[str, Any]:
+    data: dict[str, Any] = msgspec.to_builtins(present_instance(gpu, now))
+    return data

@@ -11,10 +11,10 @@ import asyncio
 import time
 from collections import deque
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 from uuid import UUID
 
-from litestar import Request, Router, delete, get
+from litestar import Router, delete, get
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, QueryParameter
 
@@ -26,7 +26,7 @@ from domain.services.marketplace import InstanceNotFoundError
 from infrastructure.auth import Principal
 from interfaces.http.openapi import ADMIN
 from interfaces.http.openapi import errors as problems
-from interfaces.http.security import container_of, provide_admin
+from interfaces.http.security import provide_admin
 from interfaces.presenters.admin import (
     AllPayments,
     Audit,
@@ -62,6 +62,11 @@ from interfaces.presenters.dashboard import (
 from interfaces.presenters.instances import present_instance, present_reservation
 from interfaces.presenters.payments import present_payment_row
 from interfaces.presenters.spending import present_spending
+from interfaces.ws import service as ws_service
+
+if TYPE_CHECKING:
+    from infrastructure.proxy.runtime import ProxyRuntime
+    from interfaces.bootstrap import Container
 
 Limit = Annotated[int, QueryParameter(ge=1, le=500, description="rows to return")]
 Query = Annotated[str, QueryParameter(max_length=200, pattern=r"^[^\x00]*$")]
@@ -92,12 +97,11 @@ def _actor(principal: Principal) -> str:
     ),
 )
 def search_users(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     q: Query = "",
     limit: Limit = 50,
 ) -> UserSearch:
-    c = container_of(request)
     return UserSearch(
         users=[
             FoundUser(
@@ -127,9 +131,8 @@ def search_users(
     ),
 )
 def account(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[UUID]
+    c: NamedDependency[Container], principal: NamedDependency[Principal], user_id: FromPath[UUID]
 ) -> AdminAccount:
-    c = container_of(request)
     user = c.users.by_id(str(user_id))
     try:
         view = c.ledger.account(user.id)
@@ -172,13 +175,12 @@ def account(
     ),
 )
 def transactions(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     user_id: FromPath[UUID],
     limit: Limit = 100,
     before: Annotated[int | None, QueryParameter(ge=1, le=2**63 - 1)] = None,
 ) -> LedgerPage:
-    c = container_of(request)
     user = c.users.by_id(str(user_id))
     rows = c.queries.transactions(user.id, limit=limit, before=before)
     return LedgerPage(
@@ -210,12 +212,11 @@ def transactions(
     ),
 )
 def balance_history(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     user_id: FromPath[UUID],
     limit: Limit = 200,
 ) -> BalanceHistory:
-    c = container_of(request)
     user = c.users.by_id(str(user_id))
     points = [
         BalancePoint(id=p.position, at=_iso(p.at_micros), balance=micros_to_usd(p.balance))
@@ -235,9 +236,8 @@ def balance_history(
     ),
 )
 def api_keys(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[UUID]
+    c: NamedDependency[Container], principal: NamedDependency[Principal], user_id: FromPath[UUID]
 ) -> ApiKeyList:
-    c = container_of(request)
     user = c.users.by_id(str(user_id))
     return ApiKeyList(api_keys=[present_key(k) for k in c.auth.keys.list(user.id)])
 
@@ -255,12 +255,11 @@ def api_keys(
     ),
 )
 def revoke_key(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     user_id: FromPath[UUID],
     key_id: FromPath[str],
 ) -> KeyRevoked:
-    c = container_of(request)
     user = c.users.by_id(str(user_id))
     c.auth.keys.revoke(user.id, key_id, actor=_actor(principal))
     return KeyRevoked(message="API key revoked", key_id=key_id)
@@ -279,9 +278,8 @@ def revoke_key(
     ),
 )
 def revoke_all_keys(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[UUID]
+    c: NamedDependency[Container], principal: NamedDependency[Principal], user_id: FromPath[UUID]
 ) -> KeysRevoked:
-    c = container_of(request)
     user = c.users.by_id(str(user_id))
     revoked = []
     for key in c.auth.keys.list(user.id):
@@ -304,12 +302,11 @@ def revoke_all_keys(
     ),
 )
 def audit(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     user_id: FromPath[UUID],
     limit: Limit = 100,
 ) -> Audit:
-    c = container_of(request)
     user = c.users.by_id(str(user_id))
     security = [
         SecurityEvent(at=at, actor=actor, action=action, detail=detail)
@@ -344,12 +341,11 @@ def audit(
     ),
 )
 def instances(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     in_state: State = None,
     limit: Limit = 100,
 ) -> InstanceList:
-    c = container_of(request)
     now = c.ledger.clock()
     out = []
     for row in c.instance_queries.everyone(in_state, limit):
@@ -372,9 +368,8 @@ def instances(
     ),
 )
 def reservations(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal], limit: Limit = 50
+    c: NamedDependency[Container], principal: NamedDependency[Principal], limit: Limit = 50
 ) -> ReservationList:
-    c = container_of(request)
     newest: deque[UUID] = deque(maxlen=limit)
     start = 1
     while True:
@@ -404,9 +399,12 @@ def reservations(
         "proxy, and the owner. Admin role only; changes nothing."
     ),
 )
-def load(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> LoadTable:
-    c = container_of(request)
-    live = request.app.state.proxy.tracker.snapshot()
+def load(
+    c: NamedDependency[Container],
+    runtime: NamedDependency[ProxyRuntime],
+    principal: NamedDependency[Principal],
+) -> LoadTable:
+    live = runtime.tracker.snapshot()
     out = []
     for row in c.instance_queries.load_table():
         now = live.get(row.instance_id)
@@ -440,9 +438,8 @@ def load(request: Request[Any, Any, Any], principal: NamedDependency[Principal])
     ),
 )
 async def providers(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+    c: NamedDependency[Container], principal: NamedDependency[Principal]
 ) -> ProviderList:
-    c = container_of(request)
 
     async def probe(name: str) -> ProviderHealth:
         started = time.perf_counter()
@@ -486,12 +483,11 @@ async def providers(
     ),
 )
 def payments(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     in_state: State = None,
     limit: Limit = 100,
 ) -> AllPayments:
-    c = container_of(request)
     out = [
         owned_payment(present_payment_row(payment), payment.owner, email)
         for payment, email in c.payment_queries.everyone(in_state, limit)
@@ -511,12 +507,12 @@ def payments(
     ),
 )
 def projections(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+    c: NamedDependency[Container],
+    streams: NamedDependency[ws_service.Streams],
+    principal: NamedDependency[Principal],
 ) -> Projections:
-    c = container_of(request)
     head = c.events.head()
     positions = c.runner.positions()
-    streams = request.app.state.streams
     return Projections(
         head=head,
         positions=positions,

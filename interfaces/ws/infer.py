@@ -23,8 +23,8 @@ from domain.errors import DomainError, InvalidArgumentError
 from domain.usage import Caller
 from infrastructure.models.tensors import to_json
 from infrastructure.proxy.runtime import ProxyRuntime
-from interfaces.http.controllers.models import _inputs
 from interfaces.http.security import client_address
+from interfaces.model_input import inputs_by_name
 from interfaces.proxy_envelope import Envelope, prepare, send
 from interfaces.usage_sessions_view import caller_of
 from interfaces.ws.protocol import Infer
@@ -151,7 +151,7 @@ async def _predict(c: Container, session: Session, model_id: str, payload: Any, 
     _, result = await service.predict(
         session.user_id,
         model_id,
-        _inputs(record, payload["input"]),
+        inputs_by_name(record, payload["input"]),
         outputs=tuple(outputs),
         caller=_caller(session),
     )

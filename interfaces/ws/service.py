@@ -6,6 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from litestar import WebSocket, websocket
+from litestar.di import NamedDependency
 
 from domain.errors import DomainError
 from infrastructure.event_feed import Bus, EventFeed
@@ -24,15 +25,17 @@ from interfaces.ws.hub import StreamHub
 from interfaces.ws.session import Session
 
 if TYPE_CHECKING:
+    from infrastructure.proxy.runtime import ProxyRuntime
     from interfaces.bootstrap import Container
 
 
 class Streams:
     """Owns the feed (started with the app) and serves each ``/ws`` connection."""
 
-    def __init__(self, container: Container) -> None:
+    def __init__(self, container: Container, runtime: ProxyRuntime) -> None:
         settings = container.settings
         self.c = container
+        self.runtime = runtime
         self.bus: Bus = (
             RedisBus(settings.redis.url, feed_namespace(settings))
             if settings.redis.url
@@ -62,11 +65,12 @@ class Streams:
         session = Session(
             socket, principal, creds, address=address, queue_size=self.c.settings.streams.queue_size
         )
-        await Connection(self.c, self.hub, socket.app.state.proxy, session).serve()
+        await Connection(self.c, self.hub, self.runtime, session).serve()
 
 
 @websocket("/ws", name="streams")
-async def streams_socket(socket: WebSocket[Any, Any, Any]) -> None:
+async def streams_socket(
+    socket: WebSocket[Any, Any, Any], streams: NamedDependency[Streams]
+) -> None:
     """Subscribe to your ledger events and stream inference (docs/adr/0014)."""
-    streams: Streams = socket.app.state.streams
     await streams.handle(socket)

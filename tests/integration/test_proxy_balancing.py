@@ -141,7 +141,6 @@ async def proxy(
             started.append(server)
         runtime = ProxyRuntime(
             container.db,
-            container.app,
             container.ledger,
             default_strategy=ROUND_ROBIN,
             price=0,

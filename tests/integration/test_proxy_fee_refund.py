@@ -23,7 +23,6 @@ USD = 1_000_000
 def _runtime(container: Container, user_id: str, port: int) -> ProxyRuntime:
     runtime = ProxyRuntime(
         container.db,
-        container.app,
         container.ledger,
         default_strategy="round_robin",
         price=PRICE,

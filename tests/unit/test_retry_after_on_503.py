@@ -6,8 +6,7 @@ import psycopg
 import pytest
 
 from domain.balancing import NoBackendError
-from domain.errors import ConcurrencyError, DomainError
-from infrastructure.proxy.runtime import InstancesBehindError
+from domain.errors import ConcurrencyError, DomainError, InstancesBehindError
 from infrastructure.sessions import SessionStoreUnavailableError
 from interfaces.http.errors import make_internal_handler, on_domain_error
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 from uuid import UUID
 
-from litestar import Request, Router, get, post, put
+from litestar import Router, get, post, put
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, HeaderParameter, JSONBody
 
@@ -14,10 +14,16 @@ from domain.errors import InvalidArgumentError
 from domain.guardrails import normalise_window
 from domain.money import micros_to_usd, usd_to_micros
 from infrastructure.auth import Principal
-from interfaces.http.controllers.money import positive_usd
 from interfaces.http.openapi import ADMIN, errors
-from interfaces.http.schemas import CapBody, GrantBody, LimitsBody, ResetBody, RoleBody
-from interfaces.http.security import container_of, provide_admin
+from interfaces.http.schemas import (
+    CapBody,
+    GrantBody,
+    LimitsBody,
+    ResetBody,
+    RoleBody,
+    positive_usd,
+)
+from interfaces.http.security import provide_admin
 from interfaces.presenters.admin import (
     Cap,
     Grant,
@@ -30,6 +36,9 @@ from interfaces.presenters.admin import (
 )
 from interfaces.presenters.auth import present_user
 from interfaces.presenters.credits import present_credits
+
+if TYPE_CHECKING:
+    from interfaces.bootstrap import Container
 
 IdempotencyKey = Annotated[
     str | None,
@@ -58,8 +67,8 @@ def _window(name: str) -> str:
         "only (403 for other callers); changes nothing."
     ),
 )
-def users(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> UserList:
-    return UserList(users=[present_user(u) for u in container_of(request).users.all()])
+def users(c: NamedDependency[Container], principal: NamedDependency[Principal]) -> UserList:
+    return UserList(users=[present_user(u) for u in c.users.all()])
 
 
 @get(
@@ -73,9 +82,8 @@ def users(request: Request[Any, Any, Any], principal: NamedDependency[Principal]
     ),
 )
 def user(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal], user_id: FromPath[UUID]
+    c: NamedDependency[Container], principal: NamedDependency[Principal], user_id: FromPath[UUID]
 ) -> UserWithCredits:
-    c = container_of(request)
     found = c.users.by_id(str(user_id))
     return UserWithCredits(
         user=present_user(found), credits=present_credits(c.queries.balance(found.id))
@@ -96,13 +104,12 @@ def user(
     ),
 )
 def grant(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     user_id: FromPath[UUID],
     data: JSONBody[GrantBody],
     idempotency_key: IdempotencyKey = None,
 ) -> Grant:
-    c = container_of(request)
     target = c.users.by_id(str(user_id))
     amount = positive_usd(data.amount, "amount")
     outcome = c.ledger.grant(
@@ -134,12 +141,11 @@ def grant(
     ),
 )
 def set_limits(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     user_id: FromPath[UUID],
     data: JSONBody[LimitsBody],
 ) -> Limits:
-    c = container_of(request)
     target = c.users.by_id(str(user_id))
     changes: dict[str, int | None] = {}
     for window, value in data.limits.items():
@@ -166,12 +172,11 @@ def set_limits(
     ),
 )
 def reset(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     user_id: FromPath[UUID],
     data: JSONBody[ResetBody],
 ) -> Reset:
-    c = container_of(request)
     target = c.users.by_id(str(user_id))
     windows = [_window(data.window)] if data.window else None
     c.ledger.reset_windows(target.id, windows, actor=_actor(principal), reason=data.reason)
@@ -190,12 +195,11 @@ def reset(
     ),
 )
 def set_cap(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     user_id: FromPath[UUID],
     data: JSONBody[CapBody],
 ) -> Cap:
-    c = container_of(request)
     target = c.users.by_id(str(user_id))
     cap = usd_to_micros(data.cap, field="cap")
     c.ledger.set_cap(target.id, cap, actor=_actor(principal), reason=data.reason)
@@ -214,12 +218,11 @@ def set_cap(
     ),
 )
 def set_role(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     user_id: FromPath[UUID],
     data: JSONBody[RoleBody],
 ) -> UserAnswer:
-    c = container_of(request)
     target = c.users.by_id(str(user_id))
     changed = c.users.set_admin(target.email, data.is_admin, actor=_actor(principal))
     return UserAnswer(user=present_user(changed))
@@ -235,8 +238,7 @@ def set_role(
         "charged sums, transactions, and each projection's lag. Admin role only; changes nothing."
     ),
 )
-def stats(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> Stats:
-    c = container_of(request)
+def stats(c: NamedDependency[Container], principal: NamedDependency[Principal]) -> Stats:
     totals = c.queries.totals()
     return Stats(
         users=c.users.count(),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Request, Router, delete, get, post
@@ -16,7 +16,7 @@ from infrastructure.identity import User
 from interfaces.http.errors import RateLimitedError
 from interfaces.http.openapi import AUTHED, PUBLIC, errors
 from interfaces.http.schemas import ApiKeyBody, LoginBody, RegisterBody
-from interfaces.http.security import container_of, provide_principal
+from interfaces.http.security import provide_principal
 from interfaces.presenters.auth import (
     ApiKeyList,
     LoggedIn,
@@ -28,6 +28,9 @@ from interfaces.presenters.auth import (
     present_new_key,
     present_user,
 )
+
+if TYPE_CHECKING:
+    from interfaces.bootstrap import Container
 
 
 def user_json(user: User) -> dict[str, Any]:
@@ -41,9 +44,8 @@ def key_json(key: ApiKey) -> dict[str, Any]:
     return data
 
 
-def limit_anonymous(request: Request[Any, Any, Any]) -> None:
+def limit_anonymous(request: Request[Any, Any, Any], c: Container) -> None:
     """Register and login cost an argon2 hash: limit them per client address too."""
-    c = container_of(request)
     decision = c.limiter.hit(f"ip:{request.client.host if request.client else 'unknown'}")
     if not decision.allowed:
         raise RateLimitedError(decision)
@@ -64,9 +66,10 @@ def limit_anonymous(request: Request[Any, Any, Any]) -> None:
         "spelling of it, is already registered."
     ),
 )
-def register(request: Request[Any, Any, Any], data: JSONBody[RegisterBody]) -> Registered:
-    limit_anonymous(request)
-    c = container_of(request)
+def register(
+    request: Request[Any, Any, Any], c: NamedDependency[Container], data: JSONBody[RegisterBody]
+) -> Registered:
+    limit_anonymous(request, c)
     user = c.users.create(data.email, data.password, data.name, actor="self-registration")
     c.ledger.open_account(user.id)
     return Registered(user=present_user(user))
@@ -87,9 +90,10 @@ def register(request: Request[Any, Any, Any], data: JSONBody[RegisterBody]) -> R
         "both."
     ),
 )
-def login(request: Request[Any, Any, Any], data: JSONBody[LoginBody]) -> LoggedIn:
-    limit_anonymous(request)
-    c = container_of(request)
+def login(
+    request: Request[Any, Any, Any], c: NamedDependency[Container], data: JSONBody[LoginBody]
+) -> LoggedIn:
+    limit_anonymous(request, c)
     client = request.client.host if request.client else ""
     result = c.auth.login(
         data.email, data.password, ip=client, agent=request.headers.get("user-agent", "")
@@ -110,8 +114,8 @@ def login(request: Request[Any, Any, Any], data: JSONBody[LoginBody]) -> LoggedI
         "token: an API key is not a session (400: revoke the key instead)."
     ),
 )
-def logout(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> Message:
-    container_of(request).auth.logout(principal)
+def logout(c: NamedDependency[Container], principal: NamedDependency[Principal]) -> Message:
+    c.auth.logout(principal)
     return Message(message="Logged out")
 
 
@@ -131,7 +135,7 @@ def logout(request: Request[Any, Any, Any], principal: NamedDependency[Principal
     ),
 )
 def create_api_key(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     data: JSONBody[ApiKeyBody],
 ) -> NewApiKey:
@@ -139,9 +143,7 @@ def create_api_key(
     if data.expires_at is not None:
         moment = data.expires_at if data.expires_at.tzinfo else data.expires_at.replace(tzinfo=UTC)
         expires = int(moment.timestamp())
-    key, plaintext = container_of(request).auth.create_api_key(
-        principal, data.name, expires, password=data.password
-    )
+    key, plaintext = c.auth.create_api_key(principal, data.name, expires, password=data.password)
     return present_new_key(key, plaintext)
 
 
@@ -157,9 +159,9 @@ def create_api_key(
     ),
 )
 def list_api_keys(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+    c: NamedDependency[Container], principal: NamedDependency[Principal]
 ) -> ApiKeyList:
-    keys = container_of(request).auth.keys.list(principal.user_id)
+    keys = c.auth.keys.list(principal.user_id)
     return ApiKeyList(api_keys=[present_key(k) for k in keys])
 
 
@@ -177,9 +179,9 @@ def list_api_keys(
     ),
 )
 def revoke_api_key(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal], key_id: FromPath[str]
+    c: NamedDependency[Container], principal: NamedDependency[Principal], key_id: FromPath[str]
 ) -> Message:
-    container_of(request).auth.keys.revoke(principal.user_id, key_id, actor=principal.user_id)
+    c.auth.keys.revoke(principal.user_id, key_id, actor=principal.user_id)
     return Message(message="API key revoked")
 
 

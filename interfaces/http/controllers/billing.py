@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 import msgspec
@@ -22,10 +22,9 @@ from domain.payments import Payment
 from domain.services.payments import PaymentNotFoundError, PaymentRequest
 from infrastructure.auth import Principal
 from infrastructure.payments import SETUP_VARIABLES
-from interfaces.http.controllers.money import positive_usd
 from interfaces.http.openapi import ADMIN, AUTHED, answers, errors, json_body, operation
-from interfaces.http.schemas import NO_NUL, Body, Reason
-from interfaces.http.security import container_of, provide_admin, provide_principal
+from interfaces.http.schemas import NO_NUL, Body, Reason, positive_usd
+from interfaces.http.security import provide_admin, provide_principal
 from interfaces.payment_input import payment_method, processor_of
 from interfaces.presenters.payments import (
     AutoRenewSetting,
@@ -40,6 +39,9 @@ from interfaces.presenters.payments import Payment as PaymentAnswer
 from interfaces.presenters.statements import MonthlyStatement, present_statement
 from interfaces.statement_export import FORMATS, split_format, statement_file
 from interfaces.statement_view import build_statement
+
+if TYPE_CHECKING:
+    from interfaces.bootstrap import Container
 
 log = logging.getLogger(__name__)
 HANDLED_WEBHOOKS = {
@@ -103,10 +105,10 @@ def _status_for(payment: Payment, new: bool) -> int:
 )
 async def create_payment(
     request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     data: JSONBody[PaymentBody],
 ) -> Response[CreatedPayment]:
-    c = container_of(request)
     headers = request.headers
     processor = processor_of(headers.get("x-billing"), data.provider)
     if data.currency.upper() != "USD":
@@ -152,8 +154,7 @@ async def create_payment(
     )
 
 
-async def _own_payment(request: Request[Any, Any, Any], principal: Principal, pid: UUID) -> Payment:
-    c = container_of(request)
+async def _own_payment(c: Container, principal: Principal, pid: UUID) -> Payment:
     payment = await sync_to_thread(c.payments.get, pid)
     if payment.owner != principal.user_id and not principal.is_admin:
         raise PaymentNotFoundError("No such payment", payment_id=str(pid))
@@ -171,11 +172,11 @@ async def _own_payment(request: Request[Any, Any, Any], principal: Principal, pi
     ),
 )
 async def get_payment(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     payment_id: FromPath[UUID],
 ) -> PaymentAnswer:
-    return present_payment(await _own_payment(request, principal, payment_id))
+    return present_payment(await _own_payment(c, principal, payment_id))
 
 
 @get(
@@ -189,9 +190,9 @@ async def get_payment(
     ),
 )
 def list_payments(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+    c: NamedDependency[Container], principal: NamedDependency[Principal]
 ) -> PaymentList:
-    rows = container_of(request).payment_queries.for_user(principal.user_id, limit=100)
+    rows = c.payment_queries.for_user(principal.user_id, limit=100)
     return PaymentList(payments=[present_payment_row(r) for r in rows], count=len(rows))
 
 
@@ -209,11 +210,10 @@ def list_payments(
     ),
 )
 def auto_renew(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     data: JSONBody[AutoRenewBody],
 ) -> AutoRenewSetting:
-    c = container_of(request)
     threshold = amount = 0
     method = ""
     if data.enabled:
@@ -271,9 +271,8 @@ def auto_renew(
     ),
 )
 def monthly_statement(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal], month: FromPath[str]
+    c: NamedDependency[Container], principal: NamedDependency[Principal], month: FromPath[str]
 ) -> Response[Any]:
-    c = container_of(request)
     month, fmt = split_format(month)
     result = build_statement(c, principal.user_id, month)
     if fmt == "json":
@@ -300,8 +299,9 @@ def monthly_statement(
         "configured on this server."
     ),
 )
-async def stripe_webhook(request: Request[Any, Any, Any]) -> WebhookReceipt:
-    c = container_of(request)
+async def stripe_webhook(
+    request: Request[Any, Any, Any], c: NamedDependency[Container]
+) -> WebhookReceipt:
     gateway = c.stripe
     if gateway is None or not c.settings.payments.stripe_webhook_secret:
         raise InvalidArgumentError(
@@ -355,12 +355,11 @@ def _payment_for(c: Any, event: Any) -> UUID | None:
     ),
 )
 async def refund(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     payment_id: FromPath[UUID],
     data: JSONBody[RefundBody],
 ) -> PaymentAnswer:
-    c = container_of(request)
     amount = None if data.amount is None else positive_usd(data.amount, "amount")
     actor = f"admin:{principal.user_id}"
     payment = await c.payments.refund(payment_id, amount, actor=actor)

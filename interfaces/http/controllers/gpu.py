@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
-import msgspec
 from litestar import Request, Router, delete, get, post
 from litestar.concurrency import sync_to_thread
 from litestar.di import NamedDependency, Provide
@@ -21,7 +19,7 @@ from litestar.params import (
 from msgspec import Meta
 
 from domain.instances import GpuInstance
-from domain.marketplace import Offer, OfferQuery
+from domain.marketplace import OfferQuery
 from domain.money import usd_to_micros
 from domain.reservations import Reservation
 from domain.services.marketplace import InstanceNotFoundError, RentSpec
@@ -29,8 +27,8 @@ from domain.usage import Caller
 from infrastructure.auth import Principal
 from infrastructure.proxy.runtime import ProxyRuntime
 from interfaces.http.openapi import AUTHED, errors
-from interfaces.http.schemas import NO_NUL, Body
-from interfaces.http.security import client_address, container_of, provide_principal
+from interfaces.http.schemas import NO_NUL, RentBody, ReserveBody
+from interfaces.http.security import client_address, provide_principal
 from interfaces.presenters.instances import (
     Catalog,
     InstanceAnswer,
@@ -42,6 +40,9 @@ from interfaces.presenters.instances import (
 )
 from interfaces.usage_sessions_view import caller_of, counted
 
+if TYPE_CHECKING:
+    from interfaces.bootstrap import Container
+
 RENTALS_CATCH_UP = 2.0  # seconds the list may wait for the instances read model
 Text = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 # One parameter name for /instances/{provider}/{id}: an offer id to rent (POST), an instance
@@ -50,50 +51,6 @@ ItemId = Annotated[
     str,
     PathParameter(description="POST: the offer id to rent; GET and DELETE: an instance id (UUID)"),
 ]
-
-
-class RentBody(Body):
-    image: Annotated[str, Meta(min_length=1, max_length=300, pattern=NO_NUL)] = (
-        "nvidia/cuda:12.4.1-base-ubuntu22.04"
-    )
-    env: dict[
-        Annotated[str, Meta(max_length=100, pattern=NO_NUL)],
-        Annotated[str, Meta(max_length=2000, pattern=NO_NUL)],
-    ] = msgspec.field(default_factory=dict)
-    ports: Annotated[list[Annotated[int, Meta(ge=1, le=65535)]], Meta(max_length=16)] = (
-        msgspec.field(default_factory=lambda: [8000])
-    )
-    disk_gb: Annotated[int, Meta(ge=1, le=4096)] = 20
-    onstart: Annotated[str, Meta(max_length=4000, pattern=NO_NUL)] = ""
-
-
-class ReserveBody(Body):
-    count: Annotated[int, Meta(ge=1, le=16)]
-    provider: Annotated[str, Meta(max_length=32, pattern=NO_NUL)] = "all"
-    min_vram: Annotated[float, Meta(ge=0, le=10_000)] | None = None
-    max_price: Annotated[str, Meta(max_length=32, pattern=NO_NUL)] | None = None
-    gpu_model: Annotated[str, Meta(max_length=64, pattern=NO_NUL)] | None = None
-    region: Annotated[str, Meta(max_length=64, pattern=NO_NUL)] | None = None
-    num_gpus: Annotated[int, Meta(ge=1, le=64)] | None = None
-    image: Annotated[str, Meta(min_length=1, max_length=300, pattern=NO_NUL)] = (
-        "nvidia/cuda:12.4.1-base-ubuntu22.04"
-    )
-
-
-def reservation_json(reservation: Reservation) -> dict[str, Any]:
-    """The reservation as plain data (doors that answer dicts)."""
-    data: dict[str, Any] = msgspec.to_builtins(present_reservation(reservation))
-    return data
-
-
-def offer_json(offer: Offer) -> dict[str, Any]:
-    data: dict[str, Any] = msgspec.to_builtins(present_offer(offer))
-    return data
-
-
-def instance_json(gpu: GpuInstance, now: datetime) -> dict[str, Any]:
-    data: dict[str, Any] = msgspec.to_builtins(present_instance(gpu, now))
-    return data
 
 
 def _instance_id(value: str) -> UUID:
@@ -118,7 +75,7 @@ def _instance_id(value: str) -> UUID:
     ),
 )
 async def catalog(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     provider: Annotated[str | None, QueryParameter(max_length=32)] = None,
     min_vram: Annotated[float | None, QueryParameter(ge=0, le=10_000)] = None,
@@ -129,7 +86,7 @@ async def catalog(
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 64,
     sort: Annotated[str, QueryParameter(max_length=16)] = "price",
 ) -> Catalog:
-    market = container_of(request).marketplace
+    market = c.marketplace
     query = OfferQuery(
         min_vram_gb=min_vram,
         max_price_per_hour=None
@@ -163,6 +120,8 @@ async def catalog(
 )
 async def rent(
     request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
+    runtime: NamedDependency[ProxyRuntime],
     principal: NamedDependency[Principal],
     provider: FromPath[str],
     id: ItemId,  # the offer id
@@ -171,7 +130,6 @@ async def rent(
         str | None, HeaderParameter(name="Idempotency-Key", max_length=200, required=False)
     ] = None,
 ) -> InstanceAnswer:
-    c = container_of(request)
     spec = RentSpec(
         image=data.image,
         env=dict(data.env),
@@ -179,26 +137,28 @@ async def rent(
         disk_gb=data.disk_gb,
         onstart=data.onstart,
     )
-    caller = _caller(request, principal)
+    caller = _caller(request, runtime, principal)
     gpu = await c.marketplace.rent(
         principal.user_id, provider, id, spec, idempotency_key, caller=caller
     )
     return InstanceAnswer(instance=present_instance(gpu, c.ledger.clock()))
 
 
-def _caller(request: Request[Any, Any, Any], principal: Principal) -> Caller:
+def _caller(request: Request[Any, Any, Any], runtime: ProxyRuntime, principal: Principal) -> Caller:
     """Who rents (credential, address), counted as a request of their usage session."""
     agent = request.headers.get("user-agent", "")
     caller = caller_of(principal, client_address(request.scope), agent)
-    runtime: ProxyRuntime = request.app.state.proxy
     return counted(runtime.sessions, principal.user_id, caller)
 
 
 def _owned(
-    request: Request[Any, Any, Any], principal: Principal, provider: str, instance_id: UUID
+    c: Container,
+    principal: Principal,
+    provider: str,
+    instance_id: UUID,
 ) -> GpuInstance:
     """The instance, if it is the caller's (or the caller is an admin) and on ``provider``."""
-    gpu = container_of(request).marketplace.get(instance_id)
+    gpu = c.marketplace.get(instance_id)
     if (gpu.owner != principal.user_id and not principal.is_admin) or gpu.provider != provider:
         raise InstanceNotFoundError("No such instance", instance_id=str(instance_id))
     return gpu
@@ -216,13 +176,14 @@ def _owned(
 )
 async def instance(
     request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     provider: FromPath[str],
     id: ItemId,  # the instance id
 ) -> InstanceAnswer:
     found = _instance_id(id)
-    gpu = await sync_to_thread(_owned, request, principal, provider, found)
-    return InstanceAnswer(instance=present_instance(gpu, container_of(request).ledger.clock()))
+    gpu = await sync_to_thread(_owned, c, principal, provider, found)
+    return InstanceAnswer(instance=present_instance(gpu, c.ledger.clock()))
 
 
 @delete(
@@ -239,13 +200,13 @@ async def instance(
 )
 async def destroy(
     request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     provider: FromPath[str],
     id: ItemId,  # the instance id
 ) -> InstanceAnswer:
-    c = container_of(request)
     found = _instance_id(id)
-    await sync_to_thread(_owned, request, principal, provider, found)
+    await sync_to_thread(_owned, c, principal, provider, found)
     gpu = await c.marketplace.destroy(found, actor=principal.user_id)
     return InstanceAnswer(instance=present_instance(gpu, c.ledger.clock()))
 
@@ -265,10 +226,11 @@ async def destroy(
 )
 async def reserve(
     request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
+    runtime: NamedDependency[ProxyRuntime],
     principal: NamedDependency[Principal],
     data: JSONBody[ReserveBody],
 ) -> ReservationAnswer:
-    c = container_of(request)
     query = OfferQuery(
         min_vram_gb=data.min_vram,
         max_price_per_hour=None
@@ -285,15 +247,13 @@ async def reserve(
         None if data.provider == "all" else data.provider,
         RentSpec(image=data.image),
         timeout=c.settings.marketplace.reservation_timeout,
-        caller=_caller(request, principal),
+        caller=_caller(request, runtime, principal),
     )
     return ReservationAnswer(reservation=present_reservation(reservation))
 
 
-def _own_reservation(
-    request: Request[Any, Any, Any], principal: Principal, reservation_id: UUID
-) -> Reservation:
-    found = container_of(request).marketplace.get_reservation(reservation_id)
+def _own_reservation(c: Container, principal: Principal, reservation_id: UUID) -> Reservation:
+    found = c.marketplace.get_reservation(reservation_id)
     if found.owner != principal.user_id and not principal.is_admin:
         raise InstanceNotFoundError("No such reservation", reservation_id=str(reservation_id))
     return found
@@ -309,11 +269,11 @@ def _own_reservation(
     ),
 )
 async def reservation(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     reservation_id: FromPath[UUID],
 ) -> ReservationAnswer:
-    found = await sync_to_thread(_own_reservation, request, principal, reservation_id)
+    found = await sync_to_thread(_own_reservation, c, principal, reservation_id)
     return ReservationAnswer(reservation=present_reservation(found))
 
 
@@ -330,13 +290,12 @@ async def reservation(
 )
 async def release(
     request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     reservation_id: FromPath[UUID],
 ) -> ReservationAnswer:
-    await sync_to_thread(_own_reservation, request, principal, reservation_id)
-    released = await container_of(request).marketplace.release_reservation(
-        reservation_id, actor=principal.user_id
-    )
+    await sync_to_thread(_own_reservation, c, principal, reservation_id)
+    released = await c.marketplace.release_reservation(reservation_id, actor=principal.user_id)
     return ReservationAnswer(reservation=present_reservation(released))
 
 
@@ -351,8 +310,7 @@ async def release(
         "read model). Own instances only; changes nothing."
     ),
 )
-def rentals(request: Request[Any, Any, Any], principal: NamedDependency[Principal]) -> Rentals:
-    c = container_of(request)
+def rentals(c: NamedDependency[Container], principal: NamedDependency[Principal]) -> Rentals:
     # Read your writes: the list holds every instance an answer (any process) reported.
     c.runner.catch_up_one("instances", time.monotonic() + RENTALS_CATCH_UP)
     ids = c.instance_queries.ids_for(principal.user_id)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from litestar import Request, Response, get
+from litestar import Response, get
+from litestar.di import NamedDependency
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from infrastructure.db_setup import database_answers
 from interfaces.http.openapi import PUBLIC, answers
-from interfaces.http.security import container_of
 from interfaces.presenters.health import Health, Readiness
+
+if TYPE_CHECKING:
+    from interfaces.bootstrap import Container
+    from interfaces.http.observability import Metrics
 
 READY_MAX_LAG = 10_000
 
@@ -47,13 +52,11 @@ async def health() -> Health:
         "not. Anyone may call it, without a credential; it changes nothing."
     ),
 )
-def ready(request: Request[Any, Any, Any]) -> Response[Readiness]:
-    c = container_of(request)
+def ready(c: NamedDependency[Container]) -> Response[Readiness]:
     checks: dict[str, Any] = {}
     ok = True
     try:
-        with c.db.snapshot() as tx:
-            tx.fetchone("SELECT 1")
+        database_answers(c.db)
         checks["database"] = "ok"
     except Exception as exc:
         ok, checks["database"] = False, f"error: {type(exc).__name__}"
@@ -90,8 +93,8 @@ def ready(request: Request[Any, Any, Any]) -> Response[Readiness]:
         "edge; reading it changes nothing."
     ),
 )
-def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    collector = request.app.state.metrics
+def metrics(metrics: NamedDependency[Metrics]) -> Response[bytes]:
+    collector = metrics
     collector.refresh()
     return Response(
         generate_latest(collector.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}

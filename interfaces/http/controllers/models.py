@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from litestar import Request, Response, Router, delete, get, post
 from litestar.concurrency import sync_to_thread
@@ -28,8 +28,6 @@ from multipart import parse_options_header
 from domain.models import (
     EXTENSIONS,
     ConvertOptions,
-    ModelInputError,
-    ModelRecord,
     UploadForm,
     UploadFormError,
     check_name,
@@ -38,12 +36,12 @@ from domain.models import (
     parse_shape,
 )
 from domain.pan import refuse_pan
-from domain.services.models import ModelService
 from infrastructure.auth import Principal
 from infrastructure.models.staging import receive_multipart
 from infrastructure.models.tensors import to_json
 from interfaces.http.openapi import AUTHED, binary_body, errors, operation
-from interfaces.http.security import client_address, container_of, provide_principal
+from interfaces.http.security import client_address, provide_principal
+from interfaces.model_input import inputs_by_name
 from interfaces.presenters.models import (
     Deleted,
     Model,
@@ -53,6 +51,9 @@ from interfaces.presenters.models import (
     present_model,
 )
 from interfaces.usage_sessions_view import caller_of
+
+if TYPE_CHECKING:
+    from interfaces.bootstrap import Container
 
 FORM_SLACK = 1_048_576  # multipart framing and small fields around the file
 OutputName = Annotated[str, Meta(min_length=1, max_length=256)]
@@ -68,10 +69,6 @@ UPLOAD = operation(
 class PredictBody(Struct, forbid_unknown_fields=True):
     input: Any
     outputs: Annotated[list[OutputName], Meta(max_length=64)] | None = None
-
-
-def service_of(request: Request[Any, Any, Any]) -> ModelService:
-    return container_of(request).model_service()
 
 
 def _form(filename: str, fields: dict[str, str]) -> UploadForm:
@@ -105,9 +102,10 @@ def _form(filename: str, fields: dict[str, str]) -> UploadForm:
     ),
 )
 async def upload_model(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
+    principal: NamedDependency[Principal],
 ) -> Response[Model]:
-    c = container_of(request)
     service = c.model_service()
     kind, params = parse_options_header(request.headers.get("content-type", ""))
     if kind.lower() != "multipart/form-data" or not params.get("boundary"):
@@ -166,10 +164,8 @@ async def upload_model(
         "used and allowed storage and uploads. Own models only; changes nothing."
     ),
 )
-def list_models(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
-) -> ModelList:
-    service = service_of(request)
+def list_models(c: NamedDependency[Container], principal: NamedDependency[Principal]) -> ModelList:
+    service = c.model_service()
     models = [present_model(r) for r in service.list_models(principal.user_id)]
     quota = Quota(**service.quota(principal.user_id))
     return ModelList(models=models, count=len(models), quota=quota)
@@ -187,9 +183,9 @@ def list_models(
     ),
 )
 def get_model(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal], model_id: FromPath[str]
+    c: NamedDependency[Container], principal: NamedDependency[Principal], model_id: FromPath[str]
 ) -> Model:
-    return present_model(service_of(request).lookup(principal.user_id, model_id))
+    return present_model(c.model_service().lookup(principal.user_id, model_id))
 
 
 @delete(
@@ -204,9 +200,9 @@ def get_model(
     ),
 )
 def delete_model(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal], model_id: FromPath[str]
+    c: NamedDependency[Container], principal: NamedDependency[Principal], model_id: FromPath[str]
 ) -> Deleted:
-    service = service_of(request)
+    service = c.model_service()
     record = service.lookup(principal.user_id, model_id)
     service.delete(principal.user_id, record.model_id)
     return Deleted(model_id=record.model_id, name=record.name, deleted=True)
@@ -228,13 +224,14 @@ def delete_model(
 )
 async def predict(
     request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     model_id: FromPath[str],
     data: JSONBody[PredictBody],
 ) -> Prediction:
-    service = service_of(request)
+    service = c.model_service()
     record = await service.find(principal.user_id, model_id)
-    inputs = _inputs(record, data.input)
+    inputs = inputs_by_name(record, data.input)
     caller = caller_of(
         principal, client_address(request.scope), request.headers.get("user-agent", "")
     )
@@ -250,20 +247,6 @@ async def predict(
         latency_ms=round(result.latency_ms, 3),
         runtime=result.runtime,
         used_gpu=result.used_gpu,
-    )
-
-
-def _inputs(record: ModelRecord, value: Any) -> dict[str, Any]:
-    """``input`` as a mapping by input name: a bare value feeds a single-input model."""
-    names = [s.name for s in record.signature.inputs]
-    if isinstance(value, dict):
-        return value
-    if len(names) == 1:
-        return {names[0]: value}
-    raise ModelInputError(
-        f"this model has {len(names)} inputs: send input as an object keyed by "
-        f"{', '.join(names)}; the model expects {record.signature.describe()}",
-        expected=record.signature.describe(),
     )
 
 

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
-import msgspec
-from litestar import Request, Response, Router, get, post
+from litestar import Response, Router, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody, QueryParameter
 
 from domain.errors import InvalidArgumentError
-from domain.money import usd_to_micros
 from infrastructure.auth import Principal
 from interfaces.http.errors import guardrail_headers
 from interfaces.http.openapi import AUTHED, errors
-from interfaces.http.schemas import SpendCheckBody
-from interfaces.http.security import container_of, provide_principal, read
+from interfaces.http.schemas import SpendCheckBody, positive_usd
+from interfaces.http.security import provide_principal, read
 from interfaces.presenters.credits import Credits, present_credits
 from interfaces.presenters.ledger import (
     TransactionsPage,
@@ -32,24 +30,14 @@ from interfaces.presenters.spending import (
     present_user_spending,
 )
 
+if TYPE_CHECKING:
+    from interfaces.bootstrap import Container
+
 Limit = Annotated[int, QueryParameter(ge=1, le=500, description="page size")]
 Before = Annotated[
     int | None, QueryParameter(ge=1, le=2**63 - 1, description="position cursor from next_before")
 ]
 Day = Annotated[date | None, QueryParameter(description="UTC day, YYYY-MM-DD")]
-
-
-def positive_usd(value: Any, field: str) -> int:
-    micros = usd_to_micros(value, field=field)
-    if micros <= 0:
-        raise InvalidArgumentError(f"{field} must be greater than zero", field=field)
-    return micros
-
-
-def credits_json(row: dict[str, int] | None) -> dict[str, Any]:
-    """The balance as plain data (the fast lane, agents): the same as ``present_credits``."""
-    data: dict[str, Any] = msgspec.to_builtins(present_credits(row))
-    return data
 
 
 @get(
@@ -63,10 +51,7 @@ def credits_json(row: dict[str, int] | None) -> dict[str, Any]:
         "or Bearer token), for their own account only; it changes nothing."
     ),
 )
-async def credits(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
-) -> Credits:
-    c = container_of(request)
+async def credits(c: NamedDependency[Container], principal: NamedDependency[Principal]) -> Credits:
     return present_credits(await read(c, c.queries.balance, principal.user_id))
 
 
@@ -84,12 +69,11 @@ async def credits(
     ),
 )
 def transactions(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     limit: Limit = 50,
     before: Before = None,
 ) -> TransactionsPage:
-    c = container_of(request)
     rows = c.queries.transactions(principal.user_id, limit=limit, before=before)
     payments = c.payment_queries.for_user(principal.user_id, limit=limit) if before is None else []
     return present_transactions(rows, [present_payment_row(p) for p in payments], limit)
@@ -107,14 +91,14 @@ def transactions(
     ),
 )
 def usage(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     since: Day = None,
     until: Day = None,
 ) -> Usage:
     if since and until and since > until:
         raise InvalidArgumentError("since must not be after until", field="since")
-    days = container_of(request).queries.usage(
+    days = c.queries.usage(
         principal.user_id,
         since.isoformat() if since else None,
         until.isoformat() if until else None,
@@ -134,9 +118,9 @@ def usage(
     ),
 )
 def spending(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+    c: NamedDependency[Container], principal: NamedDependency[Principal]
 ) -> Response[UserSpending]:
-    report = container_of(request).ledger.spending(principal.user_id)
+    report = c.ledger.spending(principal.user_id)
     body = present_user_spending(principal.user_id, report)
     return Response(body, headers=guardrail_headers(report.spent, exceeded=bool(report.exceeded)))
 
@@ -155,12 +139,12 @@ def spending(
     ),
 )
 def check_spending(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     data: JSONBody[SpendCheckBody],
 ) -> Response[SpendCheck]:
     amount = positive_usd(data.estimated_cost, "estimated_cost")
-    view = container_of(request).ledger.check_spend(principal.user_id, amount)
+    view = c.ledger.check_spend(principal.user_id, amount)
     body = present_check(view.window_spend)
     return Response(body, headers=guardrail_headers(view.window_spend, exceeded=False))
 

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import numpy as np
@@ -22,11 +22,11 @@ from msgspec import Struct
 
 from domain.errors import DomainError
 from domain.models import ModelNotFoundError, ModelRecord
-from domain.services.models import ModelService
 from infrastructure.auth import Principal
+from infrastructure.db_setup import database_answers
 from infrastructure.models import tensors
 from interfaces.http.openapi import AUTHED, PUBLIC, answers, binary_body, errors, operation
-from interfaces.http.security import client_address, container_of, provide_principal
+from interfaces.http.security import client_address, provide_principal
 from interfaces.presenters.health import (
     InferResponse,
     Live,
@@ -36,6 +36,9 @@ from interfaces.presenters.health import (
     ServerMetadata,
 )
 from interfaces.usage_sessions_view import caller_of
+
+if TYPE_CHECKING:
+    from interfaces.bootstrap import Container
 
 SERVER_NAME = "gpuproxy"
 VERSION = "1"
@@ -67,10 +70,6 @@ class InferRequest(Struct):
     id: str | None = None
     parameters: dict[str, Any] = {}
     outputs: list[OutputTensor] | None = None
-
-
-def service_of(request: Request[Any, Any, Any]) -> ModelService:
-    return container_of(request).model_service()
 
 
 INFER_BODY = binary_body(
@@ -138,10 +137,9 @@ async def live() -> Live:
         "call it, without a credential; it changes nothing."
     ),
 )
-def ready(request: Request[Any, Any, Any]) -> Response[Ready]:
+def ready(c: NamedDependency[Container]) -> Response[Ready]:
     try:
-        with container_of(request).db.snapshot() as tx:
-            tx.fetchone("SELECT 1")
+        database_answers(c.db)
     except Exception:
         return Response(Ready(ready=False), status_code=503)
     return Response(Ready(ready=True))
@@ -166,30 +164,26 @@ async def server_metadata() -> ServerMetadata:
 # ------------------------------------------------------------------ models
 
 
-async def _metadata(
-    request: Request[Any, Any, Any], principal: Principal, name: str
-) -> ModelMetadata:
-    record = await service_of(request).find(principal.user_id, name)
+async def _metadata(c: Container, principal: Principal, name: str) -> ModelMetadata:
+    record = await c.model_service().find(principal.user_id, name)
     return metadata(record, name)
 
 
-async def _ready(
-    request: Request[Any, Any, Any], principal: Principal, name: str
-) -> Response[ModelReady]:
+async def _ready(c: Container, principal: Principal, name: str) -> Response[ModelReady]:
     """200 when ready, else 400 with the same body: the KServe v2 REST spec (and
     tritonclient's ``is_model_ready``) read the status code, 200 true, 4xx false."""
-    record = await service_of(request).find(principal.user_id, name)
+    record = await c.model_service().find(principal.user_id, name)
     ready = record.status == "ready"
     return Response(ModelReady(name=name, ready=ready), status_code=200 if ready else 400)
 
 
 async def _infer(
-    request: Request[Any, Any, Any], principal: Principal, name: str
+    request: Request[Any, Any, Any], c: Container, principal: Principal, name: str
 ) -> Response[bytes]:
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise OipRequestError("compressed request bodies are not supported")
     body = await request.body()
-    service = service_of(request)
+    service = c.model_service()
     record = await service.find(principal.user_id, name)
     parsed, binary = _parse(body, request.headers.get(HEADER_LENGTH))
     inputs = _inputs(parsed, binary, record)
@@ -214,9 +208,9 @@ async def _infer(
     ),
 )
 async def model_metadata(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal], name: FromPath[str]
+    c: NamedDependency[Container], principal: NamedDependency[Principal], name: FromPath[str]
 ) -> ModelMetadata:
-    return await _metadata(request, principal, name)
+    return await _metadata(c, principal, name)
 
 
 @get(
@@ -229,13 +223,13 @@ async def model_metadata(
     ),
 )
 async def model_version_metadata(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     name: FromPath[str],
     version: FromPath[str],
 ) -> ModelMetadata:
     _check_version(version)
-    return await _metadata(request, principal, name)
+    return await _metadata(c, principal, name)
 
 
 @get(
@@ -249,9 +243,9 @@ async def model_version_metadata(
     ),
 )
 async def model_ready(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal], name: FromPath[str]
+    c: NamedDependency[Container], principal: NamedDependency[Principal], name: FromPath[str]
 ) -> Response[ModelReady]:
-    return await _ready(request, principal, name)
+    return await _ready(c, principal, name)
 
 
 @get(
@@ -264,13 +258,13 @@ async def model_ready(
     ),
 )
 async def model_version_ready(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     name: FromPath[str],
     version: FromPath[str],
 ) -> Response[ModelReady]:
     _check_version(version)
-    return await _ready(request, principal, name)
+    return await _ready(c, principal, name)
 
 
 @post(
@@ -289,9 +283,12 @@ async def model_version_ready(
     ),
 )
 async def infer_model(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal], name: FromPath[str]
+    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
+    principal: NamedDependency[Principal],
+    name: FromPath[str],
 ) -> Response[bytes]:
-    return await _infer(request, principal, name)
+    return await _infer(request, c, principal, name)
 
 
 @post(
@@ -308,12 +305,13 @@ async def infer_model(
 )
 async def infer_model_version(
     request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     name: FromPath[str],
     version: FromPath[str],
 ) -> Response[bytes]:
     _check_version(version)
-    return await _infer(request, principal, name)
+    return await _infer(request, c, principal, name)
 
 
 def _parse(body: bytes, header_length: str | None) -> tuple[InferRequest, bytes]:

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 from litestar import Request, Response, Router, get, put, route
@@ -24,7 +24,7 @@ from litestar.types import (
     Scope,
     Send,
 )
-from msgspec import UNSET, Meta, Struct
+from msgspec import UNSET
 
 from domain.balancing import STRATEGIES
 from infrastructure.auth import Principal
@@ -32,11 +32,14 @@ from infrastructure.proxy.runtime import ProxyRuntime, Upstream
 from interfaces import proxy_envelope as proxy_envelope_input
 from interfaces.http import raw_proxy
 from interfaces.http.openapi import AUTHED, binary_body, errors, operation, passthrough
-from interfaces.http.raw_proxy import BUFFER_LIMIT, MAX_TIMELIMIT
-from interfaces.http.schemas import NO_NUL
-from interfaces.http.security import client_address, container_of, provide_principal
+from interfaces.http.raw_proxy import BUFFER_LIMIT
+from interfaces.http.security import client_address, provide_principal
 from interfaces.presenters.proxy import Load, Strategy, StrategySet, lease_of, server_load
+from interfaces.proxy_envelope import ProxyBody, StrategyBody
 from interfaces.usage_sessions_view import caller_of
+
+if TYPE_CHECKING:
+    from interfaces.bootstrap import Container
 
 log = logging.getLogger(__name__)
 PROTOCOLS = proxy_envelope_input.PROTOCOLS
@@ -54,31 +57,6 @@ PASSTHROUGH = operation(
 )
 UPSTREAM = "The instance's own status, headers and body (streamed)"
 UPSTREAM_ANSWERS = {**passthrough(UPSTREAM), **errors(*AUTHED, 402, 404, 502, 503, 504)}
-Text = Annotated[str, Meta(max_length=4096, pattern=NO_NUL)]
-
-
-class ProxyBody(Struct, forbid_unknown_fields=True):
-    protocol: Annotated[str, Meta(min_length=1, max_length=20)]
-    target_url: Text | None = None
-    instance_id: Annotated[str, Meta(max_length=64, pattern=NO_NUL)] | None = None
-    method: Annotated[str, Meta(max_length=10)] = "POST"
-    headers: dict[
-        Annotated[str, Meta(max_length=256, pattern=NO_NUL)],
-        Annotated[str, Meta(max_length=8192, pattern=NO_NUL)],
-    ] = {}
-    body: Any = UNSET  # absent: no body (null is a JSON body)
-    path: Text | None = None
-    model: Annotated[str, Meta(max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")] | None = None
-    timeout: Annotated[float, Meta(gt=0, le=MAX_TIMELIMIT)] | None = None
-
-
-class StrategyBody(Struct, forbid_unknown_fields=True):
-    strategy: Annotated[str, Meta(min_length=1, max_length=64)]
-
-
-def runtime_of(request: Request[Any, Any, Any]) -> ProxyRuntime:
-    runtime: ProxyRuntime = request.app.state.proxy
-    return runtime
 
 
 async def answer(upstream: Upstream) -> Response[bytes] | Stream:
@@ -129,6 +107,7 @@ async def answer(upstream: Upstream) -> Response[bytes] | Stream:
 )
 async def proxy_envelope(
     request: Request[Any, Any, Any],
+    runtime: NamedDependency[ProxyRuntime],
     principal: NamedDependency[Principal],
     data: JSONBody[ProxyBody],
 ) -> Response[bytes] | Stream:
@@ -147,14 +126,19 @@ async def proxy_envelope(
         principal, client_address(request.scope), request.headers.get("user-agent", "")
     )
     upstream = await proxy_envelope_input.send(
-        runtime_of(request), principal.user_id, envelope, timeout, caller
+        runtime, principal.user_id, envelope, timeout, caller
     )
     return await answer(upstream)
 
 
-async def _raw(request: Request[Any, Any, Any], instance_id: str | None, path: str) -> ASGIApp:
+async def _raw(
+    request: Request[Any, Any, Any],
+    c: Container,
+    runtime: ProxyRuntime,
+    instance_id: str | None,
+    path: str,
+) -> ASGIApp:
     """The raw reverse proxy as a Litestar route (the fast lane answers it first: fast_lane.py)."""
-    c, runtime = container_of(request), runtime_of(request)
     upstream = await raw_proxy.open_upstream(
         c, runtime, request.scope, request.receive, instance_id, path
     )
@@ -187,8 +171,13 @@ ONE = "Reverse proxy to one of your instances"
         "the instance fails; 503 when none is running; 504 when it does not answer in time."
     ),
 )
-async def proxy_pool(request: Request[Any, Any, Any], path: FromPath[str] = "/") -> ASGIApp:
-    return await _raw(request, None, path)
+async def proxy_pool(
+    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
+    runtime: NamedDependency[ProxyRuntime],
+    path: FromPath[str] = "/",
+) -> ASGIApp:
+    return await _raw(request, c, runtime, None, path)
 
 
 @route(
@@ -206,8 +195,13 @@ async def proxy_pool(request: Request[Any, Any, Any], path: FromPath[str] = "/")
         "fails; 503 when none is running; 504 when it does not answer in time."
     ),
 )
-async def proxy_pool_body(request: Request[Any, Any, Any], path: FromPath[str] = "/") -> ASGIApp:
-    return await _raw(request, None, path)
+async def proxy_pool_body(
+    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
+    runtime: NamedDependency[ProxyRuntime],
+    path: FromPath[str] = "/",
+) -> ASGIApp:
+    return await _raw(request, c, runtime, None, path)
 
 
 @route(
@@ -226,9 +220,13 @@ async def proxy_pool_body(request: Request[Any, Any, Any], path: FromPath[str] =
     ),
 )
 async def proxy_instance(
-    request: Request[Any, Any, Any], instance_id: FromPath[UUID], path: FromPath[str] = "/"
+    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
+    runtime: NamedDependency[ProxyRuntime],
+    instance_id: FromPath[UUID],
+    path: FromPath[str] = "/",
 ) -> ASGIApp:
-    return await _raw(request, str(instance_id), path)
+    return await _raw(request, c, runtime, str(instance_id), path)
 
 
 @route(
@@ -248,9 +246,13 @@ async def proxy_instance(
     ),
 )
 async def proxy_instance_body(
-    request: Request[Any, Any, Any], instance_id: FromPath[UUID], path: FromPath[str] = "/"
+    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
+    runtime: NamedDependency[ProxyRuntime],
+    instance_id: FromPath[UUID],
+    path: FromPath[str] = "/",
 ) -> ASGIApp:
-    return await _raw(request, str(instance_id), path)
+    return await _raw(request, c, runtime, str(instance_id), path)
 
 
 @get(
@@ -263,9 +265,9 @@ async def proxy_instance_body(
     ),
 )
 async def get_strategy(
-    request: Request[Any, Any, Any], principal: NamedDependency[Principal]
+    runtime: NamedDependency[ProxyRuntime], principal: NamedDependency[Principal]
 ) -> Strategy:
-    name = await runtime_of(request).strategy(principal.user_id)
+    name = await runtime.strategy(principal.user_id)
     return Strategy(strategy=name, available=list(STRATEGIES))
 
 
@@ -280,11 +282,11 @@ async def get_strategy(
     ),
 )
 def set_strategy(
-    request: Request[Any, Any, Any],
+    runtime: NamedDependency[ProxyRuntime],
     principal: NamedDependency[Principal],
     data: JSONBody[StrategyBody],
 ) -> StrategySet:
-    name = runtime_of(request).set_strategy(principal.user_id, data.strategy)
+    name = runtime.set_strategy(principal.user_id, data.strategy)
     return StrategySet(strategy=name, message="Load balancing strategy updated")
 
 
@@ -293,9 +295,9 @@ LoadType = Annotated[
 ]
 
 
-def _server_load(request: Request[Any, Any, Any], user_id: str) -> Any:
-    rows = container_of(request).instance_queries.traffic_for(user_id)
-    return server_load(rows, runtime_of(request).tracker.snapshot())
+def _server_load(c: Container, runtime: ProxyRuntime, user_id: str) -> Any:
+    rows = c.instance_queries.traffic_for(user_id)
+    return server_load(rows, runtime.tracker.snapshot())
 
 
 @get(
@@ -311,14 +313,14 @@ def _server_load(request: Request[Any, Any, Any], user_id: str) -> Any:
     ),
 )
 def load(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
+    runtime: NamedDependency[ProxyRuntime],
     principal: NamedDependency[Principal],
     type: LoadType = "all",
 ) -> Load:
-    runtime = runtime_of(request)
     return Load.of(
         runtime.current_strategy(principal.user_id),
-        _server_load(request, principal.user_id),
+        _server_load(c, runtime, principal.user_id),
         type,
         lease_of(runtime.leases.snapshot().get(principal.user_id)),
     )

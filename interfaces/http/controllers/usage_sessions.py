@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 from uuid import UUID
 
-from litestar import Request, Router, get
+from litestar import Router, get
 from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 
@@ -14,8 +14,11 @@ from infrastructure.auth import Principal
 from infrastructure.usage_sessions import usage_sessions
 from interfaces.http.controllers.money import Before, Limit
 from interfaces.http.openapi import AUTHED, errors
-from interfaces.http.security import container_of, provide_principal
+from interfaces.http.security import provide_principal
 from interfaces.presenters.usage import SessionPage, present_page
+
+if TYPE_CHECKING:
+    from interfaces.bootstrap import Container
 
 
 @get(
@@ -32,14 +35,13 @@ from interfaces.presenters.usage import SessionPage, present_page
     ),
 )
 def sessions(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     limit: Limit = 50,
     before: Before = None,
     user_id: Annotated[UUID | None, QueryParameter(description="admins: whose")] = None,
     email: Annotated[str | None, QueryParameter(description="admins: whose")] = None,
 ) -> SessionPage:
-    c = container_of(request)
     if user_id is not None and email is not None:
         raise InvalidArgumentError("give user_id or email, not both", field="email")
     whose = principal.user_id

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from litestar import Request, Router, post
+from litestar import Router, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody
 
@@ -13,9 +13,12 @@ from domain.services.what_if import account_what_if
 from domain.what_if import MAX_RANGE, Rules, check_range
 from infrastructure.auth import Principal
 from interfaces.http.openapi import AUTHED, errors
-from interfaces.http.security import container_of, provide_principal
+from interfaces.http.security import provide_principal
 from interfaces.presenters.what_if import WhatIfAnswer, present_what_if
 from interfaces.what_if_view import parse_limits, parse_markup, parse_time
+
+if TYPE_CHECKING:
+    from interfaces.bootstrap import Container
 
 FIELDS = frozenset({"from", "to", "markup", "limits"})
 MAX_EVENTS = 200_000  # a longer history is an operator's job (the admin CLI): bounded time
@@ -36,7 +39,7 @@ MAX_EVENTS = 200_000  # a longer history is an operator's job (the admin CLI): b
     ),
 )
 def what_if(
-    request: Request[Any, Any, Any],
+    c: NamedDependency[Container],
     principal: NamedDependency[Principal],
     data: JSONBody[dict[str, Any]],
 ) -> WhatIfAnswer:
@@ -47,7 +50,6 @@ def what_if(
         raise InvalidArgumentError(f"unknown field {unknown[0]!r}", field=unknown[0])
     start, end = parse_time(data.get("from"), "from"), parse_time(data.get("to"), "to")
     check_range(start, end, MAX_RANGE)
-    c = container_of(request)
     rules = Rules(
         policy=c.ledger.policy,
         limits=parse_limits(data["limits"]) if data.get("limits") is not None else None,
