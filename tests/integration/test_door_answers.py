@@ -30,9 +30,9 @@ from interfaces.grpc.client import GrpcApi
 from interfaces.http.app import create_app
 from tests.integration.test_grpc import in_process
 from tests.support.http import JWT_SECRET
-from tests.support.http_auth import user_with_token
 
 USD = 1_000_000
+PASSWORD = "doors-password-1"
 
 
 @dataclasses.dataclass
@@ -56,7 +56,7 @@ def world(sqlite_settings: Settings) -> Iterator[World]:
     with in_process(settings) as (c, port):
         doors = serving(c)
         with TestClient(create_app(c, doors=doors)) as rest:
-            user, auth = user_with_token(rest, "doors@example.com")
+            user, auth = _user_with_token(rest, "doors@example.com")
             c.ledger.grant(user["id"], 20 * USD, key="funds", reason="top-up")
             c.ledger.charge(user["id"], 1_500_000, key="spend", reason="a fee")
             offers = rest.get("/api/v1/gpu/instances", params={"provider": "sandbox"}, headers=auth)
@@ -73,6 +73,16 @@ def world(sqlite_settings: Settings) -> Iterator[World]:
                 yield World(c, doors, rest, auth, principal, grpc)
             finally:
                 grpc.close()
+
+
+def _user_with_token(rest: TestClient[Any], email: str) -> tuple[dict[str, Any], dict[str, str]]:
+    body = {"email": email, "password": PASSWORD, "name": "Doors"}
+    made = rest.post("/api/v1/auth/register", json=body)
+    assert made.status_code == 201, made.text
+    login = rest.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
+    assert login.status_code == 200, login.text
+    token = login.json()["tokens"]["access_token"]
+    return made.json()["user"], {"Authorization": f"Bearer {token}"}
 
 
 def _agent(world: World, action: Any, args: Any) -> Any:
