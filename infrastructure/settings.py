@@ -223,7 +223,7 @@ class RedisSettings:
     PORT: ClassVar[int] = 6379  # REDIS_PORT's default when REDIS_HOST is given
     DB: ClassVar[int] = 0  # REDIS_DB's default
 
-    url: str = ""
+    url: str = field(default="", repr=False)  # may carry the password
 
     @classmethod
     def from_env(cls, env: Env) -> RedisSettings:
@@ -418,7 +418,7 @@ class PaymentSettings:
     stripe_webhook_secret: str = field(default="", repr=False)
     stripe_api_base: str = "https://api.stripe.com"
     crypto_enabled: bool = False  # the default without CRYPTO_RPC_URL and an address
-    crypto_rpc_url: str = ""
+    crypto_rpc_url: str = field(default="", repr=False)  # may carry the provider's key
     crypto_network: str = "ethereum"
     crypto_receiving_address: str = ""
     crypto_token_address: str = ""  # USDC contract; empty: the network's official one
