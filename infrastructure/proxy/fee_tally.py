@@ -9,8 +9,10 @@ Keys (docs/adr/0029-durable-proxy-fee-tally.md):
 - ``gpuproxy:proxy-alive:{process_id}``: set every ``BEAT_EVERY`` by the owner, expiring
   after ``ALIVE_SECONDS``; while it exists recovery leaves the process's leases alone.
 
-The hot path (``add``) runs on the event loop through ``redis.asyncio``: the adds of one
-event-loop tick go out together (one ``INCRBY``, or one pipeline for several leases), and one
+The hot path (``add``) runs on the event loop: the adds of one event-loop tick go out together
+(one ``INCRBY`` per lease, pipelined), through ``RespWriter`` (one persistent connection
+speaking RESP itself, ``resp_writer.py``) where it can connect the way the client does, else
+through ``redis.asyncio`` (TLS, credential providers, ``lean=False``). One
 such write is in flight at a time (adds meanwhile wait for the next), so the writes of a lease
 are applied in the order they were made. A write that fails or takes longer than
 ``WRITE_TIMEOUT`` answers False (logged): the fee stays in the owner's memory and is captured
@@ -27,6 +29,7 @@ from typing import Any
 
 from domain.services.fee_tally import LeaseEntry
 from infrastructure.proxy.instance_signal import async_twin
+from infrastructure.proxy.resp_writer import RespWriter
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +65,15 @@ def _decode(hold_id: str, raw: str | bytes) -> LeaseEntry:
 
 class RedisFeeTally:
     """``FeeTally`` on Redis. ``client`` is a sync ``redis.Redis`` (recovery uses it from a
-    thread); the event-loop side uses an async twin to the same server."""
+    thread); the event-loop side uses an async twin to the same server, and for the fees
+    (``add``) a ``RespWriter`` unless ``lean`` is False or it cannot connect that way."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, lean: bool = True) -> None:
         self.client = client
+        self.lean = lean
         self.failures = 0  # batches not stored (for metrics and tests)
         self._aclient: Any = None
+        self._writer: RespWriter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[str, int] = {}
         self._future: asyncio.Future[bool] | None = None
@@ -79,6 +85,7 @@ class RedisFeeTally:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._loop, self._aclient = loop, async_twin(self.client)
+            self._writer = RespWriter.for_client(self.client) if self.lean else None
             self._pending, self._future, self._drainer = {}, None, None
         return self._aclient
 
@@ -99,7 +106,7 @@ class RedisFeeTally:
             while self._pending:
                 batch, self._pending = self._pending, {}
                 future, self._future = self._future, None
-                ok = await self._run(self._increments(batch))
+                ok = await self._store(batch)
                 if not ok:
                     self.failures += 1
                 if future is not None and not future.done():
@@ -108,6 +115,19 @@ class RedisFeeTally:
             self._drainer = None
             if future is not None and not future.done():  # cancelled (shutdown): not stored
                 future.set_result(False)
+
+    async def _store(self, batch: dict[str, int]) -> bool:
+        """One tick's fees; True if all stored within ``WRITE_TIMEOUT``."""
+        writer = self._writer
+        if writer is None:
+            return await self._run(self._increments(batch))
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await writer.incrby({TALLY + hold_id: n for hold_id, n in batch.items()})
+            return True
+        except Exception:
+            log.warning("proxy fee tally: %d writes not stored", len(batch), exc_info=True)
+            return False
 
     @staticmethod
     def _increments(batch: dict[str, int]) -> list[tuple[str, tuple[Any, ...]]]:
@@ -160,7 +180,9 @@ class RedisFeeTally:
             await asyncio.gather(self._drainer, return_exceptions=True)
         if self._aclient is not None and self._loop is asyncio.get_running_loop():
             await self._aclient.aclose()
-        self._aclient, self._loop = None, None
+        if self._writer is not None:
+            self._writer.close()
+        self._aclient, self._writer, self._loop = None, None, None
 
     # ------------------------------------------------------------ recovery side (sync)
 
