@@ -27,6 +27,19 @@ class InstanceTraffic:
 
 
 @dataclass(frozen=True)
+class RunningInstance:
+    """An owner's running instance with an endpoint: where the proxy may send requests."""
+
+    instance_id: str
+    provider: str
+    host: str
+    port: int
+    vram_gb: float
+    num_gpus: int
+    price_per_hour: int
+
+
+@dataclass(frozen=True)
 class OwnedInstanceId:
     instance_id: str
     owner: str
@@ -63,6 +76,37 @@ class InstanceQueries:
                 (owner, limit),
             )
         return [str(r[0]) for r in rows]
+
+    def ids_in_states(self, *states: str) -> list[str]:
+        """Every instance in one of ``states`` (the marketplace jobs' rounds)."""
+        marks = ", ".join("?" for _ in states)
+        with self.db.read() as tx:
+            rows = tx.fetchall(
+                f"SELECT instance_id FROM instances WHERE state IN ({marks})", states
+            )
+        return [str(r[0]) for r in rows]
+
+    def running_for(self, owner: str) -> list[RunningInstance]:
+        """The owner's running instances that have an endpoint, oldest first (the proxy)."""
+        with self.db.read() as tx:
+            rows = tx.fetchall(
+                "SELECT instance_id, provider, host, port, vram_gb, num_gpus, price_per_hour "
+                "FROM instances WHERE owner = ? AND state = 'running' AND host <> '' "
+                "ORDER BY requested_at, instance_id",
+                (owner,),
+            )
+        return [
+            RunningInstance(
+                str(r[0]),
+                str(r[1]),
+                str(r[2]),
+                int(r[3]),
+                float(r[4] or 0),
+                int(r[5] or 1),
+                int(r[6]),
+            )
+            for r in rows
+        ]
 
     def traffic_for(self, owner: str) -> list[InstanceTraffic]:
         """The owner's running and stopping instances with their traffic, oldest first."""

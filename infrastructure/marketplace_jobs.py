@@ -19,6 +19,7 @@ from domain.errors import DomainError
 from domain.marketplace import ProviderError
 from domain.services.marketplace import MarketplaceService
 from infrastructure.election import Election, SoleProcess
+from infrastructure.instance_queries import InstanceQueries
 from infrastructure.sql import Database
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class MarketplaceJobs:
     ) -> None:
         self.market = market
         self.db = db
+        self.instances = InstanceQueries(db)
         self.election: Election = election or SoleProcess()
         self.poll_interval = poll_interval
         self.metering_interval = metering_interval
@@ -47,12 +49,7 @@ class MarketplaceJobs:
         self._last_reconcile = time.monotonic()
 
     def _ids(self, *states: str) -> list[uuid.UUID]:
-        marks = ", ".join("?" for _ in states)
-        with self.db.read() as tx:
-            rows = tx.fetchall(
-                f"SELECT instance_id FROM instances WHERE state IN ({marks})", states
-            )
-        return [uuid.UUID(str(r[0])) for r in rows]
+        return [uuid.UUID(i) for i in self.instances.ids_in_states(*states)]
 
     async def run_once(self) -> bool:
         """One round if this process leads: refresh starting instances, finish stops, meter if
