@@ -44,6 +44,7 @@ from domain.services.fee_tally import FeeTally
 from domain.services.ledger import LedgerService
 from domain.services.proxy_leases import ProxyLeases
 from domain.usage import Caller, ProxyUsage, SessionTally
+from infrastructure.instance_queries import InstanceQueries
 from infrastructure.projection_runner import ProjectionRunner
 from infrastructure.proxy.fee_tally import RedisFeeTally
 from infrastructure.proxy.forwarder import (
@@ -124,6 +125,7 @@ class ProxyRuntime:
         fee_tally: FeeTally | None = None,
     ) -> None:
         self.db = db
+        self.instances = InstanceQueries(db)
         self.ledger = ledger
         self.clock = clock
         self.default_strategy = default_strategy
@@ -161,16 +163,11 @@ class ProxyRuntime:
         deadline = time.monotonic() + SYNC_TIMEOUT
         if sync and self._runner and not self._runner.catch_up_one("instances", deadline):
             raise InstancesBehindError("your instance list is catching up; try again shortly")
-        with self.db.read() as tx:
-            rows = tx.fetchall(
-                "SELECT instance_id, provider, host, port, vram_gb, num_gpus, price_per_hour "
-                "FROM instances WHERE owner = ? AND state = 'running' AND host <> '' "
-                "ORDER BY requested_at, instance_id",
-                (user_id,),
-            )
-        endpoints = [Endpoint(r[0], r[1], r[2], int(r[3])) for r in rows]
+        rows = self.instances.running_for(user_id)
+        endpoints = [Endpoint(r.instance_id, r.provider, r.host, r.port) for r in rows]
         backends = [
-            Backend(r[0], r[1], float(r[4] or 0) * max(1, int(r[5] or 1)), int(r[6])) for r in rows
+            Backend(r.instance_id, r.provider, r.vram_gb * max(1, r.num_gpus), r.price_per_hour)
+            for r in rows
         ]
         for endpoint in endpoints:
             self._owners[endpoint.instance_id] = (user_id, endpoint.provider)
