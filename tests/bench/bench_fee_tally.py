@@ -1,13 +1,17 @@
 """What the durable proxy fee tally (docs/adr/0029) costs a proxied request.
 
-Two ``ProxyRuntime`` objects on one container (SQLite, a real redis-server, a sandbox
-instance served from a thread of this process), identical but for ``fee_tally``: one with a
-``RedisFeeTally`` (each fee's ``INCRBY`` started at the spend, awaited before ``forward``
-returns), one without (ADR 0009's in-memory spend only). Interleaved in rounds, side by side:
+Three ``ProxyRuntime`` objects on one container (SQLite, a real redis-server, a sandbox
+instance served from a thread of this process), identical but for ``fee_tally``: none (ADR
+0009's in-memory spend only, ``no_tally``), a ``RedisFeeTally`` writing through
+``redis.asyncio`` (``lean=False``, ``redis_tally``) and one writing through its ``RespWriter``
+(the default, ``lean_tally``); each fee's ``INCRBY`` started at the spend, awaited before
+``forward`` returns. Interleaved in rounds, side by side:
 
 - sequential ``forward`` + reading the body: median wall µs per request and the event-loop
   thread's CPU µs per request (``time.thread_time``);
-- 16 concurrent callers: requests per second.
+- 16 concurrent callers: requests per second;
+- the bare write (``bare_incrby``): sequential ``INCRBY`` awaits on the event loop through
+  ``RespWriter`` and through ``redis.asyncio``, CPU and wall µs per write.
 
 Run: ``.venv/bin/python -m tests.bench.bench_fee_tally [--rounds 5] [--n 200]``.
 """
@@ -21,13 +25,15 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from domain.marketplace import OfferQuery
 from domain.services.marketplace import RentSpec
 from infrastructure.proxy.fee_tally import RedisFeeTally
-from infrastructure.proxy.instance_signal import LocalInstanceSignal
+from infrastructure.proxy.instance_signal import LocalInstanceSignal, async_twin
+from infrastructure.proxy.resp_writer import RespWriter
 from infrastructure.proxy.runtime import ProxyRuntime
 from infrastructure.settings import load_settings
 from interfaces.bootstrap import Container, bootstrap
@@ -57,7 +63,11 @@ def runtime(c: Container, tally: RedisFeeTally | None) -> ProxyRuntime:
 
 async def measure(c: Container, user_id: str, instance_id: str, args: Any) -> dict[str, Any]:
     assert c.redis is not None
-    sides = {"no_tally": runtime(c, None), "redis_tally": runtime(c, RedisFeeTally(c.redis))}
+    sides = {
+        "no_tally": runtime(c, None),
+        "redis_tally": runtime(c, RedisFeeTally(c.redis, lean=False)),
+        "lean_tally": runtime(c, RedisFeeTally(c.redis)),
+    }
 
     async def one(rt: ProxyRuntime) -> None:
         sent = await rt.forward(
@@ -103,6 +113,35 @@ async def measure(c: Container, user_id: str, instance_id: str, args: Any) -> di
     }
 
 
+async def bare(client: Any, args: Any) -> dict[str, Any]:
+    """One ``INCRBY`` awaited at a time, without the proxy around it."""
+    writer, aclient = RespWriter.for_client(client), async_twin(client)
+    assert writer is not None
+    assert aclient is not None
+    sides: dict[str, Callable[[], Awaitable[Any]]] = {
+        "resp_writer": lambda: writer.incrby({"bench:bare": 1}),
+        "redis_asyncio": lambda: aclient.incrby("bench:bare", 1),
+    }
+    cpu: dict[str, list[float]] = {k: [] for k in sides}
+    wall: dict[str, list[float]] = {k: [] for k in sides}
+    for _ in range(args.rounds + 1):  # the first round warms up
+        for name, write in sides.items():
+            cpu0, t0 = time.thread_time(), time.perf_counter()
+            for _ in range(args.n):
+                await write()
+            cpu[name].append((time.thread_time() - cpu0) / args.n * 1e6)
+            wall[name].append((time.perf_counter() - t0) / args.n * 1e6)
+    writer.close()
+    await aclient.aclose()
+    return {
+        name: {
+            "cpu_us_per_write": round(statistics.median(cpu[name][1:]), 1),
+            "wall_us_per_write": round(statistics.median(wall[name][1:]), 1),
+        }
+        for name in sides
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
@@ -130,6 +169,7 @@ def main() -> int:
             gpu = loop.run_until_complete(c.marketplace.rent(user.id, "sandbox", offer, RentSpec()))
             c.runner.catch_up()
             result = loop.run_until_complete(measure(c, user.id, str(gpu.id), args))
+            result["bare_incrby"] = loop.run_until_complete(bare(c.redis, args))
             loop.run_until_complete(c.aclose_providers())
         finally:
             loop.close()
