@@ -49,6 +49,11 @@ def test_database_down_is_503_with_retry_after() -> None:
                 capture_output=True,
             )
             response = client.get("/api/v1/guardrails/spending", headers=headers)
+            # the fast lane (raw proxy, credits) answers the same way as the Litestar routes
+            lane = [
+                client.get(path, headers=headers)
+                for path in ("/api/v1/gpu/proxy/pool/health", "/api/v1/billing/credits")
+            ]
             log = cluster.datadir.parent / "log"
             options = f"-p {cluster.port} -k {cluster.datadir.parent} -h {cluster.host}"
             subprocess.run(
@@ -71,6 +76,9 @@ def test_database_down_is_503_with_retry_after() -> None:
             assert response.status_code == 503, response.text
             assert int(response.headers["Retry-After"]) >= 1
             assert response.json()["status"] == 503
+            for answer in lane:
+                assert answer.status_code == 503, answer.text
+                assert int(answer.headers["Retry-After"]) >= 1
             deadline = time.monotonic() + 30  # and back to normal once it is up again
             while client.get("/api/v1/guardrails/spending", headers=headers).status_code != 200:
                 assert time.monotonic() < deadline
