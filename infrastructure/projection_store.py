@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from infrastructure.ordered_rows import ordered_rows
 from infrastructure.sql import Database, Tx
 from projections.base import Batch, Projection, Span
 
@@ -231,14 +232,16 @@ def _normalise(value: Any) -> Any:
 
 
 def checksum(tx: Tx, projection: Projection, generation: int | str) -> tuple[str, int]:
-    """An ordered SHA-256 over every row of a projection's tables; returns (digest, rows)."""
+    """An ordered SHA-256 over every row of a projection's tables; returns (digest, rows).
+
+    Streams each table in full-row order (``infrastructure.ordered_rows``): memory stays
+    bounded however many rows there are. Call it inside a transaction (``snapshot``).
+    """
     digest = hashlib.sha256()
     count = 0
     for table in projection.tables:
-        rows = tx.fetchall(f"SELECT * FROM {physical(table, generation)}")
-        rows.sort(key=lambda r: tuple((v is None, v) for v in r))
         digest.update(table.encode())
-        for row in rows:
+        for row in ordered_rows(tx, physical(table, generation)):
             digest.update(repr(tuple(_normalise(v) for v in row)).encode())
             count += 1
     return digest.hexdigest(), count
