@@ -205,7 +205,7 @@ class RespWriter:
             raise
 
     async def _connect(self) -> _Protocol:
-        if self._connecting is None:
+        if self._connecting is None or self._connecting.done():  # done: its callers gave up
             self._connecting = asyncio.ensure_future(self._open())
             self._connecting.add_done_callback(_retrieve)
         connecting = self._connecting
