@@ -99,9 +99,11 @@ class Container:
         """The process's one model service (storage, sessions, leases), built on first use."""
         if self._models is None:
             from infrastructure.models import build_model_service
+            from infrastructure.proxy.fee_tally import RedisFeeTally
 
+            tally = RedisFeeTally(self.redis) if self.redis is not None else None
             self._models = build_model_service(
-                self.settings, self.db, self.ledger, self.ledger.clock
+                self.settings, self.db, self.ledger, self.ledger.clock, tally
             )
         return self._models
 
@@ -135,7 +137,7 @@ class Container:
             from infrastructure.proxy.fee_tally import RedisFeeTally
             from infrastructure.proxy.lease_recovery import LeaseRecovery
 
-            leases = LeaseRecovery(self.ledger, RedisFeeTally(self.redis), clock=self.ledger.clock)
+            leases = LeaseRecovery(self.ledger, RedisFeeTally(self.redis))
         return HoldSweep(
             self.ledger,
             self.db,

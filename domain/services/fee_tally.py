@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 
@@ -33,8 +33,14 @@ class FeeTally(Protocol):
         failed (it never raises)."""
         ...
 
-    async def register(self, entry: LeaseEntry) -> bool:
-        """Make the lease known to recovery; True if stored."""
+    async def register(self, entry: LeaseEntry, usable_for: timedelta, spent: int) -> bool:
+        """Make the lease known to recovery; True if stored. ``usable_for``: how long from
+        now the owner may spend from it (a duration: the tally's own clock counts it down);
+        ``spent``: the lease's tally from now on (every earlier ``add`` already stored)."""
+        ...
+
+    async def registered(self, hold_ids: list[str]) -> set[str]:
+        """Which of ``hold_ids`` the tally still knows (it may lose them: a restart)."""
         ...
 
     async def forget(self, hold_id: str) -> None:
@@ -42,7 +48,7 @@ class FeeTally(Protocol):
         ...
 
     async def beat(self, process_id: str) -> None:
-        """Say that ``process_id`` is alive (its leases are not recovered meanwhile)."""
+        """Say that ``process_id`` is alive (its usable leases are not recovered meanwhile)."""
         ...
 
     async def aclose(self) -> None: ...

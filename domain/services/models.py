@@ -40,6 +40,7 @@ from domain.models import (
     may_upload,
 )
 from domain.ports import Clock, system_clock
+from domain.services.fee_tally import FeeTally
 from domain.services.ledger import LedgerService
 from domain.services.proxy_leases import ProxyLeases, unique_process_id
 from domain.usage import Caller, ProxyUsage, SessionTally
@@ -124,6 +125,7 @@ class ModelService:
         save_usage: Callable[[ProxyUsage], Any],
         config: ModelServingConfig,
         clock: Clock = system_clock,
+        tally: FeeTally | None = None,
     ) -> None:
         self.catalog = catalog
         self.storage = storage
@@ -139,6 +141,7 @@ class ModelService:
             lease_amount=max(config.lease_amount, config.price),
             process_id=self.process_id,
             clock=clock,
+            tally=tally,  # with Redis: a killed process's fees are recovered (ADR 0029)
         )
         self.usage = ModelUsage()
         self.sessions = SessionTally()
@@ -317,6 +320,9 @@ class ModelService:
             self.usage.count(record, ok=False, latency_ms=(time.perf_counter() - started) * 1e3)
             raise
         self.usage.count(record, ok=True, latency_ms=prediction.latency_ms)
+        stored = self.leases.tally_write(owner)
+        if stored is not None:  # the fee outlives this process before the answer is sent
+            await stored
         return record, prediction
 
     # --------------------------------------------------------------- background
@@ -368,6 +374,8 @@ class ModelService:
         except Exception:
             log.exception("final model usage flush failed")
         await self.leases.close()
+        if self.leases.tally is not None:
+            await self.leases.tally.aclose()
         await self.engine.aclose()
 
 

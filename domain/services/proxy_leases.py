@@ -234,10 +234,26 @@ class ProxyLeases:
     async def _beat_forever(self, tally: FeeTally) -> None:
         while not self._closed:
             try:
-                await tally.beat(self.process_id)
+                await self.beat(tally)
             except Exception:
                 log.warning("proxy lease heartbeat failed", exc_info=True)
             await asyncio.sleep(BEAT_EVERY)
+
+    async def beat(self, tally: FeeTally) -> None:
+        """Mark this process alive, and register again the leases the tally lost (Redis
+        restarted without its data): else they could not be recovered if this process died."""
+        await tally.beat(self.process_id)
+        held = [(u, lease) for u, lease in self._leases.items() if lease.registered]
+        held += [(u, lease) for u, lease in self._retiring if lease.registered]
+        known = await tally.registered([lease.hold_id for _, lease in held])
+        lost = [(u, lease) for u, lease in held if lease.hold_id not in known]
+        for user_id, lease in lost:
+            if not lease.released:
+                log.warning(
+                    "proxy lease %s unknown to the tally: registering it again", lease.hold_id
+                )
+                lease.registered = False
+                await self._register(user_id, lease)
 
     async def close(self) -> None:
         """Stop leasing; settle and release every lease (call at shutdown)."""
@@ -312,8 +328,12 @@ class ProxyLeases:
         entry = LeaseEntry(
             lease.hold_id, user_id, self.process_id, lease.usable_until, lease.expires_at
         )
-        try:
-            lease.registered = await self.tally.register(entry)
+        usable_for = max(lease.usable_until - self.clock(), timedelta(0))
+        while lease.write is not None and not lease.write.done():  # earlier adds applied first
+            with contextlib.suppress(Exception):
+                await asyncio.shield(lease.write)
+        try:  # the tally restarts from the spend in memory (Redis may have lost it)
+            lease.registered = await self.tally.register(entry, usable_for, lease.spent)
         except Exception:
             log.warning("proxy lease %s not registered", lease.hold_id, exc_info=True)
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from domain.ports import Clock
+    from domain.services.fee_tally import FeeTally
     from domain.services.ledger import LedgerService
     from domain.services.models import ModelService
     from infrastructure.settings import Settings
@@ -18,9 +19,14 @@ CONVERT_MEMORY_FLOOR = 8 * 1024**3  # address space for a conversion child (torc
 
 
 def build_model_service(
-    settings: Settings, db: Database, ledger: LedgerService, clock: Clock
+    settings: Settings,
+    db: Database,
+    ledger: LedgerService,
+    clock: Clock,
+    tally: FeeTally | None = None,
 ) -> ModelService:
-    """The process's model service over the configured storage backend."""
+    """The process's model service over the configured storage backend; ``tally``: the
+    durable fee tally its leases record fees in (with Redis; docs/adr/0029)."""
     from domain.models import UploadLimits
     from domain.services.models import ModelService, ModelServingConfig
     from infrastructure.models.batching import BatchConfig
@@ -70,4 +76,5 @@ def build_model_service(
         save_usage=ledger.record_usage,
         config=config,
         clock=clock,
+        tally=tally,
     )

@@ -3,11 +3,17 @@
 Keys (docs/adr/0029-durable-proxy-fee-tally.md):
 
 - ``gpuproxy:lease-tally:{hold_id}``: micro-USD spent from the lease (``INCRBY`` per fee,
-  negative for a refund); created with a ``KEEP_SECONDS`` expiry when the lease is registered
-  (``INCRBY`` keeps it), deleted when the lease is released or recovered;
+  negative for a refund); set to the owner's spend with a ``KEEP_SECONDS`` expiry when the
+  lease is registered (again) (``INCRBY`` keeps it), deleted when the lease is released or
+  recovered;
 - ``gpuproxy:proxy-leases``: a hash, hold id -> the ``LeaseEntry`` (JSON) recovery needs;
 - ``gpuproxy:proxy-alive:{process_id}``: set every ``BEAT_EVERY`` by the owner, expiring
-  after ``ALIVE_SECONDS``; while it exists recovery leaves the process's leases alone.
+  after ``ALIVE_SECONDS``; while it exists recovery leaves the process's leases alone;
+- ``gpuproxy:proxy-missing:{process_id}``: the Redis time at which recovery first found the
+  liveness mark gone; each beat deletes it (the owner was seen again);
+- ``gpuproxy:lease-usable:{hold_id}``: set at registration, expiring ``GRACE`` after the
+  owner's last moment of use (a duration, so counted on Redis's clock, not the owner's);
+  recovery takes a live owner's lease only once it is gone.
 
 The hot path (``add``) runs on the event loop: the adds of one event-loop tick go out together
 (one ``INCRBY`` per lease, pipelined), through ``RespWriter`` (one persistent connection
@@ -24,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from domain.services.fee_tally import LeaseEntry
@@ -36,6 +42,9 @@ log = logging.getLogger(__name__)
 TALLY = "gpuproxy:lease-tally:"
 LEASES = "gpuproxy:proxy-leases"
 ALIVE = "gpuproxy:proxy-alive:"
+MISSING = "gpuproxy:proxy-missing:"
+USABLE = "gpuproxy:lease-usable:"
+GRACE = timedelta(seconds=10)  # a live owner's lease outlasts its last moment of use this long
 ALIVE_SECONDS = 15
 KEEP_SECONDS = 24 * 3600  # a tally outlives its hold (10 min) by far
 WRITE_TIMEOUT = 1.0
@@ -160,20 +169,38 @@ class RedisFeeTally:
         pipe.execute()
         return True
 
-    async def register(self, entry: LeaseEntry) -> bool:
+    async def register(self, entry: LeaseEntry, usable_for: timedelta, spent: int) -> bool:
+        usable_ms = max(1, int((usable_for + GRACE).total_seconds() * 1000))
         return await self._run(
-            [
+            [  # the hash entry last: recovery never sees it without its usable mark
                 ("set", (ALIVE + entry.process_id, 1, ALIVE_SECONDS)),
+                ("set", (USABLE + entry.hold_id, 1, None, usable_ms)),
+                ("set", (TALLY + entry.hold_id, spent, KEEP_SECONDS)),
                 ("hset", (LEASES, entry.hold_id, _encode(entry))),
-                ("set", (TALLY + entry.hold_id, 0, KEEP_SECONDS, None, True)),  # NX
             ]
         )
 
+    async def registered(self, hold_ids: list[str]) -> set[str]:
+        """Which of ``hold_ids`` recovery knows (a Redis flush or restart forgets them)."""
+        if not hold_ids:
+            return set()
+        client = self._async()
+        async with asyncio.timeout(WRITE_TIMEOUT):
+            if client is None:  # an unknown connection kind: the sync client in a thread
+                found = await asyncio.to_thread(self.client.hmget, LEASES, hold_ids)
+            else:
+                found = await client.hmget(LEASES, hold_ids)
+        return {h for h, raw in zip(hold_ids, found, strict=True) if raw is not None}
+
     async def forget(self, hold_id: str) -> None:
-        await self._run([("hdel", (LEASES, hold_id)), ("delete", (TALLY + hold_id,))])
+        await self._run(
+            [("hdel", (LEASES, hold_id)), ("delete", (TALLY + hold_id, USABLE + hold_id))]
+        )
 
     async def beat(self, process_id: str) -> None:
-        await self._run([("set", (ALIVE + process_id, 1, ALIVE_SECONDS))])
+        await self._run(
+            [("set", (ALIVE + process_id, 1, ALIVE_SECONDS)), ("delete", (MISSING + process_id,))]
+        )
 
     async def aclose(self) -> None:
         if self._drainer is not None:
@@ -207,6 +234,31 @@ class RedisFeeTally:
             pipe.exists(ALIVE + process_id)
         return {p for p, there in zip(ids, pipe.execute(), strict=True) if there}
 
+    def missing_for(self, process_ids: set[str]) -> dict[str, float]:
+        """For each of ``process_ids`` (liveness mark gone) that an earlier call already found
+        gone, with no beat since: the seconds since then, on Redis's clock. The others are
+        noted now and left out."""
+        ids = sorted(process_ids)
+        secs, usecs = self.client.time()
+        now = secs + usecs / 1e6
+        pipe = self.client.pipeline(transaction=False)
+        for process_id in ids:
+            pipe.set(MISSING + process_id, repr(now), ex=KEEP_SECONDS, nx=True)
+            pipe.get(MISSING + process_id)
+        replies = pipe.execute()
+        return {
+            p: max(0.0, now - float(replies[2 * i + 1]))
+            for i, p in enumerate(ids)
+            if not replies[2 * i] and replies[2 * i + 1] is not None  # noted before, not now
+        }
+
+    def usable(self, hold_ids: list[str]) -> set[str]:
+        """Which of ``hold_ids`` their owner may still be spending from."""
+        pipe = self.client.pipeline(transaction=False)
+        for hold_id in hold_ids:
+            pipe.exists(USABLE + hold_id)
+        return {h for h, there in zip(hold_ids, pipe.execute(), strict=True) if there}
+
     def tallied(self, hold_id: str) -> int:
         """Micro-USD the lease's owner answered fees for (0 if none is recorded)."""
         value = self.client.get(TALLY + hold_id)
@@ -216,5 +268,5 @@ class RedisFeeTally:
         """``forget`` from a thread (recovery)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hdel(LEASES, hold_id)
-        pipe.delete(TALLY + hold_id)
+        pipe.delete(TALLY + hold_id, USABLE + hold_id)
         pipe.execute()

@@ -1,9 +1,11 @@
 """Capturing what a dead (or stuck) process spent from its proxy credit leases.
 
 Run by the elected hold sweep (``HoldSweep``), before it expires due holds. For each lease in
-the Redis fee tally whose owner no longer marks itself alive, or whose owner stopped spending
-from it (``usable_until``) more than ``GRACE`` ago without releasing it: capture the tallied
-amount not yet captured, then release the hold. The capture goes through the ledger's own
+the Redis fee tally whose owner is dead (its liveness mark gone, and not renewed for
+``CONFIRM`` since recovery first found it gone), or whose owner is alive but kept it ``GRACE``
+past its last moment of use (its usable mark expired): capture the tallied amount not yet
+captured, then release the hold. Both are decided on Redis's clock (key expiries, ``TIME``),
+never on this process's or the owner's. The capture goes through the ledger's own
 capture command with the key ``capture_key(hold_id, captured so far)``, the same key the owner
 would use from that position: whichever of the two comes first is applied, the other is
 refused (or is a replay), so nothing is captured twice (docs/adr/0029-durable-proxy-fee-tally.md).
@@ -16,33 +18,43 @@ import logging
 from datetime import timedelta
 
 from domain.errors import AccountNotFoundError, HoldNotFoundError
-from domain.ports import Clock
 from domain.services.fee_tally import LeaseEntry, capture_key, release_key
 from domain.services.ledger import LedgerService
-from infrastructure.proxy.fee_tally import RedisFeeTally
+from infrastructure.proxy.fee_tally import GRACE, RedisFeeTally
 
 log = logging.getLogger(__name__)
 
-GRACE = timedelta(seconds=10)  # an owner alive but not settling: its lease is left this long
+__all__ = ["CONFIRM", "GRACE", "LeaseRecovery"]
+
+# an owner's liveness mark stays gone this long (Redis time) before its leases are taken: a
+# live owner beats every 2 s and so clears it, e.g. after Redis was down or lost its data
+CONFIRM = timedelta(seconds=10)
 
 
 class LeaseRecovery:
-    def __init__(self, ledger: LedgerService, tally: RedisFeeTally, *, clock: Clock) -> None:
+    def __init__(
+        self, ledger: LedgerService, tally: RedisFeeTally, *, confirm: timedelta = CONFIRM
+    ) -> None:
         self.ledger = ledger
         self.tally = tally
-        self.clock = clock
+        self.confirm = confirm
 
     def recover_once(self) -> int:
         """Settle every abandoned lease; returns the micro-USD captured."""
         entries = self.tally.entries()
         if not entries:
             return 0
-        alive = self.tally.alive({e.process_id for e in entries})
-        now = self.clock()
+        owners = {e.process_id for e in entries}
+        alive = self.tally.alive(owners)
+        gone_for = self.tally.missing_for(owners - alive) if owners - alive else {}
+        dead = {p for p, secs in gone_for.items() if secs >= self.confirm.total_seconds()}
+        usable = self.tally.usable([e.hold_id for e in entries if e.process_id in alive])
         captured = 0
         for entry in entries:
-            if entry.process_id in alive and now < entry.usable_until + GRACE:
+            if entry.process_id in alive and entry.hold_id in usable:
                 continue
+            if entry.process_id not in alive and entry.process_id not in dead:
+                continue  # seen gone only now (or lately): it may be alive after all
             try:
                 captured += self.settle(entry)
             except Exception as exc:  # retried next round; the keys make that safe

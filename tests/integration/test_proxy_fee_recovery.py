@@ -3,8 +3,8 @@
 A real ``aiserve-gpuproxyd`` on PostgreSQL and Redis proxies N paid requests to the caller's
 sandbox instance (hosted by this test process), and is SIGKILLed before its periodic capture
 (every 5 s). Once its liveness mark has expired, the elected hold sweep (here: this test
-process's) captures exactly N x price from the dead process's lease and releases it; a second
-sweep captures nothing more.
+process's) captures exactly N x price from the dead process's lease and releases it, once the
+mark has stayed gone for ``CONFIRM``; a further sweep captures nothing more.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pytest
 from domain.marketplace import OfferQuery
 from domain.services.marketplace import RentSpec
 from infrastructure.proxy.fee_tally import ALIVE, LEASES
+from infrastructure.proxy.lease_recovery import CONFIRM
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, bootstrap
 from tests.support.http import JWT_SECRET, ROOT, env_of, wait_healthy
@@ -121,7 +122,13 @@ def test_fees_of_a_sigkilled_server_are_captured_exactly_once(
             assert time.monotonic() < deadline, "liveness mark never expired"
             time.sleep(0.5)
         sweep = host.hold_sweep()
-        sweep.sweep_once()
+        sweep.sweep_once()  # notes the mark gone: it may only have lost Redis for a while
+        assert lease_captures(host, user.id) == before
+        deadline = time.monotonic() + CONFIRM.total_seconds() + 15
+        while live_leases(host, user.id):  # gone for CONFIRM of Redis time, no beat: dead
+            assert time.monotonic() < deadline, "lease never recovered"
+            time.sleep(1)
+            sweep.sweep_once()
         assert lease_captures(host, user.id) == answered * PRICE
         assert live_leases(host, user.id) == []
         assert redis_client.hlen(LEASES) == 0

@@ -12,6 +12,7 @@ import dataclasses
 import inspect
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -19,9 +20,9 @@ import pytest
 from domain.marketplace import OfferQuery
 from domain.services.marketplace import RentSpec
 from domain.services.proxy_leases import ProxyLeases
-from infrastructure.proxy.fee_tally import ALIVE, LEASES, TALLY, RedisFeeTally
+from infrastructure.proxy.fee_tally import ALIVE, LEASES, TALLY, USABLE, RedisFeeTally
 from infrastructure.proxy.instance_signal import LocalInstanceSignal
-from infrastructure.proxy.lease_recovery import GRACE, LeaseRecovery
+from infrastructure.proxy.lease_recovery import LeaseRecovery
 from infrastructure.proxy.runtime import ProxyRuntime
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, bootstrap
@@ -30,6 +31,7 @@ from tests.conftest import FixedClock
 USD = 1_000_000
 PRICE = 1_000
 USER = "tally-user"
+NOW = timedelta(0)  # recovery takes a dead owner's leases at its second look
 
 
 @pytest.fixture
@@ -112,7 +114,7 @@ def test_each_fee_and_refund_reaches_the_tally(shared: Container, clock: FixedCl
 def test_dead_owners_tally_is_captured_once(shared: Container, clock: FixedClock) -> None:
     redis: Any = shared.redis
     leases = leases_of(shared, clock, "dead")
-    recovery = LeaseRecovery(shared.ledger, RedisFeeTally(redis), clock=clock)
+    recovery = LeaseRecovery(shared.ledger, RedisFeeTally(redis), confirm=NOW)
 
     async def body() -> str:
         await spend(leases, 5)
@@ -124,6 +126,7 @@ def test_dead_owners_tally_is_captured_once(shared: Container, clock: FixedClock
     hold_id = asyncio.run(body())
     assert recovery.recover_once() == 0  # the owner is alive: its lease is left alone
     redis.delete(ALIVE + "dead")  # what the key's expiry does after a SIGKILL
+    assert recovery.recover_once() == 0  # first seen gone: it may only have missed Redis
     assert recovery.recover_once() == 4 * PRICE
     assert recovery.recover_once() == 0
     assert captured(shared) == [
@@ -138,18 +141,19 @@ def test_dead_owners_tally_is_captured_once(shared: Container, clock: FixedClock
 def test_owner_never_captures_again_what_recovery_took(
     shared: Container, clock: FixedClock
 ) -> None:
-    """An owner stuck past its lease's use-by time: recovery captures and releases it; the
-    owner's own capture from the same position is then refused, never applied twice."""
+    """An owner alive but stuck past its lease's use-by time (its usable mark expired):
+    recovery captures and releases it; the owner's own capture from the same position is then
+    refused, never applied twice."""
     redis: Any = shared.redis
     leases = leases_of(shared, clock, "stuck")
-    recovery = LeaseRecovery(shared.ledger, RedisFeeTally(redis), clock=clock)
+    recovery = LeaseRecovery(shared.ledger, RedisFeeTally(redis), confirm=NOW)
 
     async def body() -> None:
         await spend(leases, 6)
         lease = leases.snapshot()[USER]
-        clock.advance(seconds=(lease.expires_at - clock()).total_seconds() - 30)
-        assert clock() > lease.expires_at - leases.margin + GRACE
-        redis.set(ALIVE + "stuck", 1)  # alive, but it has not settled in time
+        assert await asyncio.to_thread(recovery.recover_once) == 0  # alive and usable
+        redis.set(ALIVE + "stuck", 1)  # alive, but it has not settled in time:
+        redis.delete(USABLE + lease.hold_id)  # what the mark's expiry does
         assert await asyncio.to_thread(recovery.recover_once) == 6 * PRICE
         assert leases.refund(USER)  # too late to give back: recovery captured it
         await leases.close()  # 5 from position 0: refused (recovery took 6 from there)
@@ -167,7 +171,7 @@ def test_expired_unsettled_lease_is_forgotten(shared: Container, clock: FixedClo
     the entry is dropped and the hold has expired, as without a tally."""
     redis: Any = shared.redis
     leases = leases_of(shared, clock, "late")
-    recovery = LeaseRecovery(shared.ledger, RedisFeeTally(redis), clock=clock)
+    recovery = LeaseRecovery(shared.ledger, RedisFeeTally(redis), confirm=NOW)
 
     async def body() -> str:
         await spend(leases, 2)
@@ -177,6 +181,7 @@ def test_expired_unsettled_lease_is_forgotten(shared: Container, clock: FixedClo
     hold_id = asyncio.run(body())
     redis.delete(ALIVE + "late")
     clock.advance(minutes=11)
+    assert recovery.recover_once() == 0  # first seen gone
     assert recovery.recover_once() == 0
     assert not redis.hexists(LEASES, hold_id)
     assert captured(shared) == []

@@ -14,13 +14,14 @@ from tests.support.pg import free_port
 
 
 @contextlib.contextmanager
-def running_redis() -> Iterator[str]:
-    """Start redis-server; yield its URL; stop it afterwards."""
+def running_redis(port: int | None = None) -> Iterator[str]:
+    """Start redis-server (on ``port``, else a free one; no persistence); yield its URL; stop
+    it afterwards. Another one started on the same port is a Redis restarted without data."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise FileNotFoundError("redis-server not found (apt-get install redis-server)")
     root = Path(tempfile.mkdtemp(prefix="gpuproxy-redis-"))
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen(
         [
             binary,
