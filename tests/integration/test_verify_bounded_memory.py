@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import tracemalloc
+import uuid
 from typing import Any
 
 import pytest
 
 from infrastructure import ordered_rows
+from infrastructure import rebuild as rebuild_module
 from infrastructure.projection_store import (
     _normalise,
     checksum,
@@ -22,9 +24,12 @@ from infrastructure.projection_store import (
     physical,
     read_state,
 )
-from infrastructure.rebuild import verify
-from interfaces.bootstrap import Container
+from infrastructure.rebuild import rebuild, verify
+from infrastructure.settings import load_settings
+from interfaces.bootstrap import Container, bootstrap
 from projections.ledger import ALL, BY_NAME
+from tests.bench.scale_log import Shape, generate
+from tests.support.pg import Cluster
 
 USD = 1_000_000
 TRANSACTIONS = BY_NAME["transactions"]
@@ -130,3 +135,35 @@ def test_a_tampered_live_row_is_a_mismatch(
     results = {v.name: v for v in verify(container.db, container.events, ALL)}
     assert [name for name, v in results.items() if not v.ok] == ["balances"]
     assert results["balances"].rows == {"changed": 5, "missing": 4, "extra": 6}[how]
+
+
+def _peak_of_verify(pg_cluster: Cluster, events: int) -> int:
+    """tracemalloc peak of ``verify`` over a generated log of ``events`` (rebuilt first)."""
+    name = pg_cluster.create_database(f"vmem_{uuid.uuid4().hex[:10]}")
+    c = bootstrap(load_settings(pg_cluster.env(name), env_file=None))
+    try:
+        shape = Shape(events=events, accounts=events // 100, whales=1, whale_events=events // 10)
+        generate(c.app, pg_cluster.dsn(name), shape, snapshot_users=())
+        rebuild(c.db, c.events, ALL)
+        tracemalloc.start()
+        try:
+            results = verify(c.db, c.events, ALL)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert [v.name for v in results if not v.ok] == []
+        assert max(v.rows for v in results) > events // 4  # the log reached the read models
+        return peak
+    finally:
+        c.close()
+
+
+def test_verify_peak_memory_does_not_grow_with_the_log(
+    pg_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL (the generator COPYs into it): 4x the events, about the same peak."""
+    monkeypatch.setattr(rebuild_module, "CHUNK", 500)
+    monkeypatch.setattr(ordered_rows, "PAGE", 500)
+    small = _peak_of_verify(pg_cluster, 4_000)
+    large = _peak_of_verify(pg_cluster, 16_000)
+    assert large < 1.5 * small, (small, large)
