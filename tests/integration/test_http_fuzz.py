@@ -10,7 +10,7 @@ every route is reachable):
   handler and the database), to every POST/PUT route the schema lists.
 
 5xx answers that are already reported are listed in ``known_bug`` (each pinned by a strict
-xfail in test_http_auth.py), so a new one fails this file and an old one is not hidden.
+xfail in tests/integration/http_auth/), so a new one fails this file and an old one is not hidden.
 
 Both are bounded (a few dozen examples per operation) so the file runs in well under 90 s.
 """
@@ -88,7 +88,7 @@ def _populate(container: Container) -> Target:
 
 
 def known_bug(method: str, path: str, query: dict[str, Any] | None, status: int) -> str | None:
-    """5xx answers already reported and pinned by a strict xfail in test_http_auth.py.
+    """5xx answers already reported and pinned by a strict xfail in tests/integration/http_auth/.
 
     None are known now; add an entry (with its pinned test) when a new one is reported.
     """

@@ -20,8 +20,8 @@ from interfaces.agents.billing_actions import get_credits
 from interfaces.bootstrap import bootstrap
 from interfaces.http.app import create_app
 from interfaces.presenters.credits import present_credits
-from tests.integration.test_http_auth import make_admin, user_with_token
 from tests.support.http import JWT_SECRET
+from tests.support.http_auth import make_admin, user_with_token
 
 USD = 1_000_000
 CREDITS = "/api/v1/billing/credits"

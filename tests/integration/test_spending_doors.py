@@ -27,8 +27,8 @@ from interfaces.grpc.generated import gpuproxy as pb
 from interfaces.ws.state import spending_json as ws_spending_json
 from tests.conftest import FixedClock
 from tests.integration.test_grpc import in_process
-from tests.integration.test_http_auth import user_with_token
 from tests.support.http import JWT_SECRET, test_client
+from tests.support.http_auth import user_with_token
 from tests.support.pg import env_of
 
 USD = 1_000_000
