@@ -13,7 +13,7 @@ import logging
 import time
 from datetime import datetime, timedelta
 
-from domain.ports import Clock
+from domain.ports.clock import Clock
 
 log = logging.getLogger(__name__)
 WARN_EVERY = 60.0  # seconds between two warnings about the same clock

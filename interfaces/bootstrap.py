@@ -10,18 +10,33 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from domain.marketplace import GpuProvider
-from domain.payment_ports import CardProcessor, ChainReader
-from domain.ports import Clock, system_clock
+from domain.ports.clock import Clock, system_clock
+from domain.ports.payments import CardProcessor, ChainReader
 from domain.services.ledger import LedgerApp, LedgerService
 from domain.services.marketplace import MarketplaceConfig, MarketplaceService
 from domain.services.models import ModelService
 from domain.services.payments import CryptoConfig, PaymentService
-from infrastructure.api_keys import ApiKeyStore
-from infrastructure.auth import AuthService
-from infrastructure.auth_throttle import open_throttle
-from infrastructure.db_clock import business_clock
-from infrastructure.db_setup import open_ledger_app
-from infrastructure.election import (
+from infrastructure.db.clock import business_clock
+from infrastructure.db.listen import PgWakeup
+from infrastructure.db.migrate import migrate as apply_migrations
+from infrastructure.db.setup import open_ledger_app
+from infrastructure.db.sql import Database, PostgresDatabase, SqliteDatabase
+from infrastructure.eventstore.event_log import EventLog
+from infrastructure.eventstore.factory import events_channel
+from infrastructure.identity.api_keys import ApiKeyStore
+from infrastructure.identity.auth import AuthService
+from infrastructure.identity.auth_throttle import open_throttle
+from infrastructure.identity.rate_limit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from infrastructure.identity.revocation import FileSignal, NoSignal, RedisSignal, RevocationSignal
+from infrastructure.identity.sessions import (
+    BalancedSessions,
+    RedisSessions,
+    SessionStore,
+    SqlSessions,
+)
+from infrastructure.identity.store import UserStore
+from infrastructure.identity.tokens import TokenCodec, load_or_create_secret
+from infrastructure.jobs.election import (
     HOLD_SWEEP_LOCK_KEY,
     MARKETPLACE_JOBS_LOCK_KEY,
     PAYMENT_JOBS_LOCK_KEY,
@@ -29,32 +44,17 @@ from infrastructure.election import (
     PgElection,
     SoleProcess,
 )
-from infrastructure.event_log import EventLog
-from infrastructure.eventstore import events_channel
-from infrastructure.hold_sweep import HoldSweep
-from infrastructure.identity import UserStore
-from infrastructure.instance_queries import InstanceQueries
-from infrastructure.ledger_queries import LedgerQueries
-from infrastructure.marketplace_jobs import MarketplaceJobs
-from infrastructure.migrate import migrate as apply_migrations
-from infrastructure.payment_jobs import CryptoWatch, PaymentJobs
-from infrastructure.payment_queries import PaymentQueries
+from infrastructure.jobs.hold_sweep import HoldSweep
+from infrastructure.jobs.marketplace import MarketplaceJobs
+from infrastructure.jobs.payments import CryptoWatch, PaymentJobs
 from infrastructure.payments import SETUP_VARIABLES as PAYMENT_SETUP_VARIABLES
-from infrastructure.pg_listen import PgWakeup
-from infrastructure.projection_runner import ProjectionRunner
 from infrastructure.proxy.instance_signal import InstanceSignal, instance_signal
-from infrastructure.rate_limit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from infrastructure.revocation import FileSignal, NoSignal, RedisSignal, RevocationSignal
-from infrastructure.sessions import (
-    BalancedSessions,
-    RedisSessions,
-    SessionStore,
-    SqlSessions,
-)
+from infrastructure.readmodels.queries.instances import InstanceQueries
+from infrastructure.readmodels.queries.ledger import LedgerQueries
+from infrastructure.readmodels.queries.payments import PaymentQueries
+from infrastructure.readmodels.queries.users import UserQueries
+from infrastructure.readmodels.runner import ProjectionRunner
 from infrastructure.settings import Settings, load_settings
-from infrastructure.sql import Database, PostgresDatabase, SqliteDatabase
-from infrastructure.tokens import TokenCodec, load_or_create_secret
-from infrastructure.user_queries import UserQueries
 from projections.ledger import ALL
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from domain.credits import CreditAccount, account_id_for
 from domain.errors import DomainError
 from domain.statement_chain import MonthChainBuilder, StoredRecord, month_chain
 from domain.statements import Statement, hold_placed, month_bounds, statement
-from infrastructure.statement_hashes import StatementHashes, iter_records
+from infrastructure.eventstore.statement_hashes import StatementHashes, iter_records
 from interfaces.presenters.statements import present_statement
 
 if TYPE_CHECKING:

@@ -7,8 +7,8 @@ from typing import Any
 import msgspec
 
 from domain.usage import Caller, SessionTally
-from infrastructure.auth import Principal
-from infrastructure.usage_sessions import UsageSession
+from infrastructure.identity.auth import Principal
+from infrastructure.readmodels.queries.usage_sessions import UsageSession
 from interfaces.presenters.usage import present_page, present_session
 
 CREDENTIAL_KINDS = {"apikey": "apikey", "jwt": "session"}  # Principal.method -> the kind shown

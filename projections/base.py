@@ -1,7 +1,7 @@
 """Projections are pure folds: a recorded event in, row operations out.
 
 No clock, no look-ups, no I/O: a rebuild from zero gives exactly the rows the live runner
-wrote. The runner (``infrastructure.projection_runner``) applies the operations together with
+wrote. The runner (``infrastructure.readmodels.runner``) applies the operations together with
 the projection's tracking position in one transaction.
 """
 

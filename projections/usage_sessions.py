@@ -54,7 +54,7 @@ class UsageRentalsProjection:
     recorded before they were kept), ``GpuInstance.Metered`` the total billed so far (hold
     captures and any charge beyond the hold, per instance even under a reservation's shared
     hold). The sessions query joins them to sessions at read time
-    (infrastructure/usage_sessions.py).
+    (infrastructure/readmodels/queries/usage_sessions.py).
     """
 
     name = "usage_rentals"

@@ -45,7 +45,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError
 
 from domain.errors import AccountNotFoundError, ConcurrencyError, DomainError
-from domain.ports import Clock
+from domain.ports.clock import Clock
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from domain.credits import CreditAccount, account_id_for, earlier_keys, event_ke
 from domain.crypto_wallets import NamedWallet
 from domain.errors import AccountNotFoundError
 from domain.guardrails import GuardrailPolicy, SpendingReport
-from domain.ports import Clock, system_clock
+from domain.ports.clock import Clock, system_clock
 from domain.services.committer import GroupCommitter, SaveWith
 from domain.usage import ProxyUsage
 
@@ -38,7 +38,9 @@ Pair = tuple[UUID, str]
 
 
 class KeyStore(Protocol):
-    """The event store's idempotency key table (its recorder: ``infrastructure.idempotency``).
+    """The event store's idempotency key table.
+
+    Its recorder: ``infrastructure.eventstore.idempotency``.
 
     ``LedgerApp.save`` hands the recorder each keyed event's row as ``idempotency_keys``; the
     recorder inserts them in the save's transaction under a unique ``(account_id, key)``.
@@ -59,7 +61,7 @@ class LedgerApp(Application[UUID]):
 
     Every save also records the idempotency keys of its events in the recorder's key table,
     in the same transaction (docs/adr/0016): the recorder must be one that does
-    (``APPLICATION_RECORDER_TOPIC``, set by ``infrastructure.eventstore``).
+    (``APPLICATION_RECORDER_TOPIC``, set by ``infrastructure.eventstore.factory``).
     """
 
     name = "ledger"
@@ -73,7 +75,8 @@ class LedgerApp(Application[UUID]):
         if not getattr(self.recorder, "records_idempotency_keys", False):
             raise TypeError(
                 f"{type(self.recorder).__name__} does not record idempotency keys; "
-                "build the ledger's environment with infrastructure.eventstore.eventstore_env"
+                "build the ledger's environment with "
+                "infrastructure.eventstore.factory.eventstore_env"
             )
         self.keys = cast(KeyStore, self.recorder)
 

@@ -36,7 +36,7 @@ from domain.marketplace import (
     ProviderError,
     RentRequest,
 )
-from domain.ports import Clock
+from domain.ports.clock import Clock
 from domain.reservations import MAX_GPUS, GpuBudget, Reservation, plan
 from domain.services.ledger import LedgerService
 from domain.usage import Caller

@@ -39,8 +39,8 @@ from domain.models import (
     UploadTicket,
     may_upload,
 )
-from domain.ports import Clock, system_clock
-from domain.services.fee_tally import FeeTally
+from domain.ports.clock import Clock, system_clock
+from domain.ports.fee_tally import FeeTally
 from domain.services.ledger import LedgerService
 from domain.services.proxy_leases import ProxyLeases, unique_process_id
 from domain.usage import Caller, ProxyUsage, SessionTally

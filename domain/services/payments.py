@@ -29,7 +29,9 @@ from domain.crypto_requests import OpenCryptoRequests, open_crypto_requests_id
 from domain.crypto_wallets import NamedWallet, named_wallet_id
 from domain.errors import DomainError, IdempotencyConflictError, InvalidArgumentError
 from domain.pan import refuse_pan
-from domain.payment_ports import (
+from domain.payments import Payment, PaymentStateError, payment_id_for
+from domain.ports.clock import Clock
+from domain.ports.payments import (
     CardDeclinedError,
     CardProcessor,
     ChargeRequest,
@@ -38,8 +40,6 @@ from domain.payment_ports import (
     PaymentUnavailableError,
     WebhookEvent,
 )
-from domain.payments import Payment, PaymentStateError, payment_id_for
-from domain.ports import Clock
 from domain.services.ledger import LedgerService
 
 log = logging.getLogger(__name__)

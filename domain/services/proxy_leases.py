@@ -34,8 +34,8 @@ from domain.errors import (
     InvalidArgumentError,
     SpendingLimitExceededError,
 )
-from domain.ports import Clock, system_clock
-from domain.services.fee_tally import FeeTally, LeaseEntry, capture_key, release_key
+from domain.ports.clock import Clock, system_clock
+from domain.ports.fee_tally import FeeTally, LeaseEntry, capture_key, release_key
 from domain.services.ledger import LedgerService
 
 log = logging.getLogger(__name__)

@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from domain.ports import Clock
-    from domain.services.fee_tally import FeeTally
+    from domain.ports.clock import Clock
+    from domain.ports.fee_tally import FeeTally
     from domain.services.ledger import LedgerService
     from domain.services.models import ModelService
+    from infrastructure.db.sql import Database
     from infrastructure.settings import Settings
-    from infrastructure.sql import Database
 
 CONVERT_MEMORY_FLOOR = 8 * 1024**3  # address space for a conversion child (torch maps a lot)
 

@@ -19,7 +19,7 @@ from domain.models import (
     QuotaUsage,
     Signature,
 )
-from infrastructure.sql import Database, Row, Tx
+from infrastructure.db.sql import Database, Row, Tx
 
 STALE_RESERVATION = timedelta(hours=6)  # a 'receiving' row older than this is a dead upload
 COLUMNS = (

@@ -1,4 +1,4 @@
-"""The AfterDark card processor (``domain.payment_ports.CardProcessor`` on httpx).
+"""The AfterDark card processor (``domain.ports.payments.CardProcessor`` on httpx).
 
 AfterDark's API is not published: this adapter follows the contract we assume and wrote down
 in ``docs/afterdark-contract.md`` (``POST /v1/charges``, ``GET /v1/charges/{id}``,
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 
-from domain.payment_ports import (
+from domain.ports.payments import (
     CardDeclinedError,
     ChargeRequest,
     ChargeResult,
@@ -43,7 +43,7 @@ from infrastructure.http_retry import Backoff, Retry, RetryPolicy, retry_after_s
 if TYPE_CHECKING:
     from typing import Literal
 
-    from domain.payment_ports import CardProcessor
+    from domain.ports.payments import CardProcessor
 
 log = logging.getLogger(__name__)
 

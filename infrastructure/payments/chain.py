@@ -1,6 +1,6 @@
 """Read ERC-20 ``Transfer`` logs (USDC deposits) over standard Ethereum JSON-RPC 2.0.
 
-``JsonRpcChainReader`` implements ``domain.payment_ports.ChainReader`` with three methods of
+``JsonRpcChainReader`` implements ``domain.ports.payments.ChainReader`` with three methods of
 the execution API (https://ethereum.github.io/execution-apis/): ``eth_chainId``,
 ``eth_blockNumber`` and ``eth_getLogs``. Block numbers travel as hex quantities (``"0x1f"``,
 no leading zeros); addresses are compared lower-case.
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 
-from domain.payment_ports import (
+from domain.ports.payments import (
     PaymentAuthError,
     PaymentError,
     PaymentUnavailableError,
@@ -44,7 +44,7 @@ from domain.payment_ports import (
 from infrastructure.http_retry import Backoff, Retry, RetryPolicy, retry_after_seconds
 
 if TYPE_CHECKING:
-    from domain.payment_ports import ChainReader
+    from domain.ports.payments import ChainReader
 
 log = logging.getLogger(__name__)
 

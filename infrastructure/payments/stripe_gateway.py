@@ -1,4 +1,4 @@
-"""The Stripe card processor (``domain.payment_ports.CardProcessor`` on the official library).
+"""The Stripe card processor (``domain.ports.payments.CardProcessor`` on the official library).
 
 Calls go through ``stripe.StripeClient``'s async methods on ``StripeHttpClient`` (httpx):
 
@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import httpx
 import stripe
 
-from domain.payment_ports import (
+from domain.ports.payments import (
     CardDeclinedError,
     ChargeRequest,
     ChargeResult,
@@ -64,7 +64,7 @@ from domain.payment_ports import (
 if TYPE_CHECKING:
     from stripe.params import PaymentIntentCreateParams
 
-    from domain.payment_ports import CardProcessor
+    from domain.ports.payments import CardProcessor
 
 PROCESSOR: Final = "stripe"
 DEFAULT_API_BASE: Final = "https://api.stripe.com"

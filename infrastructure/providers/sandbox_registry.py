@@ -17,7 +17,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 
-from infrastructure.sql import Database, Row
+from infrastructure.db.sql import Database, Row
 
 _NOW = {
     "postgres": "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)",

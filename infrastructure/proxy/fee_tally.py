@@ -33,7 +33,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from domain.services.fee_tally import LeaseEntry
+from domain.ports.fee_tally import LeaseEntry
 from infrastructure.proxy.instance_signal import async_twin
 from infrastructure.proxy.resp_writer import RespWriter
 

@@ -18,7 +18,7 @@ import logging
 from datetime import timedelta
 
 from domain.errors import AccountNotFoundError, HoldNotFoundError
-from domain.services.fee_tally import LeaseEntry, capture_key, release_key
+from domain.ports.fee_tally import LeaseEntry, capture_key, release_key
 from domain.services.ledger import LedgerService
 from infrastructure.proxy.fee_tally import GRACE, RedisFeeTally
 

@@ -39,13 +39,12 @@ from domain.errors import (
     InstancesBehindError,
     NoRunningInstancesError,
 )
-from domain.ports import Clock
-from domain.services.fee_tally import FeeTally
+from domain.ports.clock import Clock
+from domain.ports.fee_tally import FeeTally
 from domain.services.ledger import LedgerService
 from domain.services.proxy_leases import ProxyLeases
 from domain.usage import Caller, ProxyUsage, SessionTally
-from infrastructure.instance_queries import InstanceQueries
-from infrastructure.projection_runner import ProjectionRunner
+from infrastructure.db.sql import Database
 from infrastructure.proxy.fee_tally import RedisFeeTally
 from infrastructure.proxy.forwarder import (
     Body,
@@ -67,7 +66,8 @@ from infrastructure.proxy.targets import (
     TargetRefusedError,
     parse_host,
 )
-from infrastructure.sql import Database
+from infrastructure.readmodels.queries.instances import InstanceQueries
+from infrastructure.readmodels.runner import ProjectionRunner
 
 log = logging.getLogger(__name__)
 RETRY_STATUSES = frozenset({502, 503})

@@ -49,7 +49,7 @@ from a2a.utils.errors import UnsupportedOperationError
 from litestar import Response
 from starlette.requests import Request as StarletteRequest
 
-from infrastructure.auth import Principal
+from infrastructure.identity.auth import Principal
 from interfaces.agents.actions import ACTIONS, execute, problem_of
 from interfaces.agents.discovery import VERSION
 from interfaces.agents.wire import MalformedMessageError, decode

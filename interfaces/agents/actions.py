@@ -18,7 +18,7 @@ from interfaces.agents.base import Action, Result, UnknownActionError
 from interfaces.http.errors import on_domain_error, problem_body
 
 if TYPE_CHECKING:
-    from infrastructure.auth import Principal
+    from infrastructure.identity.auth import Principal
     from infrastructure.proxy.runtime import ProxyRuntime
     from interfaces.bootstrap import Container
 

@@ -21,7 +21,7 @@ from domain.errors import DomainError, InvalidAmountError, InvalidArgumentError
 from domain.money import usd_to_micros
 
 if TYPE_CHECKING:
-    from infrastructure.auth import Principal
+    from infrastructure.identity.auth import Principal
     from infrastructure.proxy.runtime import ProxyRuntime
     from interfaces.bootstrap import Container
 

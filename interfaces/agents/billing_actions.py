@@ -23,7 +23,7 @@ from interfaces.presenters.credits import credits_json
 from interfaces.spending_view import spending_json
 
 if TYPE_CHECKING:
-    from infrastructure.auth import Principal
+    from infrastructure.identity.auth import Principal
     from infrastructure.proxy.runtime import ProxyRuntime
     from interfaces.bootstrap import Container
 

@@ -20,7 +20,7 @@ from interfaces.http.schemas import NO_NUL, RentBody, ReserveBody
 from interfaces.presenters.instances import instance_json, offer_json, reservation_json
 
 if TYPE_CHECKING:
-    from infrastructure.auth import Principal
+    from infrastructure.identity.auth import Principal
     from infrastructure.proxy.runtime import ProxyRuntime
     from interfaces.bootstrap import Container
 

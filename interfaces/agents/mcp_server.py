@@ -24,7 +24,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
 
 from domain.errors import DomainError
-from infrastructure.auth import Principal
+from infrastructure.identity.auth import Principal
 from interfaces.agents.actions import ACTIONS, execute, problem_of
 from interfaces.agents.discovery import VERSION
 from interfaces.http.errors import on_domain_error, problem

@@ -23,7 +23,7 @@ from interfaces.agents.base import Action, NoArgs, Result
 from interfaces.proxy_envelope import MAX_TIMELIMIT, NO_BODY, ProxyBody, StrategyBody, prepare, send
 
 if TYPE_CHECKING:
-    from infrastructure.auth import Principal
+    from infrastructure.identity.auth import Principal
     from infrastructure.proxy.runtime import ProxyRuntime, Upstream
     from interfaces.bootstrap import Container
 

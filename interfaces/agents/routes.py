@@ -16,7 +16,7 @@ from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency, Provide
 from litestar.handlers import ASGIRouteHandler, HTTPRouteHandler
 
-from infrastructure.auth import Principal
+from infrastructure.identity.auth import Principal
 from interfaces.agents import a2a_simple, acp, fipa, kqml, langchain
 from interfaces.agents.a2a_rpc import A2ARpc, agent_card_json
 from interfaces.agents.detect import detect

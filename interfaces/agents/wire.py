@@ -16,7 +16,7 @@ from interfaces.agents.actions import execute, problem_of
 from interfaces.agents.base import Result
 
 if TYPE_CHECKING:
-    from infrastructure.auth import Principal
+    from infrastructure.identity.auth import Principal
     from infrastructure.proxy.runtime import ProxyRuntime
     from interfaces.bootstrap import Container
 

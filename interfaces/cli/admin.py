@@ -44,7 +44,7 @@ def _container(args: argparse.Namespace, *, migrate: bool = False) -> Any:
 
     settings = load_settings(env_file=args.env_file)
     if not migrate:
-        from infrastructure.migrate import pending
+        from infrastructure.db.migrate import pending
         from interfaces.bootstrap import open_database
 
         db = open_database(settings)
@@ -85,8 +85,8 @@ def _usd(value: str) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from infrastructure.db_setup import ensure_database
-    from infrastructure.migrate import migrate
+    from infrastructure.db.migrate import migrate
+    from infrastructure.db.setup import ensure_database
     from infrastructure.settings import load_settings
     from interfaces.bootstrap import bootstrap, open_database
 
@@ -321,7 +321,7 @@ def cmd_balance(args: argparse.Namespace) -> int:
 
 def cmd_verify_statements(args: argparse.Namespace) -> int:
     """Recompute recorded statement hash chains from the event store; 1 if any differs."""
-    from infrastructure.statement_hashes import StatementHashes, verify
+    from infrastructure.eventstore.statement_hashes import StatementHashes, verify
 
     c = _container(args)
     try:
@@ -568,7 +568,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
-    from infrastructure.rebuild import rebuild
+    from infrastructure.readmodels.rebuild import rebuild
     from projections.ledger import ALL, BY_NAME
 
     if args.name and args.name not in BY_NAME:
@@ -621,7 +621,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from infrastructure.rebuild import verify
+    from infrastructure.readmodels.rebuild import verify
     from projections.ledger import ALL, BY_NAME
 
     if args.name and args.name not in BY_NAME:

@@ -21,7 +21,7 @@ def _database(args: argparse.Namespace) -> Any:
 
 def cmd_partition_events(args: argparse.Namespace) -> int:
     """Convert ``ledger_events`` into hot/archive partitions (service stopped; once)."""
-    from infrastructure.event_partitions import partition_event_table
+    from infrastructure.eventstore.partitions import partition_event_table
 
     db = _database(args)
     try:
@@ -39,7 +39,7 @@ def cmd_partition_events(args: argparse.Namespace) -> int:
 
 def cmd_archive_events(args: argparse.Namespace) -> int:
     """Move log positions [START, STOP) to a new archive partition, streams' heads kept hot."""
-    from infrastructure.event_partitions import archive_range, is_partitioned
+    from infrastructure.eventstore.partitions import archive_range, is_partitioned
 
     db = _database(args)
     try:

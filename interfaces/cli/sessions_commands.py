@@ -70,7 +70,7 @@ def add_paging(p: argparse.ArgumentParser) -> None:
 
 def admin_sessions(c: Any, args: argparse.Namespace) -> None:
     """``aiserve-gpuproxy-admin sessions EMAIL``: any user's sessions, from the read model."""
-    from infrastructure.usage_sessions import usage_sessions
+    from infrastructure.readmodels.queries.usage_sessions import usage_sessions
     from interfaces.usage_sessions_view import page_json
 
     user = c.users.by_email(args.email)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from infrastructure.auth import Principal
+from infrastructure.identity.auth import Principal
 from interfaces.http.errors import RateLimitedError
 from interfaces.http.security import identify
 

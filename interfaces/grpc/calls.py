@@ -18,7 +18,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from domain.errors import DomainError
-from infrastructure.auth import AuthenticationError, Principal
+from infrastructure.identity.auth import AuthenticationError, Principal
 from interfaces.grpc.auth import authenticate, peer_of
 from interfaces.grpc.errors import to_grpc
 from interfaces.http.security import reads_are_local

@@ -21,7 +21,7 @@ from domain.instances import GpuInstance
 from domain.marketplace import Offer
 from domain.money import MICROS_PER_USD, usd_to_micros
 from domain.reservations import Reservation
-from infrastructure.ledger_queries import Transaction
+from infrastructure.readmodels.queries.ledger import Transaction
 from interfaces.grpc.generated import gpuproxy as pb
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -25,8 +25,8 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from domain.errors import InvalidArgumentError
-from infrastructure.instance_queries import InstanceQueries
 from infrastructure.proxy.runtime import ProxyRuntime, Upstream
+from infrastructure.readmodels.queries.instances import InstanceQueries
 from interfaces import proxy_envelope as envelope
 from interfaces.grpc.auth import count_request
 from interfaces.grpc.calls import Call

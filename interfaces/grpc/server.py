@@ -27,7 +27,7 @@ from grpclib.reflection.v1 import reflection_pb2
 from grpclib.reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
 from grpclib.server import Server
 
-from infrastructure.db_setup import database_answers
+from infrastructure.db.setup import database_answers
 from infrastructure.proxy.runtime import ProxyRuntime
 from interfaces.grpc.calls import Guard
 from interfaces.grpc.metrics import GrpcMetrics

@@ -26,7 +26,7 @@ from domain.money import micros_to_usd
 from domain.reservations import Reservation
 from domain.services.marketplace import InstanceNotFoundError, RentSpec
 from domain.usage import Caller
-from infrastructure.auth import Principal
+from infrastructure.identity.auth import Principal
 from infrastructure.proxy.runtime import ProxyRuntime
 from interfaces.grpc import convert, proxy
 from interfaces.grpc.auth import authenticate, limit_anonymous

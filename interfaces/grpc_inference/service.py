@@ -29,8 +29,8 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from domain.errors import DomainError
 from domain.models import ModelInputError, ModelNotFoundError, ModelRecord
 from domain.usage import Caller
-from infrastructure.auth import Principal
-from infrastructure.db_setup import database_answers
+from infrastructure.db.setup import database_answers
+from infrastructure.identity.auth import Principal
 from infrastructure.models import tensors
 from interfaces.grpc.auth import authenticate, peer_of
 from interfaces.grpc.errors import to_grpc

@@ -12,8 +12,8 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from domain.errors import DomainError, SpendingLimitExceededError
 from domain.money import micros_to_usd
-from infrastructure.auth_throttle import TooManyAttemptsError
-from infrastructure.rate_limit import RateDecision
+from infrastructure.identity.auth_throttle import TooManyAttemptsError
+from infrastructure.identity.rate_limit import RateDecision
 from interfaces.http.unavailable import RETRY_AFTER_SECONDS, store_unavailable
 
 log = logging.getLogger("aiserve.http")

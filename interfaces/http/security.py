@@ -10,8 +10,8 @@ from litestar.concurrency import sync_to_thread
 from litestar.di import NamedDependency
 from litestar.types import Scope
 
-from infrastructure.auth import Principal
-from infrastructure.rate_limit import RateDecision
+from infrastructure.identity.auth import Principal
+from infrastructure.identity.rate_limit import RateDecision
 from interfaces.http.errors import RateLimitedError
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ async def identify(
     """Authenticate (X-API-Key or Bearer JWT/key) and count the request against the limit.
 
     ``address`` is the client's: failed API-key attempts are limited per key id and per
-    address, and argon2 checks are bounded (``infrastructure.auth_throttle``).
+    address, and argon2 checks are bounded (``infrastructure.identity.auth_throttle``).
 
     On the embedded set-up (SQLite in WAL mode, where readers never wait, and no Redis) a
     credential that needs no password hashing is checked on the event loop: the row reads

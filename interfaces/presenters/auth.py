@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from msgspec import Struct
 
-from infrastructure.api_keys import ApiKey as ApiKeyRecord
-from infrastructure.identity import User as UserRecord
+from infrastructure.identity.api_keys import ApiKey as ApiKeyRecord
+from infrastructure.identity.store import User as UserRecord
 
 
 class User(Struct):

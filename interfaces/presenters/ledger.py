@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from msgspec import Struct
 
 from domain.money import micros_to_usd
-from infrastructure.ledger_queries import Transaction, UsageDay
+from infrastructure.readmodels.queries.ledger import Transaction, UsageDay
 from interfaces.presenters.payments import PaymentRow
 
 

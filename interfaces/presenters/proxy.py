@@ -8,7 +8,7 @@ from typing import Any
 from msgspec import Struct
 
 from domain.money import micros_to_usd
-from infrastructure.instance_queries import InstanceTraffic
+from infrastructure.readmodels.queries.instances import InstanceTraffic
 
 
 class Strategy(Struct):

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from msgspec import Struct
 
 from domain.money import micros_to_usd
-from infrastructure.usage_sessions import UsageSession
+from infrastructure.readmodels.queries.usage_sessions import UsageSession
 
 
 class SessionCredits(Struct):

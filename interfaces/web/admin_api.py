@@ -23,7 +23,7 @@ from domain.marketplace import OfferQuery
 from domain.money import micros_to_usd
 from domain.reservations import Reservation
 from domain.services.marketplace import InstanceNotFoundError
-from infrastructure.auth import Principal
+from infrastructure.identity.auth import Principal
 from interfaces.http.openapi import ADMIN
 from interfaces.http.openapi import errors as problems
 from interfaces.http.security import provide_admin

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from litestar.exceptions import WebSocketDisconnect
 
 from domain.errors import DomainError
-from infrastructure.auth import Principal
+from infrastructure.identity.auth import Principal
 from infrastructure.proxy.runtime import ProxyRuntime
 from interfaces.http.errors import RateLimitedError, problem_body
 from interfaces.ws import protocol

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from infrastructure.event_feed import EventFeed
+from infrastructure.feed.feed import EventFeed
 from interfaces.ws.session import Session
 from interfaces.ws.state import StatePreparer
 from interfaces.ws.topics import Prepared, Subscription, dumps, render, visible

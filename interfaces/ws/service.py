@@ -9,8 +9,8 @@ from litestar import WebSocket, websocket
 from litestar.di import NamedDependency
 
 from domain.errors import DomainError
-from infrastructure.event_feed import Bus, EventFeed
-from infrastructure.event_feed_bus import MemoryBus, RedisBus, feed_namespace
+from infrastructure.feed.bus import MemoryBus, RedisBus, feed_namespace
+from infrastructure.feed.feed import Bus, EventFeed
 from interfaces.http.security import client_address
 from interfaces.ws import protocol
 from interfaces.ws.connection import (

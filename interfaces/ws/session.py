@@ -12,7 +12,7 @@ import asyncio
 import time
 from typing import Any
 
-from infrastructure.auth import Principal
+from infrastructure.identity.auth import Principal
 from interfaces.ws.protocol import CLOSE_NORMAL, CLOSE_SLOW_CONSUMER
 from interfaces.ws.topics import Subscription, dumps
 

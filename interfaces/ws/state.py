@@ -16,7 +16,7 @@ from uuid import UUID
 from domain.errors import DomainError
 from domain.money import micros_to_usd
 from domain.services.ledger import AccountView
-from infrastructure.event_feed_owners import OwnerIndex
+from infrastructure.feed.owners import OwnerIndex
 from interfaces.presenters.instances import instance_json, reservation_json
 from interfaces.spending_view import spending_json as report_json
 from interfaces.ws.topics import Prepared, Subscription, topics_of, visible

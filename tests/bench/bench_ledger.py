@@ -43,16 +43,16 @@ from typing import Any
 
 import psycopg
 
-import infrastructure.rebuild as rebuild_module
+import infrastructure.readmodels.rebuild as rebuild_module
 from domain.credits import CreditAccount, account_id_for
 from domain.guardrails import WINDOW_NAMES, GuardrailPolicy, env_name
-from domain.ports import system_clock
+from domain.ports.clock import system_clock
 from domain.services.ledger import LedgerApp, LedgerService
-from infrastructure import rebuild_sql
-from infrastructure.event_log import EventLog
-from infrastructure.eventstore import eventstore_env
-from infrastructure.projection_store import checksum, read_state
-from infrastructure.rebuild import CHUNK, rebuild
+from infrastructure.eventstore.event_log import EventLog
+from infrastructure.eventstore.factory import eventstore_env
+from infrastructure.readmodels import rebuild_sql
+from infrastructure.readmodels.rebuild import CHUNK, rebuild
+from infrastructure.readmodels.store import checksum, read_state
 from infrastructure.settings import Settings, load_settings
 from interfaces.bootstrap import Container, bootstrap
 from projections.ledger import ALL
@@ -413,8 +413,8 @@ def lean_log_read(container: Container, page: int) -> tuple[int, float]:
 
 @contextlib.contextmanager
 def timing_fill(into: list[float]) -> Iterator[None]:
-    """Time each ``infrastructure.rebuild.fill`` / ``fill_sql`` call (the load of the fresh
-    generation from the log) into ``into``."""
+    """Time each ``infrastructure.readmodels.rebuild.fill`` / ``fill_sql`` call (the load of
+    the fresh generation from the log) into ``into``."""
     originals = {"fill": rebuild_module.fill, "fill_sql": rebuild_module.fill_sql}
 
     def timer(original: Callable[..., Any]) -> Callable[..., Any]:

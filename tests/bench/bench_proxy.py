@@ -93,9 +93,9 @@ import httpx
 from litestar import Litestar, Response, get
 from litestar.response import Stream
 
-from infrastructure.projection_store import physical, read_state
+from infrastructure.db.sql import SqliteDatabase
+from infrastructure.readmodels.store import physical, read_state
 from infrastructure.settings import load_settings
-from infrastructure.sql import SqliteDatabase
 from interfaces.bootstrap import Container, bootstrap
 from tests.bench import nginx_side, proxy_streaming
 from tests.bench.bench_forwarder_clients import BODY, serve_uvicorn

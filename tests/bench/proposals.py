@@ -8,11 +8,12 @@ to the code as it is (P1-P6 are applied; the plain path measures them):
   aggregates, as now) are encoded on the saving thread but written by a background thread,
   off the committer's critical path (a snapshot is a cache: losing one in a crash costs a
   longer replay, never data).
-- ``fill_all(lean=..., bulk=...)``: the one-pass fill of ``infrastructure.rebuild.fill`` with
-  timings per stage, optionally with a lean read (tuple rows, only the needed columns, no
-  library ``Notification`` objects) and set-based writes (COPY into a temporary table, then
-  one ``INSERT ... SELECT ... ON CONFLICT`` per table and page). With both off it does what
-  ``fill`` does, so its stage times decompose the current rebuild. ``pipeline=True`` writes
+- ``fill_all(lean=..., bulk=...)``: the one-pass fill of
+  ``infrastructure.readmodels.rebuild.fill`` with timings per stage, optionally with a lean
+  read (tuple rows, only the needed columns, no library ``Notification`` objects) and
+  set-based writes (COPY into a temporary table, then one ``INSERT ... SELECT ... ON
+  CONFLICT`` per table and page). With both off it does what ``fill`` does, so its stage
+  times decompose the current rebuild. ``pipeline=True`` writes
   each page's batches from a second thread while the next page is read and folded (the
   server's insert work, and psycopg's waits, overlap the Python fold; pages are still
   written in order, one transaction each).
@@ -32,16 +33,16 @@ from eventsourcing.application import ProcessingEvent
 from eventsourcing.domain import Snapshot
 
 from domain.services.ledger import LedgerApp
-from infrastructure.event_log import EventLog
-from infrastructure.projection_store import (
+from infrastructure.db.sql import Database, Tx
+from infrastructure.eventstore.event_log import EventLog
+from infrastructure.readmodels.rebuild import CHUNK
+from infrastructure.readmodels.store import (
     create_generation,
     drop_generation,
     physical,
     read_state,
     write_batch,
 )
-from infrastructure.rebuild import CHUNK
-from infrastructure.sql import Database, Tx
 from projections.base import Batch, Projection, Recorded, Upsert
 
 # ---------------------------------------------------------------- snapshots

@@ -20,7 +20,7 @@ from eventsourcing.persistence import ApplicationRecorder, IntegrityError, Store
 from eventsourcing.popo import POPOApplicationRecorder, POPOFactory
 
 from domain.guardrails import GuardrailPolicy
-from domain.ports import Clock, system_clock
+from domain.ports.clock import Clock, system_clock
 from domain.services.ledger import LedgerApp, LedgerService
 
 Pair = tuple[UUID, str]

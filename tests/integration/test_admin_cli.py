@@ -16,7 +16,7 @@ import pytest
 
 from domain.errors import SpendingLimitExceededError
 from domain.money import micros_to_usd
-from infrastructure.migrate import pending
+from infrastructure.db.migrate import pending
 from infrastructure.settings import Settings, load_settings
 from interfaces.bootstrap import bootstrap, open_database
 from interfaces.cli.admin import main

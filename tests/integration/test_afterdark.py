@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from domain.payment_ports import (
+from domain.ports.payments import (
     CardDeclinedError,
     ChargeRequest,
     InvalidPaymentRequestError,

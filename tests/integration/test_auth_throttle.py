@@ -1,6 +1,6 @@
 """Failed API-key attempts: limited per key id and per client address, argon2 bounded.
 
-Semantics (``infrastructure.auth_throttle``): a key this process has not verified before is
+Semantics (``infrastructure.identity.auth_throttle``): a key this process has not verified before is
 refused with 429 and ``Retry-After``, without argon2, when the client's address is over its
 failure limit, or when the key id is over its limit and the address has failed before. A key
 already verified keeps working, and an address with no failures still gets the owner's key
@@ -22,9 +22,9 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from infrastructure import api_keys
-from infrastructure.auth import AuthenticationError
-from infrastructure.auth_throttle import TooManyAttemptsError
+from infrastructure.identity import api_keys
+from infrastructure.identity.auth import AuthenticationError
+from infrastructure.identity.auth_throttle import TooManyAttemptsError
 from infrastructure.settings import Settings
 from interfaces.bootstrap import bootstrap
 from interfaces.grpc.generated import gpuproxy as pb

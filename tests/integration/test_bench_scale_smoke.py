@@ -18,7 +18,7 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 
 from domain.credits import CreditAccount, account_id_for
-from infrastructure.rebuild import rebuild, verify
+from infrastructure.readmodels.rebuild import rebuild, verify
 from infrastructure.settings import load_settings
 from interfaces.bootstrap import Container, bootstrap
 from projections.ledger import ALL

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from domain.payment_ports import PaymentAuthError, PaymentUnavailableError, TokenTransfer
+from domain.ports.payments import PaymentAuthError, PaymentUnavailableError, TokenTransfer
 from infrastructure.payments.chain import (
     SUPPORTED_NETWORKS,
     TRANSFER_TOPIC,

@@ -20,8 +20,8 @@ from domain.clocks import BoundedClock
 from domain.credits import CreditAccount, account_id_for
 from domain.errors import SpendingLimitExceededError
 from domain.guardrails import GuardrailPolicy
-from domain.ports import Clock, system_clock
-from infrastructure.db_clock import DatabaseClock, business_clock
+from domain.ports.clock import Clock, system_clock
+from infrastructure.db.clock import DatabaseClock, business_clock
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, bootstrap, open_database
 from tests.conftest import FixedClock

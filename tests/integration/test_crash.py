@@ -22,7 +22,7 @@ from uuid import UUID
 
 import pytest
 
-from infrastructure.rebuild import verify
+from infrastructure.readmodels.rebuild import verify
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, bootstrap
 from projections.ledger import ALL

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from infrastructure.auth import Principal
+from infrastructure.identity.auth import Principal
 from infrastructure.settings import Settings
 from interfaces.agents.base import NoArgs
 from interfaces.agents.billing_actions import TransactionsArgs, get_billing_transactions

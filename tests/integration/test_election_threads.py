@@ -7,7 +7,7 @@ import threading
 import psycopg
 import pytest
 
-from infrastructure.election import PgElection
+from infrastructure.jobs.election import PgElection
 from tests.support.pg import Cluster
 
 pytestmark = pytest.mark.postgres

@@ -12,8 +12,8 @@ from eventsourcing.persistence import IntegrityError
 
 from domain.credits import CreditAccount, account_id_for
 from domain.guardrails import GuardrailPolicy
-from infrastructure.event_partitions import is_partitioned, partition_event_table
-from infrastructure.rebuild import rebuild, verify
+from infrastructure.eventstore.partitions import is_partitioned, partition_event_table
+from infrastructure.readmodels.rebuild import rebuild, verify
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, bootstrap, open_database
 from interfaces.cli.admin import main

@@ -28,10 +28,10 @@ from domain.errors import (
 from domain.money import MAX_MICROS, micros_to_usd
 from domain.services.marketplace import ProviderFailedError
 from domain.services.payments import PaymentInProgressError
-from infrastructure.auth import AuthenticationError, ForbiddenError
+from infrastructure.identity.auth import AuthenticationError, ForbiddenError
+from infrastructure.identity.rate_limit import RateDecision
 from infrastructure.proxy.forwarder import UpstreamConnectError, UpstreamTimeoutError
 from infrastructure.proxy.targets import TargetRefusedError
-from infrastructure.rate_limit import RateDecision
 from infrastructure.settings import ConfigError, load_settings
 from interfaces.cli.client import ApiError
 from interfaces.grpc.client import parse_target

@@ -21,8 +21,8 @@ from eventsourcing.persistence import IntegrityError
 from domain.credits import KEY_CACHE_SIZE, CreditAccount, account_id_for
 from domain.errors import IdempotencyConflictError, InsufficientCreditsError
 from domain.guardrails import GuardrailPolicy
-from infrastructure import idempotency
-from infrastructure.eventstore import eventstore_env
+from infrastructure.eventstore import idempotency
+from infrastructure.eventstore.factory import eventstore_env
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, bootstrap
 from tests.conftest import FixedClock

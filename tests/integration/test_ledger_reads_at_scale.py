@@ -24,8 +24,8 @@ from domain.credits import CreditAccount, account_id_for
 from domain.guardrails import WINDOW_MINUTES, minute_of
 from domain.statement_chain import month_chain
 from domain.statements import Statement, statement
+from infrastructure.eventstore.statement_hashes import stored_records
 from infrastructure.settings import load_settings
-from infrastructure.statement_hashes import stored_records
 from interfaces.bootstrap import Container, bootstrap
 from interfaces.statement_view import build_statement
 from tests.bench.scale_log import REFERENCE_USER, START, Shape, generate, whale_user

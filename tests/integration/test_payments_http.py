@@ -382,7 +382,7 @@ def test_statement_reconciles(shop: Shop) -> None:
 
 def test_statement_shows_its_hash_chain(shop: Shop, clock: FixedClock) -> None:
     from domain.statement_chain import GENESIS
-    from infrastructure.statement_hashes import StatementHashes, verify
+    from infrastructure.eventstore.statement_hashes import StatementHashes, verify
 
     shop.pay("20.00")
     november = clock.now.strftime("%Y-%m")

@@ -29,11 +29,11 @@ import pytest
 from domain.errors import InsufficientCreditsError
 from domain.marketplace import OfferQuery
 from domain.services.marketplace import RentSpec
-from infrastructure.db_setup import ensure_database
-from infrastructure.election import HOLD_SWEEP_LOCK_KEY, MARKETPLACE_JOBS_LOCK_KEY, PgElection
-from infrastructure.rebuild import verify
+from infrastructure.db.setup import ensure_database
+from infrastructure.db.sql import PostgresDatabase
+from infrastructure.jobs.election import HOLD_SWEEP_LOCK_KEY, MARKETPLACE_JOBS_LOCK_KEY, PgElection
+from infrastructure.readmodels.rebuild import verify
 from infrastructure.settings import Settings, load_settings
-from infrastructure.sql import PostgresDatabase
 from interfaces.bootstrap import Container, bootstrap
 from projections.ledger import ALL
 from tests.conftest import IN_CI, FixedClock

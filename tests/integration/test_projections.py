@@ -7,8 +7,8 @@ import threading
 import time
 from datetime import timedelta
 
-from infrastructure.projection_store import all_states
-from infrastructure.rebuild import rebuild, verify
+from infrastructure.readmodels.rebuild import rebuild, verify
+from infrastructure.readmodels.store import all_states
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, bootstrap
 from projections.ledger import ALL

@@ -21,15 +21,15 @@ from hypothesis import strategies as st
 
 from domain.errors import DomainError
 from domain.guardrails import WINDOW_NAMES
-from infrastructure.projection_store import (
+from infrastructure.readmodels.rebuild import Target, fill, fill_sql, rebuild, verify
+from infrastructure.readmodels.rebuild_sql import PATTERNS, STALE_AFTER_S, capable, translated
+from infrastructure.readmodels.store import (
     all_states,
     checksum,
     create_generation,
     drop_generation,
     read_state,
 )
-from infrastructure.rebuild import Target, fill, fill_sql, rebuild, verify
-from infrastructure.rebuild_sql import PATTERNS, STALE_AFTER_S, capable, translated
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, bootstrap
 from interfaces.cli.admin import main

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from domain.statement_chain import GENESIS
+from infrastructure.eventstore.statement_hashes import StatementHashes, verify
 from infrastructure.settings import Settings
-from infrastructure.statement_hashes import StatementHashes, verify
 from interfaces.bootstrap import Container
 from interfaces.cli.admin import main
 from interfaces.statement_view import build_statement, statement_dict

@@ -19,10 +19,10 @@ from litestar.types import Receive, Scope, Send
 
 from domain.instances import GpuInstance
 from domain.usage import ProxyUsage
-from infrastructure.rebuild import rebuild, verify
-from infrastructure.rebuild_sql import capable
+from infrastructure.readmodels.queries.usage_sessions import usage_sessions
+from infrastructure.readmodels.rebuild import rebuild, verify
+from infrastructure.readmodels.rebuild_sql import capable
 from infrastructure.settings import Settings
-from infrastructure.usage_sessions import usage_sessions
 from interfaces.bootstrap import Container, bootstrap
 from interfaces.cli import admin as admin_cli
 from interfaces.cli import client as client_cli

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from infrastructure import ordered_rows
-from infrastructure import rebuild as rebuild_module
-from infrastructure.projection_store import (
+from infrastructure.readmodels import ordered_rows
+from infrastructure.readmodels import rebuild as rebuild_module
+from infrastructure.readmodels.rebuild import rebuild, verify
+from infrastructure.readmodels.store import (
     _normalise,
     checksum,
     create_generation,
@@ -24,7 +25,6 @@ from infrastructure.projection_store import (
     physical,
     read_state,
 )
-from infrastructure.rebuild import rebuild, verify
 from infrastructure.settings import load_settings
 from interfaces.bootstrap import Container, bootstrap
 from projections.ledger import ALL, BY_NAME

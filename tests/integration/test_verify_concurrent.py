@@ -7,7 +7,7 @@ import contextlib
 import threading
 from datetime import timedelta
 
-from infrastructure.rebuild import Verification, verify
+from infrastructure.readmodels.rebuild import Verification, verify
 from interfaces.bootstrap import Container
 from projections.ledger import ALL
 from tests.conftest import FixedClock

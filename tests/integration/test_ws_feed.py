@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
-from infrastructure.event_feed import EventFeed, FeedBatch, decode_batch, encode_batch
+from infrastructure.feed.feed import EventFeed, FeedBatch, decode_batch, encode_batch
 from infrastructure.settings import load_settings
 from interfaces.bootstrap import bootstrap
 from projections.base import Recorded

@@ -10,8 +10,8 @@ from typing import Any
 
 import jwt
 
+from infrastructure.identity.tokens import ISSUER
 from infrastructure.settings import Settings
-from infrastructure.tokens import ISSUER
 from interfaces.bootstrap import Container
 from tests.support.http import JWT_SECRET
 

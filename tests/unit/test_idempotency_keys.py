@@ -24,7 +24,7 @@ from domain.credits import (
 )
 from domain.errors import IdempotencyConflictError
 from domain.guardrails import GuardrailPolicy, minute_of
-from infrastructure.idempotency import backfill_rows, decode_key
+from infrastructure.eventstore.idempotency import backfill_rows, decode_key
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 OFF = GuardrailPolicy()

@@ -7,7 +7,7 @@ import pytest
 
 from domain.balancing import NoBackendError
 from domain.errors import ConcurrencyError, DomainError, InstancesBehindError
-from infrastructure.sessions import SessionStoreUnavailableError
+from infrastructure.identity.sessions import SessionStoreUnavailableError
 from interfaces.http.errors import make_internal_handler, on_domain_error
 
 

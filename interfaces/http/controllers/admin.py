@@ -13,7 +13,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody
 from domain.errors import InvalidArgumentError
 from domain.guardrails import normalise_window
 from domain.money import micros_to_usd, usd_to_micros
-from infrastructure.auth import Principal
+from infrastructure.identity.auth import Principal
 from interfaces.http.openapi import ADMIN, errors
 from interfaces.http.schemas import (
     CapBody,

@@ -10,9 +10,9 @@ from litestar import Request, Router, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 
-from infrastructure.api_keys import ApiKey
-from infrastructure.auth import Principal
-from infrastructure.identity import User
+from infrastructure.identity.api_keys import ApiKey
+from infrastructure.identity.auth import Principal
+from infrastructure.identity.store import User
 from interfaces.http.errors import RateLimitedError
 from interfaces.http.openapi import AUTHED, PUBLIC, errors
 from interfaces.http.schemas import ApiKeyBody, LoginBody, RegisterBody

@@ -17,10 +17,10 @@ from msgspec import Meta
 
 from domain.errors import InvalidArgumentError
 from domain.money import micros_to_usd
-from domain.payment_ports import InvalidWebhookError
 from domain.payments import Payment
+from domain.ports.payments import InvalidWebhookError
 from domain.services.payments import PaymentNotFoundError, PaymentRequest
-from infrastructure.auth import Principal
+from infrastructure.identity.auth import Principal
 from infrastructure.payments import SETUP_VARIABLES
 from interfaces.http.openapi import ADMIN, AUTHED, answers, errors, json_body, operation
 from interfaces.http.schemas import NO_NUL, Body, Reason, positive_usd

@@ -24,7 +24,7 @@ from domain.money import usd_to_micros
 from domain.reservations import Reservation
 from domain.services.marketplace import InstanceNotFoundError, RentSpec
 from domain.usage import Caller
-from infrastructure.auth import Principal
+from infrastructure.identity.auth import Principal
 from infrastructure.proxy.runtime import ProxyRuntime
 from interfaces.http.openapi import AUTHED, errors
 from interfaces.http.schemas import NO_NUL, RentBody, ReserveBody

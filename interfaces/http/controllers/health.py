@@ -10,7 +10,7 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from infrastructure.db_setup import database_answers
+from infrastructure.db.setup import database_answers
 from interfaces.http.openapi import PUBLIC, answers
 from interfaces.presenters.health import Health, Readiness
 

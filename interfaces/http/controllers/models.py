@@ -36,7 +36,7 @@ from domain.models import (
     parse_shape,
 )
 from domain.pan import refuse_pan
-from infrastructure.auth import Principal
+from infrastructure.identity.auth import Principal
 from infrastructure.models.staging import receive_multipart
 from infrastructure.models.tensors import to_json
 from interfaces.http.openapi import AUTHED, binary_body, errors, operation

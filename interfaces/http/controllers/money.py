@@ -10,7 +10,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody, QueryParameter
 
 from domain.errors import InvalidArgumentError
-from infrastructure.auth import Principal
+from infrastructure.identity.auth import Principal
 from interfaces.http.errors import guardrail_headers
 from interfaces.http.openapi import AUTHED, errors
 from interfaces.http.schemas import SpendCheckBody, positive_usd

@@ -22,8 +22,8 @@ from msgspec import Struct
 
 from domain.errors import DomainError
 from domain.models import ModelNotFoundError, ModelRecord
-from infrastructure.auth import Principal
-from infrastructure.db_setup import database_answers
+from infrastructure.db.setup import database_answers
+from infrastructure.identity.auth import Principal
 from infrastructure.models import tensors
 from interfaces.http.openapi import AUTHED, PUBLIC, answers, binary_body, errors, operation
 from interfaces.http.security import client_address, provide_principal

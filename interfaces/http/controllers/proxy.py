@@ -27,7 +27,7 @@ from litestar.types import (
 from msgspec import UNSET
 
 from domain.balancing import STRATEGIES
-from infrastructure.auth import Principal
+from infrastructure.identity.auth import Principal
 from infrastructure.proxy.runtime import ProxyRuntime, Upstream
 from interfaces import proxy_envelope as proxy_envelope_input
 from interfaces.http import raw_proxy

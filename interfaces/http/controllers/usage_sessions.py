@@ -10,8 +10,8 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 
 from domain.errors import InvalidArgumentError
-from infrastructure.auth import Principal
-from infrastructure.usage_sessions import usage_sessions
+from infrastructure.identity.auth import Principal
+from infrastructure.readmodels.queries.usage_sessions import usage_sessions
 from interfaces.http.controllers.money import Before, Limit
 from interfaces.http.openapi import AUTHED, errors
 from interfaces.http.security import provide_principal

@@ -11,7 +11,7 @@ from litestar.params import JSONBody
 from domain.errors import InvalidArgumentError
 from domain.services.what_if import account_what_if
 from domain.what_if import MAX_RANGE, Rules, check_range
-from infrastructure.auth import Principal
+from infrastructure.identity.auth import Principal
 from interfaces.http.openapi import AUTHED, errors
 from interfaces.http.security import provide_principal
 from interfaces.presenters.what_if import WhatIfAnswer, present_what_if

@@ -1,0 +1,1 @@
+"""Database plumbing: the SQL layer, migrations, the database clock, LISTEN wake-ups, start-up."""

@@ -1,0 +1,1 @@
+"""The WebSocket event feed: the feed itself, its cross-process bus and owner lookups."""

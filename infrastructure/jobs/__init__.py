@@ -1,0 +1,2 @@
+"""Background singletons, each elected once across workers and replicas: metering and
+reconciliation, payment jobs, the hold sweep."""
