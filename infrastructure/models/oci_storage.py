@@ -3,7 +3,7 @@
 Credentials: the OCI config file (``OCI_CONFIG_FILE``, profile ``OCI_CONFIG_PROFILE``) or,
 when ``OCI_USER`` is set, the environment (``OCI_USER``, ``OCI_TENANCY``,
 ``OCI_FINGERPRINT``, ``OCI_KEY_FILE``, ``OCI_REGION``). ``OCI_STORAGE_ENDPOINT`` overrides
-the regional endpoint (tests point it at ``tests/fakes/oci_server.py``).
+the regional endpoint (tests point it at ``tests/fake_servers/oci.py``).
 
 Uploads go through the SDK's ``UploadManager``: one streamed ``PutObject`` up to the part
 size, multipart above it (parts retried one by one). Serving reads a local copy, downloaded

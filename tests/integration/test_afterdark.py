@@ -18,7 +18,7 @@ from domain.ports.payments import (
     PaymentUnavailableError,
 )
 from infrastructure.payments.afterdark import AfterDarkGateway, looks_like_card_number
-from tests.fakes.afterdark_server import CARD_FIELDS, FakeAfterDark, running_afterdark
+from tests.fake_servers.afterdark import CARD_FIELDS, FakeAfterDark, running_afterdark
 
 pytestmark = pytest.mark.anyio
 

@@ -23,7 +23,7 @@ from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, bootstrap
 from interfaces.http.app import create_app
 from tests.conftest import FixedClock
-from tests.fakes.stripe_server import running_stripe
+from tests.fake_servers.stripe import running_stripe
 from tests.integration.test_models_support import dense_onnx
 from tests.support.http import JWT_SECRET
 

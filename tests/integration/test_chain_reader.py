@@ -26,7 +26,7 @@ from infrastructure.payments.chain import (
     normalize_address,
     to_quantity,
 )
-from tests.fakes.eth_rpc_server import FakeChain, running_chain, uint256
+from tests.fake_servers.eth_rpc import FakeChain, running_chain, uint256
 
 pytestmark = pytest.mark.anyio
 

@@ -39,7 +39,7 @@ from interfaces.cli.client import main as cli_main
 from interfaces.grpc.generated import gpuproxy as pb
 from interfaces.grpc.server import GrpcServer
 from interfaces.http.app import create_app
-from tests.fakes.stripe_server import FakeStripe, running_stripe
+from tests.fake_servers.stripe import FakeStripe, running_stripe
 from tests.support.http import JWT_SECRET, ROOT, env_of, server_process
 from tests.support.pg import free_port
 

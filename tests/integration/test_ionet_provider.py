@@ -41,7 +41,7 @@ from infrastructure.providers.ionet import (
     map_status,
     usd_to_micros_ceil,
 )
-from tests.fakes.ionet_server import API_KEY, START, VMAAS, FakeIoNet, HardwareRow, ManualClock
+from tests.fake_servers.ionet import API_KEY, START, VMAAS, FakeIoNet, HardwareRow, ManualClock
 
 pytestmark = pytest.mark.anyio
 

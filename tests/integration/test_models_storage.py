@@ -1,4 +1,4 @@
-"""OCI Object Storage through the real ``oci`` SDK, against ``tests/fakes/oci_server.py``.
+"""OCI Object Storage through the real ``oci`` SDK, against ``tests/fake_servers/oci.py``.
 
 A throwaway RSA key is made per module; the fake verifies every request's OCI HTTP
 signature with its public half. Credentials come from the environment settings (``OCI_USER``
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from infrastructure.models.oci_storage import OciStorage
 from infrastructure.settings import Settings, load_settings
-from tests.fakes.oci_server import FakeObjectStorage, running_oci
+from tests.fake_servers.oci import FakeObjectStorage, running_oci
 from tests.integration.test_models_support import World, dense_onnx, files_under, make_world
 
 oci = pytest.importorskip("oci")

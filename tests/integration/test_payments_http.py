@@ -26,9 +26,9 @@ from interfaces.bootstrap import Container, bootstrap
 from interfaces.cli.admin import main as admin_main
 from interfaces.http.app import create_app
 from tests.conftest import FixedClock
-from tests.fakes.afterdark_server import running_afterdark
-from tests.fakes.eth_rpc_server import FakeChain, running_chain
-from tests.fakes.stripe_server import FakeStripe, running_stripe
+from tests.fake_servers.afterdark import running_afterdark
+from tests.fake_servers.eth_rpc import FakeChain, running_chain
+from tests.fake_servers.stripe import FakeStripe, running_stripe
 from tests.support.http import JWT_SECRET
 from tests.support.pg import env_of
 

@@ -1,6 +1,6 @@
 """The real Stripe adapter (and so the real ``stripe`` library) against the fake Stripe API.
 
-The fake runs on a loopback port (``tests/fakes/stripe_server.py``); the adapter talks to it
+The fake runs on a loopback port (``tests/fake_servers/stripe.py``); the adapter talks to it
 through ``stripe.StripeClient`` exactly as it would talk to api.stripe.com. Backoff sleeps are
 recorded, not slept.
 """
@@ -35,7 +35,7 @@ from infrastructure.payments.stripe_gateway import (
     StripeGateway,
     StripeHttpClient,
 )
-from tests.fakes.stripe_server import (
+from tests.fake_servers.stripe import (
     API_VERSION,
     DEFAULT_SECRET_KEY,
     DEFAULT_WEBHOOK_SECRET,

@@ -1,6 +1,6 @@
 """The real vast.ai adapter against the fake vast.ai API (in-process and on a loopback port).
 
-Where the fact sheet leaves a gap, the fake decides it (see ``tests/fakes/vastai_server.py``):
+Where the fact sheet leaves a gap, the fake decides it (see ``tests/fake_servers/vastai.py``):
 insufficient credit on create is ``400 {"error": "insufficient_credit"}``; a create that fails
 but still made an instance answers 400 with ``new_contract``.
 """
@@ -29,7 +29,7 @@ from domain.marketplace import (
     RentRequest,
 )
 from infrastructure.providers.vastai import VastAiProvider, usd_to_micro
-from tests.fakes.vastai_server import (
+from tests.fake_servers.vastai import (
     DEFAULT_API_KEY,
     FakeVastAi,
     Injection,

@@ -28,7 +28,7 @@ import httpx
 
 from infrastructure.settings import Settings, load_settings
 from interfaces.bootstrap import bootstrap
-from tests.fakes.vastai_server import DEFAULT_API_KEY, FakeVastAi, make_offer
+from tests.fake_servers.vastai import DEFAULT_API_KEY, FakeVastAi, make_offer
 from tests.scale import checks
 from tests.scale.checks import Fault
 from tests.scale.load import Load

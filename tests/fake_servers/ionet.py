@@ -61,7 +61,7 @@ import httpx
 from litestar import Litestar, Request, Response, delete, get, post
 from litestar.exceptions import MethodNotAllowedException, NotFoundException
 
-from tests.fakes.serving import serve_asgi
+from tests.fake_servers.serving import serve_asgi
 
 VMAAS = "/enterprise/v1/io-cloud/vmaas"
 API_KEY = "test-ionet-key"

@@ -1,7 +1,7 @@
 """A fake AfterDark billing API implementing ``docs/afterdark-contract.md`` exactly.
 
 ``FakeAfterDark`` is a plain ASGI app; ``with running_afterdark() as fake:`` serves it on a
-loopback port (uvicorn in a thread, as ``tests/fakes/vastai_server.py``) and ``fake.url`` is
+loopback port (uvicorn in a thread, as ``tests/fake_servers/vastai.py``) and ``fake.url`` is
 the base URL. Every request is recorded in ``fake.requests`` (so tests can check that no card
 data ever arrives).
 
@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMappi
 from dataclasses import dataclass
 from typing import Any, Final
 
-from tests.fakes.serving import serve_asgi
+from tests.fake_servers.serving import serve_asgi
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -1,7 +1,7 @@
 """A fake Ethereum node: JSON-RPC 2.0 over HTTP, with an in-memory chain that tests drive.
 
 ``FakeChain`` is a plain ASGI app; ``with running_chain() as chain:`` serves it on a loopback
-port (uvicorn in a thread, as ``tests/fakes/vastai_server.py``) and ``chain.url`` is the RPC
+port (uvicorn in a thread, as ``tests/fake_servers/vastai.py``) and ``chain.url`` is the RPC
 URL. Every decoded request body is recorded in ``chain.requests`` and every call in
 ``chain.calls`` (``calls_to("eth_getLogs")`` gives the params of each).
 
@@ -55,7 +55,7 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Seque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from tests.fakes.serving import serve_asgi
+from tests.fake_servers.serving import serve_asgi
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
