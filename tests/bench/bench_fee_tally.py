@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import json
 import statistics
 import tempfile
@@ -43,11 +42,9 @@ PRICE = 100  # micro-USD per request
 
 
 def runtime(c: Container, tally: RedisFeeTally | None) -> ProxyRuntime:
-    stores: tuple[Any, ...] = (c.db, c.ledger)
-    if "app" in inspect.signature(ProxyRuntime).parameters:  # before the runtime lost ``app``
-        stores = (c.db, c.app, c.ledger)
     return ProxyRuntime(
-        *stores,
+        c.db,
+        c.ledger,
         default_strategy="round_robin",
         price=PRICE,
         lease_amount=10_000_000,

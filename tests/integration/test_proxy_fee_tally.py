@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -270,13 +269,10 @@ def test_forward_answers_only_once_the_fee_is_in_redis(
 
 
 def _runtime(c: Container, tally: RedisFeeTally) -> ProxyRuntime:
-    """A runtime on the container (its constructor took the event store app until the
-    ledger recorded usage itself: both shapes are accepted)."""
-    stores: tuple[Any, ...] = (c.db, c.ledger)
-    if "app" in inspect.signature(ProxyRuntime).parameters:
-        stores = (c.db, c.app, c.ledger)
+    """A runtime on the container."""
     return ProxyRuntime(
-        *stores,
+        c.db,
+        c.ledger,
         default_strategy="round_robin",
         price=PRICE,
         lease_amount=50_000,
