@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         _wait(bare_url)
         check = httpx.get(credits, headers={"X-API-Key": key})
         assert check.status_code == 200, check.text
-        assert check.json()["credits_remaining"] == "100.00"
+        assert Decimal(check.json()["credits_remaining"]) == 100  # "100.000000" (µUSD digits)
         sides = {"bare": (bare_url, None), "credits": (credits, f"X-API-Key: {key}")}
         for index in range(args.repeat):
             run: dict[str, Any] = {}
