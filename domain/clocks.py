@@ -1,4 +1,9 @@
-"""Clock guard: a writer's clock is never taken further ahead of a reference than allowed.
+"""The system clock, and a guard on it.
+
+``system_clock`` is the standard library's ``datetime.now(UTC)`` itself (a ``partial``: no
+frame of ours per reading; business time is read on every command and proxied request).
+
+Clock guard: a writer's clock is never taken further ahead of a reference than allowed.
 
 Business time must not come from one wild clock: a replica whose clock runs far ahead would
 record events in the future, prune spend and keys too early and expire other replicas'
@@ -11,12 +16,16 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from domain.ports.clock import Clock
 
 log = logging.getLogger(__name__)
 WARN_EVERY = 60.0  # seconds between two warnings about the same clock
+
+system_clock: Clock = partial(datetime.now, UTC)
+"""The real clock: the current time, aware, in UTC."""
 
 
 class BoundedClock:

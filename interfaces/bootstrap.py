@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from domain.clocks import system_clock
 from domain.marketplace import GpuProvider
-from domain.ports.clock import Clock, system_clock
+from domain.ports.clock import Clock
 from domain.ports.payments import CardProcessor, ChainReader
 from domain.services.ledger import LedgerApp, LedgerService
 from domain.services.marketplace import MarketplaceConfig, MarketplaceService

@@ -1,8 +1,11 @@
-"""Ports: the small interfaces the domain needs from the outside world."""
+"""Ports: the small interfaces the domain needs from the outside world.
+
+A port is only its Protocol; the clocks that implement it live in ``domain.clocks``.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 
@@ -10,8 +13,3 @@ class Clock(Protocol):
     """Tells the current time (aware, UTC). Injected so tests and replays control time."""
 
     def __call__(self) -> datetime: ...
-
-
-def system_clock() -> datetime:
-    """The real clock."""
-    return datetime.now(UTC)

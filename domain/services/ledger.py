@@ -21,11 +21,12 @@ from eventsourcing.domain import Aggregate, Snapshot
 from eventsourcing.persistence import IntegrityError, Recording
 from eventsourcing.utils import EnvType
 
+from domain.clocks import system_clock
 from domain.credits import CreditAccount, account_id_for, earlier_keys, event_key
 from domain.crypto_wallets import NamedWallet
 from domain.errors import AccountNotFoundError
 from domain.guardrails import GuardrailPolicy, SpendingReport
-from domain.ports.clock import Clock, system_clock
+from domain.ports.clock import Clock
 from domain.services.committer import GroupCommitter, SaveWith
 from domain.usage import ProxyUsage
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from domain.clocks import system_clock
 from domain.models import (
     ConvertOptions,
     InferenceEngine,
@@ -39,7 +40,7 @@ from domain.models import (
     UploadTicket,
     may_upload,
 )
-from domain.ports.clock import Clock, system_clock
+from domain.ports.clock import Clock
 from domain.ports.fee_tally import FeeTally
 from domain.services.ledger import LedgerService
 from domain.services.proxy_leases import ProxyLeases, unique_process_id

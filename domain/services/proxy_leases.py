@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import ParamSpec, TypeVar
 
+from domain.clocks import system_clock
 from domain.errors import (
     DomainError,
     HoldNotFoundError,
@@ -34,7 +35,7 @@ from domain.errors import (
     InvalidArgumentError,
     SpendingLimitExceededError,
 )
-from domain.ports.clock import Clock, system_clock
+from domain.ports.clock import Clock
 from domain.ports.fee_tally import FeeTally, LeaseEntry, capture_key, release_key
 from domain.services.ledger import LedgerService
 

@@ -13,8 +13,8 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from domain.clocks import BoundedClock
-from domain.ports.clock import Clock, system_clock
+from domain.clocks import BoundedClock, system_clock
+from domain.ports.clock import Clock
 from infrastructure.db.sql import Database
 from infrastructure.settings import Settings
 

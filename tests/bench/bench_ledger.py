@@ -44,9 +44,9 @@ from typing import Any
 import psycopg
 
 import infrastructure.readmodels.rebuild as rebuild_module
+from domain.clocks import system_clock
 from domain.credits import CreditAccount, account_id_for
 from domain.guardrails import WINDOW_NAMES, GuardrailPolicy, env_name
-from domain.ports.clock import system_clock
 from domain.services.ledger import LedgerApp, LedgerService
 from infrastructure.eventstore.event_log import EventLog
 from infrastructure.eventstore.factory import eventstore_env

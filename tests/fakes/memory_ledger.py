@@ -19,8 +19,9 @@ from uuid import UUID
 from eventsourcing.persistence import ApplicationRecorder, IntegrityError, StoredEvent
 from eventsourcing.popo import POPOApplicationRecorder, POPOFactory
 
+from domain.clocks import system_clock
 from domain.guardrails import GuardrailPolicy
-from domain.ports.clock import Clock, system_clock
+from domain.ports.clock import Clock
 from domain.services.ledger import LedgerApp, LedgerService
 
 Pair = tuple[UUID, str]

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from domain.clocks import BoundedClock
+from domain.clocks import BoundedClock, system_clock
 from domain.credits import CreditAccount, account_id_for
 from domain.errors import SpendingLimitExceededError
 from domain.guardrails import GuardrailPolicy
-from domain.ports.clock import Clock, system_clock
+from domain.ports.clock import Clock
 from infrastructure.db.clock import DatabaseClock, business_clock
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, bootstrap, open_database
