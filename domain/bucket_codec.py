@@ -1,9 +1,9 @@
-"""A compact text form of an account's spend buckets for its snapshots (docs/adr/0033).
+"""A compact text form of an account's spend buckets for its snapshots (docs/adr/0033, 0036).
 
-A busy account keeps one ``[minute, micros]`` bucket per minute of the last 72 h: 4,320 pairs,
-~80 KB of JSON that every load of its snapshot (a charge's cache miss, ``balance --at``)
-decodes pair by pair. Packed, the same buckets are one short string: minutes as deltas and
-amounts as little-endian int64, deflated, base64. Unpacking is a few C-level passes.
+A busy account keeps one bucket per minute of the last 72 h: 4,320 of them, ~80 KB as JSON
+pairs. Packed, the same buckets are one short string: minutes as deltas and amounts as
+little-endian int64, deflated, base64. The account holds them as two columns (``minutes``,
+``amounts``: docs/adr/0036), so unpacking is a few C-level passes and builds no pairs.
 """
 
 from __future__ import annotations
@@ -14,31 +14,31 @@ import zlib
 from array import array
 from collections.abc import Sequence
 from itertools import accumulate
-from operator import itemgetter, sub
+from operator import sub
 
 PREFIX = "z1:"  # format marker: a later format gets another prefix
-_INT64 = (-(2**63), 2**63 - 1)
+
+Columns = tuple[list[int], list[int]]  # (minutes, amounts), minutes strictly increasing
 
 
-def pack(buckets: Sequence[Sequence[int]]) -> str | list[list[int]]:
-    """``buckets`` (sorted by minute) as one string; a copy of the list if they do not fit
-    int64 (then the snapshot keeps the plain list, which ``unpack`` also reads)."""
-    minutes = list(map(itemgetter(0), buckets))
-    amounts = list(map(itemgetter(1), buckets))
+def pack(minutes: Sequence[int], amounts: Sequence[int]) -> str | list[list[int]]:
+    """The two columns (sorted by minute) as one string; ``[minute, micros]`` pairs if they
+    do not fit int64 (then the snapshot keeps the plain list, which ``unpack`` also reads)."""
     deltas = list(map(sub, minutes, [0, *minutes]))
     try:
-        packed = array("q", [len(buckets), *deltas, *amounts])
+        packed = array("q", [len(minutes), *deltas, *amounts])
     except OverflowError:
-        return [[int(m), int(a)] for m, a in buckets]
+        return [[int(m), int(a)] for m, a in zip(minutes, amounts, strict=True)]
     if sys.byteorder != "little":  # pragma: no cover - every supported host is little-endian
         packed.byteswap()
     return PREFIX + base64.b64encode(zlib.compress(packed.tobytes(), 1)).decode("ascii")
 
 
-def unpack(stored: str | Sequence[Sequence[int]]) -> list[list[int]]:
-    """The bucket list from ``pack``'s string (or from a plain list, as stored before)."""
+def unpack(stored: str | Sequence[Sequence[int]]) -> Columns:
+    """The columns from ``pack``'s string, or from ``[minute, micros]`` pairs (snapshots
+    stored before ADR 0033, and values past int64)."""
     if not isinstance(stored, str):
-        return [[int(m), int(a)] for m, a in stored]
+        return [int(b[0]) for b in stored], [int(b[1]) for b in stored]
     if not stored.startswith(PREFIX):
         raise ValueError("unknown spend bucket format")
     values = array("q")
@@ -46,5 +46,4 @@ def unpack(stored: str | Sequence[Sequence[int]]) -> list[list[int]]:
     if sys.byteorder != "little":  # pragma: no cover
         values.byteswap()
     count = values[0]
-    minutes = accumulate(values[1 : 1 + count])
-    return list(map(list, zip(minutes, values[1 + count :], strict=True)))
+    return list(accumulate(values[1 : 1 + count])), values[1 + count :].tolist()

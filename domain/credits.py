@@ -155,8 +155,9 @@ def earlier_keys(source: EarlierKeys, *, always: bool = False) -> Iterator[None]
 class CreditAccount(Aggregate):
     """A user's prepaid credit balance, holds, overage cap, auto-renew and guard-rail state."""
 
-    # snapshots: v1 kept every idempotency key of 72 h in ``keys``; v2 had no ``last_at``
-    class_version = 3
+    # snapshots: v1 kept every idempotency key of 72 h in ``keys``; v2 had no ``last_at``;
+    # v3 and older stored the spend buckets as ``buckets`` ([minute, micros] pairs, or packed)
+    class_version = 4
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -168,7 +169,10 @@ class CreditAccount(Aggregate):
     @staticmethod
     def upcast_v2_v3(state: dict[str, Any]) -> None:
         """A v2 snapshot's business time: the newest minute its state records (a lower bound)."""
-        minutes = [b[0] for b in state["buckets"]]
+        if "buckets" in state:
+            minutes = [b[0] for b in state["buckets"]]
+        else:  # taken from the columns by the library's own ``Snapshot`` (tests' old rows)
+            minutes = list(state["spend_minutes"])
         minutes += [entry[1] for entry in state["keys"].values()]
         minutes += [reset[0] for reset in state["resets"].values()]
         opened: datetime = state["opened_at"]
@@ -176,23 +180,40 @@ class CreditAccount(Aggregate):
         state.setdefault("last_at", max(opened, datetime.fromtimestamp(newest, opened.tzinfo)))
 
     @staticmethod
+    def upcast_v3_v4(state: dict[str, Any]) -> None:
+        """v3 and older kept ``buckets`` (pairs, or packed: docs/adr/0033); now two columns."""
+        if "buckets" in state:
+            state["spend_minutes"], state["spend_amounts"] = bucket_codec.unpack(
+                state.pop("buckets")
+            )
+
+    @staticmethod
     def create_id(user_id: str, **_: Any) -> UUID:
         return account_id_for(user_id)
 
     class Snapshot(LibrarySnapshot):
-        """The account's snapshot with its spend buckets packed (``domain.bucket_codec``,
-        docs/adr/0033): a busy account's 72 h of minute buckets decode in C, not pair by pair.
-        Snapshots stored before (plain bucket lists) still load."""
+        """The account's snapshot with its spend columns packed as ``buckets``
+        (``domain.bucket_codec``, docs/adr/0033 and 0036): a busy account's 72 h of minute
+        buckets decode in C into the two columns. The stored form is the one v3 stored, so
+        snapshots stored before (packed, or plain pairs: ``upcast_v3_v4``) still load, and
+        the code before v4 reads these."""
 
         @classmethod
         def take(cls, aggregate: Any) -> Any:
             snapshot = super().take(aggregate)
-            snapshot.state["buckets"] = bucket_codec.pack(snapshot.state["buckets"])
+            state = snapshot.state
+            state["buckets"] = bucket_codec.pack(
+                state.pop("spend_minutes"), state.pop("spend_amounts")
+            )
             return snapshot
 
         def mutate(self, _: None) -> Any:
-            account = super().mutate(None)
-            account.__dict__["buckets"] = bucket_codec.unpack(account.__dict__["buckets"])
+            account = super().mutate(None)  # a v3 or older state: the upcasts unpack it
+            state = account.__dict__
+            if "buckets" in state:
+                state["spend_minutes"], state["spend_amounts"] = bucket_codec.unpack(
+                    state.pop("buckets")
+                )
             return account
 
     @event("Opened")
@@ -209,7 +230,11 @@ class CreditAccount(Aggregate):
         # stored shape (snapshots): hold id -> {"amount", "captured", "expires_at"}; read it
         # through ``hold`` / ``live_holds``
         self.holds: dict[str, dict[str, Any]] = {}
-        self.buckets: list[list[int]] = []
+        # spend per minute of the last 72 h as two columns (docs/adr/0036): ``spend_minutes``
+        # strictly increasing, ``spend_amounts`` the micros of each; read them as pairs
+        # through ``buckets``
+        self.spend_minutes: list[int] = []
+        self.spend_amounts: list[int] = []
         self.resets: dict[str, list[int]] = {}
         self.limits: dict[str, int] = {}
         self.auto_renew: dict[str, Any] = {
@@ -264,10 +289,22 @@ class CreditAccount(Aggregate):
     def overage(self) -> int:
         return max(0, -self.balance)
 
+    @property
+    def buckets(self) -> list[list[int]]:
+        """The spend buckets as ``[minute, micros]`` pairs (a copy; for reports and tests)."""
+        return [[m, a] for m, a in zip(self.spend_minutes, self.spend_amounts, strict=True)]
+
+    def _window_spend(
+        self, minute: int, windows: tuple[str, ...] = guardrails.WINDOW_NAMES
+    ) -> dict[str, int]:
+        return guardrails.column_window_spend(
+            self.spend_minutes, self.spend_amounts, minute, self.resets, windows
+        )
+
     def window_spend(self, now: datetime) -> dict[str, int]:
         """Captured and charged spend per guard-rail window at ``now`` (holds excluded)."""
         minute = minute_of(self.business_time(now))
-        return guardrails.window_spend(self.buckets, minute, self.resets)
+        return self._window_spend(minute)
 
     def check_funds(self, amount: int) -> None:
         """Raise if taking ``amount`` would put available credit below minus the cap."""
@@ -291,7 +328,7 @@ class CreditAccount(Aggregate):
         limits = policy.effective_limits(self.limits)
         if not limits:
             return
-        spent = guardrails.window_spend(self.buckets, minute_of(now), self.resets, tuple(limits))
+        spent = self._window_spend(minute_of(now), tuple(limits))
         violations = [
             {
                 "window": name,
@@ -313,7 +350,7 @@ class CreditAccount(Aggregate):
         return guardrails.SpendingReport.of(
             now,
             enabled=policy.enabled or bool(limits),  # in force for this account
-            spent=guardrails.window_spend(self.buckets, minute_of(now), self.resets),
+            spent=self._window_spend(minute_of(now)),
             held=self.held_at(now),
             limits=limits,
         )
@@ -609,7 +646,9 @@ class CreditAccount(Aggregate):
         self._windows_reset(
             windows=names,
             minute=minute,
-            bucket_amount=guardrails.bucket_amount(self.buckets, minute),
+            bucket_amount=guardrails.column_bucket_amount(
+                self.spend_minutes, self.spend_amounts, minute
+            ),
             actor=actor,
             reason=reason,
             at=now,
@@ -656,8 +695,8 @@ class CreditAccount(Aggregate):
 
     def _spend(self, amount: int, at: datetime) -> None:
         minute = minute_of(at)
-        guardrails.add_spend(self.buckets, minute, amount)
-        guardrails.prune(self.buckets, minute)
+        guardrails.column_add_spend(self.spend_minutes, self.spend_amounts, minute, amount)
+        guardrails.column_prune(self.spend_minutes, self.spend_amounts, minute)
         self.total_charged += amount
 
     # ------------------------------------------------------------ apply (events)

@@ -1,8 +1,10 @@
 """Guard-rail windows and the pure arithmetic of sliding-window spend.
 
-Spend is kept in one-minute buckets ``[[minute, micros], ...]`` sorted by minute, where
-``minute`` is whole minutes since the Unix epoch (UTC). A window of W minutes at ``now``
-covers the buckets with ``minute > now_minute - W``: it is exact to within one minute.
+Spend is kept in one-minute buckets sorted by minute, where ``minute`` is whole minutes
+since the Unix epoch (UTC): in an account as two columns (``minutes``, ``amounts``), in the
+read model and the older helpers here as ``[[minute, micros], ...]`` pairs. A window of W
+minutes at ``now`` covers the buckets with ``minute > now_minute - W``: it is exact to within
+one minute.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class GuardrailPolicy:
 
 
 def add_spend(buckets: list[list[int]], minute: int, amount: int) -> None:
-    """Add ``amount`` to the bucket for ``minute``, keeping buckets sorted."""
+    """Add ``amount`` to the bucket for ``minute``, keeping buckets sorted (the pair form)."""
     if buckets and buckets[-1][0] == minute:
         buckets[-1][1] += amount
     elif not buckets or buckets[-1][0] < minute:
@@ -105,21 +107,65 @@ def window_spend(
     resets: Mapping[str, Sequence[int]] | None = None,
     windows: Sequence[str] = WINDOW_NAMES,
 ) -> dict[str, int]:
+    """Spend per window at ``now_minute`` over buckets as ``[minute, micros]`` pairs (the
+    read model's rows): ``column_window_spend`` on their two columns."""
+    minutes = list(map(itemgetter(0), buckets))
+    amounts = list(map(itemgetter(1), buckets))
+    return column_window_spend(minutes, amounts, now_minute, resets, windows)
+
+
+def bucket_amount(buckets: Sequence[Sequence[int]], minute: int) -> int:
+    """The amount recorded in one minute's bucket (0 if none)."""
+    return column_bucket_amount([b[0] for b in buckets], [b[1] for b in buckets], minute)
+
+
+# The account keeps its buckets as two columns, ``minutes`` (strictly increasing) and
+# ``amounts`` (docs/adr/0036): a snapshot loads them with two C-level passes and a window is
+# one bisect on ``minutes``, with no list of pairs built or split on any path.
+
+
+def column_add_spend(minutes: list[int], amounts: list[int], minute: int, amount: int) -> None:
+    """Add ``amount`` to ``minute``'s bucket, keeping ``minutes`` strictly increasing."""
+    if minutes and minutes[-1] == minute:
+        amounts[-1] += amount
+    elif not minutes or minutes[-1] < minute:
+        minutes.append(minute)
+        amounts.append(amount)
+    else:
+        index = bisect_left(minutes, minute)
+        if minutes[index] == minute:
+            amounts[index] += amount
+        else:
+            minutes.insert(index, minute)
+            amounts.insert(index, amount)
+
+
+def column_prune(minutes: list[int], amounts: list[int], now_minute: int) -> None:
+    """Drop buckets older than the longest window (they can no longer count)."""
+    if minutes and minutes[0] <= now_minute - LONGEST_WINDOW_MINUTES:
+        drop = bisect_right(minutes, now_minute - LONGEST_WINDOW_MINUTES)
+        del minutes[:drop]
+        del amounts[:drop]
+
+
+def column_window_spend(
+    minutes: Sequence[int],
+    amounts: Sequence[int],
+    now_minute: int,
+    resets: Mapping[str, Sequence[int]] | None = None,
+    windows: Sequence[str] = WINDOW_NAMES,
+) -> dict[str, int]:
     """Spend per window at ``now_minute``: the buckets with ``minute > now_minute - W``.
 
     ``resets`` maps a window to ``[reset_minute, bucket_amount_at_reset]``: spend recorded up
-    to the reset no longer counts in that window. Each window is a bisect on the minutes and
-    a lookup in the suffix sums (C-level passes), so 4,320 buckets cost well under a
-    millisecond (docs/adr/0033).
+    to the reset no longer counts in that window. Each window is a bisect on ``minutes`` and a
+    difference of prefix sums (one C-level pass over ``amounts``), so 4,320 buckets cost well
+    under a millisecond (docs/adr/0033, 0036).
     """
     resets = resets or {}
-    minutes = list(map(itemgetter(0), buckets))
-    newest_first = list(accumulate(map(itemgetter(1), reversed(buckets))))
+    prefix = list(accumulate(amounts, initial=0))  # prefix[i]: the sum of amounts[:i]
+    total = prefix[-1]
     count = len(minutes)
-
-    def since(first: int) -> int:  # the sum of buckets[first:]
-        return newest_first[count - first - 1] if first < count else 0
-
     totals: dict[str, int] = {}
     for name in windows:
         width = WINDOW_MINUTES[name]
@@ -127,20 +173,20 @@ def window_spend(
         if reset is not None and now_minute - reset[0] < width:
             reset_minute, amount_at_reset = reset[0], reset[1]
             first = bisect_left(minutes, reset_minute)
-            total = since(first)
+            spent = total - prefix[first]
             if first < count and minutes[first] == reset_minute:
-                total -= amount_at_reset  # spend in the reset's minute before it
-            totals[name] = total
+                spent -= amount_at_reset  # spend in the reset's minute before it
+            totals[name] = spent
         else:
-            totals[name] = since(bisect_right(minutes, now_minute - width))
+            totals[name] = total - prefix[bisect_right(minutes, now_minute - width)]
     return totals
 
 
-def bucket_amount(buckets: Sequence[Sequence[int]], minute: int) -> int:
+def column_bucket_amount(minutes: Sequence[int], amounts: Sequence[int], minute: int) -> int:
     """The amount recorded in one minute's bucket (0 if none)."""
-    index = bisect_right([b[0] for b in buckets], minute)
-    if index and buckets[index - 1][0] == minute:
-        return buckets[index - 1][1]
+    index = bisect_right(minutes, minute)
+    if index and minutes[index - 1] == minute:
+        return amounts[index - 1]
     return 0
 
 

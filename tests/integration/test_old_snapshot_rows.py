@@ -1,10 +1,12 @@
-"""Snapshot rows written before ADR 0033 (library ``Snapshot``, plain bucket lists) still load.
+"""Snapshot rows written before ADR 0036 still load: v3 states with ``buckets``, either plain
+``[minute, micros]`` pairs under the library's ``Snapshot`` (before ADR 0033) or packed under
+``CreditAccount.Snapshot`` (ADR 0033).
 
 The account's history has grants, charges, holds placed, partly captured, released and
-expired, and a refund debit. Its new-format snapshot rows are replaced by rows taken the way
-the code before ``aa2a9c4`` took them (``eventsourcing.domain:Snapshot``), stored through the
-real PostgreSQL recorder; a fresh process then loads the account now and at instants across
-the history, and must give exactly the view folded from every event.
+expired, and a refund debit. Its snapshot rows are replaced by rows taken the way the code
+before ``aa2a9c4`` (plain) or before ADR 0036 (packed) took them, stored through the real
+PostgreSQL recorder; a fresh process then loads the account now and at instants across the
+history, and must give exactly the view folded from every event.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any
 import pytest
 from eventsourcing.domain import Snapshot
 
-from domain.credits import account_id_for
+from domain.bucket_codec import pack
+from domain.credits import CreditAccount, account_id_for
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, bootstrap
 from tests.conftest import FixedClock
@@ -50,8 +53,28 @@ def _history(container: Container, clock: FixedClock) -> None:
     clock.advance(minutes=6)
 
 
-@pytest.fixture
-def old_rows(pg_settings: Settings) -> tuple[Settings, FixedClock, list[Any]]:
+def _v3(snapshot: Any, cls: type[Any], *, packed: bool) -> Any:
+    """``snapshot`` (the library's, of today's account) as the code before ADR 0036 took it."""
+    state = dict(snapshot.state)
+    minutes, amounts = state.pop("spend_minutes"), state.pop("spend_amounts")
+    buckets = [[m, a] for m, a in zip(minutes, amounts, strict=True)]
+    state["buckets"] = pack(minutes, amounts) if packed else buckets
+    state["class_version"] = 3
+    return cls(
+        originator_id=snapshot.originator_id,
+        originator_version=snapshot.originator_version,
+        timestamp=snapshot.timestamp,
+        topic=snapshot.topic,
+        state=state,
+    )
+
+
+@pytest.fixture(params=["plain", "packed"])
+def old_rows(
+    pg_settings: Settings, request: pytest.FixtureRequest
+) -> tuple[Settings, FixedClock, list[Any]]:
+    packed = request.param == "packed"
+    cls = CreditAccount.Snapshot if packed else Snapshot
     clock = FixedClock()
     container = bootstrap(pg_settings, clock=clock)
     try:
@@ -66,17 +89,23 @@ def old_rows(pg_settings: Settings) -> tuple[Settings, FixedClock, list[Any]]:
             folded: Any = None
             for event in events[:version]:
                 folded = event.mutate(folded)
-            old.append(Snapshot.take(folded))  # what the code before aa2a9c4 stored
+            old.append(_v3(Snapshot.take(folded), cls, packed=packed))
         assert container.app.snapshots is not None
         container.app.snapshots.put(old)
         with container.db.read() as tx:
             rows = tx.fetchall("SELECT topic, state FROM ledger_snapshots")
         assert len(rows) == len(old)
         for topic, state in rows:
-            assert topic == "eventsourcing.domain:Snapshot"
             raw = bytes(state).decode()
             assert '"buckets"' in raw
-            assert "z1:" not in raw  # plain lists, as stored before
+            assert '"spend_minutes"' not in raw
+            assert '"class_version": 3' in raw or '"class_version":3' in raw
+            if packed:  # ADR 0033's form
+                assert topic == "domain.credits:CreditAccount.Snapshot"
+                assert '"z1:' in raw
+            else:  # plain lists, as stored before aa2a9c4
+                assert topic == "eventsourcing.domain:Snapshot"
+                assert "z1:" not in raw
             assert isinstance(json.loads(raw), dict)
     finally:
         container.close()

@@ -1,7 +1,8 @@
 """A busy account's snapshot packs its spend buckets (docs/adr/0033) and loads back the same.
 
 A charge every 15 s for 72 h leaves 4,320 minute buckets; as JSON pairs they were ~80 KB of
-each snapshot, decoded pair by pair on every load (``balance --at`` on a busy account).
+each snapshot, decoded pair by pair on every load (``balance --at`` on a busy account). The
+account keeps them as two columns (docs/adr/0036), which the packed form loads straight into.
 """
 
 from __future__ import annotations
@@ -31,17 +32,19 @@ def bucket_lists(draw: st.DrawFn) -> list[list[int]]:
 
 
 @given(bucket_lists())
-def test_pack_then_unpack_gives_the_same_buckets(buckets: list[list[int]]) -> None:
-    packed = pack(buckets)
+def test_pack_then_unpack_gives_the_same_columns(buckets: list[list[int]]) -> None:
+    minutes, amounts = [m for m, _ in buckets], [a for _, a in buckets]
+    packed = pack(minutes, amounts)
     assert isinstance(packed, str)
     assert packed.startswith(PREFIX)
-    assert unpack(packed) == buckets
+    assert unpack(packed) == (minutes, amounts)
+    assert unpack(buckets) == (minutes, amounts)  # pairs, as stored before ADR 0033
 
 
 def test_buckets_past_int64_stay_a_plain_list() -> None:
     buckets = [[1, 2**70], [2, 5]]
-    assert pack(buckets) == buckets
-    assert unpack(pack(buckets)) == buckets
+    assert pack([1, 2], [2**70, 5]) == buckets
+    assert unpack(pack([1, 2], [2**70, 5])) == ([1, 2], [2**70, 5])
 
 
 def busy_account() -> CreditAccount:
@@ -54,32 +57,60 @@ def busy_account() -> CreditAccount:
     return account
 
 
+def v3_state(account: CreditAccount, buckets: Any) -> dict[str, Any]:
+    """The state the code before ADR 0036 stored: ``buckets`` instead of the two columns."""
+    state = dict(Snapshot.take(account).state)
+    del state["spend_minutes"], state["spend_amounts"]
+    state["buckets"] = buckets
+    state["class_version"] = 3
+    return state
+
+
 def test_a_busy_accounts_snapshot_packs_its_buckets_and_loads_the_same_state() -> None:
     account = busy_account()
-    assert len(account.buckets) == LONGEST_WINDOW_MINUTES
+    assert len(account.spend_minutes) == len(account.spend_amounts) == LONGEST_WINDOW_MINUTES
     snapshot: Any = CreditAccount.Snapshot.take(account)
     assert isinstance(snapshot.state["buckets"], str)
-    plain_bytes = len(json.dumps(Snapshot.take(account).state, default=str))
-    packed_bytes = len(json.dumps(snapshot.state, default=str))
-    assert len(json.dumps(account.buckets)) > 60_000  # what the snapshot used to carry
+    assert "spend_minutes" not in snapshot.state
+    assert len(json.dumps(account.buckets)) > 60_000  # what the snapshot carried before 0033
     assert len(snapshot.state["buckets"]) < 12_000
-    assert packed_bytes < plain_bytes - 50_000
     loaded = snapshot.mutate(None)
     assert isinstance(loaded, CreditAccount)
     assert vars(loaded) == vars(account)
-    assert account.buckets is not loaded.buckets  # the snapshot shares no state with it
-
-
-def test_a_snapshot_stored_before_with_plain_buckets_still_loads() -> None:
-    account = busy_account()
-    old = Snapshot.take(account)  # the library's own class: buckets as [minute, micros] pairs
-    assert isinstance(old.state["buckets"], list)
-    assert vars(old.mutate(None)) == vars(account)
-    again = CreditAccount.Snapshot(  # this class reading a plain list (stored before)
-        originator_id=old.originator_id,
-        originator_version=old.originator_version,
-        timestamp=old.timestamp,
-        topic=old.topic,
-        state=dict(old.state),
+    assert type(loaded.spend_minutes) is list
+    assert type(loaded.spend_amounts) is list
+    assert account.spend_minutes is not loaded.spend_minutes  # no state shared with it
+    assert loaded.window_spend(T0 + timedelta(hours=72)) == account.window_spend(
+        T0 + timedelta(hours=72)
     )
-    assert vars(again.mutate(None)) == vars(account)
+
+
+def test_a_v4_snapshot_keeps_the_layout_the_code_before_reads() -> None:
+    """The same keys as a v3 snapshot, ``buckets`` packed the same way: a replica on the
+    code before ADR 0036 loads it (it ignores the higher ``class_version``)."""
+    account = busy_account()
+    state = CreditAccount.Snapshot.take(account).state
+    old = v3_state(account, pack(account.spend_minutes, account.spend_amounts))
+    assert set(state) == set(old)
+    assert {**state, "class_version": 3} == old
+
+
+def test_snapshots_stored_before_still_load() -> None:
+    account = busy_account()
+    taken = Snapshot.take(account)
+    stored_before = {
+        # ADR 0033's packed form under this class's topic, and the plain pairs under the
+        # library's own (before ADR 0033)
+        "packed v3": (CreditAccount.Snapshot, v3_state(account, pack(*unpack(account.buckets)))),
+        "plain v3": (Snapshot, v3_state(account, account.buckets)),
+        "plain v3, this class": (CreditAccount.Snapshot, v3_state(account, account.buckets)),
+    }
+    for label, (cls, state) in stored_before.items():
+        old = cls(
+            originator_id=taken.originator_id,
+            originator_version=taken.originator_version,
+            timestamp=taken.timestamp,
+            topic=taken.topic,
+            state=state,
+        )
+        assert vars(old.mutate(None)) == vars(account), label
