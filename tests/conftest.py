@@ -1,6 +1,13 @@
 """Shared fixtures: one throwaway PostgreSQL cluster per run, a fresh database per test.
 
 Under CI (``CI=true``) a missing PostgreSQL is a failure, never a silent skip.
+
+Argon2 runs at its cheapest parameters in the test process (``cheap_argon2``): still argon2id
+through the same code, but about 1 ms a hash instead of about 0.1 s of two CPUs' time with the
+library's recommended parameters; a few thousand hashes in a run made that minutes. Like
+``fsync=off`` for the test cluster, it changes the cost, not the behaviour. Servers started as
+separate processes keep the real parameters, and so do tests that use ``real_argon2`` (the
+login-timing test, whose point is the cost of a hash).
 """
 
 from __future__ import annotations
@@ -13,13 +20,39 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from argon2 import PasswordHasher
 
+from infrastructure.identity import api_keys, store
 from infrastructure.settings import Settings, load_settings
 from interfaces.bootstrap import Container, bootstrap
 from tests.support.pg import Cluster, running_cluster
 from tests.support.redis_server import running_redis
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+CHEAP_ARGON2 = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)  # argon2id, 1 MiB
+
+
+def _use_hasher(monkeypatch: pytest.MonkeyPatch, hasher: PasswordHasher) -> None:
+    monkeypatch.setattr(store, "_hasher", hasher)
+    monkeypatch.setattr(api_keys, "_hasher", hasher)
+    store._dummy_hash.cache_clear()  # the dummy is made with whichever hasher is in use
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cheap_argon2() -> Iterator[None]:
+    """Argon2 at its cheapest in this process for the whole run (see the module's docstring)."""
+    with pytest.MonkeyPatch.context() as mp:
+        _use_hasher(mp, CHEAP_ARGON2)
+        yield
+    store._dummy_hash.cache_clear()
+
+
+@pytest.fixture
+def real_argon2(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The production hasher (the library's recommended parameters) for one test."""
+    _use_hasher(monkeypatch, PasswordHasher())
+    yield
+    store._dummy_hash.cache_clear()
 
 
 @pytest.fixture(scope="session")

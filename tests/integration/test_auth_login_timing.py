@@ -6,12 +6,15 @@ import dataclasses
 import statistics
 import time
 
+import pytest
+
 from infrastructure.settings import Settings
 from tests.support.http import JWT_SECRET, test_client
 
 PASSWORD = "correct-horse-battery"
 
 
+@pytest.mark.usefixtures("real_argon2")  # the point is the cost of a real hash
 def test_unknown_and_existing_emails_take_the_same_time(sqlite_settings: Settings) -> None:
     settings = dataclasses.replace(
         sqlite_settings,
