@@ -1,4 +1,4 @@
-"""Usage sessions for every door: who a request came from (``caller_of``) and the JSON."""
+"""Usage sessions for every door, as JSON (who a request came from: ``Principal.caller``)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,8 @@ from typing import Any
 import msgspec
 
 from domain.usage import Caller, SessionTally
-from infrastructure.identity.auth import Principal
 from infrastructure.readmodels.queries.usage_sessions import UsageSession
 from interfaces.presenters.usage import present_page, present_session
-
-CREDENTIAL_KINDS = {"apikey": "apikey", "jwt": "session"}  # Principal.method -> the kind shown
-
-
-def caller_of(principal: Principal, address: str, user_agent: str = "") -> Caller:
-    """The caller of one request: the credential's id (never its secret), address, agent."""
-    kind = CREDENTIAL_KINDS.get(principal.method, principal.method)
-    return Caller(f"{kind}:{principal.credential_id}", address, user_agent)
 
 
 def session_json(s: UsageSession) -> dict[str, Any]:

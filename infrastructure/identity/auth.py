@@ -1,17 +1,29 @@
-"""Authentication: register, login/logout with server-side sessions, API keys, principals."""
+"""Authentication: register, login/logout with server-side sessions, API keys, principals.
+
+A verified JWT is remembered (by the SHA-256 of the token) with the principal it names, as a
+verified API key is (``api_keys``): the next request with the same token decodes nothing and
+reads no session or user row while the revocation signal (``revocation``) still reads what it
+read before that verification, and the token has not expired. Logout and role changes bump
+the signal after their commit, so every process re-checks its tokens at the next request.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 
 from domain.errors import DomainError, InvalidArgumentError
-from infrastructure.identity.api_keys import ApiKey, ApiKeyStore, key_id_of, looks_like_key
+from domain.usage import Caller
+from infrastructure.identity.api_keys import PREFIX, ApiKey, ApiKeyStore, key_id_of
 from infrastructure.identity.auth_throttle import AuthThrottle
 from infrastructure.identity.sessions import Session, SessionStore
 from infrastructure.identity.store import User, UserNotFoundError, UserStore
 from infrastructure.identity.tokens import InvalidTokenError, TokenCodec
+
+CREDENTIAL_KINDS = {"apikey": "apikey", "jwt": "session"}  # Principal.method -> the kind shown
 
 
 class AuthenticationError(DomainError):
@@ -39,6 +51,24 @@ class Principal:
         if not self.is_admin:
             raise ForbiddenError("Admin role required")
 
+    def caller(self, address: str, user_agent: str = "") -> Caller:
+        """Who made one request, for its usage session: the credential's kind and id (never
+        its secret), the client's address and agent. Every door names callers this way."""
+        kind = CREDENTIAL_KINDS.get(self.method, self.method)
+        return Caller(f"{kind}:{self.credential_id}", address, user_agent)
+
+
+@dataclass(frozen=True)
+class _SeenToken:
+    """A verified JWT's principal, trusted while the revocation signal reads ``signal``."""
+
+    principal: Principal
+    expires_at: int
+    signal: object
+
+
+MAX_SEEN_TOKENS = 10_000  # remembered tokens per process; past that, the expired are dropped
+
 
 @dataclass(frozen=True)
 class LoginResult:
@@ -62,6 +92,8 @@ class AuthService:
         self.sessions = sessions
         self.tokens = tokens
         self.throttle = throttle
+        self._tokens: dict[bytes, _SeenToken] = {}
+        self._lock = threading.Lock()
 
     def login(self, email: str, password: str, *, ip: str = "", agent: str = "") -> LoginResult:
         user = self.users.verify_password(email, password)
@@ -80,6 +112,7 @@ class AuthService:
                 "API keys are not sessions: revoke the key with DELETE /api/v1/auth/apikey/{id}"
             )
         self.sessions.revoke(principal.credential_id)
+        self.users.signal.bump()  # after the commit: every process re-checks its tokens
         self.keys.revoke_session_keys(principal.credential_id, actor=principal.user_id)
 
     def create_api_key(
@@ -131,7 +164,7 @@ class AuthService:
         credential = credential.strip()
         if scheme.lower() != "bearer" or not credential:
             raise AuthenticationError("Invalid authorization format")
-        if looks_like_key(credential):
+        if credential.startswith(PREFIX):
             return self._by_key(credential, address)
         return self._by_token(credential)
 
@@ -140,7 +173,7 @@ class AuthService:
         a key refused at once because its id or the address is over the failure limit."""
         credential = (api_key or (authorization or "").partition(" ")[2]).strip()
         return (
-            not looks_like_key(credential)
+            not credential.startswith(PREFIX)
             or self.keys.is_cached(credential)
             or self.throttle.locked_locally(key_id_of(credential), address)
         )
@@ -154,6 +187,26 @@ class AuthService:
         return Principal(owner.user_id, owner.email, owner.is_admin, "apikey", owner.key_id)
 
     def _by_token(self, token: str) -> Principal:
+        digest = hashlib.sha256(token.encode()).digest()
+        signal = self.users.signal.read()  # read before the rows: a later bump invalidates
+        seen = self._tokens.get(digest)
+        if seen is not None and seen.signal == signal and time.time() < seen.expires_at:
+            return seen.principal
+        principal, expires_at = self._verify_token(token)
+        self._remember(digest, _SeenToken(principal, expires_at, signal))
+        return principal
+
+    def _remember(self, digest: bytes, seen: _SeenToken) -> None:
+        with self._lock:
+            if len(self._tokens) >= MAX_SEEN_TOKENS:
+                now = time.time()
+                self._tokens = {d: s for d, s in self._tokens.items() if now < s.expires_at}
+                if len(self._tokens) >= MAX_SEEN_TOKENS:
+                    self._tokens.clear()
+            self._tokens[digest] = seen
+
+    def _verify_token(self, token: str) -> tuple[Principal, int]:
+        """Signature and claims, then the session (active) and the user (role, email)."""
         try:
             claims = self.tokens.decode(token)
         except InvalidTokenError:
@@ -164,6 +217,7 @@ class AuthService:
             user = self.users.by_id(claims.user_id)
         except UserNotFoundError:
             raise AuthenticationError("Invalid token") from None
-        return Principal(
+        principal = Principal(
             user.id, user.email, user.is_admin, "jwt", claims.session_id, claims.expires_at
         )
+        return principal, claims.expires_at

@@ -6,13 +6,16 @@ verification's row read. So a revocation by any process is honoured by the next 
 
 - ``FileSignal`` (embedded set-up, one machine): a file in ``DATA_DIR`` that grows one byte
   per bump; reading it is one ``stat``.
-- ``RedisSignal`` (replicas sharing Redis): a counter, one ``GET`` per request.
+- ``RedisSignal`` (replicas sharing Redis): a counter, one ``GET`` per request. A missing
+  counter (never set, or lost in a Redis restart without data, sessions with it) starts at a
+  random value, so no process trusts what it verified under the old counter.
 - ``NoSignal``: never equal, so every request reads the key's row (still correct).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,7 +49,10 @@ class RedisSignal:
 
     def read(self) -> object:
         value = self.client.get(self.KEY)
-        return 0 if value is None else int(value)
+        if value is None:
+            self.client.set(self.KEY, secrets.randbits(62), nx=True)
+            value = self.client.get(self.KEY)
+        return object() if value is None else int(value)  # gone again: trust nothing
 
     def bump(self) -> None:
         self.client.incr(self.KEY)

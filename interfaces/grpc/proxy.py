@@ -33,7 +33,6 @@ from interfaces.grpc.calls import Call
 from interfaces.grpc.convert import usd_out
 from interfaces.grpc.generated import gpuproxy as pb
 from interfaces.proxy_envelope import ProxyBody
-from interfaces.usage_sessions_view import caller_of
 
 if TYPE_CHECKING:
     from interfaces.bootstrap import Container
@@ -86,7 +85,7 @@ async def forward(runtime: ProxyRuntime, call: Call, msg: pb.ProxyRequestMessage
     left = call.time_left()
     if left is not None:
         timeout = left if timeout is None else min(timeout, left)
-    caller = caller_of(call.user, call.peer_host, call.user_agent)
+    caller = call.user.caller(call.peer_host, call.user_agent)
     return await envelope.send(runtime, call.user.user_id, prepared, timeout, caller)
 
 

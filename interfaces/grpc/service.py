@@ -35,7 +35,7 @@ from interfaces.grpc.calls import Call, Guard, current
 from interfaces.grpc.convert import ranged, text, usd_in
 from interfaces.grpc.generated import gpuproxy as pb
 from interfaces.http.schemas import LoginBody, RentBody, ReserveBody
-from interfaces.usage_sessions_view import caller_of, counted
+from interfaces.usage_sessions_view import counted
 
 if TYPE_CHECKING:
     from interfaces.bootstrap import Container
@@ -197,7 +197,7 @@ class GpuProxyService(BillingRpcs, pb.GpuProxyServiceBase):
 
     def _caller(self, call: Call) -> Caller:
         """Who rents (credential, address), counted as a request of their usage session."""
-        caller = caller_of(call.user, call.peer_host, call.user_agent)
+        caller = call.user.caller(call.peer_host, call.user_agent)
         return counted(self.runtime.sessions, call.user.user_id, caller)
 
     def _owned(self, principal: Principal, provider: str, instance_id: str) -> GpuInstance:

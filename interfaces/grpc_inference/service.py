@@ -35,7 +35,6 @@ from infrastructure.models import tensors
 from interfaces.grpc.auth import authenticate, peer_of
 from interfaces.grpc.errors import to_grpc
 from interfaces.grpc_inference import messages as pb
-from interfaces.usage_sessions_view import caller_of
 
 if TYPE_CHECKING:
     from interfaces.bootstrap import Container
@@ -120,7 +119,7 @@ class InferenceService:
                     )
                     token = CALLER.set(principal)
                     agent = str(getattr(stream, "user_agent", "") or "")
-                    usage = USAGE_CALLER.set(caller_of(principal, peer_of(stream), agent))
+                    usage = USAGE_CALLER.set(principal.caller(peer_of(stream), agent))
                     try:
                         reply = await method(request)
                     finally:

@@ -27,7 +27,6 @@ from infrastructure.proxy.runtime import ProxyRuntime, Upstream
 from infrastructure.proxy.targets import TargetRefusedError
 from interfaces import proxy_envelope
 from interfaces.http.security import client_address, principal_for
-from interfaces.usage_sessions_view import caller_of
 
 if TYPE_CHECKING:
     from interfaces.bootstrap import Container
@@ -147,7 +146,7 @@ async def open_upstream(
             instance_id=instance_id,
             path=path,
             query=scope.get("query_string", b"").decode("latin-1"),
-            caller=caller_of(principal, client_address(scope), header(pairs, "user-agent") or ""),
+            caller=principal.caller(client_address(scope), header(pairs, "user-agent") or ""),
         )
     except TargetRefusedError as exc:
         proxy_envelope.refused(principal.user_id, exc, path)

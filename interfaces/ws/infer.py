@@ -26,7 +26,6 @@ from infrastructure.proxy.runtime import ProxyRuntime
 from interfaces.http.security import client_address
 from interfaces.model_input import inputs_by_name
 from interfaces.proxy_envelope import Envelope, prepare, send
-from interfaces.usage_sessions_view import caller_of
 from interfaces.ws.protocol import Infer
 from interfaces.ws.session import Session
 
@@ -84,7 +83,7 @@ def _caller(session: Session) -> Caller:
     """The socket's credential and client address, for the caller's usage session."""
     scope = session.socket.scope
     agent = dict(scope.get("headers") or ()).get(b"user-agent", b"").decode("latin-1")
-    return caller_of(session.principal, client_address(scope), agent)
+    return session.principal.caller(client_address(scope), agent)
 
 
 async def run_infer(

@@ -38,7 +38,7 @@ from interfaces.presenters.instances import (
     present_offer,
     present_reservation,
 )
-from interfaces.usage_sessions_view import caller_of, counted
+from interfaces.usage_sessions_view import counted
 
 if TYPE_CHECKING:
     from interfaces.bootstrap import Container
@@ -147,7 +147,7 @@ async def rent(
 def _caller(request: Request[Any, Any, Any], runtime: ProxyRuntime, principal: Principal) -> Caller:
     """Who rents (credential, address), counted as a request of their usage session."""
     agent = request.headers.get("user-agent", "")
-    caller = caller_of(principal, client_address(request.scope), agent)
+    caller = principal.caller(client_address(request.scope), agent)
     return counted(runtime.sessions, principal.user_id, caller)
 
 

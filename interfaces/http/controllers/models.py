@@ -50,7 +50,6 @@ from interfaces.presenters.models import (
     Quota,
     present_model,
 )
-from interfaces.usage_sessions_view import caller_of
 
 if TYPE_CHECKING:
     from interfaces.bootstrap import Container
@@ -232,9 +231,7 @@ async def predict(
     service = c.model_service()
     record = await service.find(principal.user_id, model_id)
     inputs = inputs_by_name(record, data.input)
-    caller = caller_of(
-        principal, client_address(request.scope), request.headers.get("user-agent", "")
-    )
+    caller = principal.caller(client_address(request.scope), request.headers.get("user-agent", ""))
     _, result = await service.predict(
         principal.user_id, model_id, inputs, outputs=tuple(data.outputs or ()), caller=caller
     )

@@ -35,7 +35,6 @@ from interfaces.presenters.health import (
     Ready,
     ServerMetadata,
 )
-from interfaces.usage_sessions_view import caller_of
 
 if TYPE_CHECKING:
     from interfaces.bootstrap import Container
@@ -188,9 +187,7 @@ async def _infer(
     parsed, binary = _parse(body, request.headers.get(HEADER_LENGTH))
     inputs = _inputs(parsed, binary, record)
     wanted = tuple(o.name for o in parsed.outputs or ())
-    caller = caller_of(
-        principal, client_address(request.scope), request.headers.get("user-agent", "")
-    )
+    caller = principal.caller(client_address(request.scope), request.headers.get("user-agent", ""))
     _, result = await service.predict(
         principal.user_id, name, inputs, outputs=wanted, strict=True, caller=caller
     )

@@ -36,7 +36,6 @@ from interfaces.http.raw_proxy import BUFFER_LIMIT
 from interfaces.http.security import client_address, provide_principal
 from interfaces.presenters.proxy import Load, Strategy, StrategySet, lease_of, server_load
 from interfaces.proxy_envelope import ProxyBody, StrategyBody
-from interfaces.usage_sessions_view import caller_of
 
 if TYPE_CHECKING:
     from interfaces.bootstrap import Container
@@ -122,9 +121,7 @@ async def proxy_envelope(
         model=data.model,
     )
     timeout = raw_proxy.timelimit(request.headers.get("x-timelimit"), data.timeout)
-    caller = caller_of(
-        principal, client_address(request.scope), request.headers.get("user-agent", "")
-    )
+    caller = principal.caller(client_address(request.scope), request.headers.get("user-agent", ""))
     upstream = await proxy_envelope_input.send(
         runtime, principal.user_id, envelope, timeout, caller
     )
