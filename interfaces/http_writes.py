@@ -25,10 +25,11 @@ JOIN_LIMIT = 16 * 1024  # bytes: below, head + body are joined; above, handed ov
 class CoalescingTransport:
     """A connection's transport whose next write can be held until the write after it."""
 
-    __slots__ = ("_held", "_timer", "hold_next", "transport")
+    __slots__ = ("_held", "_loop", "_timer", "hold_next", "transport")
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self.transport = transport
+        self._loop = loop  # the connection's (no get_running_loop per response)
         self.hold_next = False  # set around the head's write (``CoalescingCycle.send``)
         self._held: bytes | None = None
         self._timer: asyncio.Handle | None = None
@@ -37,7 +38,7 @@ class CoalescingTransport:
         if self.hold_next:
             self.hold_next = False
             self._held = data
-            self._timer = asyncio.get_running_loop().call_soon(self.flush)
+            self._timer = self._loop.call_soon(self.flush)
             return
         held = self._held
         if held is None:

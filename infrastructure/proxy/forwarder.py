@@ -439,11 +439,9 @@ class Forwarder:
                 framing = "Transfer-Encoding: chunked\r\n"
             head = _head(method, target, host_header or netloc, out, framing)
             key = (scheme, host, port, _tls_server_name(url, host_header))
-            if deadline is None:
-                conn = await pool.request(key, method, head, body)
-            else:
-                async with asyncio.timeout_at(deadline):
-                    conn = await pool.request(key, method, head, body)
+            # the time limit by the connection's own timer (``Connection.watch``): no
+            # ``asyncio.timeout_at`` per request
+            conn = await pool.request(key, method, head, body, deadline)
         except _MAPPED as exc:
             _raise_mapped(exc, url)
         return UpstreamResponse(conn, url, deadline=deadline, chunk_timeout=timeout)

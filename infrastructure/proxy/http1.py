@@ -8,8 +8,11 @@ the proxy buffer a large answer), streamed request bodies sent chunked with writ
 idle connections kept per (scheme, host, port, TLS name) and reused (LIFO) for
 ``keepalive_timeout`` seconds.
 
-Not here (the ``Forwarder`` does it): header rules, time limits, error mapping, the URL (a
-``Target.url`` already pinned to a checked address).
+Here too: the time limit until the answer's headers, as a loop-time ``deadline`` held by
+the connection's one timer (``Connection.watch``, ADR 0035), not a timer per request.
+
+Not here (the ``Forwarder`` does it): header rules, the body's time limits, error mapping, the
+URL (a ``Target.url`` already pinned to a checked address).
 """
 
 from __future__ import annotations
@@ -55,6 +58,11 @@ class Connection(asyncio.Protocol):
         self._writing_paused = False
         self._reading_paused = False
         self.upload: asyncio.Task[None] | None = None
+        # the time limit of the exchange whose answer's headers are awaited (None: no such
+        # exchange); one timer per connection, not per request (``watch``)
+        self.deadline: float | None = None
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._timer_at = 0.0
         self._new_exchange(head_only=False)
 
     def _new_exchange(self, *, head_only: bool) -> None:
@@ -93,6 +101,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._stop_timer()
         self.pool.forget(self)
         if not self.complete:
             if self.headers_in.done() and self.until_close and exc is None:
@@ -167,6 +176,38 @@ class Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------ the exchange
 
+    def watch(self, deadline: float) -> None:
+        """Fail the exchange with ``TimeoutError`` if its headers are not in by ``deadline``.
+
+        The connection keeps one timer across its exchanges: armed only when none is pending
+        or the pending one is later than ``deadline``; when it fires it re-arms for the
+        current exchange's deadline if that is still ahead, and lapses if no exchange waits.
+        """
+        self.deadline = deadline
+        if self._timer is None or self._timer_at > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._timer = None
+        deadline = self.deadline
+        if deadline is None:
+            return
+        if deadline > self.loop.time():  # a later exchange's limit
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._deadline_passed)
+            return
+        self._fail(TimeoutError("no answer within the time limit"))
+        self.close()
+
+    def _stop_timer(self) -> None:
+        self.deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -214,6 +255,7 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
         self.closed = True
+        self._stop_timer()
         if self.upload is not None and not self.upload.done():
             self.upload.cancel()
 
@@ -335,18 +377,26 @@ class Http1Pool:
         method: str,
         head: bytes,
         body: bytes | AsyncIterator[bytes] | None,
+        deadline: float | None = None,
     ) -> Connection:
         """Send ``head`` (+ ``body``) on a pooled or new connection; returns once the answer's
-        headers are in. ``head`` frames the body already (Content-Length or chunked)."""
+        headers are in. ``head`` frames the body already (Content-Length or chunked).
+        ``deadline`` (loop time): ``TimeoutError`` if the headers are not in by then, a
+        connection included."""
         conn = self._take_idle(key)
         if conn is not None:
             try:
-                return await self._exchange(conn, method, head, body)
+                return await self._exchange(conn, method, head, body, deadline)
             except _StaleError:
                 if not isinstance(body, bytes | None):
                     raise
                 conn.close()  # the instance closed it as we sent: once more, fresh
-        return await self._exchange(await self._connect(key), method, head, body)
+        if deadline is None:
+            conn = await self._connect(key)
+        else:
+            async with asyncio.timeout_at(deadline):  # a new connection: rare on the hot path
+                conn = await self._connect(key)
+        return await self._exchange(conn, method, head, body, deadline)
 
     async def _exchange(
         self,
@@ -354,11 +404,14 @@ class Http1Pool:
         method: str,
         head: bytes,
         body: bytes | AsyncIterator[bytes] | None,
+        deadline: float | None,
     ) -> Connection:
         conn._new_exchange(head_only=method == "HEAD")
         transport = conn.transport
         if transport is None:
             raise ResponseFailedError("not connected")
+        if deadline is not None:
+            conn.watch(deadline)
         try:
             if body is None:
                 transport.write(head)
@@ -376,4 +429,6 @@ class Http1Pool:
         except BaseException:
             conn.close()
             raise
+        finally:
+            conn.deadline = None  # the timer, if pending, lapses when it fires
         return conn

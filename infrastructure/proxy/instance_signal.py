@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -160,21 +161,51 @@ class RedisInstanceSignal:
 
 
 class FileInstanceSignal:
+    """One file's size. In the event loop that first read it, a read is one ``stat`` per
+    loop tick: the value is kept until a callback queued behind it runs, which is before any
+    I/O that the loop sees after the ``stat`` is handled, so a request that arrives after a
+    bump (by any process) still reads the bump. A bump here forgets it at once."""
+
     cheap = True
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._tick_value: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0
 
     def read(self, owner: str) -> object:  # noqa: ARG002 - one file for every user
+        value = self._tick_value
+        if value is not None and threading.get_ident() == self._thread:
+            loop = self._loop
+            if loop is not None and loop.is_running():
+                return value
         try:
-            return os.stat(self.path).st_size
+            value = os.stat(self.path).st_size
         except FileNotFoundError:
-            return 0
+            value = 0
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop in this thread: no keeping
+                return value
+            self._loop, self._thread = loop, threading.get_ident()
+        elif threading.get_ident() != self._thread or not loop.is_running():
+            return value
+        if self._tick_value is None:
+            loop.call_soon(self._forget)
+        self._tick_value = value
+        return value
+
+    def _forget(self) -> None:
+        self._tick_value = None
 
     def bump(self, owner: str) -> None:  # noqa: ARG002 - one file for every user
         with self.path.open("ab") as handle:
             handle.write(b".")
+        self._tick_value = None
 
 
 class LocalInstanceSignal:

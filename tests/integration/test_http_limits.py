@@ -117,6 +117,20 @@ def test_a_keep_alive_connection_gets_the_header_deadline_for_each_request(
     assert waited < 5
 
 
+def test_a_later_request_gets_its_own_full_header_deadline(deadlines: Server) -> None:
+    """The connection's one timer, armed for the first request, fires during a later
+    request's header phase: it re-arms for that request's own deadline instead of closing."""
+    server = deadlines
+    sock = server.connect()
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert _read_response(sock).startswith(b"HTTP/1.1 200 ")
+    time.sleep(0.6)  # past half the 1 s deadline, within the 2 s keep-alive
+    sock.sendall(b"GET /health HTTP/1.1\r\n")  # stalls: its deadline is 1 s from now
+    answer, waited = _read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert 0.8 < waited < 5
+
+
 def test_an_idle_keep_alive_connection_is_closed(deadlines: Server) -> None:
     server = deadlines
     sock = server.connect()
@@ -125,6 +139,21 @@ def test_an_idle_keep_alive_connection_is_closed(deadlines: Server) -> None:
     answer, waited = _read_until_closed(sock)
     assert answer == b""
     assert waited < 5
+
+
+def test_each_idle_spell_gets_the_whole_keep_alive(deadlines: Server) -> None:
+    """The connection's one timer, armed when the first answer went, fires while a later
+    idle spell is under way: it re-arms for that spell's own 2 s instead of closing."""
+    server = deadlines
+    sock = server.connect()
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert _read_response(sock).startswith(b"HTTP/1.1 200 ")
+    time.sleep(1.2)  # idle, within the 2 s keep-alive
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert _read_response(sock).startswith(b"HTTP/1.1 200 ")
+    answer, waited = _read_until_closed(sock)
+    assert answer == b""
+    assert 1.5 < waited < 5
 
 
 def test_connections_past_the_cap_get_503_and_are_closed(sqlite_settings: Settings) -> None:
