@@ -5,10 +5,12 @@ In one call, in this order:
 1. the real client behind a trusted front proxy (``forwarded.py``: FORWARDED_ALLOW_IPS),
    written into the scope before anything reads it (HTTP and WebSocket);
 2. the fast lane (``fast_lane.py``): the raw proxy and credits routes, answered here with
-   only what they need (auth, rate limit, metrics and access log, rate-limit headers);
+   only what they need (auth, rate limit, metrics and access log, rate-limit headers); the
+   lane is asked only about paths under its prefixes (``LANE_PREFIXES``), so no other request
+   runs its code;
 3. everything else goes to Litestar through ``Observer.around``: metrics and the access log
    (unmatched 404/405 included), rate-limit headers, HEAD in a 405's ``Allow``, and HEAD served
-   as GET where a route has only GET (``head.py``).
+   as GET where a route has only GET (``head.py``, asked only for HEAD requests).
 
 Litestar itself keeps what is per route: the exception handlers (problem details, 503 with
 Retry-After on store outages), CORS, compression (``compression.py``), the card-number guard
@@ -19,10 +21,12 @@ from __future__ import annotations
 
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from interfaces.http.fast_lane import FastLane
+from interfaces.http.fast_lane import CREDITS, PROXY, FastLane
 from interfaces.http.forwarded import TrustedProxies
 from interfaces.http.head import HeadRoutes
 from interfaces.http.observability import Observer
+
+LANE_PREFIXES = (PROXY, CREDITS)  # every path the fast lane may answer starts with one
 
 
 class Front:
@@ -50,10 +54,15 @@ class Front:
         if kind != "http":
             await self.inner(scope, receive, send)
             return
-        if self.lane is not None and (handler := self.lane.match(scope)) is not None:
+        if (
+            self.lane is not None
+            and scope["path"].startswith(LANE_PREFIXES)
+            and (handler := self.lane.match(scope)) is not None
+        ):
             await self.observer(handler, scope, receive, send)
             return
-        as_get = self.head.served_as_get(scope)
+        method: str = scope["method"]  # type: ignore[typeddict-item]
+        as_get = method == "HEAD" and self.head.served_as_get(scope)
         await self.observer.around(self.inner, scope, receive, send, as_get=as_get)
 
     def _real_client(self, scope: Scope) -> None:
