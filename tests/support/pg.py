@@ -56,12 +56,25 @@ class Cluster:
             "DB_NAME": dbname,
         }
 
-    def create_database(self, name: str) -> str:
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """A new empty database, or a copy of ``template`` (a database nobody is connected to;
+        copied file by file, which for a small one is cheaper than the default WAL copy)."""
         import psycopg
 
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{name}"')
+            if template is None:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            else:
+                conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY')
+        return name
+
+    def freeze_as_template(self, name: str) -> str:
+        """Mark ``name`` a template that refuses connections (so copying it never finds one)."""
+        import psycopg
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false')
         return name
 
 
