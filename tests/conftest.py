@@ -105,6 +105,20 @@ def pg_settings(pg_cluster: Cluster, pg_migrated: str) -> Settings:
     return load_settings(pg_cluster.env(name), env_file=None)
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def module_settings(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    """Like ``settings``, but one database per module and backend: for the tests of a module
+    that leave nothing behind another one could see (refusals of bad input)."""
+    if request.param == "postgres":
+        cluster: Cluster = request.getfixturevalue("pg_cluster")
+        template: str = request.getfixturevalue("pg_migrated")
+        name = cluster.create_database(f"m_{uuid.uuid4().hex[:12]}", template=template)
+        return load_settings(cluster.env(name), env_file=None)
+    return load_settings({"DATA_DIR": str(tmp_path_factory.mktemp("data"))}, env_file=None)
+
+
 @pytest.fixture
 def sqlite_settings(tmp_path: Path) -> Settings:
     return load_settings({"DATA_DIR": str(tmp_path / "data")}, env_file=None)

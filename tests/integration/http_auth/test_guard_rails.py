@@ -116,16 +116,23 @@ BAD_COSTS: list[tuple[str, bytes]] = [
 ]
 
 
+@pytest.fixture(scope="module")
+def funded(shared_client: Client) -> dict[str, str]:
+    """A funded user's headers on the module's shared app (the bad costs only read)."""
+    user, auth = user_with_token(shared_client, "costs@example.com")
+    container_of(shared_client).ledger.grant(user["id"], 10_000_000, key="fund", reason="fund")
+    return auth
+
+
 @pytest.mark.parametrize(("case", "raw"), BAD_COSTS, ids=[c for c, _ in BAD_COSTS])
-def test_spending_check_refuses_bad_costs(settings: Settings, case: str, raw: bytes) -> None:
-    with test_client(auth_settings(settings)) as client:
-        user, auth = user_with_token(client, "costs@example.com")
-        container_of(client).ledger.grant(user["id"], 10_000_000, key="fund", reason="fund")
-        response = client.post(
-            SPEND_CHECK, content=raw, headers={**auth, "content-type": "application/json"}
-        )
-        field = "currency" if case == "unknown extra" else "estimated_cost"
-        assert_problem(response, {400}, field)
+def test_spending_check_refuses_bad_costs(
+    shared_client: Client, funded: dict[str, str], case: str, raw: bytes
+) -> None:
+    response = shared_client.post(
+        SPEND_CHECK, content=raw, headers={**funded, "content-type": "application/json"}
+    )
+    field = "currency" if case == "unknown extra" else "estimated_cost"
+    assert_problem(response, {400}, field)
 
 
 @pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"1E+309"])

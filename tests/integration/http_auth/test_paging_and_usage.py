@@ -58,6 +58,12 @@ def test_transactions_page_newest_first(client: Client) -> None:
     assert everything["next_before"] is None
 
 
+@pytest.fixture(scope="module")
+def badpage(shared_client: Client) -> dict[str, str]:
+    """A user's headers on the module's shared app (bad paging only reads)."""
+    return user_with_token(shared_client, "badpage@example.com")[1]
+
+
 @pytest.mark.parametrize(
     ("query", "field"),
     [
@@ -71,9 +77,10 @@ def test_transactions_page_newest_first(client: Client) -> None:
         ("before=abc", "before"),
     ],
 )
-def test_transactions_refuse_bad_paging(client: Client, query: str, field: str) -> None:
-    _, auth = user_with_token(client, "badpage@example.com")
-    response = client.get(f"/api/v1/billing/transactions?{query}", headers=auth)
+def test_transactions_refuse_bad_paging(
+    shared_client: Client, badpage: dict[str, str], query: str, field: str
+) -> None:
+    response = shared_client.get(f"/api/v1/billing/transactions?{query}", headers=badpage)
     assert_problem(response, 400, field)
 
 

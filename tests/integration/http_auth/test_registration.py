@@ -125,11 +125,11 @@ BAD_REGISTRATIONS: list[tuple[str, Any, str]] = [
 
 @pytest.mark.parametrize(("case", "body", "field"), BAD_REGISTRATIONS, ids=lambda v: v)
 def test_register_refuses_bad_input_naming_the_field(
-    client: Client, case: str, body: Any, field: str
+    shared_client: Client, case: str, body: Any, field: str
 ) -> None:
-    response = client.post("/api/v1/auth/register", json=body)
+    response = shared_client.post("/api/v1/auth/register", json=body)
     assert_problem(response, {400}, field)
-    assert container_of(client).users.count() == 0, case
+    assert container_of(shared_client).users.count() == 0, case
 
 
 DEEP = b'{"email": ' + b"[" * 5000 + b"]" * 5000 + b"}"  # 10 KB, far under the body limit
@@ -149,9 +149,9 @@ DEEP = b'{"email": ' + b"[" * 5000 + b"]" * 5000 + b"}"  # 10 KB, far under the 
     ],
     ids=lambda raw: repr(raw[:20]),
 )
-def test_register_refuses_malformed_bodies(client: Client, raw: bytes) -> None:
-    response = client.post(
+def test_register_refuses_malformed_bodies(shared_client: Client, raw: bytes) -> None:
+    response = shared_client.post(
         "/api/v1/auth/register", content=raw, headers={"content-type": "application/json"}
     )
     assert_problem(response, {400})
-    assert container_of(client).users.count() == 0
+    assert container_of(shared_client).users.count() == 0
