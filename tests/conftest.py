@@ -13,6 +13,7 @@ login-timing test, whose point is the cost of a hash).
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -116,12 +117,29 @@ def module_settings(
         template: str = request.getfixturevalue("pg_migrated")
         name = cluster.create_database(f"m_{uuid.uuid4().hex[:12]}", template=template)
         return load_settings(cluster.env(name), env_file=None)
-    return load_settings({"DATA_DIR": str(tmp_path_factory.mktemp("data"))}, env_file=None)
+    settings = load_settings({"DATA_DIR": str(tmp_path_factory.mktemp("data"))}, env_file=None)
+    shutil.copyfile(request.getfixturevalue("sqlite_migrated"), settings.db.sqlite_path)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def sqlite_migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database file that ``bootstrap`` has migrated, copied into each test's data
+    directory (SQLite's counterpart of ``pg_migrated``). Built with ``JWT_SECRET`` set, so no
+    secret file is made; closed, so no WAL file is left: the file is all there is to copy."""
+    data = tmp_path_factory.mktemp("sqlite_migrated") / "data"
+    settings = load_settings({"DATA_DIR": str(data), "JWT_SECRET": "x" * 40}, env_file=None)
+    bootstrap(settings).close()
+    assert [p.name for p in data.iterdir()] == [settings.db.sqlite_path.name], list(data.iterdir())
+    return settings.db.sqlite_path
 
 
 @pytest.fixture
-def sqlite_settings(tmp_path: Path) -> Settings:
-    return load_settings({"DATA_DIR": str(tmp_path / "data")}, env_file=None)
+def sqlite_settings(tmp_path: Path, sqlite_migrated: Path) -> Settings:
+    settings = load_settings({"DATA_DIR": str(tmp_path / "data")}, env_file=None)
+    settings.db.data_dir.mkdir()
+    shutil.copyfile(sqlite_migrated, settings.db.sqlite_path)
+    return settings
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
