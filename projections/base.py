@@ -7,7 +7,7 @@ the projection's tracking position in one transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -107,7 +107,14 @@ Op = Upsert | Insert | Span
 
 
 class Projection(Protocol):
-    """A named pure fold over recorded events into one or more tables."""
+    """A named pure fold over recorded events into one or more tables.
+
+    ``events`` names the events the fold can turn into operations, as SQL ``LIKE`` patterns
+    of the event name (``"GpuInstance.%"``, ``"ProxyUsage.Recorded"``); ``None`` if it reads
+    every event. The runner and the rebuild hand a fold only those events (the rebuild has the
+    server filter them), so a fold must return no operations for any other event
+    (tests/integration/test_rebuild_sql.py checks it over every kind of event).
+    """
 
     @property
     def name(self) -> str: ...
@@ -115,7 +122,25 @@ class Projection(Protocol):
     @property
     def tables(self) -> tuple[str, ...]: ...
 
+    @property
+    def events(self) -> tuple[str, ...] | None: ...
+
     def fold(self, event: Recorded) -> Iterable[Op]: ...
+
+
+def folds(projection: Projection) -> Callable[[str], bool] | None:
+    """A test of an event name against ``projection.events``; ``None`` if it folds every event.
+
+    Only the pattern forms the projections use: an exact name, or a prefix then ``%``.
+    """
+    patterns = projection.events
+    if patterns is None:
+        return None
+    exact = frozenset(p for p in patterns if not p.endswith("%"))
+    prefixes = tuple(p[:-1] for p in patterns if p.endswith("%"))
+    if any("%" in p or "_" in p for p in (*exact, *prefixes)):
+        raise ValueError(f"{projection.name}: only 'Name' or 'Prefix%' patterns: {patterns}")
+    return lambda name: name in exact or name.startswith(prefixes)
 
 
 class Batch:

@@ -12,6 +12,7 @@ PREFIX = "GpuInstance."
 class InstancesProjection:
     name = "instances"
     tables = ("instances",)
+    events = (PREFIX + "%",)
 
     def fold(self, event: Recorded) -> Iterable[Op]:
         if not event.name.startswith(PREFIX):

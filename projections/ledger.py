@@ -35,6 +35,7 @@ class BalancesProjection:
 
     name = "balances"
     tables = ("balances",)
+    events: tuple[str, ...] | None = None
 
     def fold(self, event: Recorded) -> Iterable[Op]:
         if not event.name.startswith(ACCOUNT):
@@ -71,6 +72,7 @@ class TransactionsProjection:
 
     name = "transactions"
     tables = ("transactions",)
+    events: tuple[str, ...] | None = None
 
     def fold(self, event: Recorded) -> Iterable[Op]:
         kind = TRANSACTION_KINDS.get(event.name)
@@ -101,6 +103,7 @@ class SpendingProjection:
 
     name = "spending"
     tables = ("spending_buckets", "spending_resets", "spending_limits")
+    events: tuple[str, ...] | None = None
 
     def fold(self, event: Recorded) -> Iterable[Op]:
         if event.name in SPEND_EVENTS:
@@ -136,6 +139,7 @@ class HoldsProjection:
 
     name = "holds"
     tables = ("holds",)
+    events = tuple(f"CreditAccount.Hold{kind}" for kind in ("Placed", "Released", "Expired"))
 
     def fold(self, event: Recorded) -> Iterable[Op]:
         if event.name == "CreditAccount.HoldPlaced":
@@ -162,6 +166,7 @@ class UsageProjection:
 
     name = "usage"
     tables = ("usage_daily",)
+    events: tuple[str, ...] | None = None
 
     def fold(self, event: Recorded) -> Iterable[Op]:
         amount = int(event.data.get("amount", 0))

@@ -24,6 +24,7 @@ def method_label(method: dict[str, Any]) -> str:
 class PaymentsProjection:
     name = "payments"
     tables = ("payments", "auto_renew_requests")
+    events = (PREFIX + "%", "CreditAccount.AutoRenewTriggered")
 
     def fold(self, event: Recorded) -> Iterable[Op]:
         if event.name == "CreditAccount.AutoRenewTriggered":

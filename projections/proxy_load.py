@@ -10,6 +10,7 @@ from projections.base import Op, Recorded, Upsert
 class ProxyLoadProjection:
     name = "proxy_load"
     tables = ("proxy_load",)
+    events = ("ProxyUsage.Recorded",)
 
     def fold(self, event: Recorded) -> Iterable[Op]:
         if event.name != "ProxyUsage.Recorded":

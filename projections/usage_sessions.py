@@ -18,6 +18,7 @@ DEFAULT_IDLE_MINUTES = 30  # for a row recorded without ``idle_minutes``
 class UsageSessionsProjection:
     name = "usage_sessions"
     tables = ("usage_sessions",)
+    events = ("ProxyUsage.Recorded",)
 
     def fold(self, event: Recorded) -> Iterable[Op]:
         if event.name != "ProxyUsage.Recorded":
@@ -59,6 +60,7 @@ class UsageRentalsProjection:
 
     name = "usage_rentals"
     tables = ("usage_rentals",)
+    events = ("GpuInstance.Requested", "GpuInstance.Metered")
 
     def fold(self, event: Recorded) -> Iterable[Op]:
         data = event.data

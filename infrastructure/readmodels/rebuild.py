@@ -40,7 +40,7 @@ from infrastructure.readmodels.store import (
     set_position,
     write_batch,
 )
-from projections.base import Batch, Projection, Recorded
+from projections.base import Batch, Projection, Recorded, folds
 
 Progress = Callable[[int, int, int], None]  # (position, head, events so far)
 Method = Literal["auto", "sql", "python"]
@@ -59,9 +59,11 @@ class Target:
 def _write(tx: Tx, targets: Sequence[Target], page: Sequence[Recorded], *, bulk: bool) -> None:
     for target in targets:
         batch = Batch()
-        fold, add = target.projection.fold, batch.add
+        fold, add, wants = target.projection.fold, batch.add, folds(target.projection)
         for event in page:
-            if target.stop is None or event.position <= target.stop:
+            if (target.stop is None or event.position <= target.stop) and (
+                wants is None or wants(event.name)
+            ):
                 add(fold(event))
         if batch:
             write_batch(tx, batch, target.suffix, bulk=bulk)

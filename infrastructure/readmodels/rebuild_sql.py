@@ -19,7 +19,7 @@ The SQL is a translation of ``projections/ledger.py``, whose folds stay the refe
 ``Upsert`` are kept: ``add`` columns are sums (0 when no event adds), ``put`` columns take
 the value of the event with the highest position, a row exists once an event touched it.
 Other projections (instances, payments, proxy load: few events) keep their Python fold, over
-only the events they can fold (``PATTERNS``, filtered by the server).
+only the events they can fold (each projection's ``events``, filtered by the server).
 """
 
 from __future__ import annotations
@@ -52,18 +52,6 @@ TRANSLATED: dict[str, type] = {
     "transactions": TransactionsProjection,
     "spending": SpendingProjection,
     "usage": UsageProjection,
-}
-
-#: ``LIKE`` patterns of the event names (topic after the last ``:``) that a Python-folded
-#: projection can fold; a projection not listed reads every event. A test checks that no
-#: event outside its patterns makes a fold return operations.
-PATTERNS: dict[str, tuple[str, ...]] = {
-    "instances": ("GpuInstance.%",),
-    "payments": ("Payment.%", "CreditAccount.AutoRenewTriggered"),
-    "proxy_load": ("ProxyUsage.Recorded",),
-    "usage_sessions": ("ProxyUsage.Recorded",),
-    "usage_rentals": ("GpuInstance.Requested", "GpuInstance.Metered"),
-    "holds": tuple(f"CreditAccount.Hold{kind}" for kind in ("Placed", "Released", "Expired")),
 }
 
 # Account events whose rarely used fields stay as JSON in the extract (``extra``).
@@ -189,10 +177,10 @@ def _values(row: Any) -> tuple[Any, ...]:
 
 
 def patterns_for(projections: Sequence[Projection]) -> list[str] | None:
-    """The union of the projections' patterns; ``None`` if any must read every event."""
+    """The union of the projections' ``events`` patterns; ``None`` if any reads every event."""
     union: list[str] = []
     for projection in projections:
-        own = PATTERNS.get(projection.name)
+        own = projection.events
         if own is None:
             return None
         union.extend(p for p in own if p not in union)

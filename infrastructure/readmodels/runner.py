@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from infrastructure.db.sql import Database
 from infrastructure.eventstore.event_log import EventLog
 from infrastructure.readmodels.store import read_state, set_position, write_batch
-from projections.base import Batch, Projection
+from projections.base import Batch, Projection, folds
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,10 @@ class ProjectionRunner:
         events = self.events.read(seen, self.batch_size)
         if not events:
             return 0
-        batch = Batch()
+        batch, wants = Batch(), folds(projection)
         for event in events:
-            batch.add(projection.fold(event))
+            if wants is None or wants(event.name):
+                batch.add(projection.fold(event))
         with self.db.transaction() as tx:
             state = read_state(tx, projection.name, lock=True)
             if state.position != seen:

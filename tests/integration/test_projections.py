@@ -8,9 +8,11 @@ import time
 from datetime import timedelta
 
 from infrastructure.readmodels.rebuild import rebuild, verify
+from infrastructure.readmodels.runner import ProjectionRunner
 from infrastructure.readmodels.store import all_states
 from infrastructure.settings import Settings
 from interfaces.bootstrap import Container, bootstrap
+from projections.base import Op, Recorded
 from projections.ledger import ALL
 from tests.conftest import FixedClock
 
@@ -147,3 +149,34 @@ def test_verify_detects_a_tampered_read_model(container: Container, clock: Fixed
         tx.execute("UPDATE balances_g1 SET balance = balance + 1 WHERE user_id != ''")
     result = verify(container.db, container.events, [ALL[0]])[0]
     assert not result.ok
+
+
+class _CountingGrants:
+    """A projection that folds only grants, counting every event it is handed."""
+
+    name = "counting_grants"
+    tables = ("balances",)
+    events = ("CreditAccount.Granted",)
+
+    def __init__(self) -> None:
+        self.handed: list[str] = []
+
+    def fold(self, event: Recorded) -> list[Op]:
+        self.handed.append(event.name)
+        return []
+
+
+def test_the_runner_hands_a_projection_only_the_events_it_folds(
+    container: Container, clock: FixedClock
+) -> None:
+    _write_history(container, clock, users=2, rounds=3)
+    counting = _CountingGrants()
+    with container.db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO projection_state (name, generation, position) VALUES (?, 1, 0)",
+            (counting.name,),
+        )
+    runner = ProjectionRunner(container.db, container.events, [counting])
+    runner.catch_up()
+    assert counting.handed == ["CreditAccount.Granted"] * 2
+    assert runner.positions()[counting.name] == container.events.head()  # read past the rest
