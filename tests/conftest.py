@@ -150,6 +150,17 @@ def settings(request: pytest.FixtureRequest) -> Settings:
     return request.getfixturevalue("sqlite_settings")  # type: ignore[no-any-return]
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def blank_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Like ``settings``, but an empty database nothing has migrated: for tests of what the
+    first start or an upgrade does to a store (``settings`` copies a migrated one)."""
+    if request.param == "postgres":
+        cluster: Cluster = request.getfixturevalue("pg_cluster")
+        name = cluster.create_database(f"b_{uuid.uuid4().hex[:12]}")
+        return load_settings(cluster.env(name), env_file=None)
+    return load_settings({"DATA_DIR": str(tmp_path / "data")}, env_file=None)
+
+
 class FixedClock:
     """A clock tests move by hand."""
 

@@ -2,8 +2,10 @@
 
 No gap, no duplicate: the feed hands events over in log order and advances its cursor only
 after each batch was offered to every live session (both on the event loop, with no await in
-between). A (re)subscribing session replays the log from ``since`` up to the feed's cursor,
-and turns live only when it has caught up with that cursor, checked and switched in one step.
+between). A (re)subscribing session replays the log from ``since`` (else from the log's head) up to
+the feed's cursor, and turns live only when it has caught up with that cursor, checked and
+switched in one step; a live session is never offered an event at or below its position
+(a ``since`` or head ahead of this process's cursor: those events are before its start).
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class StreamHub:
             if sub is None or not session.live:
                 continue
             for item in prepared:
+                if item.event.position <= session.position:
+                    continue  # replayed already, or before the point it subscribed from
                 topics = visible(item, sub)
                 if not topics:
                     continue
@@ -109,8 +113,16 @@ class StreamHub:
         log.debug("session of %s live after %d replayed", session.user_id, replayed)
 
     async def _replay(self, session: Session, sub: Subscription, ref: str | None) -> int:
-        """Send the events after ``sub.since`` up to the feed's cursor, then go live."""
-        position = self.feed.cursor if sub.since is None else sub.since
+        """Send the events after ``sub.since`` up to the feed's cursor, then go live.
+
+        Without ``since`` the session starts at the log's head as read now, not at this
+        process's feed cursor, which may still lag writes answered before the subscription
+        (another replica's, or this one's a moment ago): those are not sent to it.
+        """
+        if sub.since is None:
+            position = await asyncio.to_thread(self.feed.events.head)
+        else:
+            position = sub.since
         if self.feed.cursor - position > self.settings.streams.max_replay:
             raise ReplayTooLongError(
                 f"since is {self.feed.cursor - position} events behind (at most "

@@ -230,8 +230,9 @@ class LegacyLedger(Application[UUID]):
 
 
 def test_upgrading_copies_recent_keys_into_the_new_table(
-    settings: Settings, open_container: Callable[[], Container], clock: FixedClock
+    blank_settings: Settings, clock: FixedClock
 ) -> None:
+    settings = blank_settings  # a store from before the key table: nothing migrated yet
     env = {k: v for k, v in eventstore_env(settings).items() if "RECORDER_TOPIC" not in k}
     legacy = LegacyLedger(env=env)
     try:
@@ -242,10 +243,13 @@ def test_upgrading_copies_recent_keys_into_the_new_table(
         legacy.save(account)
     finally:
         legacy.close()
-    c = open_container()  # creates the key table and copies the keys of the last 72 h
-    assert table_rows(c) == 1
-    clock.advance(hours=2)
-    assert c.ledger.charge(USER, 1, key="k0", reference="r").applied is False
-    with pytest.raises(IdempotencyConflictError):
-        c.ledger.charge(USER, 5, key="k1", reference="r")
-    assert charges(c).count("k0") == 1
+    c = bootstrap(settings, clock=clock)  # creates the key table, copies the last 72 h's keys
+    try:
+        assert table_rows(c) == 1
+        clock.advance(hours=2)
+        assert c.ledger.charge(USER, 1, key="k0", reference="r").applied is False
+        with pytest.raises(IdempotencyConflictError):
+            c.ledger.charge(USER, 5, key="k1", reference="r")
+        assert charges(c).count("k0") == 1
+    finally:
+        c.close()
