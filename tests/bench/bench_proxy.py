@@ -234,6 +234,22 @@ def _get(url: str, header: str | None = None, timeout: float = 60) -> httpx.Resp
             time.sleep(0.1)
 
 
+def base_env(data_dir: Path) -> dict[str, str]:
+    """The served process's settings for the proxy benchmarks (every guard on, a fee per
+    request); ``proxy_live`` uses the same."""
+    return {
+        "DATA_DIR": str(data_dir),
+        "JWT_SECRET": JWT_SECRET,
+        "LOG_LEVEL": "WARNING",
+        "RATE_LIMIT_PER_MINUTE": "1000000",
+        "SANDBOX_PROVIDER_ENABLED": "true",
+        "SANDBOX_PROVISIONING_DELAY": "0",
+        "INSTANCE_POLL_SECONDS": "0.2",
+        "PROXY_REQUEST_PRICE": "0.0001",
+        "PROXY_LEASE_AMOUNT": "10",
+    }
+
+
 def _seed(env: dict[str, str]) -> list[tuple[str, str]]:
     """Three users with credits and an API key each (before the server starts): (id, key)."""
     c = bootstrap(load_settings(env, env_file=None))
@@ -629,18 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     when = datetime.now(UTC).isoformat(timespec="seconds")
     started = time.monotonic()
     data_dir = Path(tempfile.mkdtemp(prefix="gpuproxy-bench-proxy-"))
-    env = {
-        "DATA_DIR": str(data_dir),
-        "JWT_SECRET": JWT_SECRET,
-        "LOG_LEVEL": "WARNING",
-        "RATE_LIMIT_PER_MINUTE": "1000000",
-        "SANDBOX_PROVIDER_ENABLED": "true",
-        "SANDBOX_PROVISIONING_DELAY": "0",
-        "INSTANCE_POLL_SECONDS": "0.2",
-        "PROXY_REQUEST_PRICE": "0.0001",
-        "PROXY_LEASE_AMOUNT": "10",
-        "MAX_BODY_BYTES": str(1 << 30),  # the 1 GiB upload
-    }
+    env = {**base_env(data_dir), "MAX_BODY_BYTES": str(1 << 30)}  # the 1 GiB upload
     (ded_user, ded_key), (_, sbx_key), (str_user, str_key) = _seed(env)
     up_port, bare_ded_port, bare_sbx_port = free_port(), free_port(), free_port()
     nginx_port, stream_port = free_port(), free_port()

@@ -42,27 +42,14 @@ from tests.bench.bench_proxy import (
     _point_at,
     _rent_running,
     _seed,
+    base_env,
     cpu_seconds,
     listening_pids,
     wrk,
 )
 from tests.bench.harness import loadavg
-from tests.support.http import JWT_SECRET, ROOT, stop_process, wait_healthy
+from tests.support.http import ROOT, stop_process, wait_healthy
 from tests.support.pg import free_port
-
-
-def base_env(data_dir: Path) -> dict[str, str]:
-    return {
-        "DATA_DIR": str(data_dir),
-        "JWT_SECRET": JWT_SECRET,
-        "LOG_LEVEL": "WARNING",
-        "RATE_LIMIT_PER_MINUTE": "1000000",
-        "SANDBOX_PROVIDER_ENABLED": "true",
-        "SANDBOX_PROVISIONING_DELAY": "0",
-        "INSTANCE_POLL_SECONDS": "0.2",
-        "PROXY_REQUEST_PRICE": "0.0001",
-        "PROXY_LEASE_AMOUNT": "10",
-    }
 
 
 @contextlib.contextmanager
