@@ -10,7 +10,6 @@ event it applies; against a runtime-checkable Protocol that costs more than the 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
 from typing import Any
 
 import eventsourcing.application as es_application
@@ -19,19 +18,8 @@ from eventsourcing.application import Repository, project_aggregate
 
 from domain.credits import CreditAccount, account_id_for
 from domain.services.ledger import LedgerService, ReplayingRepository, replay
-from tests.conftest import FixedClock
-from tests.fakes.memory_ledger import memory_ledger
 
 USD = 1_000_000
-
-
-@pytest.fixture
-def ledger(clock: FixedClock) -> Iterator[LedgerService]:
-    service = memory_ledger(clock=clock)
-    try:
-        yield service
-    finally:
-        service.close()
 
 
 class _CountingMeta(type):

@@ -7,7 +7,6 @@ run in milliseconds, so the rules can be checked here first.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from uuid import uuid4
 
@@ -27,15 +26,6 @@ from tests.conftest import FixedClock
 from tests.fakes.memory_ledger import MemoryLedgerRecorder, memory_ledger
 
 USD = 1_000_000
-
-
-@pytest.fixture
-def ledger(clock: FixedClock) -> Iterator[LedgerService]:
-    service = memory_ledger(clock=clock)
-    try:
-        yield service
-    finally:
-        service.close()
 
 
 def test_the_ledger_refuses_a_store_without_the_key_table() -> None:
